@@ -1,0 +1,22 @@
+# Two entry points for a fresh machine: `make demo` trains the tutorial's MNIST LSTM on the
+# sample shipped in the package, `make test` runs the test suite. Both build .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU wheel of torch 2.13.0; a looser pin would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+.PHONY: demo test lint
+demo: $(VENV)/.installed
+	$(VENV)/bin/rnnlab train mnist-sample --out runs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
