@@ -1,0 +1,299 @@
+"""Batch-first recurrent layers: stacks of cells over time, in one or two directions.
+
+Shape legend: B batch, T time, I input features, H hidden units, D directions, L layers.
+
+Each layer holds one cell per (layer, direction) in ``self.cells`` (index ``layer * D +
+direction``; direction 0 reads forwards, 1 backwards) and runs them either through the readable
+reference loop (:meth:`_RecurrentLayer._scan_reference`) or through the fast path
+(:mod:`rnnlab.fused`). Both use the very same parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from rnnlab import fused
+from rnnlab._validation import check_input, check_state, make_mask
+from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+
+__all__ = ["RNN", "LSTM", "GRU", "BACKENDS"]
+
+Backend = Literal["auto", "fused", "reference"]
+BACKENDS = ("auto", "fused", "reference")
+GateTrace = list[list[dict[str, Tensor]]]  # [layer][direction] -> {gate name: (B, T, H)}
+
+
+class _RecurrentLayer(nn.Module):
+    """What RNN, LSTM and GRU share: construction, validation, masking, stacking, backends.
+
+    Subclasses set ``cell_type`` and say how a state is made and split.
+    """
+
+    cell_type: type[_Cell]
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        backend: Backend = "auto",
+        **cell_kwargs: float,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"{name} expected num_layers to be a positive int, got {num_layers!r}")
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{name} expected dropout in [0, 1), got {dropout!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if bidirectional else 1
+        self.dropout = float(dropout)
+        self.backend = backend
+        D = self.num_directions
+        sizes = [input_size] + [D * hidden_size] * (num_layers - 1)  # each layer's input
+        self.cells = nn.ModuleList(
+            self.cell_type(size, hidden_size, **cell_kwargs) for size in sizes for _ in range(D)
+        )
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Backend) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"{type(self).__name__} expected backend in {BACKENDS}, got {value!r}")
+        self._backend = value
+
+    def cell(self, layer: int, direction: int = 0) -> _Cell:
+        """The cell of ``layer`` (0-based) and ``direction`` (0 forwards, 1 backwards)."""
+        return self.cells[layer * self.num_directions + direction]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        return s + f", backend={self.backend!r}"
+
+    # -- state helpers, overridden by LSTM ------------------------------------------------------
+    def _zero_state(self, x: Tensor) -> Tensor | LSTMState:
+        LD, B, H = self.num_layers * self.num_directions, x.shape[0], self.hidden_size
+        return x.new_zeros(LD, B, H)
+
+    def _cell_state(self, state: Tensor | LSTMState, k: int) -> Tensor | LSTMState:
+        return state[k]
+
+    def _stack_states(self, states: list) -> Tensor | LSTMState:
+        return torch.stack(states)
+
+    # -- forward --------------------------------------------------------------------------------
+    def resolve_backend(self, return_gates: bool = False) -> Literal["fused", "reference"]:
+        """The backend a call would use. ``"auto"`` takes the fused path unless gates are asked
+        for (only the reference loop records them). Forcing ``"fused"`` with ``return_gates``
+        raises, naming the fix."""
+        if self.backend == "reference":
+            return "reference"
+        if return_gates:
+            if self.backend == "fused":
+                raise ValueError(
+                    f"{type(self).__name__}(backend='fused') cannot return per-step gates: only "
+                    "the reference loop records them. Use backend='auto' or 'reference' to "
+                    "inspect gates."
+                )
+            return "reference"
+        return "fused"
+
+    def forward(
+        self,
+        x: Tensor,
+        state: Tensor | LSTMState | None = None,
+        lengths: Tensor | None = None,
+        mask: Tensor | None = None,
+        padding: Literal["post", "pre"] = "post",
+        return_gates: bool = False,
+    ):
+        """Run the stack over a batch of sequences.
+
+        Args:
+            x: (B, T, I) floating-point input, batch first.
+            state: initial state, (L*D, B, H) (an ``LSTMState`` of two such for LSTM); zeros if
+                None. Index ``layer * D + direction``, as torch.
+            lengths: (B,) integer number of real steps per sequence, 1..T. Padded steps neither
+                change the state nor produce output (their output is zero), so the final state
+                is each sequence's state at its own last real step, and the backward direction
+                starts at that step.
+            mask: (B, T) bool, True at real steps; an alternative to ``lengths``.
+            padding: where ``lengths`` puts the padding: ``"post"`` (real steps first, torch's
+                packed convention) or ``"pre"`` (padding first, Keras's ``pad_sequences``
+                default, used by the tutorial).
+            return_gates: also return, per layer and direction, every step's gates.
+
+        Returns:
+            ``(output, state)``: output (B, T, D*H), the last layer's hidden states (both
+            directions concatenated); state the final state, shaped as the ``state`` argument.
+            With ``return_gates=True``, ``(output, state, gates)`` where ``gates[layer][direction]``
+            maps a name (LSTM: i, f, g, o, c, h; GRU: r, z, n, h; RNN: h) to a (B, T, H) tensor,
+            zero at padded steps.
+        """
+        name = type(self).__name__
+        check_input(name, x, self.input_size)
+        B, T, _ = x.shape
+        state = self._zero_state(x) if state is None else state
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        state = check_state(name, state, x, LD, H, pair=self.cell_type is LSTMCell)
+        step_mask = make_mask(name, lengths, mask, padding, B, T, x.device)  # (B, T) bool or None
+        backend = self.resolve_backend(return_gates)
+
+        finals, trace = [], []
+        layer_input = x  # (B, T, I) then (B, T, D*H)
+        for layer in range(self.num_layers):
+            outputs, layer_trace = [], []
+            for direction in range(self.num_directions):
+                k = layer * self.num_directions + direction
+                cell, cell_state = self.cells[k], self._cell_state(state, k)
+                reverse = direction == 1
+                if backend == "fused":
+                    out, final = fused.scan(cell, layer_input, cell_state, step_mask, reverse)
+                    gates = None
+                else:
+                    out, final, gates = self._scan_reference(
+                        cell, layer_input, cell_state, step_mask, reverse, return_gates
+                    )
+                outputs.append(out)  # (B, T, H)
+                finals.append(final)
+                layer_trace.append(gates)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
+            trace.append(layer_trace)
+        final_state = self._stack_states(finals)
+        if return_gates:
+            return layer_input, final_state, trace
+        return layer_input, final_state
+
+    @staticmethod
+    def _scan_reference(
+        cell: _Cell,
+        x: Tensor,
+        state: Tensor | LSTMState,
+        mask: Tensor | None,
+        reverse: bool,
+        return_gates: bool,
+    ) -> tuple[Tensor, Tensor | LSTMState, dict[str, Tensor] | None]:
+        """The readable loop: call the cell once per step. At a padded step the new state is
+        discarded (``torch.where``) and the output is zero."""
+        T = x.shape[1]
+        outputs: list[Tensor] = [x.new_empty(0)] * T
+        records: list[dict[str, Tensor]] = [{}] * T
+        for t in reversed(range(T)) if reverse else range(T):
+            result = cell(x[:, t], state, return_gates=return_gates)
+            new_state, gates = result if return_gates else (result, None)
+            h = new_state[0] if isinstance(new_state, LSTMState) else new_state  # (B, H)
+            if mask is None:
+                state = new_state
+                outputs[t] = h
+            else:
+                m = mask[:, t, None]  # (B, 1)
+                state = _where(m, new_state, state)
+                outputs[t] = h * m
+                gates = None if gates is None else {k: v * m for k, v in gates.items()}
+            if gates is not None:
+                records[t] = gates
+        output = torch.stack(outputs, dim=1)  # (B, T, H)
+        if not return_gates:
+            return output, state, None
+        return output, state, {k: torch.stack([r[k] for r in records], 1) for k in records[0]}
+
+
+def _where(m: Tensor, new: Tensor | LSTMState, old: Tensor | LSTMState) -> Tensor | LSTMState:
+    if isinstance(new, LSTMState):
+        return LSTMState(torch.where(m, new.h, old.h), torch.where(m, new.c, old.c))
+    return torch.where(m, new, old)
+
+
+class RNN(_RecurrentLayer):
+    """Vanilla RNN layer (stack of :class:`rnnlab.cells.RNNCell`), batch first.
+
+    ``RNN(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
+    backend="auto")``; ``forward(x, state=None, lengths=None, mask=None, padding="post",
+    return_gates=False) -> (output, h_n)``, h_n (L*D, B, H). See :meth:`forward` for the shapes.
+
+    Backends: ``"reference"`` loops over the cell; ``"fused"`` runs :mod:`rnnlab.fused` (one
+    GEMM for every step's input projection, hand-written backpropagation through time);
+    ``"auto"`` uses the fused path except when ``return_gates=True``. The fused path's backward
+    cannot itself be differentiated: use ``"reference"`` for double backward.
+    """
+
+    cell_type = RNNCell
+
+
+class GRU(_RecurrentLayer):
+    """GRU layer (stack of :class:`rnnlab.cells.GRUCell`, torch/cuDNN convention), batch first.
+
+    Same arguments, returns and backends as :class:`RNN`; state h_n (L*D, B, H).
+    """
+
+    cell_type = GRUCell
+
+
+class LSTM(_RecurrentLayer):
+    """LSTM layer (stack of :class:`rnnlab.cells.LSTMCell`), batch first.
+
+    ``LSTM(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
+    forget_bias=1.0, backend="auto")``; ``forward(x, state=None, lengths=None, mask=None,
+    padding="post", return_gates=False) -> (output, LSTMState(h, c))``, h and c each
+    (L*D, B, H). ``dropout`` applies to the outputs of every layer but the last, in training.
+
+    An LSTM from I to H units has 4H(I + H + 1) parameters per direction: ``LSTM(8, 256)`` has
+    271,360 and ``LSTM(256, 256)`` 525,312, as in Keras.
+
+    Backends: ``"reference"`` loops over :class:`~rnnlab.cells.LSTMCell`; ``"fused"`` runs
+    :func:`rnnlab.fused.scan` (one GEMM for every step's input projection, one recurrent GEMM
+    per step, hand-written backpropagation through time whose weight gradients are single GEMMs
+    over all steps); ``"auto"`` uses the fused path except when ``return_gates=True`` (only the
+    reference loop records gates). The fused backward is not itself differentiable: use
+    ``"reference"`` for double backward (e.g. gradient penalties).
+    """
+
+    cell_type = LSTMCell
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        forget_bias: float = 1.0,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bidirectional,
+            dropout,
+            backend,
+            forget_bias=forget_bias,
+        )
+        self.forget_bias = float(forget_bias)
+
+    def _zero_state(self, x: Tensor) -> LSTMState:
+        h = super()._zero_state(x)
+        return LSTMState(h, torch.zeros_like(h))
+
+    def _cell_state(self, state: LSTMState, k: int) -> LSTMState:
+        return LSTMState(state.h[k], state.c[k])
+
+    def _stack_states(self, states: list[LSTMState]) -> LSTMState:
+        return LSTMState(torch.stack([s.h for s in states]), torch.stack([s.c for s in states]))
