@@ -230,8 +230,8 @@ def run_benchmarks(
 
 def measure_memory(workload: str, impl: str) -> dict:
     """Peak memory of a training step, in a fresh process (torch's CPU allocator does not report
-    its use, and tracemalloc does not see it): the resident-set high-water mark after two
-    training steps, and its growth over the resident set just before them."""
+    its use, and tracemalloc does not see it): the resident-set high-water mark (VmHWM) after
+    two training steps, and its growth over the resident set just before them."""
     cmd = [sys.executable, "-m", "rnnlab.bench", "--memory-probe", f"{workload}:{impl}"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -248,8 +248,16 @@ def memory_probe(spec: str) -> dict:
     before = _current_rss_mb()
     for _ in range(2):
         runner.train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    peak = _peak_rss_mb()
     return {"rss_before_mb": before, "peak_rss_mb": peak, "step_peak_mb": peak - before}
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM of this process. Not getrusage's ru_maxrss: Linux keeps that across fork and exec,
+    so a child would report its parent's high-water mark."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
 
 
 def _current_rss_mb() -> float:
