@@ -25,22 +25,79 @@ the same model; ``tests/test_fused.py`` checks outputs, final states and every g
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnlab import _ext
 from rnnlab._gemm import linear
 from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 
-__all__ = ["scan"]
+__all__ = ["scan", "choose", "compiled_unavailable"]
+
+_COMPILED_DTYPES = (torch.float32, torch.float64)
+_warned_fallback = False
+
+
+def compiled_unavailable(cell: _Cell, x: Tensor) -> str | None:
+    """Why the compiled kernels (:mod:`rnnlab._ext`) cannot run ``cell`` on ``x``, or None if
+    they can: they cover LSTM and GRU cells, float32 and float64 CPU tensors, and need the
+    extension to be built (AVX-512 CPU, C++ compiler, ninja)."""
+    if not isinstance(cell, (LSTMCell, GRUCell)):
+        return f"the compiled kernels cover LSTM and GRU cells, not {type(cell).__name__}"
+    if x.device.type != "cpu":
+        return f"the compiled kernels run on the CPU, got a tensor on {x.device}"
+    if x.dtype not in _COMPILED_DTYPES or cell.weight_hh.dtype != x.dtype:
+        return (
+            f"the compiled kernels need float32 or float64 input and weights of one dtype, got "
+            f"input {x.dtype} and weights {cell.weight_hh.dtype}"
+        )
+    if _ext.load() is None:
+        return _ext.unavailable_reason()
+    return None
+
+
+def choose(cell: _Cell, x: Tensor, requested: str) -> str:
+    """The fast path for ``requested`` in ("auto", "compiled", "fused"): "compiled" where the C++
+    kernels can run (:func:`compiled_unavailable`), else "fused" (pure torch). A forced
+    "compiled" that cannot run raises, naming the cause; "auto" warns once if the extension
+    failed to build, and then uses "fused"."""
+    global _warned_fallback
+    if requested == "fused":
+        return "fused"
+    reason = compiled_unavailable(cell, x)
+    if reason is None:
+        return "compiled"
+    if requested == "compiled":
+        raise RuntimeError(
+            f"backend='compiled' cannot run here: {reason}. Use backend='auto' (falls back to "
+            "the pure-torch fused path) or backend='fused'."
+        )
+    if _ext.build_failed() and not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"rnnlab: using the slower pure-torch fused path because {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "fused"
 
 
 def scan(
-    cell: _Cell, x: Tensor, state: Tensor | LSTMState, mask: Tensor | None, reverse: bool
+    cell: _Cell,
+    x: Tensor,
+    state: Tensor | LSTMState,
+    mask: Tensor | None,
+    reverse: bool,
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor | LSTMState]:
     """Run ``cell`` over x (B, T, I) from ``state`` (B, H) (a pair for LSTM), skipping steps where
     ``mask`` (B, T) is False; backwards in time if ``reverse``. Returns (output (B, T, H), final
-    state)."""
+    state). ``compiled`` runs the C++ kernels (check :func:`choose` first)."""
+    if compiled:
+        return _scan_compiled(cell, x, state, mask, reverse)
     xs = x.transpose(0, 1)  # (T, B, I)
     ms = None if mask is None else mask.t()[:, :, None]  # (T, B, 1)
     if reverse:
@@ -270,3 +327,82 @@ class _RNNScan(torch.autograd.Function):
         dx, dw_ih, db = _input_grads(ctx, dpre, x, w_ih)
         dw_hh = linear(dpre.view(T * B, H).t(), _prev_states(h0, hs).view(T * B, H).t())
         return dx, dh, dw_ih, dw_hh, db, None
+
+
+# -- compiled kernels ---------------------------------------------------------------------------
+# The same algorithm as the classes above, with each whole time loop in C++
+# (rnnlab/_ext/recurrent.cpp): per step one in-place oneDNN GEMM and one vectorised pass over the
+# gates. Inputs and outputs stay batch first; the kernels index time themselves, so no flips.
+
+
+def _scan_compiled(
+    cell: _Cell, x: Tensor, state: Tensor | LSTMState, mask: Tensor | None, reverse: bool
+) -> tuple[Tensor, Tensor | LSTMState]:
+    ext = _ext.load()
+    x = x.contiguous()  # (B, T, I)
+    mask = None if mask is None else mask.contiguous()  # (B, T) bool
+    params = [p for p in cell.parameters()]
+    train = torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in params) or _state_requires_grad(state)
+    )
+    if isinstance(cell, LSTMCell):
+        args = (cell.weight_ih, cell.weight_hh, cell.bias, mask, reverse)
+        if not train:  # inference: nothing saved for a backward pass
+            out, h, c = ext.lstm_forward(x, state.h, state.c, *args, False)
+        else:
+            out, h, c = _CompiledLSTM.apply(x, state.h, state.c, *args)
+        return out, LSTMState(h, c)
+    args = (cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn, mask, reverse)
+    if not train:
+        out, h = ext.gru_forward(x, state, *args, False)
+        return out, h
+    return _CompiledGRU.apply(x, state, *args)
+
+
+def _state_requires_grad(state: Tensor | LSTMState) -> bool:
+    tensors = state if isinstance(state, LSTMState) else (state,)
+    return any(t.requires_grad for t in tensors)
+
+
+class _CompiledLSTM(torch.autograd.Function):
+    """LSTM over time in C++; x (B, T, I) batch first, mask (B, T) or None."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b, mask, reverse):
+        out, h, c, acts, hs, cs, xt = _ext.load().lstm_forward(
+            x, h0, c0, w_ih, w_hh, b, mask, reverse, True
+        )
+        ctx.reverse = reverse
+        ctx.save_for_backward(xt, w_ih, w_hh, acts, hs, cs, mask)
+        return out, h, c
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dh, dc):
+        xt, w_ih, w_hh, acts, hs, cs, mask = ctx.saved_tensors
+        dx, dh0, dc0, dw_ih, dw_hh, db = _ext.load().lstm_backward(
+            dout, dh, dc, xt, w_ih, w_hh, acts, hs, cs, mask, ctx.reverse, ctx.needs_input_grad[0]
+        )
+        return dx, dh0, dc0, dw_ih, dw_hh, db, None, None
+
+
+class _CompiledGRU(torch.autograd.Function):
+    """GRU over time in C++; x (B, T, I) batch first, mask (B, T) or None."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b, b_hn, mask, reverse):
+        out, h, acts, ghn, hs, xt = _ext.load().gru_forward(
+            x, h0, w_ih, w_hh, b, b_hn, mask, reverse, True
+        )
+        ctx.reverse = reverse
+        ctx.save_for_backward(xt, w_ih, w_hh, acts, ghn, hs, mask)
+        return out, h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dh):
+        xt, w_ih, w_hh, acts, ghn, hs, mask = ctx.saved_tensors
+        dx, dh0, dw_ih, dw_hh, db, db_hn = _ext.load().gru_backward(
+            dout, dh, xt, w_ih, w_hh, acts, ghn, hs, mask, ctx.reverse, ctx.needs_input_grad[0]
+        )
+        return dx, dh0, dw_ih, dw_hh, db, db_hn, None, None

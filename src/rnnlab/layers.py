@@ -21,8 +21,8 @@ from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 
 __all__ = ["RNN", "LSTM", "GRU", "BACKENDS"]
 
-Backend = Literal["auto", "fused", "reference"]
-BACKENDS = ("auto", "fused", "reference")
+Backend = Literal["auto", "compiled", "fused", "reference"]
+BACKENDS = ("auto", "compiled", "fused", "reference")
 GateTrace = list[list[dict[str, Tensor]]]  # [layer][direction] -> {gate name: (B, T, H)}
 Layer = TypeVar("Layer", bound="_RecurrentLayer")
 
@@ -116,21 +116,28 @@ class _RecurrentLayer(nn.Module):
         return torch.stack(states)
 
     # -- forward --------------------------------------------------------------------------------
-    def resolve_backend(self, return_gates: bool = False) -> Literal["fused", "reference"]:
-        """The backend a call would use. ``"auto"`` takes the fused path unless gates are asked
-        for (only the reference loop records them). Forcing ``"fused"`` with ``return_gates``
-        raises, naming the fix."""
+    def resolve_backend(
+        self, return_gates: bool = False, x: Tensor | None = None
+    ) -> Literal["compiled", "fused", "reference"]:
+        """The backend a call on ``x`` would use. ``"auto"`` takes the reference loop when gates
+        are asked for (only it records them), else the compiled C++ kernels where
+        :func:`rnnlab.fused.compiled_unavailable` finds nothing against them (LSTM or GRU,
+        float32/float64 on the CPU, extension built), else the pure-torch fused path. Forcing a
+        fast backend with ``return_gates``, or ``"compiled"`` where it cannot run, raises,
+        naming the cause and the fix."""
         if self.backend == "reference":
             return "reference"
         if return_gates:
-            if self.backend == "fused":
+            if self.backend != "auto":
                 raise ValueError(
-                    f"{type(self).__name__}(backend='fused') cannot return per-step gates: only "
-                    "the reference loop records them. Use backend='auto' or 'reference' to "
-                    "inspect gates."
+                    f"{type(self).__name__}(backend={self.backend!r}) cannot return per-step "
+                    "gates: only the reference loop records them. Use backend='auto' or "
+                    "'reference' to inspect gates."
                 )
             return "reference"
-        return "fused"
+        if x is None:
+            x = self.cells[0].weight_hh  # a CPU tensor of the parameters' dtype
+        return fused.choose(self.cells[0], x, self.backend)
 
     def forward(
         self,
@@ -171,7 +178,7 @@ class _RecurrentLayer(nn.Module):
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         state = check_state(name, state, x, LD, H, pair=self.cell_type is LSTMCell)
         step_mask = make_mask(name, lengths, mask, padding, B, T, x.device)  # (B, T) bool or None
-        backend = self.resolve_backend(return_gates)
+        backend = self.resolve_backend(return_gates, x)
 
         finals, trace = [], []
         layer_input = x  # (B, T, I) then (B, T, D*H)
@@ -181,8 +188,10 @@ class _RecurrentLayer(nn.Module):
                 k = layer * self.num_directions + direction
                 cell, cell_state = self.cells[k], self._cell_state(state, k)
                 reverse = direction == 1
-                if backend == "fused":
-                    out, final = fused.scan(cell, layer_input, cell_state, step_mask, reverse)
+                if backend != "reference":
+                    out, final = fused.scan(
+                        cell, layer_input, cell_state, step_mask, reverse, backend == "compiled"
+                    )
                     gates = None
                 else:
                     out, final, gates = self._scan_reference(
@@ -279,9 +288,11 @@ class LSTM(_RecurrentLayer):
     Backends: ``"reference"`` loops over :class:`~rnnlab.cells.LSTMCell`; ``"fused"`` runs
     :func:`rnnlab.fused.scan` (one GEMM for every step's input projection, one recurrent GEMM
     per step, hand-written backpropagation through time whose weight gradients are single GEMMs
-    over all steps); ``"auto"`` uses the fused path except when ``return_gates=True`` (only the
-    reference loop records gates). The fused backward is not itself differentiable: use
-    ``"reference"`` for double backward (e.g. gradient penalties).
+    over all steps); ``"compiled"`` runs the same algorithm with each time loop in C++
+    (:mod:`rnnlab._ext`: float32/float64 on an AVX-512 CPU, built on first use); ``"auto"``
+    uses the reference loop when ``return_gates=True`` (only it records gates), else
+    ``"compiled"`` where it can run, else ``"fused"``. The fast backwards are not themselves
+    differentiable: use ``"reference"`` for double backward (e.g. gradient penalties).
     """
 
     cell_type = LSTMCell

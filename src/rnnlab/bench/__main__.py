@@ -1,0 +1,5 @@
+import sys
+
+from rnnlab.bench import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""The ``rnnlab bench`` command: parse arguments, run the suite, print tables, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from rnnlab.bench.suite import DEFAULT_IMPLS, memory_probe, run_benchmarks
+from rnnlab.bench.workloads import WORKLOADS
+
+__all__ = ["main", "format_report", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rnnlab bench",
+        description="Training and inference throughput of rnnlab against torch.nn.LSTM/GRU "
+        "and Keras, with the GEMM peak measured in the same run.",
+    )
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. A,B (default: all)")
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="implementations to run")
+    p.add_argument("--modes", default="train,infer", help="train, infer or both")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved repeats (default 7)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=20.0,
+        help="seconds per slow implementation and mode (fewer repeats beyond it)",
+    )
+    p.add_argument("--quick", action="store_true", help="3 repeats, 3 s budget, no memory")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--json", metavar="FILE", help="write everything to FILE as JSON")
+    p.add_argument("--memory-probe", help=argparse.SUPPRESS)  # child process of the memory probe
+    return p
+
+
+def _split(value: str, allowed, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise SystemExit(f"rnnlab bench: expected {what} from {sorted(allowed)}, got {value!r}")
+    return items
+
+
+def format_report(report: dict) -> str:
+    """Plain-text tables: environment, GEMM peaks, one table per workload, memory."""
+    env = report["environment"]
+    lines = ["Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), ""]
+    lines.append("GEMM peak, fp32 GFLOP/s (M, K, N):")
+    for name, g in report["gemm"].items():
+        one = f"  oneDNN {g['onednn_gflops']:7.1f}" if "onednn_gflops" in g else ""
+        lines.append(f"  {name:10s} {str(tuple(g['shape'])):22s} MKL {g['mkl_gflops']:7.1f}{one}")
+    header = (
+        f"  {'impl':17s} {'mode':5s} {'samples/s':>10s} {'(min-max)':>19s} {'ms':>9s} "
+        f"{'x base':>7s} {'x torch':>7s} {'GFLOP/s':>8s} {'%MKL':>5s} {'%oDNN':>5s} n"
+    )
+    for wl in dict.fromkeys(r["workload"] for r in report["results"]):
+        lines += ["", f"Workload {wl}:", header]
+        for r in (r for r in report["results"] if r["workload"] == wl):
+            ratio = lambda v: f"{v:7.2f}" if v is not None else "      -"  # noqa: E731
+            lines.append(
+                f"  {r['impl']:17s} {r['mode']:5s} {r['samples_per_second']:10.0f} "
+                f"({r['samples_per_second_min']:8.0f}-{r['samples_per_second_max']:8.0f}) "
+                f"{r['step_ms']:9.2f} {ratio(r['ratio_vs_baseline'])} "
+                f"{ratio(r['ratio_vs_torch_lstm'])} {r['recurrent_gflops']:8.1f} "
+                f"{100 * r['fraction_of_mkl_peak']:5.0f} "
+                f"{100 * r.get('fraction_of_onednn_peak', float('nan')):5.0f} {r['repeats']}"
+            )
+    if report["memory"]:
+        lines += ["", "Peak memory of a training step (RSS high-water mark, MiB):"]
+        for key, m in report["memory"].items():
+            if "error" in m:
+                lines.append(f"  {key:22s} failed: {m['error']}")
+            else:
+                lines.append(
+                    f"  {key:22s} peak {m['peak_rss_mb']:8.0f}  growth over the "
+                    f"pre-step RSS {m['step_peak_mb']:8.0f}"
+                )
+    for impl, why in report["skipped"].items():
+        lines.append(f"Skipped {impl}: {why}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe)))
+        return 0
+    workloads = _split(args.workloads, WORKLOADS, "workloads")
+    impls = _split(args.impls, set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"}, "impls")
+    modes = _split(args.modes, {"train", "infer"}, "modes")
+    repeats, budget, memory = args.repeats, args.budget, not args.no_memory
+    if args.quick:
+        repeats, budget, memory = 3, 3.0, False
+    start = time.time()
+    report = run_benchmarks(
+        workloads,
+        tuple(impls),
+        tuple(modes),
+        repeats,
+        budget,
+        memory,
+        progress=lambda msg: print(f"[{time.time() - start:6.1f}s] {msg}", file=sys.stderr),
+    )
+    report["command"] = "rnnlab bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    report["wall_seconds"] = time.time() - start
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0

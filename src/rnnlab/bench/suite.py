@@ -1,0 +1,266 @@
+"""The benchmark suite of issue 6: training and inference throughput of every implementation
+on workloads A-E, the GEMM peak measured in the same run, and peak training memory.
+
+Method (STYLE.md item 12): every implementation is warmed up, then the implementations are
+interleaved (A B C A B C ...) so that machine noise hits them alike; each figure is the median
+over repeats, with the spread (min and max) beside it, and every speed claim is a ratio to
+torch.nn.LSTM (torch.nn.GRU for GRU rows) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import rnnlab
+from rnnlab import _ext, _gemm
+from rnnlab.bench.keras_models import KerasRunner, keras_unavailable
+from rnnlab.bench.workloads import WORKLOADS, Workload, build_model, loss_fn, lstm_flops, make_batch
+
+__all__ = ["environment", "gemm_peaks", "run_benchmarks", "measure_memory", "DEFAULT_IMPLS"]
+
+DEFAULT_IMPLS = ("rnnlab", "rnnlab-fused", "rnnlab-reference", "torch", "keras-torch")
+GRU_IMPLS = ("rnnlab-gru", "torch-gru")
+GRU_WORKLOADS = ("A", "C")  # GRU rows where the issue's models have a GRU counterpart
+BASELINE = {"rnnlab-gru": "torch-gru", "torch-gru": "torch"}
+
+
+def environment() -> dict:
+    """Device, dtype, threads and versions, printed beside every number."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    keras_version = None
+    if keras_unavailable() is None:
+        import keras
+
+        keras_version = f"{keras.__version__} ({keras.backend.backend()} backend)"
+    _ext.load()
+    return {
+        "device": f"cpu: {cpu}",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "dtype": "float32",
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "keras": keras_version,
+        "rnnlab": rnnlab.__version__,
+        "compiled_kernels": _ext.unavailable_reason() or "available",
+    }
+
+
+def _time(fn: Callable[[], None], inner: int) -> float:
+    """Seconds per call of ``fn``, over ``inner`` back-to-back calls."""
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def gemm_peaks(shapes: dict[str, tuple[int, int, int]], repeats: int) -> dict[str, dict]:
+    """fp32 GEMM throughput (GFLOP/s, median of ``repeats``) of MKL (torch.mm, torch's default)
+    and oneDNN (what torch.nn.LSTM and rnnlab use) at each named (M, K, N), interleaved."""
+    results = {}
+    for name, (M, K, N) in shapes.items():
+        a, w = torch.randn(M, K), torch.randn(N, K)
+        wt = w.t().contiguous()
+        flops = 2.0 * M * K * N
+        inner = max(1, int(2e9 / flops))  # about 2 GFLOP per sample
+        calls = {"mkl": lambda a=a, wt=wt: torch.mm(a, wt)}
+        if _gemm.ONEDNN:
+            calls["onednn"] = lambda a=a, w=w: _gemm.linear(a, w)
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        for fn in calls.values():
+            _time(fn, 2)
+        for _ in range(repeats):
+            for k, fn in calls.items():
+                times[k].append(_time(fn, inner))
+        results[name] = {"shape": [M, K, N]}
+        for k, ts in times.items():
+            results[name][f"{k}_gflops"] = flops / statistics.median(ts) / 1e9
+    return results
+
+
+class _TorchRunner:
+    """One model of a workload: ``train()`` = forward, loss, backward, Adam step;
+    ``infer()`` = a forward under no_grad."""
+
+    def __init__(self, w: Workload, impl: str, x, y) -> None:
+        torch.manual_seed(0)
+        self.model = build_model(w, impl)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.loss = loss_fn(w)
+        self.x, self.y = x, y
+
+    def train(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.loss(self.model(self.x), self.y).backward()
+        self.opt.step()
+
+    def infer(self) -> None:
+        with torch.no_grad():
+            self.model(self.x)
+
+
+def _impls_for(w: Workload, impls: tuple[str, ...]) -> list[str]:
+    chosen = list(impls)
+    if w.name in GRU_WORKLOADS and not w.bidirectional:
+        chosen += [i for i in GRU_IMPLS if i not in chosen]
+    return chosen
+
+
+def _runner(w: Workload, impl: str):
+    x, y = make_batch(w)
+    if impl == "keras-torch":
+        return KerasRunner(w, x, y)
+    return _TorchRunner(w, impl, x, y)
+
+
+def run_benchmarks(
+    workloads: list[str],
+    impls: tuple[str, ...] = DEFAULT_IMPLS,
+    modes: tuple[str, ...] = ("train", "infer"),
+    repeats: int = 7,
+    budget_s: float = 20.0,
+    memory: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the suite; returns ``{"environment", "gemm", "results", "memory", "skipped"}``.
+
+    ``results`` holds one record per (workload, impl, mode): samples_per_second (median),
+    min/max, step_ms, ratio_vs_torch, gflops and fraction of the GEMM peaks. An
+    implementation whose warm-up step is slow gets fewer repeats, so that it spends about
+    ``budget_s`` per (workload, mode); its record says how many it got.
+    """
+    say = progress or (lambda msg: None)
+    env = environment()
+    skipped: dict[str, str] = {}
+    if "keras-torch" in impls and (reason := keras_unavailable()) is not None:
+        skipped["keras-torch"] = reason
+        impls = tuple(i for i in impls if i != "keras-torch")
+    shapes = {"2048^3": (2048, 2048, 2048)}
+    for name in workloads:
+        w = WORKLOADS[name]
+        I, H = w.recurrent_shapes()[0]
+        shapes[f"{name} step"] = (w.batch, H, 4 * H)
+        shapes[f"{name} input"] = (w.batch * w.steps, I, 4 * H)
+    say("GEMM peaks")
+    gemm = gemm_peaks(shapes, max(3, repeats // 2))
+    peak_mkl, peak_onednn = gemm["2048^3"]["mkl_gflops"], gemm["2048^3"].get("onednn_gflops")
+
+    results = []
+    for name in workloads:
+        w = WORKLOADS[name]
+        chosen = _impls_for(w, impls)
+        runners = {}
+        for impl in chosen:
+            say(f"{name}: building {impl}")
+            runners[impl] = _runner(w, impl)
+        for mode in modes:
+            per_call = {}
+            for impl, r in runners.items():  # warm up: lazy builds, allocator, optimizer state
+                fn = getattr(r, mode)
+                fn()
+                per_call[impl] = _time(fn, 1)
+            reps = {
+                i: min(repeats, max(3, int(budget_s / max(t, 1e-9)))) for i, t in per_call.items()
+            }
+            inner = {i: max(1, int(0.05 / max(t, 1e-9))) for i, t in per_call.items()}
+            times: dict[str, list[float]] = {i: [] for i in runners}
+            for k in range(repeats):
+                say(f"{name} {mode}: repeat {k + 1}/{repeats}")
+                for impl, r in runners.items():
+                    if k < reps[impl]:
+                        times[impl].append(_time(getattr(r, mode), inner[impl]))
+            for impl, ts in times.items():
+                med = statistics.median(ts)
+                gru = impl.endswith("gru")
+                flops = lstm_flops(w, gates=3 if gru else 4, train=mode == "train")
+                base = BASELINE.get(impl, "torch") if gru else "torch"
+                rec = {
+                    "workload": name,
+                    "impl": impl,
+                    "cell": "gru" if gru else "lstm",
+                    "mode": mode,
+                    "samples_per_second": w.batch / med,
+                    "samples_per_second_min": w.batch / max(ts),
+                    "samples_per_second_max": w.batch / min(ts),
+                    "step_ms": 1e3 * med,
+                    "repeats": len(ts),
+                    "calls_per_repeat": inner[impl],
+                    "baseline": base,
+                    "recurrent_gflops": flops / med / 1e9,
+                    "fraction_of_mkl_peak": flops / med / 1e9 / peak_mkl,
+                }
+                if peak_onednn:
+                    rec["fraction_of_onednn_peak"] = flops / med / 1e9 / peak_onednn
+                results.append(rec)
+        del runners
+    by_key = {(r["workload"], r["impl"], r["mode"]): r for r in results}
+    for r in results:
+        base = by_key.get((r["workload"], r["baseline"], r["mode"]))
+        r["ratio_vs_baseline"] = (
+            r["samples_per_second"] / base["samples_per_second"] if base else None
+        )
+        torch_rec = by_key.get((r["workload"], "torch", r["mode"]))
+        r["ratio_vs_torch_lstm"] = (
+            r["samples_per_second"] / torch_rec["samples_per_second"] if torch_rec else None
+        )
+    mem = {}
+    if memory:
+        for name in [n for n in workloads if n in ("C", "E")]:
+            for impl in _impls_for(WORKLOADS[name], impls):
+                if impl in ("rnnlab-reference", "keras-torch") and name == "E":
+                    continue  # minutes per step at 784 steps; not the comparison asked for
+                say(f"{name}: peak memory of {impl}")
+                mem[f"{name}:{impl}"] = measure_memory(name, impl)
+    return {"environment": env, "gemm": gemm, "results": results, "memory": mem, "skipped": skipped}
+
+
+def measure_memory(workload: str, impl: str) -> dict:
+    """Peak memory of a training step, in a fresh process (torch's CPU allocator does not report
+    its use, and tracemalloc does not see it): the resident-set high-water mark (VmHWM) after
+    two training steps, and its growth over the resident set just before them."""
+    cmd = [sys.executable, "-m", "rnnlab.bench", "--memory-probe", f"{workload}:{impl}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(spec: str) -> dict:
+    """The child side of :func:`measure_memory`."""
+    workload, impl = spec.split(":", 1)
+    w = WORKLOADS[workload]
+    _ext.load()
+    runner = _runner(w, impl)
+    before = _current_rss_mb()
+    for _ in range(2):
+        runner.train()
+    peak = _peak_rss_mb()
+    return {"rss_before_mb": before, "peak_rss_mb": peak, "step_peak_mb": peak - before}
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM of this process. Not getrusage's ru_maxrss: Linux keeps that across fork and exec,
+    so a child would report its parent's high-water mark."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20

@@ -1,0 +1,166 @@
+"""The compiled C++ kernels (backend="compiled", :mod:`rnnlab._ext`) against the reference cells.
+
+Same parameters, copied weights: outputs, final states and every gradient must agree within
+1e-5 relative in float32 over random shapes, lengths (pre and post padding, masks), layers,
+directions and seeds; gradcheck in float64 checks the hand-written backward itself. Also: the
+inference path (no_grad) equals the training path, and the backend choice is explicit.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab import _ext, fused
+
+pytestmark = pytest.mark.skipif(
+    _ext.load() is None, reason=f"compiled kernels unavailable: {_ext.unavailable_reason()}"
+)
+
+LAYERS = {"LSTM": rnnlab.LSTM, "GRU": rnnlab.GRU}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: relative to the tensor's scale, so near-zero entries do not
+    dominate."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def run(layer, x, state, kwargs):
+    """Output, final state and the gradients of a random linear loss of both."""
+    x = x.clone().requires_grad_(True)
+    out, final = layer(x, state, **kwargs)
+    finals = list(final) if isinstance(final, tuple) else [final]
+    g = torch.Generator().manual_seed(123)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in [out, *finals])
+    loss.backward()
+    grads = {"x": x.grad, **{n: p.grad for n, p in layer.named_parameters()}}
+    if isinstance(state, tuple):
+        grads.update({f"state{i}": s.grad for i, s in enumerate(state)})
+    elif state is not None:
+        grads["state"] = state.grad
+    return out, finals, grads
+
+
+def random_case(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    B, T, I, H = r(1, 9), r(1, 12), r(1, 10), r(1, 17)
+    case = dict(
+        B=B,
+        T=T,
+        I=I,
+        H=H,
+        layers=r(1, 2),
+        bidirectional=bool(r(0, 1)),
+        kind=["none", "post", "pre", "mask"][r(0, 3)],
+        with_state=bool(r(0, 1)),
+    )
+    return case, g
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.parametrize("seed", range(12))
+def test_compiled_matches_reference(name: str, seed: int) -> None:
+    case, g = random_case(seed)
+    B, T, I, H = case["B"], case["T"], case["I"], case["H"]
+    torch.manual_seed(seed)
+    ref = LAYERS[name](I, H, case["layers"], case["bidirectional"], backend="reference")
+    with torch.no_grad():  # non-trivial biases, so every bias gradient path is exercised
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    fast = copy.deepcopy(ref)
+    fast.backend = "compiled"
+    x = torch.randn(B, T, I, generator=g)
+    kwargs = {}
+    if case["kind"] in ("post", "pre"):
+        kwargs = dict(lengths=torch.randint(1, T + 1, (B,), generator=g), padding=case["kind"])
+    elif case["kind"] == "mask":
+        kwargs = dict(mask=torch.rand(B, T, generator=g) < 0.7)
+    LD = case["layers"] * (2 if case["bidirectional"] else 1)
+    state = None
+    if case["with_state"]:
+        n = 2 if name == "LSTM" else 1
+        parts = [torch.randn(LD, B, H, generator=g) for _ in range(n)]
+        state = rnnlab.LSTMState(*parts) if name == "LSTM" else parts[0]
+
+    def fresh(s):
+        if s is None:
+            return None
+        if isinstance(s, tuple):
+            return type(s)(*(t.clone().requires_grad_(True) for t in s))
+        return s.clone().requires_grad_(True)
+
+    out_r, fin_r, grads_r = run(ref, x, fresh(state), kwargs)
+    out_f, fin_f, grads_f = run(fast, x, fresh(state), kwargs)
+    assert rel_err(out_f, out_r) < 1e-5, case
+    for a, b in zip(fin_f, fin_r, strict=True):
+        assert rel_err(a, b) < 1e-5, case
+    assert grads_f.keys() == grads_r.keys()
+    for key in grads_r:
+        assert rel_err(grads_f[key], grads_r[key]) < 1e-5, (key, case)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.parametrize("padding", [None, "post", "pre"])
+def test_compiled_gradcheck_float64(name: str, padding: str | None) -> None:
+    torch.manual_seed(0)
+    layer = LAYERS[name](3, 4, num_layers=2, bidirectional=True, backend="compiled").double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    kwargs = {} if padding is None else dict(lengths=torch.tensor([5, 3]), padding=padding)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def f(x, *ps):
+        values = dict(zip(names, ps, strict=True))
+        out, final = torch.func.functional_call(layer, values, (x,), kwargs)
+        return (out, *final) if isinstance(final, tuple) else (out, final)
+
+    copies = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
+    assert torch.autograd.gradcheck(f, (x, *copies), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_inference_path_equals_training_path(name: str) -> None:
+    torch.manual_seed(1)
+    layer = LAYERS[name](5, 7, num_layers=2, bidirectional=True, backend="compiled")
+    x = torch.randn(4, 6, 5)
+    lengths = torch.tensor([6, 2, 5, 1])
+    out_t, fin_t = layer(x, lengths=lengths, padding="pre")
+    with torch.no_grad():
+        out_i, fin_i = layer(x, lengths=lengths, padding="pre")
+    assert out_t.requires_grad and not out_i.requires_grad
+    torch.testing.assert_close(out_i, out_t.detach(), rtol=0, atol=0)
+    fin_i, fin_t = (list(f) if isinstance(f, tuple) else [f] for f in (fin_i, fin_t))
+    for a, b in zip(fin_i, fin_t, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_auto_picks_compiled_where_it_can_run() -> None:
+    assert rnnlab.LSTM(3, 4).resolve_backend(x=torch.zeros(1, 1, 3)) == "compiled"
+    assert rnnlab.GRU(3, 4).resolve_backend(x=torch.zeros(1, 1, 3)) == "compiled"
+    assert rnnlab.RNN(3, 4).resolve_backend(x=torch.zeros(1, 1, 3)) == "fused"
+    assert rnnlab.LSTM(3, 4).resolve_backend(return_gates=True) == "reference"
+    x16 = torch.zeros(1, 1, 3, dtype=torch.float16)
+    assert rnnlab.LSTM(3, 4).half().resolve_backend(x=x16) == "fused"
+
+
+def test_forced_compiled_that_cannot_run_names_the_cause() -> None:
+    with pytest.raises(RuntimeError, match="cover LSTM and GRU cells, not RNNCell"):
+        rnnlab.RNN(3, 4, backend="compiled")(torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match="cannot return per-step gates"):
+        rnnlab.LSTM(3, 4, backend="compiled")(torch.zeros(1, 2, 3), return_gates=True)
+
+
+def test_disabled_extension_falls_back_and_forced_raises(monkeypatch) -> None:
+    monkeypatch.setattr(_ext, "_tried", False)
+    monkeypatch.setattr(_ext, "_module", None)
+    monkeypatch.setenv("RNNLAB_NO_EXTENSION", "1")
+    x = torch.randn(2, 3, 4)
+    assert fused.choose(rnnlab.LSTMCell(4, 5), x, "auto") == "fused"
+    with pytest.raises(RuntimeError, match="disabled by RNNLAB_NO_EXTENSION"):
+        rnnlab.LSTM(4, 5, backend="compiled")(x)
+    out, _ = rnnlab.LSTM(4, 5)(x)  # auto still works
+    assert out.shape == (2, 3, 5)
