@@ -164,3 +164,44 @@ def test_disabled_extension_falls_back_and_forced_raises(monkeypatch) -> None:
         rnnlab.LSTM(4, 5, backend="compiled")(x)
     out, _ = rnnlab.LSTM(4, 5)(x)  # auto still works
     assert out.shape == (2, 3, 5)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lstm_inference_kernel_matches_reference(seed: int) -> None:
+    """Unpadded float32 LSTM inference takes its own kernel (lstm_infer: one parallel region,
+    hidden units split between threads); it must equal the reference loop like the others.
+    H runs over sizes below, at and off multiples of 16, and the kernel is called with 1-3
+    threads, so every split of the hidden units is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, I = (int(torch.randint(1, 40, (1,), generator=g)) for _ in range(3))
+    H = [5, 16, 33, 64, 100, 128, 47, 256][seed]
+    reverse = bool(seed % 2)
+    torch.manual_seed(seed)
+    ref = rnnlab.LSTM(I, H, bidirectional=True, backend="reference")
+    cell = ref.cell(0, int(reverse))
+    x = torch.randn(B, T, I, generator=g)
+    h0, c0 = torch.randn(B, H, generator=g), torch.randn(B, H, generator=g)
+    state = rnnlab.LSTMState(torch.stack([h0, h0]), torch.stack([c0, c0]))
+    with torch.no_grad():
+        out_r, fin_r = ref(x, state)
+        out_r = out_r[..., H:] if reverse else out_r[..., :H]
+        fin_r = [s[int(reverse)] for s in fin_r]
+        weights = (cell.weight_ih, cell.weight_hh, cell.bias)
+        for threads in (1, 2, 3):
+            out_f, h_f, c_f = _ext.load().lstm_infer(x, h0, c0, *weights, reverse, threads)
+            assert rel_err(out_f, out_r) < 1e-5, (B, T, I, H, threads)
+            for a, b in zip((h_f, c_f), fin_r, strict=True):
+                assert rel_err(a, b) < 1e-5, (B, T, I, H, threads)
+
+
+def test_lstm_inference_takes_its_kernel_and_threads_follow_the_work() -> None:
+    layer = rnnlab.LSTM(3, 32, num_layers=2, bidirectional=True, backend="compiled")
+    ref = copy.deepcopy(layer)
+    ref.backend = "reference"
+    x = torch.randn(4, 6, 3)
+    with torch.no_grad():
+        (out_f, fin_f), (out_r, fin_r) = layer(x), ref(x)
+    assert rel_err(out_f, out_r) < 1e-5
+    assert all(rel_err(a, b) < 1e-5 for a, b in zip(fin_f, fin_r, strict=True))
+    assert fused.infer_threads(32, 128) == 1  # workload E: 4 MFLOP a step
+    assert fused.infer_threads(128, 128) == min(2, torch.get_num_threads())  # workload A

@@ -20,7 +20,10 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -230,6 +233,89 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
   return {dx, dh, dc, dw_ih, dw_hh, flat.sum(0)};
 }
 
+// LSTM inference without padding: the whole time loop is one OpenMP parallel region.
+//
+// Why: the training kernel above costs, per step, a oneDNN matmul (its own parallel region and a
+// primitive-cache lookup) plus a parallel region for the gates: two fork/joins per step. On a
+// machine whose cores are shared, each of them waits for the slowest, possibly descheduled,
+// thread. Here each thread owns a block of hidden units [j0, j1) and computes, per step, the
+// four gate columns of those units with a single-threaded oneDNN ukernel (cpublas::brgemm, no
+// primitive lookup once built), activates them and writes its part of h_t and c_t; then one
+// barrier, because every thread's next GEMM reads all of h_t. One synchronisation per step.
+//
+// W_hh^T (H, 4H) is repacked per call into per-thread blocks (H, 4*Hk) with columns
+// [i_j0..j1 | f_j0..j1 | g_j0..j1 | o_j0..j1], so each thread's GEMM output is contiguous.
+std::vector<Tensor> lstm_infer(const Tensor& x, const Tensor& h0, const Tensor& c0,
+                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,
+                               bool reverse, int64_t threads) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "lstm_infer expects float32, got ", x.scalar_type());
+  const int64_t B = x.size(0), Tn = x.size(1), H = h0.size(1);
+  Tensor xt = x.transpose(0, 1).contiguous();     // (T, B, I)
+  Tensor xw = input_projection(xt, w_ih, bias);   // (T, B, 4H)
+  // Threads: as asked (rnnlab.fused picks the number), at most one per 16 hidden units.
+  const int64_t nt = std::max<int64_t>(1, std::min(threads, H / 16));
+  const int64_t Hk = (H + nt - 1) / nt;  // units per thread, the last block may be shorter
+  // (nt, H, 4*Hk) per-thread weight blocks, zero-padded where the last block is short.
+  Tensor w_t = w_hh.t().contiguous();  // (H, 4H)
+  Tensor packed = at::zeros({nt, H, 4 * Hk}, x.options());
+  for (int64_t k = 0; k < nt; ++k) {
+    const int64_t j0 = k * Hk, n = std::max<int64_t>(0, std::min(H, j0 + Hk) - j0);
+    for (int64_t q = 0; q < 4 && n > 0; ++q)
+      packed[k].narrow(1, q * Hk, n).copy_(w_t.narrow(1, q * H + j0, n));
+  }
+  Tensor hs = at::empty({2, B, H}, x.options());
+  hs[0].copy_(h0);
+  Tensor c = c0.contiguous().clone();  // (B, H), updated in place
+  Tensor out = at::empty({B, Tn, H}, x.options());
+  Tensor acc = at::empty({nt, B, 4 * Hk}, x.options());  // each thread's h_{t-1} W_hh^T block
+  const float* xw_p = xw.data_ptr<float>();
+  const float* pk = packed.data_ptr<float>();
+  float* hs_p = hs.data_ptr<float>();
+  float* c_p = c.data_ptr<float>();
+  float* out_p = out.data_ptr<float>();
+  float* acc_p = acc.data_ptr<float>();
+#pragma omp parallel num_threads(nt)
+  {
+    // The team may be smaller than asked (nested region, OMP_DYNAMIC): share the blocks out
+    // among the threads that exist, so the barrier never waits for a missing thread.
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+    for (int64_t s = 0; s < Tn; ++s) {
+      const int64_t t = reverse ? Tn - 1 - s : s;
+      const float* hp = hs_p + (s & 1) * B * H;
+      float* hn = hs_p + ((s + 1) & 1) * B * H;
+      for (int64_t k = me; k < nt; k += team) {
+        const int64_t j0 = k * Hk, n = std::min(H, j0 + Hk) - j0;
+        if (n <= 0) continue;
+        float* a = acc_p + k * B * 4 * Hk;
+        at::native::cpublas::brgemm(B, 4 * Hk, H, H, 4 * Hk, 4 * Hk, false, hp,
+                                    pk + k * H * 4 * Hk, a, false);
+        for (int64_t b = 0; b < B; ++b) {
+          const float* pre = xw_p + (t * B + b) * 4 * H + j0;  // input part of unit j0's gates
+          const float* rec = a + b * 4 * Hk;
+          float* cb = c_p + b * H + j0;
+          float* hb = hn + b * H + j0;
+          float* ob = out_p + (b * Tn + t) * H + j0;
+#pragma omp simd
+          for (int64_t q = 0; q < n; ++q) {
+            const float i = sigmoid(pre[q] + rec[q]);
+            const float f = sigmoid(pre[H + q] + rec[Hk + q]);
+            const float g = std::tanh(pre[2 * H + q] + rec[2 * Hk + q]);
+            const float o = sigmoid(pre[3 * H + q] + rec[3 * Hk + q]);
+            const float cn = f * cb[q] + i * g;
+            const float h = o * std::tanh(cn);
+            cb[q] = cn;
+            hb[q] = h;
+            ob[q] = h;
+          }
+        }
+      }
+#pragma omp barrier
+    }
+    at::native::cpublas::brgemm_release(false);
+  }
+  return {out, hs[Tn & 1].clone(), c};
+}
+
 // ---------------------------------------------------------------------------------------------
 // GRU: gate rows r, z, n; n = tanh(x W_in^T + b_n + r (h W_hn^T + b_hn)), h = (1-z) n + z h_prev.
 
@@ -371,6 +457,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_, const Tensor& dh_n, const 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
+  m.def("lstm_infer", &lstm_infer);
   m.def("gru_forward", &gru_forward);
   m.def("gru_backward", &gru_backward);
 }
