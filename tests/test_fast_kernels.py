@@ -205,3 +205,45 @@ def test_lstm_inference_takes_its_kernel_and_threads_follow_the_work() -> None:
     assert all(rel_err(a, b) < 1e-5 for a, b in zip(fin_f, fin_r, strict=True))
     assert fused.infer_threads(32, 128) == 1  # workload E: 4 MFLOP a step
     assert fused.infer_threads(128, 128) == min(2, torch.get_num_threads())  # workload A
+
+
+@pytest.mark.parametrize("padding", [None, "pre", "post"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_bf16_mode_close_to_fp32(padding: str | None, bidirectional: bool) -> None:
+    """precision="bf16": only the GEMM operands are rounded to bf16 (8 significant bits), so
+    outputs, states and gradients stay within about 1% of float32; all stay float32 and finite."""
+    torch.manual_seed(3)
+    ref = rnnlab.LSTM(6, 40, num_layers=2, bidirectional=bidirectional, backend="compiled")
+    bf = copy.deepcopy(ref)
+    bf.precision = "bf16"
+    x = torch.randn(5, 9, 6)
+    kwargs = {} if padding is None else dict(lengths=torch.tensor([9, 4, 1, 7, 9]), padding=padding)
+    out_r, fin_r, grads_r = run(ref, x, None, kwargs)
+    out_b, fin_b, grads_b = run(bf, x, None, kwargs)
+    assert out_b.dtype == torch.float32 and all(t.dtype == torch.float32 for t in fin_b)
+    assert rel_err(out_b, out_r) < 2e-2
+    for a, b in zip(fin_b, fin_r, strict=True):
+        assert rel_err(a, b) < 2e-2
+    for key in grads_r:
+        assert torch.isfinite(grads_b[key]).all(), key
+        assert rel_err(grads_b[key], grads_r[key]) < 3e-2, key
+    with torch.no_grad():  # inference in bf16 mode computes what training computes
+        torch.testing.assert_close(bf(x, **kwargs)[0], out_b.detach(), rtol=0, atol=0)
+
+
+def test_bf16_under_autocast_and_forced_where_it_cannot_run() -> None:
+    torch.manual_seed(4)
+    layer = rnnlab.LSTM(6, 20, backend="compiled")
+    bf = copy.deepcopy(layer)
+    bf.precision = "bf16"
+    x = torch.randn(3, 5, 6)
+    with torch.no_grad():
+        expected = bf(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x.bfloat16())[0]  # bf16 input from an autocast layer is cast up
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=2e-2)
+    with pytest.raises(RuntimeError, match="precision='bf16' runs the LSTM's GEMMs in bf16"):
+        rnnlab.LSTM(6, 20, backend="fused", precision="bf16")(x)
+    with pytest.raises(ValueError, match="expected precision 'fp32' or 'bf16', got 'fp16'"):
+        rnnlab.LSTM(6, 20, precision="fp16")

@@ -35,7 +35,7 @@ from rnnlab import _ext
 from rnnlab._gemm import linear
 from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 
-__all__ = ["scan", "choose", "compiled_unavailable"]
+__all__ = ["scan", "choose", "compiled_unavailable", "use_bf16", "autocast_input"]
 
 _COMPILED_DTYPES = (torch.float32, torch.float64)
 _warned_fallback = False
@@ -85,6 +85,40 @@ def choose(cell: _Cell, x: Tensor, requested: str) -> str:
     return "fused"
 
 
+def autocast_bf16() -> bool:
+    """Whether ``torch.autocast("cpu", dtype=torch.bfloat16)`` is active."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def autocast_input(x: Tensor, cell: _Cell) -> Tensor:
+    """Under CPU autocast a layer's input may arrive in bf16 (from an autocast Linear); the
+    recurrent layers keep float32 weights and state, so such input is cast up to them."""
+    if x.dtype == torch.bfloat16 and cell.weight_hh.dtype == torch.float32 and autocast_bf16():
+        return x.float()
+    return x
+
+
+def use_bf16(cell: _Cell, x: Tensor, backend: str, precision: str) -> bool:
+    """Whether the LSTM kernels run their GEMMs in bf16: with ``precision="bf16"``, or under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)`` where the compiled kernels run.
+
+    bf16 mode keeps float32 master weights, gates, cell state c and outputs: only the GEMM
+    operands (x, h, the weights, the backward's gate gradients) are rounded to bf16, and oneDNN
+    accumulates in fp32 on avx512_bf16. Asking for it (``precision="bf16"``) where the compiled
+    kernels do not run raises, naming the cause; autocast there falls back to float32."""
+    if precision == "fp32":
+        return backend == "compiled" and isinstance(cell, LSTMCell) and autocast_bf16()
+    if backend == "compiled" and isinstance(cell, LSTMCell) and x.dtype == torch.float32:
+        return True
+    why = compiled_unavailable(cell, x) if backend != "reference" else None
+    why = why or f"this call uses backend {backend!r}"
+    raise RuntimeError(
+        f"precision='bf16' runs the LSTM's GEMMs in bf16 on the compiled kernels only "
+        f"(float32 parameters, CPU), but {why}. Use backend='auto' or 'compiled' where the "
+        "extension builds, or precision='fp32'."
+    )
+
+
 def scan(
     cell: _Cell,
     x: Tensor,
@@ -92,12 +126,14 @@ def scan(
     mask: Tensor | None,
     reverse: bool,
     compiled: bool = False,
+    bf16: bool = False,
 ) -> tuple[Tensor, Tensor | LSTMState]:
     """Run ``cell`` over x (B, T, I) from ``state`` (B, H) (a pair for LSTM), skipping steps where
     ``mask`` (B, T) is False; backwards in time if ``reverse``. Returns (output (B, T, H), final
-    state). ``compiled`` runs the C++ kernels (check :func:`choose` first)."""
+    state). ``compiled`` runs the C++ kernels (check :func:`choose` first); ``bf16`` runs their
+    GEMMs on bf16 operands (LSTM only, see :func:`use_bf16`)."""
     if compiled:
-        return _scan_compiled(cell, x, state, mask, reverse)
+        return _scan_compiled(cell, x, state, mask, reverse, bf16)
     xs = x.transpose(0, 1)  # (T, B, I)
     ms = None if mask is None else mask.t()[:, :, None]  # (T, B, 1)
     if reverse:
@@ -336,7 +372,12 @@ class _RNNScan(torch.autograd.Function):
 
 
 def _scan_compiled(
-    cell: _Cell, x: Tensor, state: Tensor | LSTMState, mask: Tensor | None, reverse: bool
+    cell: _Cell,
+    x: Tensor,
+    state: Tensor | LSTMState,
+    mask: Tensor | None,
+    reverse: bool,
+    bf16: bool = False,
 ) -> tuple[Tensor, Tensor | LSTMState]:
     ext = _ext.load()
     x = x.contiguous()  # (B, T, I)
@@ -347,7 +388,7 @@ def _scan_compiled(
     )
     if isinstance(cell, LSTMCell):
         args = (cell.weight_ih, cell.weight_hh, cell.bias, mask, reverse)
-        if not train and mask is None and x.dtype == torch.float32:
+        if not train and mask is None and x.dtype == torch.float32 and not bf16:
             # One parallel region for the whole loop, one barrier per step (recurrent.cpp,
             # lstm_infer): the same arithmetic, about 1.1-1.6x torch.nn.LSTM's oneDNN kernel.
             w = (cell.weight_ih, cell.weight_hh, cell.bias)
@@ -356,9 +397,9 @@ def _scan_compiled(
             out, h, c = ext.lstm_infer(x, h0, c0, *w, reverse, threads)
             return out, LSTMState(h, c)
         if not train:  # inference: nothing saved for a backward pass
-            out, h, c = ext.lstm_forward(x, state.h, state.c, *args, False)
+            out, h, c = ext.lstm_forward(x, state.h, state.c, *args, False, bf16)
         else:
-            out, h, c = _CompiledLSTM.apply(x, state.h, state.c, *args)
+            out, h, c = _CompiledLSTM.apply(x, state.h, state.c, *args, bf16)
         return out, LSTMState(h, c)
     args = (cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn, mask, reverse)
     if not train:
@@ -389,10 +430,10 @@ class _CompiledLSTM(torch.autograd.Function):
     """LSTM over time in C++; x (B, T, I) batch first, mask (B, T) or None."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b, mask, reverse):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b, mask, reverse, bf16):
         out, h, c, acts, hs, cs, xt = _ext.load().lstm_forward(
-            x, h0, c0, w_ih, w_hh, b, mask, reverse, True
-        )
+            x, h0, c0, w_ih, w_hh, b, mask, reverse, True, bf16
+        )  # in bf16 mode hs and xt are the bf16 GEMM operands
         ctx.reverse = reverse
         ctx.save_for_backward(xt, w_ih, w_hh, acts, hs, cs, mask)
         return out, h, c
@@ -404,7 +445,7 @@ class _CompiledLSTM(torch.autograd.Function):
         dx, dh0, dc0, dw_ih, dw_hh, db = _ext.load().lstm_backward(
             dout, dh, dc, xt, w_ih, w_hh, acts, hs, cs, mask, ctx.reverse, ctx.needs_input_grad[0]
         )
-        return dx, dh0, dc0, dw_ih, dw_hh, db, None, None
+        return dx, dh0, dc0, dw_ih, dw_hh, db, None, None, None
 
 
 class _CompiledGRU(torch.autograd.Function):

@@ -104,6 +104,10 @@ class _RecurrentLayer(nn.Module):
         a stack or a model); see :func:`rnnlab.interop.from_keras`."""
         return interop.from_keras(cls, source, backend)
 
+    def _bf16_gemms(self, backend: str, x: Tensor) -> bool:
+        """Whether the fast path runs its GEMMs in bf16; only LSTM has a bf16 mode."""
+        return False
+
     # -- state helpers, overridden by LSTM ------------------------------------------------------
     def _zero_state(self, x: Tensor) -> Tensor | LSTMState:
         LD, B, H = self.num_layers * self.num_directions, x.shape[0], self.hidden_size
@@ -173,12 +177,14 @@ class _RecurrentLayer(nn.Module):
         """
         name = type(self).__name__
         check_input(name, x, self.input_size)
+        x = fused.autocast_input(x, self.cells[0])
         B, T, _ = x.shape
         state = self._zero_state(x) if state is None else state
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         state = check_state(name, state, x, LD, H, pair=self.cell_type is LSTMCell)
         step_mask = make_mask(name, lengths, mask, padding, B, T, x.device)  # (B, T) bool or None
         backend = self.resolve_backend(return_gates, x)
+        bf16 = self._bf16_gemms(backend, x)
 
         finals, trace = [], []
         layer_input = x  # (B, T, I) then (B, T, D*H)
@@ -190,7 +196,8 @@ class _RecurrentLayer(nn.Module):
                 reverse = direction == 1
                 if backend != "reference":
                     out, final = fused.scan(
-                        cell, layer_input, cell_state, step_mask, reverse, backend == "compiled"
+                        cell, layer_input, cell_state, step_mask, reverse, backend == "compiled",
+                        bf16,
                     )
                     gates = None
                 else:
@@ -293,6 +300,11 @@ class LSTM(_RecurrentLayer):
     uses the reference loop when ``return_gates=True`` (only it records gates), else
     ``"compiled"`` where it can run, else ``"fused"``. The fast backwards are not themselves
     differentiable: use ``"reference"`` for double backward (e.g. gradient penalties).
+
+    ``precision="bf16"`` (or running under ``torch.autocast("cpu", dtype=torch.bfloat16)``)
+    runs the compiled kernels' GEMMs on bf16 operands (avx512_bf16) while the parameters, the
+    gates, the cell state c and the outputs stay float32 (:func:`rnnlab.fused.use_bf16`);
+    forcing it where the compiled kernels cannot run raises.
     """
 
     cell_type = LSTMCell
@@ -306,6 +318,7 @@ class LSTM(_RecurrentLayer):
         dropout: float = 0.0,
         forget_bias: float = 1.0,
         backend: Backend = "auto",
+        precision: Literal["fp32", "bf16"] = "fp32",
     ) -> None:
         super().__init__(
             input_size,
@@ -317,6 +330,23 @@ class LSTM(_RecurrentLayer):
             forget_bias=forget_bias,
         )
         self.forget_bias = float(forget_bias)
+        self.precision = precision
+
+    @property
+    def precision(self) -> Literal["fp32", "bf16"]:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Literal["fp32", "bf16"]) -> None:
+        if value not in ("fp32", "bf16"):
+            raise ValueError(f"LSTM expected precision 'fp32' or 'bf16', got {value!r}")
+        self._precision = value
+
+    def _bf16_gemms(self, backend: str, x: Tensor) -> bool:
+        return fused.use_bf16(self.cells[0], x, backend, self.precision)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", precision='bf16'" if self.precision == "bf16" else "")
 
     def _zero_state(self, x: Tensor) -> LSTMState:
         h = super()._zero_state(x)

@@ -49,10 +49,12 @@ namespace {
 
 using at::Tensor;
 
-// out = beta * out + a @ b. oneDNN for float32 (1.5-2x MKL at these shapes on AVX-512 CPUs);
-// float64, which only the gradient checks use, goes through ATen's addmm.
+// out = beta * out + a @ b. oneDNN for float32 (1.5-2x MKL at these shapes on AVX-512 CPUs) and
+// bfloat16 (all three operands bf16: oneDNN accumulates in fp32 and rounds the result once; it
+// runs on avx512_bf16's dot products); float64, which only the gradient checks use, goes
+// through ATen's addmm.
 void gemm(const Tensor& a, const Tensor& b, const Tensor& out, float beta) {
-  if (out.scalar_type() == at::kFloat) {
+  if (out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16) {
     at::native::mkldnn_matmul(a, b, out, beta, 1.0f);
   } else if (beta == 0.0f) {
     at::mm_out(const_cast<Tensor&>(out), a, b);
@@ -100,23 +102,35 @@ int64_t grain(int64_t B) { return std::max<int64_t>(1, B / at::get_num_threads()
 // ---------------------------------------------------------------------------------------------
 // LSTM: gate rows i, f, g, o; c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
 
+// bf16 mode (rec != nullptr): rec (B, 4H) is h_{t-1} W_hh^T from a bf16 GEMM, added here in fp32,
+// and hb_next receives a bf16 copy of h_t, the next step's GEMM operand. The gate arithmetic and
+// c stay in T (float).
 template <typename T>
 void lstm_forward_step(T* gates, const T* h_prev, const T* c_prev, T* h_next, T* c_next, T* out,
-                       const bool* mask, int64_t t, int64_t Tn, int64_t B, int64_t H) {
+                       const bool* mask, int64_t t, int64_t Tn, int64_t B, int64_t H,
+                       const at::BFloat16* rec = nullptr, at::BFloat16* hb_next = nullptr) {
   at::parallel_for(0, B, grain(B), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* a = gates + b * 4 * H;  // (4H,) pre-activations in, activations out
+      if (rec) {
+        const at::BFloat16* r = rec + b * 4 * H;
+#pragma omp simd
+        for (int64_t j = 0; j < 4 * H; ++j) a[j] += static_cast<float>(r[j]);
+      }
       const T* cp = c_prev + b * H;
       const T* hp = h_prev + b * H;
       T* cn = c_next + b * H;
       T* hn = h_next + b * H;
       T* o_bt = out + (b * Tn + t) * H;
+      at::BFloat16* hb = hb_next ? hb_next + b * H : nullptr;
       if (mask && !mask[b * Tn + t]) {  // padded: carry the state, output zero
         for (int64_t j = 0; j < H; ++j) {
           cn[j] = cp[j];
           hn[j] = hp[j];
           o_bt[j] = T(0);
         }
+        if (hb)
+          for (int64_t j = 0; j < H; ++j) hb[j] = static_cast<at::BFloat16>(hp[j]);
         continue;
       }
 #pragma omp simd
@@ -133,48 +147,83 @@ void lstm_forward_step(T* gates, const T* h_prev, const T* c_prev, T* h_next, T*
         hn[j] = h;
         o_bt[j] = h;
       }
+      if (hb)
+        for (int64_t j = 0; j < H; ++j) hb[j] = static_cast<at::BFloat16>(hn[j]);
     }
   });
 }
 
 // Returns {out (B, T, H), h_n, c_n, gates, hs, cs, xt}; the last four only when training.
+// bf16 mode (float32 only): every GEMM takes bf16 operands (x, h and the weights rounded to
+// bf16); gates, c, h and the outputs stay float32. Then hs and xt come back as bf16, the
+// operands the backward's weight-gradient GEMMs need.
 std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor& c0,
                                  const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,
-                                 const c10::optional<Tensor>& mask, bool reverse, bool train) {
+                                 const c10::optional<Tensor>& mask, bool reverse, bool train,
+                                 bool bf16) {
+  TORCH_CHECK(!bf16 || x.scalar_type() == at::kFloat, "bf16 mode needs float32, got ",
+              x.scalar_type());
   const int64_t B = x.size(0), Tn = x.size(1), H = h0.size(1);
   const Slots slots{Tn, reverse, train};
-  Tensor xt = x.transpose(0, 1).contiguous();     // (T, B, I)
-  Tensor gates = input_projection(xt, w_ih, bias);  // (T, B, 4H)
+  Tensor xt = x.transpose(0, 1).contiguous();  // (T, B, I)
   const int64_t S = train ? Tn + 1 : 2;
   Tensor hs = at::empty({S, B, H}, x.options());
   Tensor cs = at::empty({S, B, H}, x.options());
   Tensor out = at::empty({B, Tn, H}, x.options());
-  Tensor w_hh_t = w_hh.t();  // (H, 4H)
+  Tensor gates, w_hh_t, hb, rec;  // hb (S, B, H) bf16 states, rec (B, 4H) bf16 h W_hh^T
+  if (bf16) {
+    xt = xt.to(at::kBFloat16);
+    Tensor proj = product(xt.view({Tn * B, -1}), w_ih.to(at::kBFloat16).t());  // (T*B, 4H)
+    gates = at::add(proj.view({Tn, B, 4 * H}), bias);  // float32: type promotion
+    w_hh_t = w_hh.to(at::kBFloat16).t();
+    hb = at::empty({S, B, H}, xt.options());
+    hb[slots.prev(0, slots.time(0))].copy_(h0);
+    rec = at::empty({B, 4 * H}, xt.options());
+  } else {
+    gates = input_projection(xt, w_ih, bias);  // (T, B, 4H)
+    w_hh_t = w_hh.t();                        // (H, 4H)
+  }
   hs[slots.prev(0, slots.time(0))].copy_(h0);
   cs[slots.prev(0, slots.time(0))].copy_(c0);
   const bool* m = mask_data(mask);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
     for (int64_t s = 0; s < Tn; ++s) {
       const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
-      gemm(hs[p], w_hh_t, gates[t], 1.0f);  // gates[t] += h_{t-1} W_hh^T
-      lstm_forward_step<scalar_t>(gates[t].data_ptr<scalar_t>(), hs[p].data_ptr<scalar_t>(),
-                                  cs[p].data_ptr<scalar_t>(), hs[n].data_ptr<scalar_t>(),
-                                  cs[n].data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), m, t, Tn,
-                                  B, H);
+      if (bf16) {
+        gemm(hb[p], w_hh_t, rec, 0.0f);  // rec = h_{t-1} W_hh^T, added by the gate pass
+      } else {
+        gemm(hs[p], w_hh_t, gates[t], 1.0f);  // gates[t] += h_{t-1} W_hh^T
+      }
+      lstm_forward_step<scalar_t>(
+          gates[t].data_ptr<scalar_t>(), hs[p].data_ptr<scalar_t>(), cs[p].data_ptr<scalar_t>(),
+          hs[n].data_ptr<scalar_t>(), cs[n].data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), m, t,
+          Tn, B, H, bf16 ? rec.data_ptr<at::BFloat16>() : nullptr,
+          bf16 ? hb[n].data_ptr<at::BFloat16>() : nullptr);
     }
   });
   const int64_t last = slots.next(Tn - 1, slots.time(Tn - 1));
   Tensor h_n = hs[last].clone(), c_n = cs[last].clone();
   if (!train) return {out, h_n, c_n};
+  if (bf16) return {out, h_n, c_n, gates, hb, cs, xt};
   return {out, h_n, c_n, gates, hs, cs, xt};
 }
 
+// bf16 mode: rec (B, H) is the previous (later-in-time) step's dpre W_hh from a bf16 GEMM, added
+// to dh here in fp32, and dpre_b receives a bf16 copy of dpre for the GEMMs.
 template <typename T>
 void lstm_backward_step(const T* acts, const T* c_prev, const T* c_next, const T* dout, T* dpre,
                         T* dh, T* dc, const bool* mask, int64_t t, int64_t Tn, int64_t B,
-                        int64_t H) {
+                        int64_t H, const at::BFloat16* rec = nullptr,
+                        at::BFloat16* dpre_b = nullptr) {
   at::parallel_for(0, B, grain(B), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
+      if (rec) {
+        const at::BFloat16* r = rec + b * H;
+        T* dhb = dh + b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) dhb[j] += static_cast<float>(r[j]);
+      }
+      at::BFloat16* db = dpre_b ? dpre_b + b * 4 * H : nullptr;
       const T* a = acts + b * 4 * H;
       const T* cp = c_prev + b * H;
       const T* cn = c_next + b * H;
@@ -184,6 +233,8 @@ void lstm_backward_step(const T* acts, const T* c_prev, const T* c_next, const T
       T* dcb = dc + b * H;  // in: dL/dc_t; out: dL/dc_{t-1}
       if (mask && !mask[b * Tn + t]) {  // padded: no gate gradient, state gradients pass on
         for (int64_t j = 0; j < 4 * H; ++j) d[j] = T(0);
+        if (db)
+          for (int64_t j = 0; j < 4 * H; ++j) db[j] = at::BFloat16(0.0f);
         continue;
       }
 #pragma omp simd
@@ -199,6 +250,8 @@ void lstm_backward_step(const T* acts, const T* c_prev, const T* c_next, const T
         dcb[j] = dc_t * f;
         dhb[j] = T(0);  // h_{t-1} reaches h_t only through the gates: the GEMM fills it in
       }
+      if (db)
+        for (int64_t j = 0; j < 4 * H; ++j) db[j] = static_cast<at::BFloat16>(d[j]);
     }
   });
 }
@@ -214,22 +267,42 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
   Tensor dpre = at::empty_like(acts);               // (T, B, 4H) gate pre-activation gradients
   Tensor dh = dh_n.contiguous().clone(), dc = dc_n.contiguous().clone();  // (B, H)
   const bool* m = mask_data(mask);
+  // bf16 mode (hs and xt came back from the forward as bf16): dpre is rounded to bf16 for the
+  // GEMMs, whose bf16 results are added to the float32 gradients; db sums the float32 dpre.
+  const bool bf16 = hs.scalar_type() == at::kBFloat16;
+  Tensor dpre_b = bf16 ? at::empty_like(dpre, hs.options()) : Tensor();  // (T, B, 4H)
+  Tensor rec = bf16 ? at::zeros({B, H}, hs.options()) : Tensor();        // dpre_t W_hh
+  Tensor w_hh_g = bf16 ? w_hh.to(at::kBFloat16) : w_hh;
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     for (int64_t s = Tn - 1; s >= 0; --s) {
       const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
-      lstm_backward_step<scalar_t>(acts[t].data_ptr<scalar_t>(), cs[p].data_ptr<scalar_t>(),
-                                   cs[n].data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(),
-                                   dpre[t].data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
-                                   dc.data_ptr<scalar_t>(), m, t, Tn, B, H);
-      gemm(dpre[t], w_hh, dh, 1.0f);  // dL/dh_{t-1} += dpre_t W_hh
+      lstm_backward_step<scalar_t>(
+          acts[t].data_ptr<scalar_t>(), cs[p].data_ptr<scalar_t>(), cs[n].data_ptr<scalar_t>(),
+          dout.data_ptr<scalar_t>(), dpre[t].data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
+          dc.data_ptr<scalar_t>(), m, t, Tn, B, H,
+          bf16 && s < Tn - 1 ? rec.data_ptr<at::BFloat16>() : nullptr,
+          bf16 ? dpre_b[t].data_ptr<at::BFloat16>() : nullptr);
+      if (bf16) {
+        gemm(dpre_b[t], w_hh_g, rec, 0.0f);  // rec = dpre_t W_hh, added by the next step
+      } else {
+        gemm(dpre[t], w_hh, dh, 1.0f);  // dL/dh_{t-1} += dpre_t W_hh
+      }
     }
   });
-  Tensor flat = dpre.view({Tn * B, 4 * H});                         // (T*B, 4H)
+  if (bf16) dh.add_(rec);
+  Tensor flat = dpre.view({Tn * B, 4 * H});                             // (T*B, 4H)
+  Tensor flat_g = bf16 ? dpre_b.view({Tn * B, 4 * H}) : flat;           // GEMM operand
   Tensor h_prev = hs.narrow(0, reverse ? 1 : 0, Tn).view({Tn * B, H});  // (T*B, H)
+  Tensor w_ih_g = bf16 ? w_ih.to(at::kBFloat16) : w_ih;
   Tensor dx;
-  if (need_dx) dx = product(flat, w_ih).view({Tn, B, -1}).transpose(0, 1);  // (B, T, I)
-  Tensor dw_ih = product(flat.t(), xt.view({Tn * B, -1}));                  // (4H, I)
-  Tensor dw_hh = product(flat.t(), h_prev);                                  // (4H, H)
+  if (need_dx) dx = product(flat_g, w_ih_g).view({Tn, B, -1}).transpose(0, 1);  // (B, T, I)
+  Tensor dw_ih = product(flat_g.t(), xt.view({Tn * B, -1}));                   // (4H, I)
+  Tensor dw_hh = product(flat_g.t(), h_prev);                                   // (4H, H)
+  if (bf16) {
+    dx = need_dx ? dx.to(at::kFloat) : dx;
+    dw_ih = dw_ih.to(at::kFloat);
+    dw_hh = dw_hh.to(at::kFloat);
+  }
   return {dx, dh, dc, dw_ih, dw_hh, flat.sum(0)};
 }
 

@@ -48,10 +48,13 @@ def format_report(report: dict) -> str:
     """Plain-text tables: environment, GEMM peaks, one table per workload, memory."""
     env = report["environment"]
     lines = ["Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), ""]
-    lines.append("GEMM peak, fp32 GFLOP/s (M, K, N):")
+    lines.append("GEMM peak, GFLOP/s (M, K, N):")
     for name, g in report["gemm"].items():
         one = f"  oneDNN {g['onednn_gflops']:7.1f}" if "onednn_gflops" in g else ""
-        lines.append(f"  {name:10s} {str(tuple(g['shape'])):22s} MKL {g['mkl_gflops']:7.1f}{one}")
+        bf = f"  oneDNN bf16 {g['onednn_bf16_gflops']:7.1f}" if "onednn_bf16_gflops" in g else ""
+        lines.append(
+            f"  {name:10s} {str(tuple(g['shape'])):22s} MKL {g['mkl_gflops']:7.1f}{one}{bf}"
+        )
     header = (
         f"  {'impl':17s} {'mode':5s} {'samples/s':>10s} {'(min-max)':>19s} {'ms':>9s} "
         f"{'x base':>7s} {'x torch':>7s} {'GFLOP/s':>8s} {'%MKL':>5s} {'%oDNN':>5s} n"

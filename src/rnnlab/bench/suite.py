@@ -27,7 +27,14 @@ from rnnlab.bench.workloads import WORKLOADS, Workload, build_model, loss_fn, ls
 
 __all__ = ["environment", "gemm_peaks", "run_benchmarks", "measure_memory", "DEFAULT_IMPLS"]
 
-DEFAULT_IMPLS = ("rnnlab", "rnnlab-fused", "rnnlab-reference", "torch", "keras-torch")
+DEFAULT_IMPLS = (
+    "rnnlab",
+    "rnnlab-bf16",
+    "rnnlab-fused",
+    "rnnlab-reference",
+    "torch",
+    "keras-torch",
+)
 GRU_IMPLS = ("rnnlab-gru", "torch-gru")
 GRU_WORKLOADS = ("A", "C")  # GRU rows where the issue's models have a GRU counterpart
 BASELINE = {"rnnlab-gru": "torch-gru", "torch-gru": "torch"}
@@ -50,7 +57,7 @@ def environment() -> dict:
     return {
         "device": f"cpu: {cpu}",
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "dtype": "float32",
+        "dtype": "float32 (rnnlab-bf16: bf16 GEMM operands, float32 weights, gates and state)",
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -69,8 +76,9 @@ def _time(fn: Callable[[], None], inner: int) -> float:
 
 
 def gemm_peaks(shapes: dict[str, tuple[int, int, int]], repeats: int) -> dict[str, dict]:
-    """fp32 GEMM throughput (GFLOP/s, median of ``repeats``) of MKL (torch.mm, torch's default)
-    and oneDNN (what torch.nn.LSTM and rnnlab use) at each named (M, K, N), interleaved."""
+    """GEMM throughput (GFLOP/s, median of ``repeats``) at each named (M, K, N), interleaved:
+    fp32 through MKL (torch.mm, torch's default) and oneDNN (what torch.nn.LSTM and rnnlab
+    use), and bf16 through oneDNN (what rnnlab-bf16 uses)."""
     results = {}
     for name, (M, K, N) in shapes.items():
         a, w = torch.randn(M, K), torch.randn(N, K)
@@ -80,6 +88,8 @@ def gemm_peaks(shapes: dict[str, tuple[int, int, int]], repeats: int) -> dict[st
         calls = {"mkl": lambda a=a, wt=wt: torch.mm(a, wt)}
         if _gemm.ONEDNN:
             calls["onednn"] = lambda a=a, w=w: _gemm.linear(a, w)
+            ab, wb = a.bfloat16(), w.bfloat16()
+            calls["onednn_bf16"] = lambda a=ab, w=wb: _gemm.linear(a, w)
         times: dict[str, list[float]] = {k: [] for k in calls}
         for fn in calls.values():
             _time(fn, 2)

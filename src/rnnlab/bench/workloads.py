@@ -80,9 +80,11 @@ class _TorchRecurrent(nn.Module):
 
 
 class _RnnlabRecurrent(nn.Module):
-    def __init__(self, cls: type, I: int, H: int, bidirectional: bool, backend: str) -> None:
+    def __init__(
+        self, cls: type, I: int, H: int, bidirectional: bool, backend: str, **kwargs: str
+    ) -> None:
         super().__init__()
-        self.rnn = cls(I, H, bidirectional=bidirectional, backend=backend)
+        self.rnn = cls(I, H, bidirectional=bidirectional, backend=backend, **kwargs)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         out, state = self.rnn(x)
@@ -114,8 +116,9 @@ class TorchModel(nn.Module):
 
 
 def build_model(w: Workload, impl: str) -> nn.Module:
-    """A torch module for ``impl``: "rnnlab" (backend auto), "rnnlab-fused",
-    "rnnlab-reference", "torch", and the GRU variants "rnnlab-gru", "torch-gru"."""
+    """A torch module for ``impl``: "rnnlab" (backend auto), "rnnlab-bf16" (backend auto,
+    precision bf16: bf16 GEMMs, float32 weights and state), "rnnlab-fused", "rnnlab-reference",
+    "torch", and the GRU variants "rnnlab-gru", "torch-gru"."""
     torch_cls = {"torch": nn.LSTM, "torch-gru": nn.GRU}
     if impl in torch_cls:
         return TorchModel(w, lambda I, H, bi: _TorchRecurrent(torch_cls[impl], I, H, bi))
@@ -125,6 +128,11 @@ def build_model(w: Workload, impl: str) -> nn.Module:
         "rnnlab-reference": "reference",
         "rnnlab-gru": "auto",
     }
+    if impl == "rnnlab-bf16":
+        return TorchModel(
+            w,
+            lambda I, H, bi: _RnnlabRecurrent(rnnlab.LSTM, I, H, bi, "auto", precision="bf16"),
+        )
     if impl in backends:
         cls = rnnlab.GRU if impl.endswith("gru") else rnnlab.LSTM
         return TorchModel(w, lambda I, H, bi: _RnnlabRecurrent(cls, I, H, bi, backends[impl]))
