@@ -389,12 +389,11 @@ def _scan_compiled(
     if isinstance(cell, LSTMCell):
         args = (cell.weight_ih, cell.weight_hh, cell.bias, mask, reverse)
         if not train and mask is None and x.dtype == torch.float32 and not bf16:
-            # One parallel region for the whole loop, one barrier per step (recurrent.cpp,
-            # lstm_infer): the same arithmetic, about 1.1-1.6x torch.nn.LSTM's oneDNN kernel.
+            # Each thread runs its batch rows through the whole loop and keeps only two state
+            # slots (recurrent.cpp, lstm_infer); the same arithmetic as the training kernel.
             w = (cell.weight_ih, cell.weight_hh, cell.bias)
             h0, c0 = state.h.contiguous(), state.c.contiguous()
-            threads = infer_threads(x.shape[0], cell.hidden_size)
-            out, h, c = ext.lstm_infer(x, h0, c0, *w, reverse, threads)
+            out, h, c = ext.lstm_infer(x, h0, c0, *w, reverse, torch.get_num_threads())
             return out, LSTMState(h, c)
         if not train:  # inference: nothing saved for a backward pass
             out, h, c = ext.lstm_forward(x, state.h, state.c, *args, False, bf16)
@@ -406,19 +405,6 @@ def _scan_compiled(
         out, h = ext.gru_forward(x, state, *args, False)
         return out, h
     return _CompiledGRU.apply(x, state, *args)
-
-
-# A thread's share of one step's recurrent GEMM should be at least this many FLOPs (about 50 us
-# on one AVX-512 core) before a second thread pays for its barrier on a machine whose cores are
-# shared: workload E (B 32, H 128: 4 MFLOP a step) runs on one thread, A-D on two.
-_INFER_MIN_STEP_FLOPS = 8e6
-
-
-def infer_threads(batch: int, hidden: int) -> int:
-    """Threads for the compiled LSTM inference loop: torch's thread count, capped so each
-    thread gets at least ``_INFER_MIN_STEP_FLOPS`` of a step's GEMM (B, H) @ (H, 4H)."""
-    step_flops = 2.0 * batch * hidden * 4 * hidden
-    return max(1, min(torch.get_num_threads(), int(step_flops // _INFER_MIN_STEP_FLOPS)))
 
 
 def _state_requires_grad(state: Tensor | LSTMState) -> bool:

@@ -99,6 +99,86 @@ const bool* mask_data(const c10::optional<Tensor>& mask) {
 
 int64_t grain(int64_t B) { return std::max<int64_t>(1, B / at::get_num_threads()); }
 
+// Runs rows(b0, b1) over all B rows split between threads, or, given r1 >= 0, over [r0, r1) in
+// the calling thread (which is then one of over_row_blocks' threads).
+template <typename F>
+void run_rows(int64_t B, int64_t r0, int64_t r1, const F& rows) {
+  if (r1 >= 0) {
+    rows(r0, r1);
+  } else {
+    at::parallel_for(0, B, grain(B), rows);
+  }
+}
+
+// Batch rows are independent sequences: each thread can run the whole time loop on its own block
+// of rows, with its own single-threaded GEMMs (cpublas::brgemm, a oneDNN ukernel), and never wait
+// for another thread until the loop ends. Per-step fork/joins (a parallel GEMM, then a parallel
+// gate pass) are what made the per-step kernels slow on a machine whose cores are shared: each
+// join waits for the slowest, possibly descheduled, thread. At least kMinRows rows per thread
+// keep the per-thread GEMMs efficient.
+constexpr int64_t kMinRows = 8;
+
+int64_t row_threads(int64_t B, int64_t threads) {
+  return std::max<int64_t>(1, std::min(threads, B / kMinRows));
+}
+
+template <typename F>
+void over_row_blocks(int64_t B, int64_t threads, const F& body) {
+#pragma omp parallel num_threads(row_threads(B, threads))
+  {
+    // The team may be smaller than asked (nested region, OMP_DYNAMIC): split by its real size.
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t b0 = B * me / team, b1 = B * (me + 1) / team;
+    if (b1 > b0) body(b0, b1);
+    at::native::cpublas::brgemm_release(false);
+    at::native::cpublas::brgemm_release(true);
+  }
+}
+
+// c (M, N) (+)= a (M, K) @ b (K, N), row-major with leading dimensions, in the calling thread.
+inline void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                      const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, c, false);
+}
+
+// The same with bf16 operands and a float32 c (exact fp32 accumulation); b must come from
+// pack_bf16. Used by the bf16 mode where could_pack_bf16() holds.
+inline void gemm_rows(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda,
+                      const at::BFloat16* b, int64_t ldb, float* c, int64_t ldc,
+                      bool accumulate) {
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, c, true);
+}
+
+// b (K, N) float32, row-major -> bf16 in the VNNI layout the bf16 ukernel reads: pairs of K rows
+// interleaved, (K/2, N, 2), so K must be even.
+Tensor pack_bf16(const Tensor& b) {
+  const int64_t K = b.size(0), N = b.size(1);
+  return b.to(at::kBFloat16).view({K / 2, 2, N}).transpose(1, 2).contiguous();
+}
+
+// Whether the bf16 ukernel runs here and computes what it should: checked once on a small
+// product against ATen (some oneDNN builds take bf16 ukernels only on AMX CPUs), so a CPU where
+// it does not hold uses the per-step oneDNN matmuls instead of returning wrong numbers.
+bool bf16_rows_work() {
+  static const bool ok = [] {
+    try {
+      Tensor a = at::randn({5, 6}).to(at::kBFloat16), b = at::randn({6, 32});
+      Tensor expect = at::mm(a.to(at::kFloat), b.to(at::kBFloat16).to(at::kFloat));
+      Tensor c = at::zeros({5, 32});
+      Tensor bp = pack_bf16(b);
+      at::native::cpublas::brgemm(5, 32, 6, 6, 32, 32, false, a.data_ptr<at::BFloat16>(),
+                                  bp.data_ptr<at::BFloat16>(), c.data_ptr<float>(), true);
+      at::native::cpublas::brgemm_release(true);
+      return at::allclose(c, expect, 1e-4, 1e-4);
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }();
+  return ok;
+}
+
+bool could_pack_bf16(int64_t K) { return K % 2 == 0 && bf16_rows_work(); }
+
 // ---------------------------------------------------------------------------------------------
 // LSTM: gate rows i, f, g, o; c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
 
@@ -108,8 +188,9 @@ int64_t grain(int64_t B) { return std::max<int64_t>(1, B / at::get_num_threads()
 template <typename T>
 void lstm_forward_step(T* gates, const T* h_prev, const T* c_prev, T* h_next, T* c_next, T* out,
                        const bool* mask, int64_t t, int64_t Tn, int64_t B, int64_t H,
-                       const at::BFloat16* rec = nullptr, at::BFloat16* hb_next = nullptr) {
-  at::parallel_for(0, B, grain(B), [&](int64_t b0, int64_t b1) {
+                       const at::BFloat16* rec = nullptr, at::BFloat16* hb_next = nullptr,
+                       int64_t r0 = 0, int64_t r1 = -1) {
+  run_rows(B, r0, r1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* a = gates + b * 4 * H;  // (4H,) pre-activations in, activations out
       if (rec) {
@@ -186,7 +267,39 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
   hs[slots.prev(0, slots.time(0))].copy_(h0);
   cs[slots.prev(0, slots.time(0))].copy_(c0);
   const bool* m = mask_data(mask);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
+  if (x.scalar_type() == at::kFloat && !bf16) {  // each thread runs its rows through all steps
+    Tensor w_t = w_hh.t().contiguous();            // (H, 4H)
+    const float* w = w_t.data_ptr<float>();
+    float *g = gates.data_ptr<float>(), *hp = hs.data_ptr<float>(), *cp = cs.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    over_row_blocks(B, at::get_num_threads(), [&](int64_t b0, int64_t b1) {
+      for (int64_t s = 0; s < Tn; ++s) {
+        const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
+        float* gt = g + t * B * 4 * H;
+        gemm_rows(b1 - b0, 4 * H, H, hp + (p * B + b0) * H, H, w, 4 * H, gt + b0 * 4 * H, 4 * H,
+                  true);  // gates[t] += h_{t-1} W_hh^T
+        lstm_forward_step<float>(gt, hp + p * B * H, cp + p * B * H, hp + n * B * H,
+                                 cp + n * B * H, o, m, t, Tn, B, H, nullptr, nullptr, b0, b1);
+      }
+    });
+  } else if (bf16 && could_pack_bf16(H)) {  // the same with bf16 operands, fp32 accumulation
+    Tensor w_pk = pack_bf16(w_hh.t());       // (H, 4H) VNNI
+    const at::BFloat16* w = w_pk.data_ptr<at::BFloat16>();
+    at::BFloat16* hbp = hb.data_ptr<at::BFloat16>();
+    float *g = gates.data_ptr<float>(), *hp = hs.data_ptr<float>(), *cp = cs.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    over_row_blocks(B, at::get_num_threads(), [&](int64_t b0, int64_t b1) {
+      for (int64_t s = 0; s < Tn; ++s) {
+        const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
+        float* gt = g + t * B * 4 * H;
+        gemm_rows(b1 - b0, 4 * H, H, hbp + (p * B + b0) * H, H, w, 4 * H, gt + b0 * 4 * H, 4 * H,
+                  true);  // gates[t] += h_{t-1} W_hh^T, bf16 operands
+        lstm_forward_step<float>(gt, hp + p * B * H, cp + p * B * H, hp + n * B * H,
+                                 cp + n * B * H, o, m, t, Tn, B, H, nullptr, hbp + n * B * H, b0,
+                                 b1);
+      }
+    });
+  } else AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
     for (int64_t s = 0; s < Tn; ++s) {
       const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
       if (bf16) {
@@ -214,8 +327,8 @@ template <typename T>
 void lstm_backward_step(const T* acts, const T* c_prev, const T* c_next, const T* dout, T* dpre,
                         T* dh, T* dc, const bool* mask, int64_t t, int64_t Tn, int64_t B,
                         int64_t H, const at::BFloat16* rec = nullptr,
-                        at::BFloat16* dpre_b = nullptr) {
-  at::parallel_for(0, B, grain(B), [&](int64_t b0, int64_t b1) {
+                        at::BFloat16* dpre_b = nullptr, int64_t r0 = 0, int64_t r1 = -1) {
+  run_rows(B, r0, r1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       if (rec) {
         const at::BFloat16* r = rec + b * H;
@@ -272,8 +385,41 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
   const bool bf16 = hs.scalar_type() == at::kBFloat16;
   Tensor dpre_b = bf16 ? at::empty_like(dpre, hs.options()) : Tensor();  // (T, B, 4H)
   Tensor rec = bf16 ? at::zeros({B, H}, hs.options()) : Tensor();        // dpre_t W_hh
-  Tensor w_hh_g = bf16 ? w_hh.to(at::kBFloat16) : w_hh;
-  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
+  Tensor w_hh_g = bf16 ? w_hh.to(at::kBFloat16) : w_hh.contiguous();
+  if (acts.scalar_type() == at::kFloat && !bf16) {  // each thread runs its rows through all steps
+    const float *a = acts.data_ptr<float>(), *c = cs.data_ptr<float>(), *w = w_hh_g.data_ptr<float>();
+    const float* dov = dout.data_ptr<float>();
+    float *d = dpre.data_ptr<float>(), *dhp = dh.data_ptr<float>(), *dcp = dc.data_ptr<float>();
+    over_row_blocks(B, at::get_num_threads(), [&](int64_t b0, int64_t b1) {
+      for (int64_t s = Tn - 1; s >= 0; --s) {
+        const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
+        float* dt = d + t * B * 4 * H;
+        lstm_backward_step<float>(a + t * B * 4 * H, c + p * B * H, c + n * B * H, dov, dt, dhp,
+                                  dcp, m, t, Tn, B, H, nullptr, nullptr, b0, b1);
+        gemm_rows(b1 - b0, H, 4 * H, dt + b0 * 4 * H, 4 * H, w, H, dhp + b0 * H, H,
+                  true);  // dL/dh_{t-1} += dpre_t W_hh
+      }
+    });
+  } else if (bf16 && could_pack_bf16(4 * H)) {  // the same with bf16 operands
+    Tensor w_pk = pack_bf16(w_hh);                 // (4H, H) VNNI
+    const at::BFloat16* w = w_pk.data_ptr<at::BFloat16>();
+    const float *a = acts.data_ptr<float>(), *c = cs.data_ptr<float>();
+    const float* dov = dout.data_ptr<float>();
+    float *d = dpre.data_ptr<float>(), *dhp = dh.data_ptr<float>(), *dcp = dc.data_ptr<float>();
+    at::BFloat16* dbp = dpre_b.data_ptr<at::BFloat16>();
+    over_row_blocks(B, at::get_num_threads(), [&](int64_t b0, int64_t b1) {
+      for (int64_t s = Tn - 1; s >= 0; --s) {
+        const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
+        at::BFloat16* dbt = dbp + t * B * 4 * H;
+        lstm_backward_step<float>(a + t * B * 4 * H, c + p * B * H, c + n * B * H, dov,
+                                  d + t * B * 4 * H, dhp, dcp, m, t, Tn, B, H, nullptr, dbt, b0,
+                                  b1);
+        gemm_rows(b1 - b0, H, 4 * H, dbt + b0 * 4 * H, 4 * H, w, H, dhp + b0 * H, H,
+                  true);  // dL/dh_{t-1} += dpre_t W_hh, bf16 operands
+      }
+    });
+    rec.zero_();  // nothing left to add below
+  } else AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     for (int64_t s = Tn - 1; s >= 0; --s) {
       const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
       lstm_backward_step<scalar_t>(
@@ -306,87 +452,37 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
   return {dx, dh, dc, dw_ih, dw_hh, flat.sum(0)};
 }
 
-// LSTM inference without padding: the whole time loop is one OpenMP parallel region.
-//
-// Why: the training kernel above costs, per step, a oneDNN matmul (its own parallel region and a
-// primitive-cache lookup) plus a parallel region for the gates: two fork/joins per step. On a
-// machine whose cores are shared, each of them waits for the slowest, possibly descheduled,
-// thread. Here each thread owns a block of hidden units [j0, j1) and computes, per step, the
-// four gate columns of those units with a single-threaded oneDNN ukernel (cpublas::brgemm, no
-// primitive lookup once built), activates them and writes its part of h_t and c_t; then one
-// barrier, because every thread's next GEMM reads all of h_t. One synchronisation per step.
-//
-// W_hh^T (H, 4H) is repacked per call into per-thread blocks (H, 4*Hk) with columns
-// [i_j0..j1 | f_j0..j1 | g_j0..j1 | o_j0..j1], so each thread's GEMM output is contiguous.
+// LSTM inference without padding: each thread runs its block of batch rows through the whole
+// time loop (over_row_blocks), so the loop has no synchronisation at all. Only two state slots
+// and the (T, B, 4H) input projection are kept; ``threads`` caps the team (the tests force
+// several to check every split).
 std::vector<Tensor> lstm_infer(const Tensor& x, const Tensor& h0, const Tensor& c0,
                                const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,
                                bool reverse, int64_t threads) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, "lstm_infer expects float32, got ", x.scalar_type());
   const int64_t B = x.size(0), Tn = x.size(1), H = h0.size(1);
-  Tensor xt = x.transpose(0, 1).contiguous();     // (T, B, I)
-  Tensor xw = input_projection(xt, w_ih, bias);   // (T, B, 4H)
-  // Threads: as asked (rnnlab.fused picks the number), at most one per 16 hidden units.
-  const int64_t nt = std::max<int64_t>(1, std::min(threads, H / 16));
-  const int64_t Hk = (H + nt - 1) / nt;  // units per thread, the last block may be shorter
-  // (nt, H, 4*Hk) per-thread weight blocks, zero-padded where the last block is short.
-  Tensor w_t = w_hh.t().contiguous();  // (H, 4H)
-  Tensor packed = at::zeros({nt, H, 4 * Hk}, x.options());
-  for (int64_t k = 0; k < nt; ++k) {
-    const int64_t j0 = k * Hk, n = std::max<int64_t>(0, std::min(H, j0 + Hk) - j0);
-    for (int64_t q = 0; q < 4 && n > 0; ++q)
-      packed[k].narrow(1, q * Hk, n).copy_(w_t.narrow(1, q * H + j0, n));
-  }
+  Tensor xt = x.transpose(0, 1).contiguous();    // (T, B, I)
+  Tensor xw = input_projection(xt, w_ih, bias);  // (T, B, 4H), overwritten step by step
+  Tensor w_t = w_hh.t().contiguous();            // (H, 4H)
   Tensor hs = at::empty({2, B, H}, x.options());
+  Tensor cs = at::empty({2, B, H}, x.options());
   hs[0].copy_(h0);
-  Tensor c = c0.contiguous().clone();  // (B, H), updated in place
+  cs[0].copy_(c0);
   Tensor out = at::empty({B, Tn, H}, x.options());
-  Tensor acc = at::empty({nt, B, 4 * Hk}, x.options());  // each thread's h_{t-1} W_hh^T block
-  const float* xw_p = xw.data_ptr<float>();
-  const float* pk = packed.data_ptr<float>();
-  float* hs_p = hs.data_ptr<float>();
-  float* c_p = c.data_ptr<float>();
-  float* out_p = out.data_ptr<float>();
-  float* acc_p = acc.data_ptr<float>();
-#pragma omp parallel num_threads(nt)
-  {
-    // The team may be smaller than asked (nested region, OMP_DYNAMIC): share the blocks out
-    // among the threads that exist, so the barrier never waits for a missing thread.
-    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+  const float* w = w_t.data_ptr<float>();
+  float *g = xw.data_ptr<float>(), *hp = hs.data_ptr<float>(), *cp = cs.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  over_row_blocks(B, threads, [&](int64_t b0, int64_t b1) {
     for (int64_t s = 0; s < Tn; ++s) {
-      const int64_t t = reverse ? Tn - 1 - s : s;
-      const float* hp = hs_p + (s & 1) * B * H;
-      float* hn = hs_p + ((s + 1) & 1) * B * H;
-      for (int64_t k = me; k < nt; k += team) {
-        const int64_t j0 = k * Hk, n = std::min(H, j0 + Hk) - j0;
-        if (n <= 0) continue;
-        float* a = acc_p + k * B * 4 * Hk;
-        at::native::cpublas::brgemm(B, 4 * Hk, H, H, 4 * Hk, 4 * Hk, false, hp,
-                                    pk + k * H * 4 * Hk, a, false);
-        for (int64_t b = 0; b < B; ++b) {
-          const float* pre = xw_p + (t * B + b) * 4 * H + j0;  // input part of unit j0's gates
-          const float* rec = a + b * 4 * Hk;
-          float* cb = c_p + b * H + j0;
-          float* hb = hn + b * H + j0;
-          float* ob = out_p + (b * Tn + t) * H + j0;
-#pragma omp simd
-          for (int64_t q = 0; q < n; ++q) {
-            const float i = sigmoid(pre[q] + rec[q]);
-            const float f = sigmoid(pre[H + q] + rec[Hk + q]);
-            const float g = std::tanh(pre[2 * H + q] + rec[2 * Hk + q]);
-            const float o = sigmoid(pre[3 * H + q] + rec[3 * Hk + q]);
-            const float cn = f * cb[q] + i * g;
-            const float h = o * std::tanh(cn);
-            cb[q] = cn;
-            hb[q] = h;
-            ob[q] = h;
-          }
-        }
-      }
-#pragma omp barrier
+      const int64_t t = reverse ? Tn - 1 - s : s, p = s & 1, n = (s + 1) & 1;
+      float* gt = g + t * B * 4 * H;
+      gemm_rows(b1 - b0, 4 * H, H, hp + (p * B + b0) * H, H, w, 4 * H, gt + b0 * 4 * H, 4 * H,
+                true);  // gates[t] += h_{t-1} W_hh^T
+      lstm_forward_step<float>(gt, hp + p * B * H, cp + p * B * H, hp + n * B * H, cp + n * B * H,
+                               o, nullptr, t, Tn, B, H, nullptr, nullptr, b0, b1);
     }
-    at::native::cpublas::brgemm_release(false);
-  }
-  return {out, hs[Tn & 1].clone(), c};
+  });
+  return {out, hs[Tn & 1].clone(), cs[Tn & 1].clone()};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -531,6 +627,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
   m.def("lstm_infer", &lstm_infer);
+  m.def("bf16_rows_work", &bf16_rows_work);
   m.def("gru_forward", &gru_forward);
   m.def("gru_backward", &gru_backward);
 }
