@@ -367,8 +367,9 @@ class _RNNScan(torch.autograd.Function):
 
 # -- compiled kernels ---------------------------------------------------------------------------
 # The same algorithm as the classes above, with each whole time loop in C++
-# (rnnlab/_ext/recurrent.cpp): per step one in-place oneDNN GEMM and one vectorised pass over the
-# gates. Inputs and outputs stay batch first; the kernels index time themselves, so no flips.
+# (rnnlab/_ext/recurrent.cpp): per step one GEMM and one vectorised pass over the gates; for
+# float32 LSTM each thread runs its own batch rows through all steps, without synchronisation.
+# Inputs and outputs stay batch first; the kernels index time themselves, so no flips.
 
 
 def _scan_compiled(
