@@ -8,6 +8,7 @@ inference path (no_grad) equals the training path, and the backend choice is exp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -275,14 +276,12 @@ def test_compiled_lstm_training_with_row_blocks_matches_reference(kind: str) -> 
             p.grad = None
 
 
-class _threads:
+@contextlib.contextmanager
+def _threads(n: int):
     """Run a block with torch's intra-op thread count set to n."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.old = n, torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.old)
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
