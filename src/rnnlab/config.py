@@ -249,7 +249,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     if unknown:
         where = prefix.rstrip(".") or "the top level"
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!r} in {where}: expected one of {sorted(known)}"
+            f"unknown key {prefix + unknown[0]!r} in {where}: expected one of {sorted(known)}"
         )
     kwargs = {}
     for name, value in values.items():
