@@ -8,12 +8,13 @@ requested split must hold exactly the expected number of reviews per label.
 
 from __future__ import annotations
 
+import gzip
 import re
 import tarfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 
@@ -33,6 +34,13 @@ class Reviews(NamedTuple):
     ids: np.ndarray  # int64 (N,): the <id> in the file name
 
 
+def _open_maybe_gzip(path: Path) -> IO[bytes]:
+    """``path`` opened for reading, through gzip (which checks the CRC at the end) if it is one."""
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
 def _expected_counts(split: str, per_label: int) -> dict[str, int]:
     """Reviews expected per label folder; ``unsup`` is 4x a labelled folder (50,000 in v1.0)."""
     if split == "unsup":
@@ -41,10 +49,10 @@ def _expected_counts(split: str, per_label: int) -> dict[str, int]:
 
 
 def read_reviews(archive: Path, splits: Sequence[str], per_label: int) -> dict[str, Reviews]:
-    """Read the requested splits of ``archive`` (any compression tarfile reads).
+    """Read the requested splits of ``archive`` in one streaming pass.
 
     Args:
-        archive: the ``.tar.gz`` (or ``.tar.xz``, ``.tar``) file.
+        archive: the ``.tar.gz`` (or uncompressed ``.tar``) file.
         splits: a subset of ``("train", "test", "unsup")``; the key is ``unsup`` for
             ``aclImdb/train/unsup``.
         per_label: the number of reviews expected in each of ``{split}/pos`` and
@@ -59,7 +67,7 @@ def read_reviews(archive: Path, splits: Sequence[str], per_label: int) -> dict[s
         raise ValueError(f"read_reviews expected splits among {SPLITS}, got {unknown}")
     found: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
     try:
-        with tarfile.open(archive, mode="r|*") as stream:
+        with _open_maybe_gzip(archive) as raw, tarfile.open(fileobj=raw, mode="r|") as stream:
             for member in stream:
                 match = _MEMBER.match(member.name)
                 if match is None or not member.isfile():
@@ -72,6 +80,9 @@ def read_reviews(archive: Path, splits: Sequence[str], per_label: int) -> dict[s
                 assert handle is not None  # a regular file always has content
                 text = handle.read().decode("utf-8")
                 found.setdefault((key, folder), []).append((int(file_id), int(rating), text))
+            # tarfile stops quietly at a garbled header; reading gzip to its end checks its CRC
+            while raw.read(1 << 20):
+                pass
     except UnicodeDecodeError as exc:
         raise DataError(f"{archive}: expected UTF-8 review text, got {exc}") from exc
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
