@@ -90,23 +90,18 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def summary_command(args: argparse.Namespace) -> int:
-    """``rnnlab summary``: the Keras-style table of a preset's model."""
+    """``rnnlab summary``: the Keras-style table of a preset's model, run once on zeros of the
+    preset's input shape (token ids for text models, 28 rows of pixels for image models)."""
     import torch
 
     from rnnlab.models import build_model
+    from rnnlab.summary import summary
 
     config = load_preset(args.preset, args.overrides)
     model = build_model(config)
-    try:
-        from rnnlab import summary
-    except ImportError:
-        total = sum(p.numel() for p in model.parameters())
-        print(model)
-        print(f"Total params: {total:,}")
-        return 0
     if config.model.kind == "text":
-        example = (torch.zeros(1, config.data.maxlen, dtype=torch.int64),)
+        example = torch.zeros(2, config.data.maxlen, dtype=torch.int64)  # (B, T) ids
     else:
-        example = (torch.zeros(1, 28, config.model.input_size),)
-    print(summary(model, example))
+        example = torch.zeros(2, 28, config.model.input_size)  # (B, T, I)
+    print(summary(model, input_data=example))
     return 0
