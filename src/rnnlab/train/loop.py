@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,10 +63,15 @@ class TrainState:
         return cls(**values)
 
 
+Reduce = Callable[[list[float]], list[float]]  # sums over processes (data parallelism)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: Batches, reduce: Reduce | None = None
+             ) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` over ``batches`` (eval mode;
-    the model's previous mode is restored)."""
+    the model's previous mode is restored). ``reduce`` sums ``[loss_sum, correct, n]`` over
+    processes when each sees a shard of the data (e.g. an ``all_reduce``)."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
@@ -78,6 +83,8 @@ def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
             n += len(targets)
     finally:
         model.train(was_training)
+    if reduce is not None:
+        loss_sum, correct, n = reduce([loss_sum, correct, n])
     if n == 0:
         raise ValueError("evaluate expected at least one example, got none")
     return {"loss": loss_sum / n, "accuracy": correct / n}
@@ -90,10 +97,16 @@ class Trainer:
     epoch)``, ``on_step_end(trainer, logs)``, ``on_epoch_end(trainer, record)`` and
     ``on_train_end(trainer)``; they are called in order. ``trainer.state``,
     ``trainer.model``, ``trainer.optimizer`` and ``trainer.num_batches`` are theirs to read.
+
+    For data parallelism, ``model`` may be wrapped (e.g. in DistributedDataParallel) and
+    ``reduce`` sums ``[loss_sum, correct, n]`` over processes, so epoch records and validation
+    metrics are global; step logs stay per process.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig, callbacks: Sequence[Any] = ()):
+    def __init__(self, model: nn.Module, config: TrainConfig, callbacks: Sequence[Any] = (),
+                 reduce: Reduce | None = None):
         self.model, self.config, self.callbacks = model, config, list(callbacks)
+        self.reduce = reduce
         self.optimizer = make_optimizer(model, config)
         self.state = TrainState()
         self.num_batches = 0
@@ -169,17 +182,20 @@ class Trainer:
     def _end_epoch(self, epoch: int, val: Batches | None) -> dict[str, Any]:
         cfg, state = self.config, self.state
         sums = state.sums
+        loss_sum, correct, n = sums["loss"], sums["correct"], sums["n"]
+        if self.reduce is not None:
+            loss_sum, correct, n = self.reduce([loss_sum, correct, n])
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": state.step,
-            "loss": sums["loss"] / max(1, sums["n"]),
-            "accuracy": sums["correct"] / max(1, sums["n"]),
+            "loss": loss_sum / max(1, n),
+            "accuracy": correct / max(1, n),
             "seconds": sums["seconds"],
             "ms_per_step": 1000 * sums["seconds"] / max(1, sums["batches"]),
         }
         if val is not None:
             started = time.perf_counter()
-            metrics = evaluate(self.model, val)
+            metrics = evaluate(self.model, val, self.reduce)
             record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
             record["val_seconds"] = time.perf_counter() - started
             if state.best_val_accuracy is None or metrics["accuracy"] > state.best_val_accuracy:
