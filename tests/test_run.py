@@ -143,3 +143,13 @@ def test_text_run_predicts_reviews(tmp_path):
         predict_texts(out, ["qqqzx vvvwq"])
     with pytest.raises(PredictError, match="expected an image model"):
         predict_images(out, [tmp_path / "x.npy"])
+
+
+def test_image_presets_train_on_any_idx_folder(tmp_path):
+    from rnnlab.data import sample_dir
+
+    out = tmp_path / "idx"
+    report = train("mnist-sample", out, overrides=[*TINY_MNIST, "train.epochs=1",
+                                                   f"data.path={sample_dir()}",
+                                                   "data.sample=false"])
+    assert report["train_examples"] == 10_000 and report["steps"] == 40

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rnnlab.config import load_preset
 from rnnlab.predict import PredictError, predict_images, predict_texts
-from rnnlab.run import RunError, read_config, resume, train
+from rnnlab.run import RunError, default_run_dir, read_config, resume, train
 from rnnlab.train import ConsoleLogger, ProgressBar
 
 __all__ = ["predict_command", "summary_command", "train_command"]
@@ -40,14 +40,17 @@ def train_command(args: argparse.Namespace) -> int:
         ConsoleLogger(config.run.log_every, stream=sys.stdout),
         ProgressBar(stream=sys.stderr, disable=True if args.no_progress else None),
     ]
-    if args.resume:
-        print(f"Resuming {args.resume} ({config.name})", flush=True)
-        report = resume(args.resume, args.data_dir, callbacks)
-        out = Path(args.resume)
-    else:
-        out = Path(args.out) if args.out else None
-        report = train(config, out, args.data_dir, callbacks=callbacks)
-        out = Path(report["run_dir"])
+    out = Path(args.resume or args.out or default_run_dir(config.name))
+    try:
+        if args.resume:
+            print(f"Resuming {out} ({config.name})", flush=True)
+            report = resume(out, args.data_dir, callbacks)
+        else:
+            report = train(config, out, args.data_dir, callbacks=callbacks)
+    except KeyboardInterrupt:
+        if (out / "checkpoints" / "last.json").is_file():
+            print(f"Interrupted. Continue with: rnnlab train --resume {out}", file=sys.stderr)
+        raise
     if report.get("test_accuracy") is not None:
         print(f"Testing Accuracy: {report['test_accuracy']:.4f}")
     if report.get("best_val_accuracy") is not None:
