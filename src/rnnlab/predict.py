@@ -48,7 +48,8 @@ def evaluate_run(run_dir: PathLike, data_dir: PathLike | None = None, checkpoint
     if examples is None:
         raise RunError(f"{run_dir}: expected a validation split, got data.validation='none'")
     trim = config.data.padding if config.model.kind == "text" and config.model.mask else None
-    metrics = evaluate(model, Batches(examples, config.train.eval_batch_size, trim=trim))
+    batches = Batches(examples, config.train.eval_batch_size, bucket=trim is not None, trim=trim)
+    metrics = evaluate(model, batches)
     return {"run": str(run_dir), "checkpoint": meta["tag"], "step": meta["state"]["step"],
             "split": split, "examples": len(examples), **metrics}
 

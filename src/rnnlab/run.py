@@ -100,9 +100,9 @@ def _loaders(config: Config, data: TaskData) -> tuple[Batches, Batches | None, B
     train = Batches(data.train, t.batch_size, shuffle=True, seed=t.seed,
                     bucket=t.bucket and masked, trim=trim)
 
-    def plain(split):  # evaluation: stored order; trim padding for masked models
+    def plain(split):  # evaluation; masked models: sorted by length, padding trimmed
         if masked:
-            return Batches(split, t.eval_batch_size, bucket=False, trim=config.data.padding)
+            return Batches(split, t.eval_batch_size, bucket=True, trim=config.data.padding)
         return Batches(split, t.eval_batch_size)
 
     return train, (plain(data.val) if data.val is not None else None), plain(data.test)

@@ -53,7 +53,8 @@ class Batches:
         seed: the base of every epoch's generator.
         bucket: group examples of similar length (``inputs[1]`` holds lengths): the shuffled
             order is cut into chunks of 50 batches, each sorted by length, then the batches are
-            shuffled, so padding shrinks while every epoch still differs.
+            shuffled, so padding shrinks while every epoch still differs. Without ``shuffle``,
+            all examples are sorted by length (for evaluation, where order does not matter).
         trim: for ``(ids, lengths)`` inputs, cut each batch to its longest sequence, removing
             padding on side ``"pre"`` or ``"post"`` (only valid for models that mask padding).
         rank, world_size: data parallelism; each rank takes ``batch[rank::world_size]`` of every
@@ -93,8 +94,10 @@ class Batches:
     def order(self, epoch: int) -> list[Tensor]:
         """The index tensor of every global batch of ``epoch``."""
         N, B = len(self.split), self.batch_size
-        if not self.shuffle:
-            return list(torch.arange(N).split(B))
+        if not self.shuffle:  # evaluation: stored order, or sorted by length to trim padding
+            order = torch.argsort(self.split.inputs[1], stable=True) if self.bucket else \
+                torch.arange(N)
+            return list(order.split(B))
         g = self.generator(epoch)
         perm = torch.randperm(N, generator=g)  # (N,)
         if not self.bucket:
