@@ -165,23 +165,27 @@ class _Session:
         with contextlib.suppress(OSError):  # unwritable: the checkpoint itself is intact
             self.run_info(status, error=f"{type(exc).__name__}: {exc}")
 
+    def _test_metrics(self, trainer: Trainer, test: Batches) -> dict[str, Any]:
+        """Test loss and accuracy: of the best checkpoint when validation was a holdout (the
+        epoch was picked without seeing test), otherwise of the final model."""
+        config, history = self.config, trainer.state.history
+        tag = "best" if config.data.validation == "holdout" else "last"
+        if tag == "best" and (self.ckpt_dir / "best.json").is_file():
+            tensors, _ = load_checkpoint(self.ckpt_dir, "best")
+            load_model_weights(trainer.model, tensors, str(self.ckpt_dir / "best.json"))
+        if config.data.validation == "test" and history and "val_accuracy" in history[-1]:
+            # the last epoch's validation was this very model on this very split
+            metrics = {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_accuracy"]}
+        else:
+            metrics = evaluate(trainer.model, test)
+        return {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
+                "test_checkpoint": tag}
+
     def _finish(self, trainer: Trainer, test: Batches, n_train: int) -> dict[str, Any]:
         config, state = self.config, trainer.state
         report: dict[str, Any] = {"preset": config.name, "run_dir": str(self.run_dir)}
         if config.run.evaluate_test:
-            tag = "best" if config.data.validation == "holdout" else "last"
-            model = trainer.model
-            last = state.history[-1] if state.history else {}
-            if tag == "best" and (self.ckpt_dir / "best.json").is_file():
-                tensors, _ = load_checkpoint(self.ckpt_dir, "best")
-                load_model_weights(model, tensors, str(self.ckpt_dir / "best.json"))
-            if config.data.validation == "test" and "val_accuracy" in last:
-                # the last epoch's validation was this very model on this very split
-                metrics = {"loss": last["val_loss"], "accuracy": last["val_accuracy"]}
-            else:
-                metrics = evaluate(model, test)
-            report.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"],
-                          test_checkpoint=tag)
+            report.update(self._test_metrics(trainer, test))
         last = state.history[-1] if state.history else {}
         report.update(
             val_accuracy=last.get("val_accuracy"),
