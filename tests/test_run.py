@@ -153,3 +153,10 @@ def test_image_presets_train_on_any_idx_folder(tmp_path):
                                                    f"data.path={sample_dir()}",
                                                    "data.sample=false"])
     assert report["train_examples"] == 10_000 and report["steps"] == 40
+
+
+def test_holdout_validation_tests_the_best_checkpoint(tmp_path):
+    report = train("mnist-sample", tmp_path / "run", overrides=[
+        *TINY_MNIST, "data.validation=holdout", "data.holdout=1000"])
+    assert report["train_examples"] == 9000 and report["test_checkpoint"] == "best"
+    assert report["steps"] == 2 * 36
