@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnlab.config import Config
 from rnnlab.data import encode_text, pad_sequences
 from rnnlab.run import RunError, load_run
 from rnnlab.tasks import load_task_data
 from rnnlab.train import Batches, evaluate
 
-__all__ = ["PredictError", "evaluate_run", "label_names", "load_image", "predict_images",
-           "predict_texts"]
+__all__ = ["PredictError", "encode_texts", "evaluate_run", "label_names", "load_image",
+           "load_vocab", "predict_images", "predict_texts"]
 PathLike = str | os.PathLike[str]
 
 
@@ -66,18 +67,21 @@ def _classify(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: l
     return out
 
 
-def predict_texts(run_dir: PathLike, texts: list[str], checkpoint: str = "best"
-                  ) -> list[dict[str, Any]]:
-    """Classify reviews with a text run: each is encoded exactly like its training data
-    (:func:`rnnlab.data.encode_text` with the run's vocabulary, then padded like the run)."""
-    config, model, _ = load_run(run_dir, checkpoint)
+def load_vocab(run_dir: PathLike) -> dict[str, int]:
+    """The word index (``{word: rank}``) a text run was trained with."""
+    path = Path(run_dir) / "vocab.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: expected a text run with vocab.json, got no such file")
+    return json.loads(path.read_text("utf-8"))
+
+
+def encode_texts(config: Config, word_index: dict[str, int], texts: list[str]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reviews -> ``(ids (N, maxlen) int64, lengths (N,))``, exactly as the run's training data
+    (:func:`rnnlab.data.encode_text` with its options, then padded and truncated like it)."""
     d = config.data
-    if config.model.kind != "text":
-        raise PredictError(f"{run_dir}: --text expected a text model, got an image model "
-                           "(use --image)")
     if not texts:
         raise PredictError("predict expected at least one review, got none")
-    word_index = json.loads((Path(run_dir) / "vocab.json").read_text("utf-8"))
     encoded = []
     for k, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
@@ -88,10 +92,20 @@ def predict_texts(run_dir: PathLike, texts: list[str], checkpoint: str = "best"
                                f"{text[:60]!r}")
         encoded.append(ids)
     ids = pad_sequences(encoded, maxlen=d.maxlen, padding=d.padding, truncating=d.truncating,
-                        dtype="int64")
-    lengths = torch.tensor([min(len(s), d.maxlen) for s in encoded])
-    results = _classify(model, (torch.from_numpy(ids), lengths),
-                        label_names(d.dataset, config.model.num_classes))
+                        dtype="int64")  # (N, T)
+    lengths = torch.tensor([min(len(s), d.maxlen) for s in encoded])  # (N,)
+    return torch.from_numpy(ids), lengths
+
+
+def predict_texts(run_dir: PathLike, texts: list[str], checkpoint: str = "best"
+                  ) -> list[dict[str, Any]]:
+    """Classify reviews with a text run (encoded by :func:`encode_texts`)."""
+    config, model, _ = load_run(run_dir, checkpoint)
+    if config.model.kind != "text":
+        raise PredictError(f"{run_dir}: --text expected a text model, got an image model "
+                           "(use --image)")
+    inputs = encode_texts(config, load_vocab(run_dir), texts)
+    results = _classify(model, inputs, label_names(config.data.dataset, config.model.num_classes))
     for text, result in zip(texts, results, strict=True):
         result["input"] = text
     return results
