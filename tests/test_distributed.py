@@ -173,3 +173,23 @@ def test_killed_rank_fails_the_launch_and_the_run_resumes(tmp_path, torchrun_run
     assert report["steps"] == 200 and report["samples"] == 20_000
     assert report["test_loss"] == pytest.approx(whole["test_loss"], abs=1e-4)
     assert abs(report["test_accuracy"] - whole["test_accuracy"]) <= 0.002
+
+
+def test_nproc_checks_the_batch_before_starting_processes(capsys):
+    from rnnlab.cli import main
+
+    assert main(["train", "mnist-sample", "--nproc", "3"]) == 2
+    assert "train.batch_size: expected a multiple of the 3 processes" in capsys.readouterr().err
+
+
+def test_each_rank_of_nproc_runs_the_same_command_with_the_run_directory_named():
+    from rnnlab.cli import build_parser
+    from rnnlab.cli.commands import child_argv
+
+    args = build_parser().parse_args(["train", "mnist-sample", "--nproc", "2", "--set",
+                                      "train.epochs=1", "--data-dir", "d", "--threads", "1"])
+    argv = child_argv(args, Path("runs/x"))
+    assert argv == ["train", "mnist-sample", "--out", "runs/x", "--set", "train.epochs=1",
+                    "--data-dir", "d", "--threads", "1", "--dist-timeout", "300.0"]
+    again = build_parser().parse_args(argv)
+    assert again.nproc is None and again.overrides == args.overrides
