@@ -15,6 +15,9 @@ A new run refuses an existing non-empty directory. If it fails before its first 
 directory is removed; after that it stays, resumable with :func:`resume`, which continues from
 ``checkpoints/last`` (also mid-epoch) and, on CPU, ends with the same metrics as an
 uninterrupted run.
+
+Under data parallelism (``context``, see :mod:`rnnlab.distributed`) every rank trains and
+evaluates its shard and returns the same report; only rank 0 reads and writes the directory.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from rnnlab.checkpoint import (
     versions,
 )
 from rnnlab.config import Config, ConfigError, load_preset
+from rnnlab.distributed import Context
 from rnnlab.models import build_model
 from rnnlab.plots import plot_learning_curve
 from rnnlab.tasks import TaskData, load_task_data
@@ -94,16 +98,20 @@ def read_config(run_dir: PathLike) -> Config:
                        f"an incompatible one ({exc})") from exc
 
 
-def _loaders(config: Config, data: TaskData) -> tuple[Batches, Batches | None, Batches]:
+def _loaders(config: Config, data: TaskData, context: Context
+             ) -> tuple[Batches, Batches | None, Batches]:
     t, masked = config.train, config.model.kind == "text" and config.model.mask
     trim = config.data.padding if masked and t.bucket else None
+    shard = {"rank": context.rank, "world_size": context.world_size}
     train = Batches(data.train, t.batch_size, shuffle=True, seed=t.seed,
-                    bucket=t.bucket and masked, trim=trim)
+                    bucket=t.bucket and masked, trim=trim, **shard)
+    # evaluation does not depend on batching: round its batch up to split evenly
+    eval_size = -(-t.eval_batch_size // context.world_size) * context.world_size
 
     def plain(split):  # evaluation; masked models: sorted by length, padding trimmed
         if masked:
-            return Batches(split, t.eval_batch_size, bucket=True, trim=config.data.padding)
-        return Batches(split, t.eval_batch_size)
+            return Batches(split, eval_size, bucket=True, trim=config.data.padding, **shard)
+        return Batches(split, eval_size, **shard)
 
     return train, (plain(data.val) if data.val is not None else None), plain(data.test)
 
@@ -117,9 +125,9 @@ class _Session:
     """One invocation of :func:`train` or :func:`resume` on a run directory."""
 
     def __init__(self, run_dir: Path, config: Config, data_dir: PathLike | None,
-                 callbacks: Sequence[Any], started: float) -> None:
+                 callbacks: Sequence[Any], started: float, context: Context) -> None:
         self.run_dir, self.config, self.data_dir = run_dir, config, data_dir
-        self.callbacks, self.started = list(callbacks), started
+        self.callbacks, self.started, self.context = list(callbacks), started, context
         self.ckpt_dir = run_dir / "checkpoints"
 
     def run_info(self, status: str, **extra: Any) -> None:
@@ -130,13 +138,14 @@ class _Session:
 
     def execute(self, trainer: Trainer, data: TaskData) -> dict[str, Any]:
         config = self.config
-        train, val, test = _loaders(config, data)
+        train, val, test = _loaders(config, data, self.context)
         self.fit_base = trainer.state.wall_seconds
-        trainer.callbacks = [
-            *self.callbacks,
-            MetricsWriter(self.run_dir / "metrics.jsonl", config.run.log_every),
-            Checkpointer(self.ckpt_dir, config.to_dict(), config.run.checkpoint_every),
-        ]
+        trainer.callbacks = list(self.callbacks)
+        if self.context.is_main:
+            trainer.callbacks += [
+                MetricsWriter(self.run_dir / "metrics.jsonl", config.run.log_every),
+                Checkpointer(self.ckpt_dir, config.to_dict(), config.run.checkpoint_every),
+            ]
         try:
             trainer.fit(train, val)
         except DivergenceError as exc:
@@ -159,6 +168,8 @@ class _Session:
         return "No checkpoint had been written; the run directory was removed."
 
     def _fail(self, status: str, exc: BaseException) -> None:
+        if not self.context.is_main:
+            return
         if not (self.ckpt_dir / "last.json").is_file():
             shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing worth resuming
             return
@@ -170,14 +181,14 @@ class _Session:
         epoch was picked without seeing test), otherwise of the final model."""
         config, history = self.config, trainer.state.history
         tag = "best" if config.data.validation == "holdout" else "last"
-        if tag == "best" and (self.ckpt_dir / "best.json").is_file():
-            tensors, _ = load_checkpoint(self.ckpt_dir, "best")
-            load_model_weights(trainer.model, tensors, str(self.ckpt_dir / "best.json"))
+        if tag == "best" and self.context.on_main((self.ckpt_dir / "best.json").is_file):
+            tensors, _ = self.context.on_main(lambda: load_checkpoint(self.ckpt_dir, "best"))
+            load_model_weights(trainer.module, tensors, str(self.ckpt_dir / "best.json"))
         if config.data.validation == "test" and history and "val_accuracy" in history[-1]:
             # the last epoch's validation was this very model on this very split
             metrics = {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_accuracy"]}
         else:
-            metrics = evaluate(trainer.model, test)
+            metrics = evaluate(trainer.module, test, self.context.reduce_hook)
         return {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
                 "test_checkpoint": tag}
 
@@ -196,7 +207,8 @@ class _Session:
             steps=state.step,
             samples=state.samples,
             train_examples=n_train,
-            parameters=sum(p.numel() for p in trainer.model.parameters()),
+            parameters=sum(p.numel() for p in trainer.module.parameters()),
+            processes=self.context.world_size,
             train_seconds=state.train_seconds,
             # fit time of every invocation, plus this invocation's setup and test evaluation
             wall_seconds=state.wall_seconds + (time.perf_counter() - self.started)
@@ -205,12 +217,16 @@ class _Session:
             machine=_machine(),
             versions=versions(),
         )
+        self.context.on_main(lambda: self._write_results(report))
+        return report
+
+    def _write_results(self, report: dict[str, Any]) -> None:
         records = [json.loads(line) for line in
                    (self.run_dir / "metrics.jsonl").read_text("utf-8").splitlines() if line]
-        plot_learning_curve(records, self.run_dir / "learning_curve.png", title=config.name)
+        plot_learning_curve(records, self.run_dir / "learning_curve.png",
+                            title=self.config.name)
         self.run_info("finished")
         atomic_write(self.run_dir / "report.json", _json(report))
-        return report
 
 
 def _prepare_new(out: Path) -> None:
@@ -227,26 +243,17 @@ def _prepare_new(out: Path) -> None:
                        f"{type(exc).__name__}: {exc}") from exc
 
 
-def train(config: Config | str, out: PathLike | None = None, data_dir: PathLike | None = None,
-          overrides: Sequence[str] = (), callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train a preset name or configuration into a new run directory; returns report.json.
-
-    ``callbacks`` (e.g. :class:`rnnlab.train.ProgressBar`) are added to the run's own metrics
-    writer and checkpointer. Data and model are prepared before the directory is created.
-    """
-    started = time.perf_counter()
-    config = load_preset(config, overrides) if isinstance(config, str) else \
-        config.override(overrides)
-    out = Path(out) if out is not None else default_run_dir(config.name)
+def _new_run_dir(out: PathLike | None, name: str) -> Path:
+    out = Path(out) if out is not None else default_run_dir(name)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         _prepare_new(out)  # raises the explanation before any slow work
-    torch.manual_seed(config.train.seed)
-    model = build_model(config)
-    data = load_task_data(config, data_dir)
-    trainer = Trainer(model, config.train)
+    return out
+
+
+def _create_run_dir(session: _Session, data: TaskData) -> None:
+    out, config = session.run_dir, session.config
     created = not out.exists()
     _prepare_new(out)
-    session = _Session(out, config, data_dir, callbacks, started)
     try:
         atomic_write(out / "config.json", _json(config.to_dict()))
         if data.word_index is not None:
@@ -255,14 +262,33 @@ def train(config: Config | str, out: PathLike | None = None, data_dir: PathLike 
     except OSError as exc:
         shutil.rmtree(out, ignore_errors=True) if created else None
         raise RunError(f"cannot write into {out}: {type(exc).__name__}: {exc}") from exc
+
+
+def train(config: Config | str, out: PathLike | None = None, data_dir: PathLike | None = None,
+          overrides: Sequence[str] = (), callbacks: Sequence[Any] = (),
+          context: Context | None = None) -> dict[str, Any]:
+    """Train a preset name or configuration into a new run directory; returns report.json.
+
+    ``callbacks`` (e.g. :class:`rnnlab.train.ProgressBar`) are added to the run's own metrics
+    writer and checkpointer. Data and model are prepared before the directory is created.
+    ``context``: this process's place in a data-parallel run (default: a single process).
+    """
+    started, context = time.perf_counter(), context or Context()
+    config = load_preset(config, overrides) if isinstance(config, str) else \
+        config.override(overrides)
+    context.check_batch_size(config.train.batch_size)
+    out = context.on_main(lambda: _new_run_dir(out, config.name))  # one name for all ranks
+    torch.manual_seed(config.train.seed)
+    model = build_model(config)
+    data = load_task_data(config, data_dir)
+    trainer = Trainer(context.wrap(model), config.train, reduce=context.reduce_hook)
+    session = _Session(out, config, data_dir, callbacks, started, context)
+    context.on_main(lambda: _create_run_dir(session, data))
     return session.execute(trainer, data)
 
 
-def resume(run_dir: PathLike, data_dir: PathLike | None = None,
-           callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Continue an interrupted run from ``checkpoints/last``; returns report.json."""
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
+def _read_for_resume(run_dir: Path, data_dir: PathLike | None) -> tuple[
+        Config, PathLike | None, dict[str, torch.Tensor], dict[str, Any]]:
     config = read_config(run_dir)
     if (run_dir / "report.json").is_file():
         raise RunError(f"{run_dir}: expected an unfinished run, got a finished one "
@@ -273,11 +299,25 @@ def resume(run_dir: PathLike, data_dir: PathLike | None = None,
     if not (ckpt_dir / "last.json").is_file():
         raise RunError(f"{run_dir}: expected a checkpoint in checkpoints/last.json to resume "
                        "from, got none; start a new run instead")
+    tensors, meta = load_checkpoint(ckpt_dir, "last")
+    return config, data_dir, tensors, meta
+
+
+def resume(run_dir: PathLike, data_dir: PathLike | None = None,
+           callbacks: Sequence[Any] = (), context: Context | None = None) -> dict[str, Any]:
+    """Continue an interrupted run from ``checkpoints/last``; returns report.json. The
+    checkpoint holds the global position, so ``context`` may have another world size than the
+    run had; rank 0 reads the directory and sends the others what they need."""
+    started, context = time.perf_counter(), context or Context()
+    run_dir = Path(run_dir)
+    config, data_dir, tensors, meta = context.on_main(
+        lambda: _read_for_resume(run_dir, data_dir))
+    context.check_batch_size(config.train.batch_size)
+    ckpt_dir = run_dir / "checkpoints"
     torch.manual_seed(config.train.seed)
     model = build_model(config)
-    tensors, meta = load_checkpoint(ckpt_dir, "last")
     load_model_weights(model, tensors, str(ckpt_dir / "last.json"))
-    trainer = Trainer(model, config.train)
+    trainer = Trainer(context.wrap(model), config.train, reduce=context.reduce_hook)
     try:
         restore_optimizer(trainer.optimizer, tensors, meta)
         trainer.state = TrainState.from_dict(meta["state"])
@@ -285,10 +325,14 @@ def resume(run_dir: PathLike, data_dir: PathLike | None = None,
         raise CheckpointError(f"{ckpt_dir / 'last.json'}: expected optimizer and trainer state "
                               f"of this configuration, got {type(exc).__name__}: {exc}") from exc
     data = load_task_data(config, data_dir)
-    _truncate_metrics(run_dir / "metrics.jsonl", trainer.state.step)
+    session = _Session(run_dir, config, data_dir, callbacks, started, context)
+
+    def reopen() -> None:
+        _truncate_metrics(run_dir / "metrics.jsonl", trainer.state.step)
+        session.run_info("running")
+
+    context.on_main(reopen)
     restore_rng(tensors)  # last: nothing above may draw from the RNG the run continues with
-    session = _Session(run_dir, config, data_dir, callbacks, started)
-    session.run_info("running")
     return session.execute(trainer, data)
 
 

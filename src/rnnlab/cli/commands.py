@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from rnnlab.config import load_preset
+from rnnlab import distributed
+from rnnlab.config import Config, load_preset
 from rnnlab.predict import PredictError, predict_images, predict_texts
 from rnnlab.run import RunError, default_run_dir, read_config, resume, train
 from rnnlab.train import ConsoleLogger, ProgressBar
@@ -16,13 +17,40 @@ __all__ = ["predict_command", "summary_command", "train_command"]
 
 
 def train_command(args: argparse.Namespace) -> int:
-    """``rnnlab train``: progress bar on stderr, log lines and the final report on stdout."""
+    """``rnnlab train``: progress bar on stderr, log lines and the final report on stdout.
+
+    Under torchrun (``WORLD_SIZE`` > 1) it is one rank of a data-parallel run and only rank 0
+    prints; ``--nproc N`` starts N such ranks on this machine and waits for them.
+    """
     if args.threads is not None:
         if args.threads < 1:
             raise RunError(f"--threads expected a positive int, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.nproc is not None and args.nproc != 1:
+        config = _config(args)
+        return _launch(args, config, Path(args.resume or args.out or
+                                          default_run_dir(config.name)))
+    context = distributed.from_environment(args.dist_timeout)
+    try:
+        config = context.on_main(lambda: _config(args))  # rank 0 reads a resumed run's config
+        out = Path(args.resume or args.out or default_run_dir(config.name))
+        report = _train_or_resume(args, config, out, context)
+    finally:
+        distributed.shutdown()
+    if not context.is_main:
+        return 0
+    if report.get("test_accuracy") is not None:
+        print(f"Testing Accuracy: {report['test_accuracy']:.4f}")
+    if report.get("best_val_accuracy") is not None:
+        print(f"Best val_acc: {report['best_val_accuracy']:.4f} (epoch {report['best_epoch']})")
+    print(f"{report['steps']} steps in {report['wall_seconds']:.1f} s "
+          f"({report['samples_per_second']:.0f} samples/s). Run saved in {out}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> Config:
     if args.resume:
         if args.overrides:
             raise RunError("--resume expected no --set (a run continues with its own "
@@ -31,32 +59,70 @@ def train_command(args: argparse.Namespace) -> int:
         if args.preset and args.preset != config.name:
             raise RunError(f"--resume {args.resume}: expected a run of preset {args.preset!r}, "
                            f"got one of {config.name!r}")
-    else:
-        if not args.preset:
-            raise RunError("train expected a PRESET (see `rnnlab presets`) or --resume RUN_DIR, "
-                           "got neither")
-        config = load_preset(args.preset, args.overrides)
+        return config
+    if not args.preset:
+        raise RunError("train expected a PRESET (see `rnnlab presets`) or --resume RUN_DIR, "
+                       "got neither")
+    return load_preset(args.preset, args.overrides)
+
+
+def _train_or_resume(args: argparse.Namespace, config: Config, out: Path,
+                     context: distributed.Context) -> dict:
     callbacks = [
         ConsoleLogger(config.run.log_every, stream=sys.stdout),
         ProgressBar(stream=sys.stderr, disable=True if args.no_progress else None),
-    ]
-    out = Path(args.resume or args.out or default_run_dir(config.name))
+    ] if context.is_main else []
+    # under torchrun without --out, rank 0 names the directory and tells the others
+    out_arg = out if args.resume or args.out or not context.enabled else None
     try:
         if args.resume:
-            print(f"Resuming {out} ({config.name})", flush=True)
-            report = resume(out, args.data_dir, callbacks)
-        else:
-            report = train(config, out, args.data_dir, callbacks=callbacks)
+            if context.is_main:
+                print(f"Resuming {out} ({config.name})", flush=True)
+            return resume(out, args.data_dir, callbacks, context=context)
+        return train(config, out_arg, args.data_dir, callbacks=callbacks, context=context)
     except KeyboardInterrupt:
-        if (out / "checkpoints" / "last.json").is_file():
+        if context.is_main and (out / "checkpoints" / "last.json").is_file():
             print(f"Interrupted. Continue with: rnnlab train --resume {out}", file=sys.stderr)
         raise
-    if report.get("test_accuracy") is not None:
-        print(f"Testing Accuracy: {report['test_accuracy']:.4f}")
-    if report.get("best_val_accuracy") is not None:
-        print(f"Best val_acc: {report['best_val_accuracy']:.4f} (epoch {report['best_epoch']})")
-    print(f"{report['steps']} steps in {report['wall_seconds']:.1f} s "
-          f"({report['samples_per_second']:.0f} samples/s). Run saved in {out}")
+
+
+def child_argv(args: argparse.Namespace, out: Path) -> list[str]:
+    """The ``rnnlab train`` arguments each rank of ``--nproc`` runs with: the same run, with
+    the run directory named (so all ranks and the hint on failure agree) and no --nproc."""
+    argv = ["train", "--resume", str(out)] if args.resume else \
+        ["train", args.preset, "--out", str(out)]
+    for override in args.overrides:
+        argv += ["--set", override]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
+    if args.no_progress:
+        argv.append("--no-progress")
+    return [*argv, "--dist-timeout", str(args.dist_timeout)]
+
+
+def _launch(args: argparse.Namespace, config: Config, out: Path) -> int:
+    if args.nproc < 1:
+        raise RunError(f"--nproc expected a positive int, got {args.nproc}")
+    if distributed.under_launcher():
+        raise RunError("--nproc expected a plain process, got one started by torchrun "
+                       "(WORLD_SIZE is set): use torchrun's --nproc-per-node instead")
+    distributed.Context(world_size=args.nproc).check_batch_size(config.train.batch_size)
+    if not args.resume:
+        run_dir = out
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise RunError(f"--out {run_dir}: expected a new or empty directory, got an "
+                           "existing one (resume a run with --resume, or choose another --out)")
+    try:
+        distributed.launch(child_argv(args, out), args.nproc)
+    except distributed.LaunchError as exc:
+        hint = ""
+        if (out / "checkpoints" / "last.json").is_file():
+            hint = (f"; the last checkpoint is kept: continue with `rnnlab train --resume {out}"
+                    f" --nproc {args.nproc}` (any --nproc)")
+        print(f"rnnlab train: error: {exc}{hint}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -44,6 +45,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; "
                    "1 is often faster on a machine shared with other jobs)")
+    p.add_argument("--nproc", type=int, metavar="N", help="data-parallel training in N "
+                   "processes on this machine (for several machines, start `rnnlab train` "
+                   "under torchrun; see docs/distributed.md)")
+    p.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="data parallelism: how long a rank waits for the others before failing "
+                        "(default 300)")
     p.set_defaults(func=_train)
 
 
@@ -165,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except _user_errors() as exc:
-        print(f"rnnlab {args.verb}: error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
+        who = f"rnnlab {args.verb}" + (f" (rank {rank})" if rank != "0" else "")
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rnnlab {args.verb}: interrupted", file=sys.stderr)

@@ -47,7 +47,7 @@ class Checkpointer:
         self.folder, self.config, self.every = Path(folder), config, every
 
     def save(self, trainer: Any, tag: str) -> Path:
-        return save_checkpoint(self.folder, tag, trainer.model, trainer.optimizer,
+        return save_checkpoint(self.folder, tag, trainer.module, trainer.optimizer,
                                trainer.state.to_dict(), self.config)
 
     def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:

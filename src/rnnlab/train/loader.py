@@ -16,9 +16,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Batches", "Split"]
+__all__ = ["IGNORE_INDEX", "Batches", "Split"]
 
 Batch = tuple[tuple[Tensor, ...], Tensor]  # (model inputs, targets (B,))
+IGNORE_INDEX = -100  # the target of a stand-in example: cross-entropy's default ignore_index
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,10 @@ class Batches:
         trim: for ``(ids, lengths)`` inputs, cut each batch to its longest sequence, removing
             padding on side ``"pre"`` or ``"post"`` (only valid for models that mask padding).
         rank, world_size: data parallelism; each rank takes ``batch[rank::world_size]`` of every
-            global batch, so per-rank batches are ``batch_size / world_size``.
+            global batch, so per-rank batches are ``batch_size / world_size``. A rank left
+            with no example (a last batch smaller than the world) gets one stand-in example
+            with target :data:`IGNORE_INDEX`: it still runs forward and backward, as
+            DistributedDataParallel needs, and counts for nothing.
     """
 
     def __init__(
@@ -113,8 +117,12 @@ class Batches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` from batch ``start`` on (earlier ones were consumed)."""
         for index in self.order(epoch)[start:]:
-            index = index[self.rank :: self.world_size]
-            yield self._take(index)
+            shard = index[self.rank :: self.world_size]  # (B / world_size,)
+            if len(shard) == 0:
+                inputs, targets = self._take(index[:1])
+                yield inputs, torch.full_like(targets, IGNORE_INDEX)
+            else:
+                yield self._take(shard)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from rnnlab.config import TrainConfig
-from rnnlab.train.loader import Batches
+from rnnlab.train.loader import IGNORE_INDEX, Batches
 from rnnlab.train.schedule import learning_rate, make_optimizer
 
 __all__ = ["TrainState", "Trainer", "DivergenceError", "evaluate", "fit"]
@@ -80,7 +81,7 @@ def evaluate(model: nn.Module, batches: Batches, reduce: Reduce | None = None
             logits = model(*inputs)  # (B, C)
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
             correct += int((logits.argmax(-1) == targets).sum())
-            n += len(targets)
+            n += int((targets != IGNORE_INDEX).sum())  # stand-ins (see Batches) count for nothing
     finally:
         model.train(was_training)
     if reduce is not None:
@@ -98,9 +99,10 @@ class Trainer:
     ``on_train_end(trainer)``; they are called in order. ``trainer.state``,
     ``trainer.model``, ``trainer.optimizer`` and ``trainer.num_batches`` are theirs to read.
 
-    For data parallelism, ``model`` may be wrapped (e.g. in DistributedDataParallel) and
-    ``reduce`` sums ``[loss_sum, correct, n]`` over processes, so epoch records and validation
-    metrics are global; step logs stay per process.
+    For data parallelism (:mod:`rnnlab.distributed`), ``model`` is wrapped in
+    DistributedDataParallel, the batches are per-rank shards of the global batches, and
+    ``reduce`` sums ``[loss_sum, correct, n]`` over processes at every step: step logs, epoch
+    records, validation metrics and ``state`` (what a checkpoint holds) are all global.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, callbacks: Sequence[Any] = (),
@@ -110,6 +112,13 @@ class Trainer:
         self.optimizer = make_optimizer(model, config)
         self.state = TrainState()
         self.num_batches = 0
+        self.world_size = 1  # processes sharing each batch; fit reads it from the batches
+
+    @property
+    def module(self) -> nn.Module:
+        """The model itself, without its data-parallel wrapper: what checkpoints hold."""
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else \
+            self.model
 
     def _emit(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -120,7 +129,7 @@ class Trainer:
     def fit(self, train: Batches, val: Batches | None = None) -> TrainState:
         """Train until ``config.epochs`` epochs are complete, from wherever ``state`` stands."""
         cfg, state = self.config, self.state
-        self.num_batches = len(train)
+        self.num_batches, self.world_size = len(train), train.world_size
         total_steps = cfg.epochs * self.num_batches
         wall_base, wall_start = state.wall_seconds, time.perf_counter()
 
@@ -153,10 +162,21 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         logits = self.model(*inputs)  # (B, C)
-        loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
+        correct = int((logits.detach().argmax(-1) == targets).sum())
+        if self.reduce is None:
+            loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
+            loss_value, n = loss.item(), len(targets)
+        else:
+            local = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing,
+                                    reduction="sum")
+            n_local = int((targets != IGNORE_INDEX).sum())  # stand-ins count for nothing
+            loss_sum, correct, n = self.reduce([local.item(), correct, n_local])
+            # DDP averages gradients over the processes; scaling each local sum by
+            # world_size / n (n global) makes that average the gradient of the global mean
+            loss, loss_value = local * (self.world_size / n), loss_sum / n
         where = f"epoch {epoch + 1}, step {state.step + 1}"
-        if not torch.isfinite(loss):
-            raise DivergenceError(f"training loss became {loss.item()} at {where}; the weights "
+        if not math.isfinite(loss_value):  # global under data parallelism: all ranks stop
+            raise DivergenceError(f"training loss became {loss_value} at {where}; the weights "
                                   "were not updated (try a lower train.lr or "
                                   "train.clip_grad_norm)")
         self.optimizer.zero_grad(set_to_none=True)
@@ -167,24 +187,20 @@ class Trainer:
             raise DivergenceError(f"gradient norm became {grad_norm} at {where}; the weights "
                                    "were not updated (try train.clip_grad_norm or a lower lr)")
         self.optimizer.step()
-        n = len(targets)
-        correct = int((logits.detach().argmax(-1) == targets).sum())
         state.step += 1
         state.batch += 1
         state.samples += n
-        state.sums["loss"] += loss.item() * n
+        state.sums["loss"] += loss_value * n
         state.sums["correct"] += correct
         state.sums["n"] += n
         state.sums["batches"] += 1
         return {"epoch": epoch + 1, "step": state.step, "batch": state.batch,
-                "loss": loss.item(), "accuracy": correct / n, "lr": lr, "grad_norm": grad_norm}
+                "loss": loss_value, "accuracy": correct / n, "lr": lr, "grad_norm": grad_norm}
 
     def _end_epoch(self, epoch: int, val: Batches | None) -> dict[str, Any]:
         cfg, state = self.config, self.state
         sums = state.sums
-        loss_sum, correct, n = sums["loss"], sums["correct"], sums["n"]
-        if self.reduce is not None:
-            loss_sum, correct, n = self.reduce([loss_sum, correct, n])
+        loss_sum, correct, n = sums["loss"], sums["correct"], sums["n"]  # global (see _step)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": state.step,
@@ -195,7 +211,7 @@ class Trainer:
         }
         if val is not None:
             started = time.perf_counter()
-            metrics = evaluate(self.model, val, self.reduce)
+            metrics = evaluate(self.module, val, self.reduce)
             record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
             record["val_seconds"] = time.perf_counter() - started
             if state.best_val_accuracy is None or metrics["accuracy"] > state.best_val_accuracy:
