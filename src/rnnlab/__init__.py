@@ -2,12 +2,18 @@
 
 The cells (:mod:`rnnlab.cells`) are the readable reference; the layers (:mod:`rnnlab.layers`)
 stack them over time, batch first, and pick a backend: the reference loop or the fused fast path
-(:mod:`rnnlab.fused`), which share the same parameters.
+(:mod:`rnnlab.fused`), which share the same parameters. :mod:`rnnlab.interop` converts layers
+from and to torch.nn and Keras (``LSTM.from_torch``, ``.to_torch()``, ``LSTM.from_keras``);
+:func:`summary` tabulates a model as Keras's ``model.summary()`` does.
 """
 
 from rnnlab.blocks import Recurrent, final_hidden
 from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.layers import GRU, LSTM, RNN
+
+# Binds the name rnnlab.summary to the function; the module stays importable by its full path
+# (``from rnnlab.summary import ModelSummary``).
+from rnnlab.summary import ModelSummary, SummaryRow, print_summary, summary
 
 __version__ = "0.1.0"
 
@@ -21,5 +27,9 @@ __all__ = [
     "GRU",
     "Recurrent",
     "final_hidden",
+    "summary",
+    "print_summary",
+    "ModelSummary",
+    "SummaryRow",
     "__version__",
 ]

@@ -10,12 +10,12 @@ reference loop (:meth:`_RecurrentLayer._scan_reference`) or through the fast pat
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from rnnlab import fused
+from rnnlab import fused, interop
 from rnnlab._validation import check_input, check_state, make_mask
 from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 
@@ -24,6 +24,7 @@ __all__ = ["RNN", "LSTM", "GRU", "BACKENDS"]
 Backend = Literal["auto", "fused", "reference"]
 BACKENDS = ("auto", "fused", "reference")
 GateTrace = list[list[dict[str, Tensor]]]  # [layer][direction] -> {gate name: (B, T, H)}
+Layer = TypeVar("Layer", bound="_RecurrentLayer")
 
 
 class _RecurrentLayer(nn.Module):
@@ -84,6 +85,24 @@ class _RecurrentLayer(nn.Module):
         if self.dropout:
             s += f", dropout={self.dropout}"
         return s + f", backend={self.backend!r}"
+
+    # -- interop: rnnlab.interop does the work and documents the conventions ------------------
+    @classmethod
+    def from_torch(cls: type[Layer], module: nn.RNNBase, backend: Backend = "auto") -> Layer:
+        """This layer type with the weights of a torch.nn.LSTM / GRU / RNN (tanh); see
+        :func:`rnnlab.interop.from_torch`. The result is batch first whatever the module's
+        ``batch_first``."""
+        return interop.from_torch(cls, module, backend)
+
+    def to_torch(self) -> nn.RNNBase:
+        """The equivalent ``batch_first=True`` torch module; see :func:`rnnlab.interop.to_torch`."""
+        return interop.to_torch(self)
+
+    @classmethod
+    def from_keras(cls: type[Layer], source: Any, backend: Backend = "auto") -> Layer:
+        """This layer type with the weights of built Keras 3 layers (one layer, a Bidirectional,
+        a stack or a model); see :func:`rnnlab.interop.from_keras`."""
+        return interop.from_keras(cls, source, backend)
 
     # -- state helpers, overridden by LSTM ------------------------------------------------------
     def _zero_state(self, x: Tensor) -> Tensor | LSTMState:

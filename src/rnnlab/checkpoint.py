@@ -1,0 +1,166 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON, written atomically.
+
+A checkpoint ``TAG`` (``last`` or ``best``) in a folder is two files:
+
+* ``TAG-<step>.safetensors``: the model's weights (``model.<name>``), the optimizer's tensors
+  (``optimizer.<param index>.<key>``, e.g. Adam's ``exp_avg``) and the torch RNG state
+  (``rng.torch``), which dropout draws from;
+* ``TAG.json``: the name and sha256 of that tensor file, the optimizer's other state (param
+  groups), the trainer state (step, epoch, batch, running sums, history), the resolved
+  configuration, library versions and the time.
+
+The tensor file is written first under a new name, then ``TAG.json`` is replaced atomically
+(temporary file, fsync, ``os.replace``), then older tensor files of the tag are removed. A
+crash at any point leaves the previous checkpoint whole: a reader goes through ``TAG.json``.
+Nothing is unpickled on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "load_checkpoint",
+    "load_model_weights",
+    "restore_optimizer",
+    "save_checkpoint",
+    "versions",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or belongs to a different architecture."""
+
+
+def versions() -> dict[str, str]:
+    from rnnlab import __version__
+
+    return {"rnnlab": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "safetensors": safetensors.__version__, "python": platform.python_version()}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_bytes(values: Any) -> bytes:
+    return (json.dumps(values, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def save_checkpoint(folder: Path, tag: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Save checkpoint ``tag`` into ``folder``; returns the path of ``TAG.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    optimizer_scalars: dict[str, dict[str, Any]] = {}
+    for index, values in opt["state"].items():
+        for key, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous()
+            else:
+                optimizer_scalars.setdefault(str(index), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    data = safetensors.torch.save(tensors)
+    name = f"{tag}-{state['step']:08d}.safetensors"
+    atomic_write(folder / name, data)
+    meta = {
+        "format": "rnnlab-checkpoint/1",
+        "tensors": name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "state": state,
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": optimizer_scalars},
+        "config": config,
+        "versions": versions(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv,
+    }
+    meta_path = folder / f"{tag}.json"
+    atomic_write(meta_path, _json_bytes(meta))
+    for old in folder.glob(f"{tag}-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return meta_path
+
+
+def load_checkpoint(folder: Path, tag: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(tensors, meta)`` of checkpoint ``tag`` in ``folder``, verified by sha256."""
+    meta_path = Path(folder) / f"{tag}.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: expected a checkpoint, got no such file")
+    try:
+        meta = json.loads(meta_path.read_text("utf-8"))
+        data = (Path(folder) / meta["tensors"]).read_bytes()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{meta_path}: expected a readable rnnlab checkpoint, got "
+                              f"{type(exc).__name__}: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta.get("sha256"):
+        raise CheckpointError(f"{meta['tensors']}: expected sha256 {meta.get('sha256')}, "
+                              f"got {digest}")
+    return safetensors.torch.load(data), meta
+
+
+def load_model_weights(model: nn.Module, tensors: dict[str, Tensor], where: str) -> None:
+    """Copy the ``model.*`` tensors into ``model``; a different architecture is an error that
+    names the first missing, unexpected or differently shaped parameter."""
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
+    if missing or unexpected or shapes:
+        if shapes:
+            k = shapes[0]
+            found = f"{k} of shape {tuple(weights[k].shape)}, model has {tuple(own[k].shape)}"
+        else:
+            found = (f"missing {missing[:3]}" if missing else "") + (
+                f" unexpected {unexpected[:3]}" if unexpected else "")
+        raise CheckpointError(f"{where}: expected the parameters of this architecture "
+                              f"({type(model).__name__}), got a different one: {found.strip()}")
+    model.load_state_dict(weights)
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor],
+                      meta: dict[str, Any]) -> None:
+    """Rebuild the optimizer state saved by :func:`save_checkpoint`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+
+
+def restore_rng(tensors: dict[str, Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])

@@ -1,0 +1,169 @@
+"""The ``rnnlab`` command: one entry point, one verb per task.
+
+Every verb is a function ``<verb>_command(args) -> int`` calling library functions that can be
+imported on their own (:func:`rnnlab.run.train`, :func:`rnnlab.predict.evaluate_run`, ...).
+Verbs that other parts of the package provide (``bench``, ``inspect``, ``experiment``) are
+registered in :data:`PLUGIN_VERBS`: each is a module with ``main(argv: list[str]) -> int``
+that parses its own arguments; the command hands it everything after the verb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from rnnlab.config import ConfigError, list_presets, load_preset
+
+__all__ = ["PLUGIN_VERBS", "build_parser", "main"]
+
+# verb -> (module providing main(argv) -> int, one-line help)
+PLUGIN_VERBS: dict[str, tuple[str, str]] = {
+    "bench": ("rnnlab.bench", "benchmark rnnlab against torch.nn and Keras"),
+    "inspect": ("rnnlab.inspect", "draw a trained LSTM's gates and cell states"),
+    "experiment": ("rnnlab.experiment", "run the long-range dependency experiment"),
+}
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a preset into a run directory",
+                       description="Train PRESET (see `rnnlab presets`) into a run directory, or "
+                                   "continue an interrupted run with --resume.")
+    p.add_argument("preset", nargs="?", help="preset name (optional with --resume)")
+    p.add_argument("--data-dir", help="data root holding mnist/ and imdb/, or a dataset folder "
+                                      "(default: the loaders' cache, downloading if needed)")
+    p.add_argument("--out", help="run directory to create (default runs/<preset>-<time>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set train.epochs=5 or "
+                        "--set data.path=DIR (any MNIST-layout dataset); repeatable")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last "
+                                                      "checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; "
+                   "1 is often faster on a machine shared with other jobs)")
+    p.set_defaults(func=_train)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split",
+                       description="Loss and accuracy of RUN_DIR's checkpoint on a data split.")
+    p.add_argument("run_dir")
+    p.add_argument("--data-dir", help="data root (default: the one the run was trained on)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_evaluate)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify reviews or images with a trained run",
+                       description="Print the label and its probability for each input.")
+    p.add_argument("run_dir")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a review (repeatable)")
+    src.add_argument("--file", help="a UTF-8 text file with one review per line")
+    src.add_argument("--image", action="append", help="a 28x28 PNG or .npy image (repeatable)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per input: label (class index), probabilities, ...")
+    p.set_defaults(func=_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnlab", description="RNN, LSTM and GRU from their "
+                                     "equations: train, evaluate and use the tutorial's models.")
+    from rnnlab import __version__
+
+    parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    p = sub.add_parser("summary", help="print a preset's model as a Keras-style table",
+                       description="Layers, output shapes and parameter counts of PRESET's model.")
+    p.add_argument("preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_summary)
+    p = sub.add_parser("presets", help="list the presets", description="List the presets.")
+    p.set_defaults(func=_presets)
+    for verb, (_, text) in PLUGIN_VERBS.items():
+        sub.add_parser(verb, help=text, add_help=False)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rnnlab.cli.commands import train_command
+
+    return train_command(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rnnlab.predict import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.data_dir, args.checkpoint, args.split)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['split']} ({result['examples']} examples, checkpoint "
+              f"{result['checkpoint']} at step {result['step']}): loss {result['loss']:.4f}, "
+              f"accuracy {result['accuracy']:.4f}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from rnnlab.cli.commands import predict_command
+
+    return predict_command(args)
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from rnnlab.cli.commands import summary_command
+
+    return summary_command(args)
+
+
+def _presets(args: argparse.Namespace) -> int:
+    for name in list_presets():
+        print(f"{name:14s} {' '.join(load_preset(name).description.split())}")
+    return 0
+
+
+def _plugin(verb: str, argv: list[str]) -> int:
+    module_name = PLUGIN_VERBS[verb][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"rnnlab: error: `rnnlab {verb}` expected the module {module_name}, got none in "
+              "this installation", file=sys.stderr)
+        return 2
+    return int(module.main(argv) or 0)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: printed as one line, exit status 2."""
+    from rnnlab.checkpoint import CheckpointError
+    from rnnlab.data import DataError
+    from rnnlab.predict import PredictError
+    from rnnlab.run import RunError
+
+    return ConfigError, DataError, CheckpointError, RunError, PredictError, OSError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PLUGIN_VERBS:
+        return _plugin(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        print(f"rnnlab {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rnnlab {args.verb}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,322 @@
+"""Typed, frozen run configurations, TOML presets and dotted overrides.
+
+A configuration has four sections, each a frozen dataclass:
+
+* ``data``: which dataset and how it becomes tensors (:class:`DataConfig`);
+* ``model``: the architecture (:class:`ModelConfig`, built by :func:`rnnlab.models.build_model`);
+* ``train``: optimisation (:class:`TrainConfig`, used by :func:`rnnlab.train.fit`);
+* ``run``: logging and checkpointing (:class:`RunConfig`).
+
+Presets are TOML files in ``rnnlab/presets/`` holding only the keys that differ from the
+defaults below. Overrides are dotted keys (``train.epochs=5``); unknown keys and values of the
+wrong type are refused with an error naming what was expected and what came. The resolved
+configuration (:meth:`Config.to_dict`) is saved as JSON with every run and every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from typing import Any, Literal, get_args, get_origin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "list_presets",
+    "load_preset",
+    "parse_override",
+]
+
+
+class ConfigError(ValueError):
+    """An unknown preset or key, or a value of the wrong type or out of range."""
+
+
+def _positive(section: object, *names: str) -> None:
+    label = type(section).__name__.removesuffix("Config").lower()
+    for name in names:
+        value = getattr(section, name)
+        if isinstance(value, int) and value < 1:
+            raise ConfigError(f"{label}.{name}: expected a positive int, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where examples come from and how they become tensors.
+
+    ``dataset``: ``"mnist"`` (images read row by row: 28 steps of 28 pixels; any dataset in the
+    MNIST IDX layout via ``path``) or ``"imdb"`` (reviews as word ids, Keras's encoding).
+    ``validation``: ``"test"`` evaluates on the test split every epoch (as the tutorial does),
+    ``"holdout"`` holds out ``holdout`` training examples, ``"none"`` skips validation.
+    """
+
+    dataset: Literal["mnist", "imdb"] = "mnist"
+    sample: bool = False  # the real sample shipped in the package (no files, no network)
+    path: str = ""  # image datasets: a folder of MNIST-layout IDX files (e.g. Fashion-MNIST)
+    validation: Literal["test", "holdout", "none"] = "test"
+    holdout: int = 5000
+    # imdb: keras.datasets.imdb.load_data and keras.utils.pad_sequences options
+    num_words: int = 1000
+    skip_top: int = 0
+    maxlen: int = 20
+    padding: Literal["pre", "post"] = "pre"
+    truncating: Literal["pre", "post"] = "pre"
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_words", "maxlen", "holdout")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture; see :func:`rnnlab.models.build_model`.
+
+    ``hidden_sizes`` lists one recurrent layer per entry (each bidirectional if asked), chained
+    with ``return_sequences`` like a Keras stack; ``dropout`` follows every recurrent layer (the
+    tutorial's IMDB model), ``input_dropout`` the embedding or input projection. The last layer
+    is reduced over time by ``pooling``: ``"last"`` (the final hidden state at each sequence's
+    last real step), ``"mean"``, ``"max"`` or ``"meanmax"`` (both, concatenated) over real steps.
+    ``backend`` ``"torch"`` swaps in torch.nn.LSTM/GRU/RNN, for speed comparisons only.
+    """
+
+    kind: Literal["sequence", "text"] = "sequence"
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    input_size: int = 28  # sequence models: features per step
+    projection: int = 0  # sequence models: Linear input -> projection before the RNN (0: none)
+    embedding_dim: int = 8  # text models; the vocabulary is data.num_words
+    hidden_sizes: tuple[int, ...] = (128,)
+    bidirectional: bool = False
+    forget_bias: float = 1.0
+    dropout: float = 0.0
+    input_dropout: float = 0.0
+    pooling: Literal["last", "mean", "max", "meanmax"] = "last"
+    mask: bool = False  # text models: skip padding via lengths (Keras's default does not)
+    num_classes: int = 10
+    backend: Literal["auto", "fused", "reference", "torch"] = "auto"
+
+    def __post_init__(self) -> None:
+        _positive(self, "input_size", "embedding_dim", "num_classes")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ConfigError(
+                f"model.hidden_sizes: expected a non-empty list of positive ints, "
+                f"got {list(self.hidden_sizes)}"
+            )
+        if self.projection < 0:
+            raise ConfigError(f"model.projection: expected >= 0, got {self.projection}")
+        for name in ("dropout", "input_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name}: expected in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation; see :func:`rnnlab.train.fit`. ``lr_schedule``: ``"none"``, ``"cosine"``
+    (per step, to ``lr * min_lr_ratio`` after a linear warm-up of ``warmup_steps``), ``"step"``
+    (times ``gamma`` every ``step_epochs``) or ``"plateau"`` (times ``gamma`` when validation
+    loss has not improved for ``patience`` epochs)."""
+
+    epochs: int = 2
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    clip_grad_norm: float = 0.0  # 0: no clipping
+    lr_schedule: Literal["none", "cosine", "step", "plateau"] = "none"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    step_epochs: int = 1
+    gamma: float = 0.5
+    patience: int = 1
+    label_smoothing: float = 0.0
+    bucket: bool = False  # group batches by length and trim padding (masked text models)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "batch_size", "eval_batch_size", "step_epochs", "patience")
+        for name in ("lr", "gamma"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name}: expected > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "clip_grad_norm", "warmup_steps", "min_lr_ratio"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: expected >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing: expected in [0, 1), got "
+                              f"{self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Logging and checkpointing. ``log_every``: the tutorial's "every N steps: minibatch loss
+    and training accuracy" lines (0: none). ``checkpoint_every``: also save ``last`` every N
+    steps inside an epoch, so a killed run resumes mid-epoch (0: at epoch ends only)."""
+
+    log_every: int = 20
+    checkpoint_every: int = 100
+    evaluate_test: bool = True  # evaluate the test split at the end, into report.json
+
+    def __post_init__(self) -> None:
+        for name in ("log_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"run.{name}: expected >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: ``name`` (the preset), ``description`` and the four sections."""
+
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Config:
+        """The inverse of :meth:`to_dict`; refuses unknown keys and wrong types."""
+        return _build(cls, values, "")
+
+    def override(self, assignments: Iterable[str]) -> Config:
+        """A copy with ``section.key=value`` assignments applied (see :func:`apply_overrides`)."""
+        return apply_overrides(self, assignments)
+
+
+SECTIONS = {k: v for k, v in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(v)}
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) is tuple:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (int, float, bool, str, Literal, tuple)."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return tuple(_coerce(get_args(tp)[0], v, key) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise AssertionError(f"{key}: unions are not used in configs")
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from a (possibly partial) mapping, strictly."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown key {prefix + unknown[0]!r} in {where}: expected one of {sorted(known)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(tp, value, prefix + name)
+    return cls(**kwargs)
+
+
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``. Values are TOML literals (numbers,
+    ``true``/``false``, ``[1, 2]``, quoted strings); anything else is taken as a bare string."""
+    key, sep, raw = assignment.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ConfigError(f"override: expected section.key=value, got {assignment!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
+    """Apply ``section.key=value`` overrides; unknown keys and wrong types raise ConfigError."""
+    values = config.to_dict()
+    for assignment in assignments:
+        key, value = parse_override(assignment)
+        parts = key.split(".")
+        if len(parts) == 1 and parts[0] in ("name", "description"):
+            values[parts[0]] = value
+            continue
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise ConfigError(
+                f"override {key!r}: expected section.key with a section in {sorted(SECTIONS)}"
+            )
+        section, name = parts
+        section_keys = {f.name for f in fields(SECTIONS[section])}
+        if name not in section_keys:
+            raise ConfigError(
+                f"override {key!r}: unknown key; expected one of "
+                f"{', '.join(section + '.' + k for k in sorted(section_keys))}"
+            )
+        values[section][name] = value
+    return Config.from_dict(values)
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in the package, sorted."""
+    folder = resources.files("rnnlab") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str, overrides: Iterable[str] = ()) -> Config:
+    """The preset ``name`` (see :func:`list_presets`) with ``overrides`` applied."""
+    names = list_presets()
+    if name not in names:
+        raise ConfigError(f"unknown preset {name!r}: expected one of {', '.join(names)}")
+    text = (resources.files("rnnlab") / "presets" / f"{name}.toml").read_text("utf-8")
+    values = tomllib.loads(text)
+    values.setdefault("name", name)
+    config = Config.from_dict(values)
+    return apply_overrides(config, overrides)
+
+
+def with_section(config: Config, section: str, **changes: Any) -> Config:
+    """A copy of ``config`` with fields of one section replaced (no type checks: internal)."""
+    return replace(config, **{section: replace(getattr(config, section), **changes)})

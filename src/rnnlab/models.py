@@ -1,0 +1,196 @@
+"""Classifiers built from rnnlab layers: sequences of feature vectors, and texts of word ids.
+
+Shape legend: B batch, T time, I input features, E embedding size, H hidden units,
+D directions, C classes.
+
+Both models share :class:`RecurrentStack`: recurrent layers chained like a Keras stack with
+``return_sequences=True``, a dropout after each layer, and a reduction over time of the last
+layer's output. Initialisation follows Keras (Glorot-uniform dense kernels, zero biases,
+embeddings uniform in [-0.05, 0.05]) so the tutorial's models start where Keras starts them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from rnnlab.blocks import final_hidden
+from rnnlab.config import Config, ConfigError, ModelConfig
+from rnnlab.layers import GRU, LSTM, RNN
+
+__all__ = ["RecurrentStack", "SequenceClassifier", "TextClassifier", "build_model", "step_mask"]
+
+Padding = Literal["pre", "post"]
+LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+TORCH_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+def step_mask(lengths: Tensor, T: int, padding: Padding) -> Tensor:
+    """(B, T) bool, True at real steps, for ``lengths`` (B,) padded on side ``padding``."""
+    steps = torch.arange(T, device=lengths.device)  # (T,)
+    lengths = lengths[:, None]  # (B, 1)
+    return steps < lengths if padding == "post" else steps >= T - lengths
+
+
+def _keras_dense_init(linear: nn.Linear) -> nn.Linear:
+    nn.init.xavier_uniform_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> nn.Module:
+    """One rnnlab layer, or (``backend="torch"``, for comparisons only) its torch.nn twin."""
+    if cfg.backend != "torch":
+        kwargs = {"forget_bias": cfg.forget_bias} if cfg.cell == "lstm" else {}
+        return LAYERS[cfg.cell](
+            input_size, hidden, bidirectional=cfg.bidirectional, backend=cfg.backend, **kwargs
+        )
+    layer = TORCH_LAYERS[cfg.cell](input_size, hidden, batch_first=True,
+                                   bidirectional=cfg.bidirectional)
+    if cfg.cell == "lstm":  # the same forget bias, on torch's first bias vector
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if name.startswith("bias"):
+                    p.zero_()
+                if name.startswith("bias_ih"):
+                    p[hidden : 2 * hidden] = cfg.forget_bias
+    return layer
+
+
+class RecurrentStack(nn.Module):
+    """Recurrent layers chained over time, each followed by dropout (the last one after the
+    reduction over time).
+
+    ``forward(x (B, T, I), lengths (B,) or None) -> (B, F)`` where F = D*H, or 2*D*H for
+    ``"meanmax"``. With ``lengths``, padded steps (on side ``padding``) neither change the state
+    nor enter the pooling; ``"last"`` is then each sequence's state at its own last real step.
+    """
+
+    def __init__(self, cfg: ModelConfig, input_size: int, padding: Padding = "post") -> None:
+        super().__init__()
+        self.cell, self.pooling, self.padding = cfg.cell, cfg.pooling, padding
+        self.torch_backend = cfg.backend == "torch"
+        D = 2 if cfg.bidirectional else 1
+        sizes = [input_size] + [D * h for h in cfg.hidden_sizes[:-1]]
+        self.layers = nn.ModuleList(
+            _recurrent_layer(cfg, i, h) for i, h in zip(sizes, cfg.hidden_sizes, strict=True)
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.num_directions = D
+        self.output_size = D * cfg.hidden_sizes[-1] * (2 if cfg.pooling == "meanmax" else 1)
+
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, return_gates: bool = False
+    ) -> Tensor | tuple[Tensor, list]:
+        if self.torch_backend and lengths is not None:
+            raise ValueError("RecurrentStack with backend='torch' expected no lengths (it is for "
+                             "speed comparisons of unmasked models), got lengths")
+        traces, state = [], None
+        for k, layer in enumerate(self.layers):
+            if self.torch_backend:
+                x, state = layer(x)  # (B, T, D*H)
+            elif return_gates:
+                x, state, trace = layer(x, lengths=lengths, padding=self.padding,
+                                        return_gates=True)
+                traces.append(trace)
+            else:
+                x, state = layer(x, lengths=lengths, padding=self.padding)  # (B, T, D*H)
+            if k < len(self.layers) - 1:
+                x = self.dropout(x)
+        pooled = self.dropout(self._pool(x, state, lengths))  # (B, F)
+        return (pooled, traces) if return_gates else pooled
+
+    def _pool(self, x: Tensor, state: Tensor | tuple, lengths: Tensor | None) -> Tensor:
+        if self.pooling == "last":
+            if self.torch_backend and self.cell == "lstm":
+                state = state[0]
+            return final_hidden(state, self.num_directions)  # (B, D*H)
+        B, T, _ = x.shape
+        if lengths is None:
+            mask = x.new_ones(B, T, 1, dtype=torch.bool)
+            count = x.new_full((B, 1), float(T))
+        else:
+            mask = step_mask(lengths, T, self.padding)[:, :, None]  # (B, T, 1)
+            count = lengths[:, None].to(x.dtype)  # (B, 1)
+        mean = (x * mask).sum(1) / count  # (B, D*H)
+        if self.pooling == "mean":
+            return mean
+        peak = x.masked_fill(~mask, float("-inf")).amax(1)  # (B, D*H)
+        return peak if self.pooling == "max" else torch.cat([mean, peak], dim=-1)
+
+
+class SequenceClassifier(nn.Module):
+    """(B, T, I) float sequences -> (B, C) logits: optional per-step Linear projection (the
+    tutorial's ``X * W_in + b_in``, no activation) -> :class:`RecurrentStack` -> Linear head."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_size = cfg.input_size
+        size = cfg.input_size
+        self.projection = None
+        if cfg.projection:
+            self.projection = _keras_dense_init(nn.Linear(cfg.input_size, cfg.projection))
+            size = cfg.projection
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        self.stack = RecurrentStack(cfg, size, padding="post")
+        self.head = _keras_dense_init(nn.Linear(self.stack.output_size, cfg.num_classes))
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, return_gates: bool = False):
+        """x (B, T, I), lengths (B,) real steps (post-padded) or None -> logits (B, C); with
+        ``return_gates`` also every layer's gates (see :meth:`rnnlab.LSTM.forward`)."""
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"SequenceClassifier expected input of shape (B, T, {self.input_size}), "
+                f"got {tuple(x.shape)}"
+            )
+        if self.projection is not None:
+            x = self.projection(x)  # (B, T, P)
+        out = self.stack(self.input_dropout(x), lengths, return_gates=return_gates)
+        if return_gates:
+            return self.head(out[0]), out[1]
+        return self.head(out)  # (B, C)
+
+
+class TextClassifier(nn.Module):
+    """(B, T) word ids -> (B, C) logits: Embedding -> :class:`RecurrentStack` -> Linear head.
+
+    With ``mask=True`` the ``lengths`` passed to :meth:`forward` make the recurrent layers skip
+    padding (on side ``padding``); with ``mask=False`` padding ids are read like any word, as a
+    Keras ``Embedding`` without ``mask_zero`` does (the tutorial's model).
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, padding: Padding = "pre") -> None:
+        super().__init__()
+        self.vocab_size, self.mask = vocab_size, cfg.mask
+        self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim)  # (V, E)
+        nn.init.uniform_(self.embedding.weight, -0.05, 0.05)  # Keras's "uniform" initializer
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        self.stack = RecurrentStack(cfg, cfg.embedding_dim, padding=padding)
+        self.head = _keras_dense_init(nn.Linear(self.stack.output_size, cfg.num_classes))
+
+    def forward(self, ids: Tensor, lengths: Tensor | None = None, return_gates: bool = False):
+        """ids (B, T) int64 in [0, vocab), lengths (B,) -> logits (B, C) (and gates if asked)."""
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"TextClassifier expected int64 ids of shape (B, T), got {ids.dtype} "
+                f"of shape {tuple(ids.shape)}"
+            )
+        x = self.input_dropout(self.embedding(ids))  # (B, T, E)
+        out = self.stack(x, lengths if self.mask else None, return_gates=return_gates)
+        if return_gates:
+            return self.head(out[0]), out[1]
+        return self.head(out)  # (B, C)
+
+
+def build_model(config: Config) -> nn.Module:
+    """The model of ``config`` (its ``model`` section; text models take the vocabulary size and
+    padding side from ``data``), freshly initialised from the current torch RNG."""
+    cfg = config.model
+    if cfg.backend == "torch" and cfg.mask:
+        raise ConfigError("model.backend='torch' expected model.mask=false (torch layers here "
+                          "are for unmasked speed comparisons), got mask=true")
+    if cfg.kind == "sequence":
+        return SequenceClassifier(cfg)
+    return TextClassifier(cfg, config.data.num_words, padding=config.data.padding)

@@ -1,0 +1,121 @@
+"""Training callbacks: metrics file, checkpoints, progress bar, console lines.
+
+Each is an object with some of the :class:`~rnnlab.train.loop.Trainer` hooks. The library's
+own code never prints; :class:`ProgressBar` and :class:`ConsoleLogger` write to the stream they
+are given (the CLI gives stderr and stdout).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm.auto import tqdm
+
+from rnnlab.checkpoint import save_checkpoint
+
+__all__ = ["Checkpointer", "ConsoleLogger", "MetricsWriter", "ProgressBar"]
+
+
+class MetricsWriter:
+    """Appends to ``path`` (JSON lines) one ``{"kind": "step", ...}`` line every ``log_every``
+    steps and one ``{"kind": "epoch", ...}`` line per epoch."""
+
+    def __init__(self, path: Path, log_every: int) -> None:
+        self.path, self.log_every = Path(path), log_every
+
+    def _write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        if self.log_every and logs["step"] % self.log_every == 0:
+            self._write({"kind": "step", **logs})
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        self._write({"kind": "epoch", **record})
+
+
+class Checkpointer:
+    """Saves ``last`` every ``every`` steps inside an epoch and at each epoch end, and ``best``
+    whenever validation accuracy improves. ``config`` is the resolved configuration, saved in
+    each checkpoint."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], every: int = 0) -> None:
+        self.folder, self.config, self.every = Path(folder), config, every
+
+    def save(self, trainer: Any, tag: str) -> Path:
+        return save_checkpoint(self.folder, tag, trainer.model, trainer.optimizer,
+                               trainer.state.to_dict(), self.config)
+
+    def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        inside_epoch = trainer.state.batch < trainer.num_batches  # the epoch end saves anyway
+        if self.every and logs["step"] % self.every == 0 and inside_epoch:
+            self.save(trainer, "last")
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        self.save(trainer, "last")
+        if record.get("improved"):
+            self.save(trainer, "best")
+
+
+class ProgressBar:
+    """A tqdm bar per epoch, with ETA and the running loss and accuracy."""
+
+    def __init__(self, stream: TextIO | None = None, disable: bool | None = None) -> None:
+        self.stream, self.disable, self.bar = stream, disable, None
+
+    def on_epoch_begin(self, trainer: Any, epoch: int) -> None:
+        total = trainer.config.epochs
+        self.bar = tqdm(total=trainer.num_batches, initial=trainer.state.batch, file=self.stream,
+                        desc=f"Epoch {epoch + 1}/{total}", unit="step", leave=False,
+                        dynamic_ncols=True, disable=self.disable)
+
+    def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        sums = trainer.state.sums
+        self.bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}",
+                             acc=f"{sums['correct'] / sums['n']:.4f}", refresh=False)
+        self.bar.update(1)
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        self.bar.close()
+
+    def on_train_end(self, trainer: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_epoch(record: dict[str, Any], epochs: int) -> str:
+    """A Keras-like line: ``Epoch 3/20 - 41s 812ms/step - loss: 0.51 - acc: 0.74 - ...``."""
+    line = (f"Epoch {record['epoch']}/{epochs} - {record['seconds']:.0f}s "
+            f"{record['ms_per_step']:.0f}ms/step - loss: {record['loss']:.4f} - "
+            f"acc: {record['accuracy']:.4f}")
+    if "val_loss" in record:
+        line += (f" - val_loss: {record['val_loss']:.4f} - val_acc: {record['val_accuracy']:.4f}"
+                 f" ({record['val_seconds']:.0f}s)")
+    return line
+
+
+def format_step(logs: dict[str, Any]) -> str:
+    """The tutorial's line: minibatch loss and training accuracy at a step."""
+    return (f"Iter {logs['step']}, Minibatch Loss= {logs['loss']:.6f}, "
+            f"Training Accuracy= {logs['accuracy']:.5f}")
+
+
+class ConsoleLogger:
+    """Prints the tutorial's step lines every ``log_every`` steps and a Keras-like line per epoch
+    through ``write`` (default: ``tqdm.write`` to ``stream``, which keeps progress bars intact)."""
+
+    def __init__(self, log_every: int = 0, stream: TextIO | None = None,
+                 write: Callable[[str], None] | None = None) -> None:
+        self.log_every = log_every
+        self.write = write or (lambda line: tqdm.write(line, file=stream))
+
+    def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        if self.log_every and logs["step"] % self.log_every == 0:
+            self.write(format_step(logs))
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        self.write(format_epoch(record, trainer.config.epochs))

@@ -1,0 +1,66 @@
+"""Presets, dotted overrides and their errors."""
+
+import pytest
+
+from rnnlab.config import Config, ConfigError, list_presets, load_preset, parse_override
+from rnnlab.models import build_model
+
+
+def test_every_preset_loads_and_round_trips():
+    assert {"mnist-seed", "imdb-seed", "mnist", "imdb", "mnist-sample", "imdb-sample"} <= set(
+        list_presets())
+    for name in list_presets():
+        config = load_preset(name)
+        assert config.name == name and config.description
+        assert Config.from_dict(config.to_dict()) == config
+
+
+def test_overrides_are_typed():
+    config = load_preset("mnist-seed", ["train.epochs=5", "train.lr=3e-4",
+                                        "model.bidirectional=true", "model.hidden_sizes=[64, 32]",
+                                        "data.path=/x/fashion"])
+    assert config.train.epochs == 5 and config.train.lr == 3e-4
+    assert config.model.bidirectional is True and config.model.hidden_sizes == (64, 32)
+    assert config.data.path == "/x/fashion"
+    assert load_preset("mnist-seed", ["train.lr=1"]).train.lr == 1.0  # int accepted as float
+    assert parse_override("data.padding=post") == ("data.padding", "post")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epoch=5", "unknown key"),
+        ("trian.epochs=5", "expected section.key"),
+        ("train.epochs=five", "train.epochs: expected int, got 'five'"),
+        ("train.epochs=2.5", "train.epochs: expected int, got 2.5"),
+        ("train.epochs=0", "train.epochs: expected a positive int, got 0"),
+        ("model.cell=transformer", "model.cell: expected one of 'lstm' | 'gru' | 'rnn'"),
+        ("model.dropout=1.5", "model.dropout: expected in [0, 1)"),
+        ("model.bidirectional=1", "model.bidirectional: expected bool, got 1"),
+        ("train.epochs", "expected section.key=value"),
+    ],
+)
+def test_bad_overrides_say_what_was_expected(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)").replace("|", r"\|")):
+        load_preset("mnist-seed", [override])
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'mnist-sed': expected one of .*seed"):
+        load_preset("mnist-sed")
+
+
+def test_unknown_key_in_a_saved_config_is_refused():
+    values = load_preset("mnist-seed").to_dict()
+    values["model"]["layers"] = 3
+    with pytest.raises(ConfigError, match="unknown key 'model.layers'"):
+        Config.from_dict(values)
+
+
+def test_seed_presets_are_the_tutorials_models():
+    imdb = build_model(load_preset("imdb-seed"))
+    assert sum(p.numel() for p in imdb.parameters()) == 805_186  # Keras's model.summary()
+    mnist = build_model(load_preset("mnist-seed"))
+    # Linear 28->128, LSTM 128 (one bias per gate), Linear 128->10
+    assert sum(p.numel() for p in mnist.parameters()) == (28 * 128 + 128) + 4 * 128 * 257 + 1290
