@@ -160,3 +160,14 @@ def test_holdout_validation_tests_the_best_checkpoint(tmp_path):
         *TINY_MNIST, "data.validation=holdout", "data.holdout=1000"])
     assert report["train_examples"] == 9000 and report["test_checkpoint"] == "best"
     assert report["steps"] == 2 * 36
+
+
+def test_punctuation_can_be_dropped_like_keras(tmp_path):
+    from rnnlab.config import load_preset
+    from rnnlab.tasks import load_task_data
+
+    config = load_preset("imdb-sample", ["data.punctuation=false"])
+    data = load_task_data(config)
+    comma = data.word_index[","] + 3
+    assert comma < config.data.num_words and not (data.train.inputs[0] == comma).any()
+    assert (load_task_data(load_preset("imdb-sample")).train.inputs[0] == comma).any()

@@ -76,6 +76,7 @@ class DataConfig:
     maxlen: int = 20
     padding: Literal["pre", "post"] = "pre"
     truncating: Literal["pre", "post"] = "pre"
+    punctuation: bool = True  # false drops punctuation tokens: Keras's IMDB encoding has none
 
     def __post_init__(self) -> None:
         _positive(self, "num_words", "maxlen", "holdout")

@@ -16,7 +16,7 @@ import torch
 from rnnlab.config import Config
 from rnnlab.data import encode_text, pad_sequences
 from rnnlab.run import RunError, load_run
-from rnnlab.tasks import load_task_data
+from rnnlab.tasks import drop_ids, load_task_data, punctuation_ids
 from rnnlab.train import Batches, evaluate
 
 __all__ = ["PredictError", "encode_texts", "evaluate_run", "label_names", "load_image",
@@ -82,11 +82,13 @@ def encode_texts(config: Config, word_index: dict[str, int], texts: list[str]
     d = config.data
     if not texts:
         raise PredictError("predict expected at least one review, got none")
-    encoded = []
+    encoded, dropped = [], punctuation_ids(word_index)
     for k, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise PredictError(f"review {k + 1}: expected non-empty text, got {text!r}")
         ids = encode_text(text, word_index, num_words=d.num_words, skip_top=d.skip_top)
+        if not d.punctuation:
+            ids = drop_ids([ids], dropped)[0]
         if len(ids) <= 1:  # the start marker alone: no word the model was trained on
             raise PredictError(f"review {k + 1}: expected at least one known word, got none in "
                                f"{text[:60]!r}")

@@ -5,7 +5,9 @@ Shape legend: N examples, T time (image rows or word positions), I features per 
 * ``mnist``: images (N, H, W) uint8 become sequences (N, T=H, I=W) in [0, 1] read row by row.
   ``data.path`` loads any dataset in the MNIST IDX layout instead (e.g. Fashion-MNIST).
 * ``imdb``: reviews encoded like ``keras.datasets.imdb.load_data(num_words, skip_top)`` and
-  padded/truncated like ``keras.utils.pad_sequences(maxlen, padding, truncating)``; inputs are
+  padded/truncated like ``keras.utils.pad_sequences(maxlen, padding, truncating)``, after
+  dropping punctuation tokens if ``data.punctuation`` is false (Keras's own IMDB encoding has
+  no punctuation; :mod:`rnnlab.data`'s tokeniser keeps it); inputs are
   ``(ids (N, T) int64, lengths (N,) int64)``, the number of real (unpadded) ids per review.
 """
 
@@ -28,7 +30,7 @@ from rnnlab.data import (
 )
 from rnnlab.train.loader import Split
 
-__all__ = ["TaskData", "encode_reviews", "load_task_data"]
+__all__ = ["TaskData", "drop_ids", "encode_reviews", "load_task_data", "punctuation_ids"]
 
 PathLike = str | os.PathLike[str]
 
@@ -42,6 +44,17 @@ class TaskData:
     val: Split | None
     test: Split
     word_index: dict[str, int] | None = None
+
+
+def punctuation_ids(word_index: dict[str, int], index_from: int = 3) -> set[int]:
+    """Ids of the tokens without a letter or digit (``,`` ``.`` ``!`` ``(`` ...)."""
+    return {rank + index_from for word, rank in word_index.items()
+            if not any(ch.isalnum() for ch in word)}
+
+
+def drop_ids(sequences: list[list[int]] | np.ndarray, ids: set[int]) -> list[list[int]]:
+    """Each sequence without the given ids (the start marker is never among them)."""
+    return [[i for i in seq if i not in ids] for seq in sequences]
 
 
 def encode_reviews(sequences: list[list[int]] | np.ndarray, config: Config) -> tuple[
@@ -77,9 +90,13 @@ def _texts(config: Config, data_dir: PathLike | None) -> tuple[Split, Split, dic
     (x_train, y_train), (x_test, y_test) = load_imdb(
         num_words=d.num_words, skip_top=d.skip_top, data_dir=data_dir, sample=d.sample
     )
+    word_index = get_word_index(data_dir, sample=d.sample)
+    if not d.punctuation:
+        dropped = punctuation_ids(word_index)
+        x_train, x_test = drop_ids(x_train, dropped), drop_ids(x_test, dropped)
     train = Split(encode_reviews(x_train, config), torch.as_tensor(y_train))
     test = Split(encode_reviews(x_test, config), torch.as_tensor(y_test))
-    return train, test, get_word_index(data_dir, sample=d.sample)
+    return train, test, word_index
 
 
 def load_task_data(config: Config, data_dir: PathLike | None = None) -> TaskData:

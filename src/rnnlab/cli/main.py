@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from rnnlab.config import ConfigError, list_presets, load_preset
@@ -126,7 +127,9 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _presets(args: argparse.Namespace) -> int:
     for name in list_presets():
-        print(f"{name:14s} {' '.join(load_preset(name).description.split())}")
+        text = " ".join(load_preset(name).description.split())
+        print(textwrap.fill(text, width=100, initial_indent=f"{name:14s}",
+                            subsequent_indent=" " * 14))
     return 0
 
 
