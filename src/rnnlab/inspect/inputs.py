@@ -20,6 +20,7 @@ from rnnlab.data import pad_sequences, tokenize
 from rnnlab.inspect.trace import InspectError, softmax_rows
 from rnnlab.models import step_mask
 from rnnlab.predict import encode_texts, load_image
+from rnnlab.tasks import punctuation_ids
 from rnnlab.train.loader import Split
 
 __all__ = ["Example", "first_examples", "image_example", "prefix_probabilities", "test_split",
@@ -46,8 +47,8 @@ class Example:
 
 def _word_labels(config: Config, word_index: dict[str, int], text: str) -> tuple[
         list[int], list[str], list[bool]]:
-    """The ids, words and out-of-vocabulary flags of :func:`rnnlab.data.encode_text`, step by
-    step (words it drops are dropped here too), after the run's truncation."""
+    """The ids, words and out-of-vocabulary flags of :func:`rnnlab.predict.encode_texts`, step
+    by step (words it drops are dropped here too), after the run's truncation."""
     d = config.data
     words = [w for w in tokenize(text) if w in word_index]
     ids, labels = [1], [START]  # encode_text's start marker, index_from 3
@@ -56,6 +57,10 @@ def _word_labels(config: Config, word_index: dict[str, int], text: str) -> tuple
         labels.append(w)
     oov = [not (d.skip_top <= i < d.num_words) for i in ids]
     ids = [2 if bad else i for i, bad in zip(ids, oov, strict=True)]
+    if not d.punctuation:  # as encode_texts: drop punctuation ids after the OOV replacement
+        dropped = punctuation_ids(word_index)
+        keep = [k for k, i in enumerate(ids) if i not in dropped]
+        ids, labels, oov = [ids[k] for k in keep], [labels[k] for k in keep], [oov[k] for k in keep]
     if len(ids) > d.maxlen:
         keep = slice(-d.maxlen, None) if d.truncating == "pre" else slice(0, d.maxlen)
         ids, labels, oov = ids[keep], labels[keep], oov[keep]
