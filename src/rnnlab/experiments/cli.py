@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "of noise, for each gap; print the accuracy table and write results.json, "
                     "accuracy_vs_gap.png and table.md.")
     p.add_argument("--quick", action="store_true",
-                   help="one seed, gaps 10 50 100, 2000 steps (a few minutes on 2 CPU cores)")
+                   help="one seed, gaps 10 and 100, 1500 steps (a few minutes on 2 CPU cores)")
     p.add_argument("--out", help="folder for the results (default runs/long-range[-quick])")
     p.add_argument("--gaps", type=int, nargs="+", help="gaps to run (default 10 20 50 100 200)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")

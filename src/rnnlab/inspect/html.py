@@ -108,8 +108,8 @@ def render_text_page(trace: Trace, text: str, unit: int, mode: str | None = None
     probs = trace.probabilities[trace.real]  # (n, C)
     names = trace.class_names
     shown = 1 if len(names) == 2 else int(np.argmax(trace.final_probabilities))
-    order = np.argsort(-activity(trace.gates, trace.real), kind="stable")
-    act = activity(trace.gates, trace.real)
+    act = activity(trace.gates, trace.real)  # (H,)
+    order = np.argsort(-act, kind="stable")  # the picker lists the most active units first
 
     tokens = []
     for k in range(n):
@@ -117,7 +117,8 @@ def render_text_page(trace: Trace, text: str, unit: int, mode: str | None = None
         v = s["values"][k] if s["kind"] == "gate" else s["values"][k][unit] / s["scale"][unit]
         raw = s["values"][k] if s["kind"] == "gate" else s["values"][k][unit]
         best = int(np.argmax(probs[k]))
-        tip = f"after {labels[k]!r}: " + ", ".join(
+        unknown = " (outside the vocabulary: read as [OOV])" if oov[k] else ""
+        tip = f"after {labels[k]!r}{unknown}: " + ", ".join(
             f"{names[c]} {probs[k][c]:.3f}" for c in range(len(names)))
         word_class = "w oov" if oov[k] else "w"
         tokens.append(

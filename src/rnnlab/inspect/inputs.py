@@ -74,14 +74,14 @@ def text_example(config: Config, word_index: dict[str, int], text: str) -> Examp
     if not isinstance(text, str) or not text.strip():
         raise InspectError(f"--text expected non-empty text, got {text!r}")
     ids, lengths = encode_texts(config, word_index, [text])  # (1, maxlen), (1,)
-    words, labels, oov = _word_labels(config, word_index, text)
-    n, T = len(words), ids.shape[1]
+    word_ids, labels, oov = _word_labels(config, word_index, text)
+    n, T = len(word_ids), ids.shape[1]
     real = np.zeros(T, dtype=bool)
     if config.data.padding == "post":
         real[:n] = True
     else:
         real[T - n :] = True
-    assert ids[0, torch.from_numpy(real)].tolist() == words, "ids differ from encode_text's"
+    assert ids[0, torch.from_numpy(real)].tolist() == word_ids, "ids differ from encode_texts'"
     if config.model.mask:  # padding changes nothing: read the real steps only
         ids, real = ids[:, torch.from_numpy(real)], np.ones(n, dtype=bool)
         full_labels, full_oov = labels, oov
@@ -91,7 +91,7 @@ def text_example(config: Config, word_index: dict[str, int], text: str) -> Examp
         full_oov = [False] * T
         for k, flag in zip(np.flatnonzero(real), oov, strict=True):
             full_oov[k] = flag
-    return Example((ids, lengths), real, full_labels, ids=words, oov=full_oov)
+    return Example((ids, lengths), real, full_labels, ids=word_ids, oov=full_oov)
 
 
 def _data_dir(run_dir: Path) -> str | None:
