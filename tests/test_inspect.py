@@ -240,6 +240,13 @@ def test_command_prints_files_and_errors_cleanly(imdb_run, tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
+def test_rnnlab_command_hands_inspect_to_this_package(mnist_run, tmp_path, capsys):
+    from rnnlab.cli import main as rnnlab
+
+    assert rnnlab(["inspect", str(mnist_run), "--index", "1", "--out", str(tmp_path / "o")]) == 0
+    assert "prediction.png" in capsys.readouterr().out
+
+
 def test_probabilities_are_nan_only_at_padding(gru_run):
     from rnnlab.inspect.inputs import prefix_probabilities
 

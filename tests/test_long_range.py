@@ -113,3 +113,11 @@ def test_command_refuses_an_unwritable_out_before_training(tmp_path, capsys):
     status = main(["long-range", "--gaps", "2", "--steps", "4", "--out", str(blocker / "sub")])
     err = capsys.readouterr().err
     assert status == 2 and "expected a writable folder" in err
+
+
+def test_rnnlab_command_hands_experiment_to_this_package(tmp_path, capsys):
+    from rnnlab.cli import main as rnnlab
+
+    assert rnnlab(["experiment", "long-range", "--gaps", "2", "--steps", "2", "--cells", "lstm",
+                   "--out", str(tmp_path / "lr"), "--seeds", "0"]) == 0
+    assert "| gap | LSTM |" in capsys.readouterr().out
