@@ -25,7 +25,7 @@ __all__ = ["PLUGIN_VERBS", "build_parser", "main"]
 PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "bench": ("rnnlab.bench", "benchmark rnnlab against torch.nn and Keras"),
     "inspect": ("rnnlab.inspect", "draw a trained LSTM's gates and cell states"),
-    "experiment": ("rnnlab.experiment", "run the long-range dependency experiment"),
+    "experiment": ("rnnlab.experiments", "run the long-range dependency experiment"),
 }
 
 

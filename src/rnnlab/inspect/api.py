@@ -1,0 +1,191 @@
+"""``inspect_run``: everything ``rnnlab inspect`` does, as one importable function.
+
+The output folder appears whole or not at all: every file is rendered in memory, written into a
+temporary folder beside the destination, and the folder is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rnnlab.checkpoint import versions
+from rnnlab.inspect.html import render_text_page
+from rnnlab.inspect.inputs import (
+    first_examples,
+    image_example,
+    prefix_probabilities,
+    test_split,
+    text_example,
+)
+from rnnlab.inspect.plots import gate_heatmaps, image_predictions, saturation_scatter
+from rnnlab.inspect.trace import (
+    InspectError,
+    Trace,
+    pick_units,
+    record_gates,
+    record_many,
+    saturation,
+)
+from rnnlab.predict import label_names, load_vocab
+from rnnlab.run import load_run
+
+__all__ = ["InspectResult", "inspect_run"]
+
+PathLike = str | os.PathLike[str]
+MARKER = "inspect.json"  # names a folder as ours, so a later run may replace it
+
+
+@dataclass(frozen=True)
+class InspectResult:
+    """Where the files went (``files``: name -> path) and what was found (``summary``, the
+    content of ``inspect.json``)."""
+
+    out: Path
+    files: dict[str, Path]
+    summary: dict[str, Any]
+
+
+def _check_out(out: Path) -> None:
+    """``out`` must be new, empty, or an earlier inspect output; its parent must be writable."""
+    if out.exists() and not out.is_dir():
+        raise InspectError(f"--out {out}: expected a folder, got a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise InspectError(f"--out {out}: expected a new or empty folder (or an earlier inspect "
+                           "output), got a folder with other files")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _sibling(out, "probe").rmdir()
+    except OSError as exc:
+        raise InspectError(f"--out {out}: expected a writable location, got "
+                           f"{exc.strerror or exc}") from exc
+
+
+def _sibling(out: Path, what: str) -> Path:
+    """A new empty folder beside ``out`` (made with ``mkdir``, so the umask applies)."""
+    path = out.parent / f".{out.name}.{what}.{secrets.token_hex(4)}"
+    path.mkdir()
+    return path
+
+
+def _publish(files: dict[str, bytes], out: Path) -> dict[str, Path]:
+    """Write ``files`` into a temporary sibling folder, then rename it to ``out`` (an earlier
+    output there is moved aside first and removed after)."""
+    tmp = _sibling(out, "tmp")
+    old = None
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        if out.exists():
+            old = _sibling(out, "old")
+            os.replace(out, old / "previous")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "previous").exists() and not out.exists():
+            os.replace(old / "previous", out)  # put the earlier output back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return {name: out / name for name in files}
+
+
+def _json_bytes(values: Any) -> bytes:
+    return (json.dumps(values, indent=1) + "\n").encode("utf-8")
+
+
+def inspect_run(
+    run_dir: PathLike,
+    out: PathLike | None = None,
+    *,
+    text: str | None = None,
+    image: PathLike | None = None,
+    index: int | None = None,
+    units: list[int] | None = None,
+    layer: int = 0,
+    direction: int = 0,
+    top: int = 16,
+    mode: str | None = None,
+    checkpoint: str = "best",
+    data_dir: PathLike | None = None,
+    stats_examples: int = 0,
+) -> InspectResult:
+    """Run a trained run's model on one input with ``return_gates=True`` and write into ``out``
+    (default ``RUN_DIR/inspect``):
+
+    * ``gates.png``: heatmaps (time x units) of every recorded quantity (LSTM i, f, g, o, c, h)
+      of ``layer``/``direction`` for ``units`` (default: the ``top`` most active units);
+    * ``saturation.json`` and ``saturation.png``: per unit, the fraction of steps each sigmoid
+      gate is below 0.1 and above 0.9 (Karpathy et al. 2015), over the input's steps, or with
+      ``stats_examples`` N over the real steps of the first N test examples (``data_dir``, by
+      default the data the run was trained on);
+    * text models (``text``): ``tokens.html``, the tokens coloured by a unit's c or h or by the
+      mean forget gate, with a unit picker and the prediction after each token;
+    * image models (``image`` file or test ``index``): ``prediction.png``, the image beside the
+      class probabilities after each row;
+    * ``inspect.json``: the input, the prediction, the units drawn and the file list.
+    """
+    config, model, meta = load_run(run_dir, checkpoint)
+    out = Path(out) if out is not None else Path(run_dir) / "inspect"
+    _check_out(out)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise InspectError(f"top expected a positive int, got {top!r}")
+    kind = config.model.kind
+    names = label_names(config.data.dataset, config.model.num_classes)
+    if kind == "text":
+        if text is None or image is not None or index is not None:
+            raise InspectError(f"{run_dir}: a text model expected --text \"...\", got "
+                               f"{'--image/--index' if text is None else 'also --image/--index'}")
+        example = text_example(config, load_vocab(run_dir), text)
+    else:
+        if text is not None:
+            raise InspectError(f"{run_dir}: an image model expected --image FILE or --index N, "
+                               "got --text")
+        example = image_example(config, run_dir, image, index, data_dir)
+    gates = record_gates(model, example.inputs, layer, direction)
+    trace = Trace(kind, config.model.cell, layer, direction, gates, example.real,
+                  example.labels, prefix_probabilities(model, config, example), names,
+                  extra={"oov": example.oov})
+    chosen = pick_units(gates, example.real, units, top)
+    if stats_examples:
+        inputs, real = first_examples(config, test_split(config, run_dir, data_dir),
+                                      stats_examples)
+        many, many_real = record_many(model, inputs, real, layer, direction)
+        stats = saturation(many, many_real, config.model.cell)
+        stats["examples"] = stats_examples
+    else:
+        stats = saturation(gates, example.real, config.model.cell)
+        stats["examples"] = 1
+    files: dict[str, bytes] = {"gates.png": gate_heatmaps(trace, chosen)}
+    if kind == "text":
+        files["tokens.html"] = render_text_page(trace, text, chosen[0], mode).encode("utf-8")
+    else:
+        files["prediction.png"] = image_predictions(trace, example.image, example.target)
+    if stats["gates"]:
+        files["saturation.png"] = saturation_scatter(stats)
+    files["saturation.json"] = _json_bytes(stats)
+    final = trace.final_probabilities
+    best = int(np.argmax(final))
+    summary = {
+        "run": str(run_dir), "checkpoint": meta["tag"], "step": meta["state"]["step"],
+        "kind": kind, "cell": trace.cell, "layer": layer, "direction": direction,
+        "input": text if kind == "text" else (str(image) if image is not None else
+                                              {"test_index": index, "target": example.target}),
+        "steps": len(trace.labels), "real_steps": int(trace.real.sum()),
+        "prediction": {"label": best, "label_name": names[best],
+                       "probabilities": final.tolist()},
+        "units": chosen, "units_by": "given" if units is not None else
+        "activity (std over steps of c, or h)", "files": sorted([*files, MARKER]),
+        "versions": versions(),
+    }
+    files[MARKER] = _json_bytes(summary)
+    written = _publish(files, out)
+    return InspectResult(out, written, summary)

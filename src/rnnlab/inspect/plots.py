@@ -1,0 +1,137 @@
+"""The inspection figures, each rendered to PNG bytes (matplotlib, Agg backend, no display).
+
+Shape legend: T time, H hidden units, U units drawn, C classes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from rnnlab.inspect.trace import HIGH, LOW, Trace
+
+__all__ = ["gate_heatmaps", "image_predictions", "saturation_scatter"]
+
+TITLES = {"i": "input gate i", "f": "forget gate f", "g": "candidate g", "o": "output gate o",
+          "c": "cell state c", "h": "hidden state h", "r": "reset gate r", "z": "update gate z",
+          "n": "candidate n"}
+MAX_TICK_LABELS = 60
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _colour_scale(name: str, values: np.ndarray) -> tuple[str, float, float]:
+    if name in ("i", "f", "o", "r", "z"):  # sigmoid: 0..1
+        return "viridis", 0.0, 1.0
+    if name == "c":  # unbounded: symmetric around 0
+        bound = max(float(np.abs(values).max()), 1e-6)
+        return "RdBu_r", -bound, bound
+    return "RdBu_r", -1.0, 1.0  # tanh-valued
+
+
+def gate_heatmaps(trace: Trace, units: list[int], title: str = "") -> bytes:
+    """One panel per recorded quantity (time across, the chosen ``units`` down), all sharing the
+    time axis, labelled with the words (or rows) when there are few enough steps."""
+    names = list(trace.gates)
+    T, U = len(trace.labels), len(units)
+    fig = _figure(min(4 + 0.16 * T, 24), 1.2 + len(names) * (0.6 + 0.13 * U))
+    axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names, strict=True):
+        values = trace.gates[name][:, units].T  # (U, T)
+        cmap, lo, hi = _colour_scale(name, values)
+        image = ax.imshow(values, aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
+                          interpolation="nearest")
+        fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
+        ax.set_ylabel(TITLES.get(name, name), fontsize=8)
+        ticks = range(U) if U <= 32 else range(0, U, max(1, U // 16))
+        ax.set_yticks(list(ticks))
+        ax.set_yticklabels([str(units[k]) for k in ticks], fontsize=6)
+        for t in np.flatnonzero(~trace.real):  # padding: hatched over
+            ax.axvspan(t - 0.5, t + 0.5, color="white", alpha=0.6, linewidth=0)
+    if T <= MAX_TICK_LABELS:
+        axes[-1].set_xticks(range(T))
+        axes[-1].set_xticklabels(trace.labels, rotation=90, fontsize=7)
+    else:
+        axes[-1].set_xlabel("step")
+    fig.suptitle(title or f"{trace.cell.upper()} layer {trace.layer}, direction "
+                 f"{trace.direction}: units {'sorted by activity' if U > 1 else units[0]}",
+                 fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def image_predictions(trace: Trace, image: np.ndarray, target: int | None = None) -> bytes:
+    """The image (rows read top to bottom) beside the class probabilities after each row, on
+    the same row axis, and the probability of the final prediction (and of the true class)
+    as the rows arrive."""
+    probs = trace.probabilities  # (T, C)
+    final = int(np.argmax(trace.final_probabilities))
+    T = probs.shape[0]
+    fig = _figure(11, 4.2)
+    left, middle, right = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.1, 1.4]})
+    left.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    left.set_title("input (read row by row)", fontsize=9)
+    left.set_ylabel("row")
+    left.set_xticks([])
+    shown = middle.imshow(probs, aspect="auto", cmap="magma", vmin=0, vmax=1,
+                          interpolation="nearest")
+    fig.colorbar(shown, ax=middle, fraction=0.05, pad=0.02)
+    middle.set_xticks(range(len(trace.class_names)))
+    middle.set_xticklabels(trace.class_names, fontsize=8)
+    middle.set_title("P(class) after each row", fontsize=9)
+    middle.set_ylabel("row")
+    rows = np.arange(T)
+    right.plot(rows, probs[:, final], "o-", markersize=3,
+               label=f"predicted {trace.class_names[final]}")
+    if target is not None and target != final:
+        right.plot(rows, probs[:, target], "s-", markersize=3,
+                   label=f"true {trace.class_names[target]}")
+    right.set_ylim(-0.02, 1.02)
+    right.set_xlabel("rows read")
+    right.set_ylabel("probability")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    truth = "" if target is None else f", true class {trace.class_names[target]}"
+    right.set_title(f"final: {trace.class_names[final]} "
+                    f"({trace.final_probabilities[final]:.3f}){truth}", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def saturation_scatter(stats: dict, title: str = "") -> bytes:
+    """Karpathy et al. (2015), figure 4: per gate, each unit a dot at (fraction of steps
+    < 0.1, fraction of steps > 0.9). Dots near the top left are gates almost always open, near
+    the bottom right almost always shut, near the origin gates that stay in between."""
+    names = list(stats["gates"])
+    fig = _figure(3.4 * len(names) + 0.4, 3.6)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=True):
+        left, right = stats["gates"][name]["left"], stats["gates"][name]["right"]
+        ax.scatter(left, right, s=12, alpha=0.6)
+        ax.plot([0, 1], [1, 0], color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"fraction of steps < {LOW}", fontsize=8)
+        ax.set_ylabel(f"fraction of steps > {HIGH}", fontsize=8)
+        ax.set_title(TITLES.get(name, name), fontsize=9)
+        ax.grid(alpha=0.3)
+    examples = stats.get("examples", 1)
+    fig.suptitle(title or f"gate saturation, each dot a unit: {stats['steps']} steps of "
+                 f"{examples} example{'s' if examples != 1 else ''}", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
