@@ -265,8 +265,9 @@ class RNN(_RecurrentLayer):
 
     Backends: ``"reference"`` loops over the cell; ``"fused"`` runs :mod:`rnnlab.fused` (one
     GEMM for every step's input projection, hand-written backpropagation through time);
-    ``"auto"`` uses the fused path except when ``return_gates=True``. The fused path's backward
-    cannot itself be differentiated: use ``"reference"`` for double backward.
+    ``"auto"`` uses the fused path except when ``return_gates=True``. The vanilla RNN has no
+    compiled kernel (``backend="compiled"`` raises). The fused path's backward cannot itself be
+    differentiated: use ``"reference"`` for double backward.
     """
 
     cell_type = RNNCell
@@ -275,7 +276,9 @@ class RNN(_RecurrentLayer):
 class GRU(_RecurrentLayer):
     """GRU layer (stack of :class:`rnnlab.cells.GRUCell`, torch/cuDNN convention), batch first.
 
-    Same arguments, returns and backends as :class:`RNN`; state h_n (L*D, B, H).
+    Same arguments and returns as :class:`RNN`; state h_n (L*D, B, H). Backends as
+    :class:`LSTM`'s: ``"auto"`` takes the compiled C++ kernels (:mod:`rnnlab._ext`) where they
+    can run, else the pure-torch ``"fused"`` path, and the reference loop for ``return_gates``.
     """
 
     cell_type = GRUCell
