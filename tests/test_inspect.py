@@ -200,6 +200,9 @@ def test_out_folder_rules(imdb_run, tmp_path):
     blocker.write_text("x")
     with pytest.raises(InspectError, match="expected a writable location"):
         inspect_run(imdb_run, blocker / "sub", text=REVIEW)
+    with pytest.raises(InspectError, match="--units expected"):  # no parent folders left behind
+        inspect_run(imdb_run, tmp_path / "new" / "deeper" / "out", text=REVIEW, units=[99])
+    assert not (tmp_path / "new").exists()
     with pytest.raises(InspectError, match="expected a folder, got a file"):
         inspect_run(imdb_run, blocker, text=REVIEW)
     other = tmp_path / "other"
@@ -255,3 +258,18 @@ def test_probabilities_are_nan_only_at_padding(gru_run):
     probs = prefix_probabilities(model, config, example)  # (12, 2)
     assert np.isnan(probs[~example.real]).all() and not np.isnan(probs[example.real]).any()
     assert all(math.isclose(p.sum(), 1.0, rel_tol=1e-9) for p in probs[example.real])
+
+
+def test_read_only_folder_is_refused(imdb_run, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("permissions do not bind root")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(InspectError, match="no write permission"):
+            inspect_run(imdb_run, locked / "out", text=REVIEW)
+    finally:
+        locked.chmod(0o700)

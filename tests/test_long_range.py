@@ -68,7 +68,13 @@ def test_summary_counts_solved_and_chance_gaps():
     table, solved, chance = summarize(config, rows)
     assert solved == {"rnn": [10], "lstm": [10]}  # 0.75 mean at 100 is not solved
     assert chance == {"rnn": [100], "lstm": []}
-    assert table[1]["lstm"] == {"mean": 0.75, "min": 0.5, "max": 1.0, "seeds": 2}
+    assert table[1]["lstm"] == {"mean": 0.75, "min": 0.5, "max": 1.0, "seeds": 2,
+                                "per_seed": [0.5, 1.0], "seeds_at_chance": 0}
+    assert table[1]["rnn"]["seeds_at_chance"] == 2 and table[0]["rnn"]["seeds_at_chance"] == 0
+    # one seed at chance, one not: the mean (0.36) is not at chance, the count says 1 of 2
+    rows[3]["accuracy"] = 0.47
+    table, _, chance = summarize(config, rows)
+    assert chance["rnn"] == [] and table[1]["rnn"]["seeds_at_chance"] == 1
 
 
 @pytest.mark.parametrize("bad", [dict(gaps=()), dict(gaps=(0,)), dict(cells=("lstm", "tcn")),

@@ -67,7 +67,8 @@ class LongRangeConfig:
 
     ``solved`` is the accuracy at which a gap counts as bridged. A gap counts as "at chance" when
     the mean accuracy over seeds is within ``chance_margin`` standard errors of 1/K (the binomial
-    standard error of the mean over ``eval_size`` examples times the number of seeds).
+    standard error of the mean over ``eval_size`` examples times the number of seeds); each
+    seed is also tested on its own (``seeds_at_chance`` in the table).
     """
 
     gaps: tuple[int, ...] = (10, 20, 50, 100, 200)
@@ -222,8 +223,9 @@ def train_recall(
 @dataclass(frozen=True)
 class LongRangeResults:
     """What :func:`run_long_range` measured: one ``runs`` row per (cell, gap, seed), the
-    ``table`` (one row per gap: each cell's mean, min and max accuracy over seeds), and per cell
-    the gaps it ``solved`` and the gaps where it was at ``chance``."""
+    ``table`` (one row per gap: each cell's mean, min and max accuracy over seeds and how many
+    seeds were at chance), and per cell the gaps it ``solved`` and the gaps where its mean was
+    at chance (``at_chance``)."""
 
     config: LongRangeConfig
     runs: list[dict[str, Any]]
@@ -250,11 +252,14 @@ def summarize(config: LongRangeConfig, runs: Sequence[dict[str, Any]]) -> tuple[
             if not accs:
                 continue
             mean = sum(accs) / len(accs)
-            row[cell] = {"mean": mean, "min": min(accs), "max": max(accs), "seeds": len(accs)}
+            one = math.sqrt(p * (1 - p) / config.eval_size)  # standard error of one seed's
+            row[cell] = {"mean": mean, "min": min(accs), "max": max(accs), "seeds": len(accs),
+                         "per_seed": accs,
+                         "seeds_at_chance": sum(abs(a - p) <= config.chance_margin * one
+                                                for a in accs)}
             if mean >= config.solved:
                 solved[cell].append(gap)
-            stderr = math.sqrt(p * (1 - p) / (config.eval_size * len(accs)))
-            if abs(mean - p) <= config.chance_margin * stderr:
+            if abs(mean - p) <= config.chance_margin * one / math.sqrt(len(accs)):
                 at_chance[cell].append(gap)
         table.append(row)
     return table, solved, at_chance

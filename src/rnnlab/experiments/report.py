@@ -23,8 +23,8 @@ STYLES = {"rnn": ("o", "-", 2.0), "lstm": ("s", "-", 3.5), "gru": ("^", "--", 1.
 
 
 def format_table(results: LongRangeResults) -> str:
-    """A Markdown table: one row per gap, each cell's mean accuracy over seeds (and the range
-    over seeds when there are several), then the gaps each cell solved and where it hit chance."""
+    """A Markdown table: one row per gap, each cell's mean accuracy over seeds (and each seed's
+    when there are several), then the gaps each cell solved and where it hit chance."""
     cells = results.config.cells
     lines = ["| gap | " + " | ".join(NAMES[c] for c in cells) + " |",
              "|---:|" + "---:|" * len(cells)]
@@ -34,8 +34,8 @@ def format_table(results: LongRangeResults) -> str:
             s = row.get(cell)
             if s is None:
                 entries.append("-")
-            elif s["seeds"] > 1:
-                entries.append(f"{s['mean']:.3f} ({s['min']:.2f}-{s['max']:.2f})")
+            elif s["seeds"] > 1:  # the mean, then each seed's accuracy in seed order
+                entries.append(f"{s['mean']:.3f} ({' '.join(f'{a:.2f}' for a in s['per_seed'])})")
             else:
                 entries.append(f"{s['mean']:.3f}")
         lines.append(f"| {row['gap']} | " + " | ".join(entries) + " |")
@@ -46,7 +46,11 @@ def format_table(results: LongRangeResults) -> str:
     for cell in cells:
         solved = ", ".join(map(str, results.solved[cell])) or "none"
         chance = ", ".join(map(str, results.at_chance[cell])) or "none"
-        lines.append(f"{NAMES[cell]:>4s}: solved gaps {solved}; at chance at gaps {chance}")
+        seeds = ", ".join(f"{row[cell]['seeds_at_chance']}/{row[cell]['seeds']} at gap "
+                          f"{row['gap']}" for row in results.table
+                          if cell in row and row[cell]["seeds_at_chance"]) or "none"
+        lines.append(f"{NAMES[cell]}: solved gaps {solved}; mean at chance at gaps {chance}; "
+                     f"seeds at chance: {seeds}")
     return "\n".join(lines)
 
 

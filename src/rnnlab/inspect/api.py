@@ -60,12 +60,15 @@ def _check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise InspectError(f"--out {out}: expected a new or empty folder (or an earlier inspect "
                            "output), got a folder with other files")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _sibling(out, "probe").rmdir()
-    except OSError as exc:
-        raise InspectError(f"--out {out}: expected a writable location, got "
-                           f"{exc.strerror or exc}") from exc
+    ancestor = out.parent  # checked without creating anything: a later error leaves no trace
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InspectError(f"--out {out}: expected a writable location, got {ancestor} which "
+                           "is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InspectError(f"--out {out}: expected a writable location, got no write "
+                           f"permission in {ancestor}")
 
 
 def _sibling(out: Path, what: str) -> Path:
@@ -78,6 +81,7 @@ def _sibling(out: Path, what: str) -> Path:
 def _publish(files: dict[str, bytes], out: Path) -> dict[str, Path]:
     """Write ``files`` into a temporary sibling folder, then rename it to ``out`` (an earlier
     output there is moved aside first and removed after)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(out, "tmp")
     old = None
     try:
