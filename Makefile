@@ -12,8 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: demo test lint
+# No --out: each demo run gets its own runs/mnist-sample-<time>, so it can be run again.
 demo: $(VENV)/.installed
-	$(VENV)/bin/rnnlab train mnist-sample --out runs/demo
+	$(VENV)/bin/rnnlab train mnist-sample
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
