@@ -43,8 +43,10 @@ def stratified_indices(labels: np.ndarray, size: int, rng: np.random.Generator) 
     quota = np.floor(exact).astype(int)
     for i in np.argsort(-(exact - quota), kind="stable")[: size - quota.sum()]:
         quota[i] += 1  # largest remainder
-    chosen = [rng.choice(np.flatnonzero(labels == c), n, replace=False)
-              for c, n in zip(classes, quota, strict=True)]
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), n, replace=False)
+        for c, n in zip(classes, quota, strict=True)
+    ]
     return np.sort(np.concatenate(chosen))
 
 

@@ -58,8 +58,16 @@ def test_plugin_verbs_are_handed_their_arguments(monkeypatch, capsys):
 
 def test_predict_json_and_bad_files(tmp_path, capsys):
     run = tmp_path / "run"
-    train("imdb-sample", run, overrides=["model.embedding_dim=8", "model.hidden_sizes=[8]",
-                                         "data.maxlen=40", "train.epochs=1"])
+    train(
+        "imdb-sample",
+        run,
+        overrides=[
+            "model.embedding_dim=8",
+            "model.hidden_sizes=[8]",
+            "data.maxlen=40",
+            "train.epochs=1",
+        ],
+    )
     capsys.readouterr()
     reviews = tmp_path / "reviews.txt"
     reviews.write_text("a great film\n\nterrible acting and a boring plot\n")

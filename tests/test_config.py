@@ -8,7 +8,8 @@ from rnnlab.models import build_model
 
 def test_every_preset_loads_and_round_trips():
     assert {"mnist-seed", "imdb-seed", "mnist", "imdb", "mnist-sample", "imdb-sample"} <= set(
-        list_presets())
+        list_presets()
+    )
     for name in list_presets():
         config = load_preset(name)
         assert config.name == name and config.description
@@ -16,9 +17,16 @@ def test_every_preset_loads_and_round_trips():
 
 
 def test_overrides_are_typed():
-    config = load_preset("mnist-seed", ["train.epochs=5", "train.lr=3e-4",
-                                        "model.bidirectional=true", "model.hidden_sizes=[64, 32]",
-                                        "data.path=/x/fashion"])
+    config = load_preset(
+        "mnist-seed",
+        [
+            "train.epochs=5",
+            "train.lr=3e-4",
+            "model.bidirectional=true",
+            "model.hidden_sizes=[64, 32]",
+            "data.path=/x/fashion",
+        ],
+    )
     assert config.train.epochs == 5 and config.train.lr == 3e-4
     assert config.model.bidirectional is True and config.model.hidden_sizes == (64, 32)
     assert config.data.path == "/x/fashion"
@@ -41,8 +49,13 @@ def test_overrides_are_typed():
     ],
 )
 def test_bad_overrides_say_what_was_expected(override, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
-                       .replace(")", r"\)").replace("|", r"\|")):
+    with pytest.raises(
+        ConfigError,
+        match=message.replace("[", r"\[")
+        .replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("|", r"\|"),
+    ):
         load_preset("mnist-seed", [override])
 
 

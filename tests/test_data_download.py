@@ -20,8 +20,12 @@ SHARED = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolv
 needs_shared = pytest.mark.skipif(
     not (SHARED / "mnist").is_dir(), reason=f"full data not found at {SHARED}"
 )
-STEMS = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-         "t10k-labels-idx1-ubyte"]
+STEMS = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -98,14 +102,18 @@ def test_unwritable_cache_is_reported(tmp_path, monkeypatch, server):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache root should be")
     monkeypatch.setenv("RNNLAB_DATA", str(blocker))
-    with pytest.raises(DataError, match=rf"cache directory {blocker / 'mnist'}: expected a "
-                                        "writable directory, got NotADirectoryError"):
+    with pytest.raises(
+        DataError,
+        match=rf"cache directory {blocker / 'mnist'}: expected a "
+        "writable directory, got NotADirectoryError",
+    ):
         load_mnist(mirrors=[server.url + "/"])
     assert server.hits == []  # refused before any download
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="permissions do not bind root")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="permissions do not bind root"
+)
 def test_read_only_cache_is_reported(tmp_path, server):
     (tmp_path / "mnist").mkdir()
     (tmp_path / "mnist").chmod(0o555)
@@ -132,7 +140,8 @@ def test_mnist_downloads_from_the_second_mirror_and_verifies(tmp_path, server, c
 def test_mnist_download_with_wrong_content_is_rejected(tmp_path, server):
     # the sample's image file under the canonical name: valid gzip and IDX, wrong sha256
     server.files["/m/train-images-idx3-ubyte.gz"] = (
-        sample_dir() / "train-images-idx3-ubyte.gz").read_bytes()
+        sample_dir() / "train-images-idx3-ubyte.gz"
+    ).read_bytes()
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: expected sha256 ba891046"):
         load_mnist(data_dir=tmp_path, mirrors=[server.url + "/m/"])
     assert _no_leftovers(tmp_path) == []  # not even a hidden temporary file
@@ -152,8 +161,9 @@ def test_imdb_download_end_to_end(tmp_path, server, monkeypatch):
     server.files["/imdb/aclImdb_v1.tar.gz"] = archive
     monkeypatch.setattr(imdb_module, "IMDB_MD5", hashlib.md5(archive).hexdigest())
     monkeypatch.setattr(imdb_module, "PER_LABEL", 1250)
-    (x, y), (xt, yt) = load_imdb(num_words=500, data_dir=tmp_path, cache_dir=tmp_path / "c",
-                                 mirrors=[server.url + "/imdb/"])
+    (x, y), (xt, yt) = load_imdb(
+        num_words=500, data_dir=tmp_path, cache_dir=tmp_path / "c", mirrors=[server.url + "/imdb/"]
+    )
     assert len(x) == len(xt) == 2500 and (tmp_path / "imdb" / "aclImdb_v1.tar.gz").is_file()
     assert max(max(s) for s in x) < 500
 
@@ -162,6 +172,7 @@ def test_imdb_download_end_to_end(tmp_path, server, monkeypatch):
 def test_imdb_download_with_wrong_md5_leaves_nothing(tmp_path):
     # the shared archive lacks the *.feat files, so its md5 differs from upstream's
     with pytest.raises(DataError, match=r"expected md5 7c2ac02c03563afcf9b574c7e56c153a, got"):
-        load_imdb(data_dir=tmp_path, cache_dir=tmp_path / "c",
-                  mirrors=[(SHARED / "imdb").as_uri() + "/"])
+        load_imdb(
+            data_dir=tmp_path, cache_dir=tmp_path / "c", mirrors=[(SHARED / "imdb").as_uri() + "/"]
+        )
     assert _no_leftovers(tmp_path) == []

@@ -33,8 +33,25 @@ SAMPLE = sample_dir() / "aclImdb_sample.tar.gz"
 
 def test_tokenize_rules():
     text = "A <br /><br />GREAT film,<BR>isn't it?! Director's cut:\"wow\" 9/10"
-    assert tokenize(text) == ["a", "great", "film", ",", "isn't", "it", "?", "!", "director's",
-                              "cut", ":", '"', "wow", '"', "9", "/", "10"]
+    assert tokenize(text) == [
+        "a",
+        "great",
+        "film",
+        ",",
+        "isn't",
+        "it",
+        "?",
+        "!",
+        "director's",
+        "cut",
+        ":",
+        '"',
+        "wow",
+        '"',
+        "9",
+        "/",
+        "10",
+    ]
     assert tokenize("'quoted' Ünïcode") == ["'", "quoted", "'", "ünïcode"]
     with pytest.raises(TypeError, match="expected str, got bytes"):
         tokenize(b"bytes")
@@ -157,7 +174,8 @@ def test_full_imdb_acceptance_and_cache(full_cache, monkeypatch):
     assert max(max(s) for s in x) < 1000 and max(max(s) for s in xt) < 1000
     assert min(min(s) for s in x) >= 1 and all(s[0] == 1 for s in xt)
     assert [p.name for p in (full_cache / "imdb").iterdir()] == [
-        "encoded-f1-t1-f487007c06228671.npz"]  # keyed on the archive's sha256 (data README)
+        "encoded-f1-t1-f487007c06228671.npz"
+    ]  # keyed on the archive's sha256 (data README)
 
     def no_rebuild(*args):
         raise AssertionError("the cache was not used")
@@ -226,8 +244,11 @@ def test_wrong_review_counts_are_rejected(tmp_path):
 
 
 def test_missing_archive_without_download(tmp_path):
-    with pytest.raises(DataError, match=rf"{tmp_path / 'imdb' / 'aclImdb_v1.tar.gz'}: expected "
-                                        "the IMDB archive, got no such file and download=False"):
+    with pytest.raises(
+        DataError,
+        match=rf"{tmp_path / 'imdb' / 'aclImdb_v1.tar.gz'}: expected "
+        "the IMDB archive, got no such file and download=False",
+    ):
         load_imdb(data_dir=tmp_path, download=False)
 
 

@@ -25,8 +25,12 @@ needs_shared = pytest.mark.skipif(
 )
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-STEMS = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-         "t10k-labels-idx1-ubyte"]
+STEMS = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "int32", "float32", "float64"])
@@ -73,8 +77,9 @@ def test_mismatched_image_and_label_counts(tmp_path):
     shutil.copytree(sample_dir(), tmp_path / "d", ignore=shutil.ignore_patterns("*.tar.gz", "*.md"))
     labels = read_idx(tmp_path / "d" / "t10k-labels-idx1-ubyte.gz")
     write_idx(labels[:-1].astype(np.uint8), tmp_path / "d" / "t10k-labels-idx1-ubyte.gz")
-    with pytest.raises(DataError, match="expected as many labels as images, got 2000 images and "
-                                        "1999 labels"):
+    with pytest.raises(
+        DataError, match="expected as many labels as images, got 2000 images and 1999 labels"
+    ):
         load_idx_dataset(tmp_path / "d")
 
 
@@ -91,8 +96,11 @@ def test_missing_directory_and_missing_files(tmp_path):
         load_idx_dataset(tmp_path / "nope")
     with pytest.raises(DataError, match=rf"data_dir {tmp_path / 'nope'}: expected an existing"):
         load_mnist(data_dir=tmp_path / "nope")
-    with pytest.raises(DataError, match=rf"{tmp_path / 'mnist'}: expected train-images-idx3-ubyte"
-                                        r".gz .*download=False"):
+    with pytest.raises(
+        DataError,
+        match=rf"{tmp_path / 'mnist'}: expected train-images-idx3-ubyte"
+        r".gz .*download=False",
+    ):
         load_mnist(data_dir=tmp_path, download=False)
     assert list(tmp_path.iterdir()) == []  # nothing created when nothing may be downloaded
 

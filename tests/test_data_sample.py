@@ -77,15 +77,28 @@ def test_mnist_sample_images_come_from_the_full_set():
     (sx, sy), (sxt, syt) = load_mnist(sample=True)
     for full_x, full_y, part_x, part_y in ((x, y, sx, sy), (xt, yt, sxt, syt)):
         known = {img.tobytes(): label for img, label in zip(full_x, full_y, strict=True)}
-        assert all(known.get(img.tobytes()) == label
-                   for img, label in zip(part_x, part_y, strict=True))
+        assert all(
+            known.get(img.tobytes()) == label for img, label in zip(part_x, part_y, strict=True)
+        )
 
 
 @needs_shared
 def test_make_sample_reproduces_the_shipped_files(tmp_path):
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_sample.py"), "--data",
-                    str(SHARED), "--out", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_sample.py"),
+            "--data",
+            str(SHARED),
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
     for made in tmp_path.iterdir():
         shipped = sample_dir() / made.name
-        assert hashlib.sha256(made.read_bytes()).digest() == hashlib.sha256(
-            shipped.read_bytes()).digest(), made.name
+        assert (
+            hashlib.sha256(made.read_bytes()).digest()
+            == hashlib.sha256(shipped.read_bytes()).digest()
+        ), made.name

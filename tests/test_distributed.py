@@ -27,10 +27,23 @@ from rnnlab.predict import evaluate_run
 from rnnlab.train import Batches, Split, Trainer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-SMALL = ["--threads", "1", "--no-progress", "--set", "model.projection=16",
-         "--set", "model.hidden_sizes=[16]", "--set", "train.batch_size=100",
-         "--set", "train.epochs=2", "--set", "run.log_every=5",
-         "--set", "run.checkpoint_every=20"]
+SMALL = [
+    "--threads",
+    "1",
+    "--no-progress",
+    "--set",
+    "model.projection=16",
+    "--set",
+    "model.hidden_sizes=[16]",
+    "--set",
+    "train.batch_size=100",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "run.log_every=5",
+    "--set",
+    "run.checkpoint_every=20",
+]
 CASES = {"even": 16, "ragged": 19, "stand-in": 17}  # examples; the global batch is 16
 
 
@@ -43,25 +56,39 @@ def _free_port() -> int:
 def _one_step_params(context: distributed.Context, n: int) -> dict[str, torch.Tensor]:
     """Train a small LSTM on n random sequences with global batch 16 (one step when n == 16;
     with n == 17 the second step's single example leaves rank 1 a stand-in)."""
-    config = load_preset("mnist-sample", ["model.projection=8", "model.hidden_sizes=[8]",
-                                          "train.batch_size=16", "train.epochs=1",
-                                          "train.lr=0.01", "train.clip_grad_norm=1.0"])
+    config = load_preset(
+        "mnist-sample",
+        [
+            "model.projection=8",
+            "model.hidden_sizes=[8]",
+            "train.batch_size=16",
+            "train.epochs=1",
+            "train.lr=0.01",
+            "train.clip_grad_norm=1.0",
+        ],
+    )
     g = torch.Generator().manual_seed(n)
     split = Split((torch.rand(n, 28, 28, generator=g),), torch.randint(0, 10, (n,), generator=g))
     torch.manual_seed(0)
-    trainer = Trainer(context.wrap(build_model(config)), config.train,
-                      reduce=context.reduce_hook)
-    trainer.fit(Batches(split, 16, shuffle=True, seed=3, rank=context.rank,
-                        world_size=context.world_size))
+    trainer = Trainer(context.wrap(build_model(config)), config.train, reduce=context.reduce_hook)
+    trainer.fit(
+        Batches(split, 16, shuffle=True, seed=3, rank=context.rank, world_size=context.world_size)
+    )
     params = {k: v.detach().clone() for k, v in trainer.module.state_dict().items()}
     params["epoch_loss_and_samples"] = torch.tensor(  # global: the same on every rank
-        [trainer.state.history[-1]["loss"], trainer.state.samples], dtype=torch.float64)
+        [trainer.state.history[-1]["loss"], trainer.state.samples], dtype=torch.float64
+    )
     return params
 
 
 def _rank(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     context = distributed.from_environment(timeout_s=60)
     try:
@@ -101,11 +128,22 @@ def _env(**extra: str) -> dict[str, str]:
 def torchrun_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """`torchrun --nproc-per-node 2 -m rnnlab train mnist-sample` without --out."""
     cwd = tmp_path_factory.mktemp("torchrun")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-               "--nproc-per-node=2", "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0",
-               f"--rdzv-id={uuid.uuid4()}", "-m", "rnnlab", "train", "mnist-sample", *SMALL]
-    done = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=240)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=127.0.0.1:0",
+        f"--rdzv-id={uuid.uuid4()}",
+        "-m",
+        "rnnlab",
+        "train",
+        "mnist-sample",
+        *SMALL,
+    ]
+    done = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return cwd, done
 
@@ -142,10 +180,25 @@ def _rank_pid(tag: str, rank: int) -> int | None:
 def test_killed_rank_fails_the_launch_and_the_run_resumes(tmp_path, torchrun_run):
     run, tag = tmp_path / "run", uuid.uuid4().hex
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "rnnlab", "train", "mnist-sample", "--nproc", "2",
-         "--out", str(run), "--dist-timeout", "30", *SMALL],
-        env=_env(RNNLAB_TEST_TAG=tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "rnnlab",
+            "train",
+            "mnist-sample",
+            "--nproc",
+            "2",
+            "--out",
+            str(run),
+            "--dist-timeout",
+            "30",
+            *SMALL,
+        ],
+        env=_env(RNNLAB_TEST_TAG=tag),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and launcher.poll() is None:
         metrics = run / "metrics.jsonl"
@@ -163,12 +216,27 @@ def test_killed_rank_fails_the_launch_and_the_run_resumes(tmp_path, torchrun_run
     assert meta["state"]["epoch"] == 1 and meta["state"]["batch"] > 0
     assert not (run / "report.json").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "rnnlab", "train", "--resume", str(run),
-                              "--threads", "1", "--no-progress"],  # now in one process
-                             env=_env(), capture_output=True, text=True, timeout=240)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rnnlab",
+            "train",
+            "--resume",
+            str(run),
+            "--threads",
+            "1",
+            "--no-progress",
+        ],  # now in one process
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole = json.loads(next((torchrun_run[0] / "runs").iterdir()).joinpath(
-        "report.json").read_text())
+    whole = json.loads(
+        next((torchrun_run[0] / "runs").iterdir()).joinpath("report.json").read_text()
+    )
     report = json.loads((run / "report.json").read_text())
     assert report["steps"] == 200 and report["samples"] == 20_000
     assert report["test_loss"] == pytest.approx(whole["test_loss"], abs=1e-4)
@@ -186,10 +254,34 @@ def test_each_rank_of_nproc_runs_the_same_command_with_the_run_directory_named()
     from rnnlab.cli import build_parser
     from rnnlab.cli.commands import child_argv
 
-    args = build_parser().parse_args(["train", "mnist-sample", "--nproc", "2", "--set",
-                                      "train.epochs=1", "--data-dir", "d", "--threads", "1"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "mnist-sample",
+            "--nproc",
+            "2",
+            "--set",
+            "train.epochs=1",
+            "--data-dir",
+            "d",
+            "--threads",
+            "1",
+        ]
+    )
     argv = child_argv(args, Path("runs/x"))
-    assert argv == ["train", "mnist-sample", "--out", "runs/x", "--set", "train.epochs=1",
-                    "--data-dir", "d", "--threads", "1", "--dist-timeout", "300.0"]
+    assert argv == [
+        "train",
+        "mnist-sample",
+        "--out",
+        "runs/x",
+        "--set",
+        "train.epochs=1",
+        "--data-dir",
+        "d",
+        "--threads",
+        "1",
+        "--dist-timeout",
+        "300.0",
+    ]
     again = build_parser().parse_args(argv)
     assert again.nproc is None and again.overrides == args.overrides

@@ -18,15 +18,37 @@ from rnnlab.models import build_model
 from rnnlab.predict import PredictError, load_vocab, predict_images, predict_texts
 from rnnlab.run import RunError, load_run, train
 
-TINY_MNIST = ["model.projection=16", "model.hidden_sizes=[16]", "train.epochs=1",
-              "train.batch_size=500", "run.log_every=0", "run.checkpoint_every=0"]
-TINY_IMDB = ["model.embedding_dim=8", "model.hidden_sizes=[8]", "data.maxlen=60",
-             "train.epochs=1", "train.batch_size=250", "data.num_words=2000",
-             "run.log_every=0", "run.checkpoint_every=0"]
+TINY_MNIST = [
+    "model.projection=16",
+    "model.hidden_sizes=[16]",
+    "train.epochs=1",
+    "train.batch_size=500",
+    "run.log_every=0",
+    "run.checkpoint_every=0",
+]
+TINY_IMDB = [
+    "model.embedding_dim=8",
+    "model.hidden_sizes=[8]",
+    "data.maxlen=60",
+    "train.epochs=1",
+    "train.batch_size=250",
+    "data.num_words=2000",
+    "run.log_every=0",
+    "run.checkpoint_every=0",
+]
 # the tutorial's layout: pre-padding read as words (no mask), two stacked layers, last state
-SEEDLIKE_GRU = [*TINY_IMDB, "model.cell=gru", "model.hidden_sizes=[6, 5]", "model.mask=false",
-                "model.bidirectional=false", "model.pooling=last", "data.padding=pre",
-                "train.bucket=false", "data.maxlen=12", "data.punctuation=false"]
+SEEDLIKE_GRU = [
+    *TINY_IMDB,
+    "model.cell=gru",
+    "model.hidden_sizes=[6, 5]",
+    "model.mask=false",
+    "model.bidirectional=false",
+    "model.pooling=last",
+    "data.padding=pre",
+    "train.bucket=false",
+    "data.maxlen=12",
+    "data.punctuation=false",
+]
 REVIEW = "A wonderful film, but the ending was not good at all."
 
 
@@ -54,7 +76,12 @@ def gru_run(tmp_path_factory):
 def test_mnist_files_and_predictions_agree_with_the_model(mnist_run, tmp_path):
     result = inspect_run(mnist_run, tmp_path / "out", index=7)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "gates.png", "inspect.json", "prediction.png", "saturation.json", "saturation.png"]
+        "gates.png",
+        "inspect.json",
+        "prediction.png",
+        "saturation.json",
+        "saturation.png",
+    ]
     summary = json.loads((tmp_path / "out" / "inspect.json").read_text())
     assert summary == json.loads(json.dumps(result.summary))
     assert summary["input"]["test_index"] == 7 and summary["steps"] == 28
@@ -83,12 +110,14 @@ def test_prediction_after_each_row_is_the_head_on_that_rows_state(mnist_run):
     gates = record_gates(model, example.inputs, 0, 0)  # h: (28, 16)
     with torch.no_grad():
         by_state = torch.softmax(model.head(torch.from_numpy(gates["h"])), -1).numpy()
-    np.testing.assert_allclose(prefix_probabilities(model, config, example), by_state,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        prefix_probabilities(model, config, example), by_state, rtol=1e-4, atol=1e-6
+    )
     # c_t = f_t c_{t-1} + i_t g_t, recorded step by step
     c_prev = np.vstack([np.zeros((1, 16)), gates["c"][:-1]])
-    np.testing.assert_allclose(gates["c"], gates["f"] * c_prev + gates["i"] * gates["g"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        gates["c"], gates["f"] * c_prev + gates["i"] * gates["g"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_image_file_gives_the_same_trace_as_its_index(mnist_run, tmp_path):
@@ -99,16 +128,22 @@ def test_image_file_gives_the_same_trace_as_its_index(mnist_run, tmp_path):
     np.save(tmp_path / "digit.npy", (pixels * 255).round().astype(np.uint8))
     by_file = inspect_run(mnist_run, tmp_path / "a", image=tmp_path / "digit.npy").summary
     by_index = inspect_run(mnist_run, tmp_path / "b", index=5).summary
-    np.testing.assert_allclose(by_file["prediction"]["probabilities"],
-                               by_index["prediction"]["probabilities"], rtol=1e-5)
+    np.testing.assert_allclose(
+        by_file["prediction"]["probabilities"], by_index["prediction"]["probabilities"], rtol=1e-5
+    )
     p = predict_images(mnist_run, [tmp_path / "digit.npy"])[0]["probabilities"]
     np.testing.assert_allclose(by_file["prediction"]["probabilities"], p, rtol=1e-5)
 
 
 def test_text_page_has_one_token_per_word_read_and_the_final_prediction(imdb_run, tmp_path):
     result = inspect_run(imdb_run, tmp_path / "out", text=REVIEW, units=[3, 1], mode="f")
-    assert sorted(result.files) == ["gates.png", "inspect.json", "saturation.json",
-                                    "saturation.png", "tokens.html"]
+    assert sorted(result.files) == [
+        "gates.png",
+        "inspect.json",
+        "saturation.json",
+        "saturation.png",
+        "tokens.html",
+    ]
     page = result.files["tokens.html"].read_text()
     config, _, _ = load_run(imdb_run)
     n = len(text_example(config, load_vocab(imdb_run), REVIEW).ids)
@@ -118,8 +153,7 @@ def test_text_page_has_one_token_per_word_read_and_the_final_prediction(imdb_run
     assert result.summary["units"] == [3, 1] and 'value="3" selected' in page
     assert 'value="f" selected' in page
     expected = predict_texts(imdb_run, [REVIEW])[0]["probabilities"]
-    np.testing.assert_allclose(result.summary["prediction"]["probabilities"], expected,
-                               rtol=1e-5)
+    np.testing.assert_allclose(result.summary["prediction"]["probabilities"], expected, rtol=1e-5)
 
 
 def test_unmasked_two_layer_gru_draws_padding_and_the_chosen_layer(gru_run, tmp_path):
@@ -138,36 +172,45 @@ def test_unmasked_two_layer_gru_draws_padding_and_the_chosen_layer(gru_run, tmp_
 
 
 def test_saturation_over_test_examples(imdb_run, tmp_path):
-    result = inspect_run(imdb_run, tmp_path / "out", text=REVIEW, stats_examples=20,
-                         direction=1)
+    result = inspect_run(imdb_run, tmp_path / "out", text=REVIEW, stats_examples=20, direction=1)
     stats = json.loads(result.files["saturation.json"].read_text())
     assert stats["examples"] == 20 and stats["steps"] > 20 * 5
     with pytest.raises(InspectError, match="--stats-examples expected 1.."):
         inspect_run(imdb_run, tmp_path / "bad", text=REVIEW, stats_examples=10**7)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(text="qqqzx vvvwq"), PredictError, "expected at least one known word"),
-    (dict(text="   "), InspectError, "expected non-empty text"),
-    (dict(index=0), InspectError, "a text model expected --text"),
-    (dict(text=REVIEW, units=[0, 99]), InspectError, r"--units expected indices in 0\.\.7, "
-                                                     r"got \[99\]"),
-    (dict(text=REVIEW, units=[]), InspectError, "at least one unit"),
-    (dict(text=REVIEW, mode="z"), ValueError, "expected mode in"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(text="qqqzx vvvwq"), PredictError, "expected at least one known word"),
+        (dict(text="   "), InspectError, "expected non-empty text"),
+        (dict(index=0), InspectError, "a text model expected --text"),
+        (
+            dict(text=REVIEW, units=[0, 99]),
+            InspectError,
+            r"--units expected indices in 0\.\.7, "
+            r"got \[99\]",
+        ),
+        (dict(text=REVIEW, units=[]), InspectError, "at least one unit"),
+        (dict(text=REVIEW, mode="z"), ValueError, "expected mode in"),
+    ],
+)
 def test_bad_text_input_writes_nothing(imdb_run, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
         inspect_run(imdb_run, tmp_path / "out", **kwargs)
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder left
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(text="good"), InspectError, "an image model expected --image FILE or --index N"),
-    (dict(), InspectError, "exactly one of --image FILE or --index N"),
-    (dict(index=10**6), InspectError, r"--index expected 0\.\."),
-    (dict(image="wrong.npy"), PredictError, r"expected a 28x28 image, got shape \(20, 28\)"),
-    (dict(image="missing.png"), PredictError, "expected an image file"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(text="good"), InspectError, "an image model expected --image FILE or --index N"),
+        (dict(), InspectError, "exactly one of --image FILE or --index N"),
+        (dict(index=10**6), InspectError, r"--index expected 0\.\."),
+        (dict(image="wrong.npy"), PredictError, r"expected a 28x28 image, got shape \(20, 28\)"),
+        (dict(image="missing.png"), PredictError, "expected an image file"),
+    ],
+)
 def test_bad_image_input_writes_nothing(mnist_run, tmp_path, kwargs, error, match):
     np.save(tmp_path / "wrong.npy", np.zeros((20, 28), dtype=np.float32))
     if "image" in kwargs:
@@ -231,13 +274,13 @@ def test_a_failure_while_rendering_leaves_nothing(imdb_run, tmp_path, monkeypatc
 
 
 def test_command_prints_files_and_errors_cleanly(imdb_run, tmp_path, capsys):
-    assert main([str(imdb_run), "--text", REVIEW, "--out", str(tmp_path / "o"), "--top",
-                 "4"]) == 0
+    assert main([str(imdb_run), "--text", REVIEW, "--out", str(tmp_path / "o"), "--top", "4"]) == 0
     out = capsys.readouterr().out
     assert "prediction" in out and str(tmp_path / "o" / "tokens.html") in out
     assert len(json.loads((tmp_path / "o" / "inspect.json").read_text())["units"]) == 4
-    assert main([str(imdb_run), "--text", REVIEW, "--units", "42", "--out",
-                 str(tmp_path / "p")]) == 2
+    assert (
+        main([str(imdb_run), "--text", REVIEW, "--units", "42", "--out", str(tmp_path / "p")]) == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("rnnlab inspect: error: --units expected indices in 0..7, got [42]")
     assert not (tmp_path / "p").exists()

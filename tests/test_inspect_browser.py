@@ -17,18 +17,38 @@ from rnnlab.run import train
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
-TINY_IMDB = ["model.embedding_dim=8", "model.hidden_sizes=[8]", "data.maxlen=60",
-             "train.epochs=1", "train.batch_size=250", "data.num_words=2000",
-             "run.log_every=0", "run.checkpoint_every=0"]
-REVIEW = ("The first half was slow and the acting was not good, but the last hour was "
-          "wonderful and I loved every minute of it.")
+TINY_IMDB = [
+    "model.embedding_dim=8",
+    "model.hidden_sizes=[8]",
+    "data.maxlen=60",
+    "train.epochs=1",
+    "train.batch_size=250",
+    "data.num_words=2000",
+    "run.log_every=0",
+    "run.checkpoint_every=0",
+]
+REVIEW = (
+    "The first half was slow and the acting was not good, but the last hour was "
+    "wonderful and I loved every minute of it."
+)
 
 
 def _chromium(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / "profile"
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-               "--no-first-run", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", f"--user-data-dir={profile}", *args, url]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+        url,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=True)
 
 
@@ -50,7 +70,7 @@ def test_page_renders_its_tokens(page, tmp_path):
     assert pixels.shape[:2] == (700, 1000)
     ink = (pixels < 0.95).any(-1)  # not white
     assert ink.mean() > 0.01  # text and coloured tokens drawn
-    coloured = (np.ptp(pixels, axis=-1) > 0.15)  # red/blue/green backgrounds, not grey text
+    coloured = np.ptp(pixels, axis=-1) > 0.15  # red/blue/green backgrounds, not grey text
     assert coloured.sum() > 500
 
     dom = _chromium(tmp_path, path.as_uri(), "--dump-dom").stdout

@@ -13,8 +13,9 @@ from rnnlab.experiments.cli import main
 from rnnlab.experiments.long_range import RecallModel, make_batch, summarize, train_recall
 from rnnlab.experiments.report import format_table, write_results
 
-TINY = dict(gaps=(2, 4), seeds=(0,), hidden_size=8, batch_size=16, steps=6, eval_size=50,
-            eval_every=3)
+TINY = dict(
+    gaps=(2, 4), seeds=(0,), hidden_size=8, batch_size=16, steps=6, eval_size=50, eval_every=3
+)
 
 
 def test_batch_puts_the_symbol_and_marker_at_step_0_and_noise_after():
@@ -29,11 +30,10 @@ def test_batch_puts_the_symbol_and_marker_at_step_0_and_noise_after():
 
 def test_variable_gap_pads_after_each_length_with_zeros():
     g = torch.Generator().manual_seed(1)
-    x, _, lengths = make_batch(64, gap=7, num_classes=3, noise=1.0, generator=g,
-                               variable_gap=True)
+    x, _, lengths = make_batch(64, gap=7, num_classes=3, noise=1.0, generator=g, variable_gap=True)
     assert lengths.min() >= 1 and lengths.max() <= 8 and len(set(lengths.tolist())) > 3
     for b in range(64):
-        assert torch.all(x[b, lengths[b]:] == 0)
+        assert torch.all(x[b, lengths[b] :] == 0)
         assert x[b, 0, 3] == 1.0
 
 
@@ -55,21 +55,30 @@ def test_same_seed_gives_the_same_result():
 
 
 def test_summary_counts_solved_and_chance_gaps():
-    config = LongRangeConfig(gaps=(10, 100), seeds=(0, 1), cells=("rnn", "lstm"), num_classes=4,
-                             eval_size=1000)
-    rows = [{"cell": "rnn", "gap": 10, "seed": 0, "accuracy": 0.95},
-            {"cell": "rnn", "gap": 10, "seed": 1, "accuracy": 0.93},
-            {"cell": "rnn", "gap": 100, "seed": 0, "accuracy": 0.26},
-            {"cell": "rnn", "gap": 100, "seed": 1, "accuracy": 0.25},
-            {"cell": "lstm", "gap": 10, "seed": 0, "accuracy": 1.0},
-            {"cell": "lstm", "gap": 10, "seed": 1, "accuracy": 1.0},
-            {"cell": "lstm", "gap": 100, "seed": 0, "accuracy": 0.5},
-            {"cell": "lstm", "gap": 100, "seed": 1, "accuracy": 1.0}]
+    config = LongRangeConfig(
+        gaps=(10, 100), seeds=(0, 1), cells=("rnn", "lstm"), num_classes=4, eval_size=1000
+    )
+    rows = [
+        {"cell": "rnn", "gap": 10, "seed": 0, "accuracy": 0.95},
+        {"cell": "rnn", "gap": 10, "seed": 1, "accuracy": 0.93},
+        {"cell": "rnn", "gap": 100, "seed": 0, "accuracy": 0.26},
+        {"cell": "rnn", "gap": 100, "seed": 1, "accuracy": 0.25},
+        {"cell": "lstm", "gap": 10, "seed": 0, "accuracy": 1.0},
+        {"cell": "lstm", "gap": 10, "seed": 1, "accuracy": 1.0},
+        {"cell": "lstm", "gap": 100, "seed": 0, "accuracy": 0.5},
+        {"cell": "lstm", "gap": 100, "seed": 1, "accuracy": 1.0},
+    ]
     table, solved, chance = summarize(config, rows)
     assert solved == {"rnn": [10], "lstm": [10]}  # 0.75 mean at 100 is not solved
     assert chance == {"rnn": [100], "lstm": []}
-    assert table[1]["lstm"] == {"mean": 0.75, "min": 0.5, "max": 1.0, "seeds": 2,
-                                "per_seed": [0.5, 1.0], "seeds_at_chance": 0}
+    assert table[1]["lstm"] == {
+        "mean": 0.75,
+        "min": 0.5,
+        "max": 1.0,
+        "seeds": 2,
+        "per_seed": [0.5, 1.0],
+        "seeds_at_chance": 0,
+    }
     assert table[1]["rnn"]["seeds_at_chance"] == 2 and table[0]["rnn"]["seeds_at_chance"] == 0
     # one seed at chance, one not: the mean (0.36) is not at chance, the count says 1 of 2
     rows[3]["accuracy"] = 0.47
@@ -77,9 +86,19 @@ def test_summary_counts_solved_and_chance_gaps():
     assert chance["rnn"] == [] and table[1]["rnn"]["seeds_at_chance"] == 1
 
 
-@pytest.mark.parametrize("bad", [dict(gaps=()), dict(gaps=(0,)), dict(cells=("lstm", "tcn")),
-                                 dict(steps=0), dict(lr=0.0), dict(num_classes=1),
-                                 dict(seeds=(-1,)), dict(solved=0.2)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(gaps=()),
+        dict(gaps=(0,)),
+        dict(cells=("lstm", "tcn")),
+        dict(steps=0),
+        dict(lr=0.0),
+        dict(num_classes=1),
+        dict(seeds=(-1,)),
+        dict(solved=0.2),
+    ],
+)
 def test_config_refuses_bad_values(bad):
     with pytest.raises(ValueError, match="LongRangeConfig expected"):
         LongRangeConfig(**bad)
@@ -90,8 +109,11 @@ def test_run_reports_progress_and_writes_table_json_and_png(tmp_path):
     results = run_long_range(LongRangeConfig(**TINY), progress=events.append)
     finished = [e for e in events if e["event"] == "run"]
     assert [e["index"] for e in finished] == list(range(1, 7)) and finished[0]["total"] == 6
-    assert [(r["gap"], r["cell"]) for r in results.runs][:3] == [(2, "rnn"), (2, "lstm"),
-                                                                 (2, "gru")]
+    assert [(r["gap"], r["cell"]) for r in results.runs][:3] == [
+        (2, "rnn"),
+        (2, "lstm"),
+        (2, "gru"),
+    ]
     paths = write_results(results, tmp_path / "out", extra={"machine": {"cpu_count": 2}})
     saved = json.loads(paths["json"].read_text())
     assert saved["chance"] == 0.25 and saved["config"]["gaps"] == [2, 4]
@@ -101,12 +123,29 @@ def test_run_reports_progress_and_writes_table_json_and_png(tmp_path):
     assert table.splitlines()[0] == "| gap | RNN | LSTM | GRU |"
     assert paths["table"].read_text().strip() == table
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "accuracy_vs_gap.png", "results.json", "table.md"]
+        "accuracy_vs_gap.png",
+        "results.json",
+        "table.md",
+    ]
 
 
 def test_command_prints_the_table(tmp_path, capsys):
-    status = main(["long-range", "--gaps", "2", "--seeds", "0", "--steps", "4", "--cells",
-                   "rnn", "lstm", "--out", str(tmp_path / "lr")])
+    status = main(
+        [
+            "long-range",
+            "--gaps",
+            "2",
+            "--seeds",
+            "0",
+            "--steps",
+            "4",
+            "--cells",
+            "rnn",
+            "lstm",
+            "--out",
+            str(tmp_path / "lr"),
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0
     assert "| gap | RNN | LSTM |" in out and "[2/2] gap    2 lstm seed 0" in out
@@ -124,6 +163,23 @@ def test_command_refuses_an_unwritable_out_before_training(tmp_path, capsys):
 def test_rnnlab_command_hands_experiment_to_this_package(tmp_path, capsys):
     from rnnlab.cli import main as rnnlab
 
-    assert rnnlab(["experiment", "long-range", "--gaps", "2", "--steps", "2", "--cells", "lstm",
-                   "--out", str(tmp_path / "lr"), "--seeds", "0"]) == 0
+    assert (
+        rnnlab(
+            [
+                "experiment",
+                "long-range",
+                "--gaps",
+                "2",
+                "--steps",
+                "2",
+                "--cells",
+                "lstm",
+                "--out",
+                str(tmp_path / "lr"),
+                "--seeds",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "| gap | LSTM |" in capsys.readouterr().out

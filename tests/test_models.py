@@ -8,16 +8,21 @@ from rnnlab.models import build_model
 
 
 def _text_config(*extra):
-    return load_preset("imdb-seed", ["model.hidden_sizes=[6, 5]", "data.num_words=50",
-                                     "data.maxlen=9", *extra])
+    return load_preset(
+        "imdb-seed", ["model.hidden_sizes=[6, 5]", "data.num_words=50", "data.maxlen=9", *extra]
+    )
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "max", "meanmax"])
 @pytest.mark.parametrize("padding", ["pre", "post"])
 def test_masked_text_model_ignores_padding(pooling, padding):
     torch.manual_seed(0)
-    config = _text_config("model.mask=true", f"model.pooling={pooling}",
-                          f"data.padding={padding}", "model.bidirectional=true")
+    config = _text_config(
+        "model.mask=true",
+        f"model.pooling={pooling}",
+        f"data.padding={padding}",
+        "model.bidirectional=true",
+    )
     model = build_model(config).eval()
     words = torch.randint(1, 50, (3, 4))
     pad = torch.zeros(3, 5, dtype=torch.int64)
@@ -55,10 +60,14 @@ def test_return_gates_gives_every_layers_trace():
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_torch_backend_matches_rnnlab_with_copied_weights(cell):
     torch.manual_seed(0)
-    ours = build_model(load_preset("mnist-seed", [f"model.cell={cell}",
-                                                  "model.hidden_sizes=[16]"])).eval()
-    theirs = build_model(load_preset("mnist-seed", [f"model.cell={cell}", "model.backend=torch",
-                                                    "model.hidden_sizes=[16]"])).eval()
+    ours = build_model(
+        load_preset("mnist-seed", [f"model.cell={cell}", "model.hidden_sizes=[16]"])
+    ).eval()
+    theirs = build_model(
+        load_preset(
+            "mnist-seed", [f"model.cell={cell}", "model.backend=torch", "model.hidden_sizes=[16]"]
+        )
+    ).eval()
     state = {k: v for k, v in ours.state_dict().items() if "stack" not in k}
     theirs.load_state_dict(state, strict=False)
     cell_ = ours.stack.layers[0].cells[0]

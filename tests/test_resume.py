@@ -8,10 +8,25 @@ import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-ARGS = ["--threads", "1", "--no-progress", "--set", "model.projection=16",
-        "--set", "model.hidden_sizes=[16]", "--set", "train.batch_size=100",
-        "--set", "train.epochs=2", "--set", "run.log_every=5",
-        "--set", "run.checkpoint_every=7", "--set", "model.dropout=0.3"]
+ARGS = [
+    "--threads",
+    "1",
+    "--no-progress",
+    "--set",
+    "model.projection=16",
+    "--set",
+    "model.hidden_sizes=[16]",
+    "--set",
+    "train.batch_size=100",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "run.log_every=5",
+    "--set",
+    "run.checkpoint_every=7",
+    "--set",
+    "model.dropout=0.3",
+]
 TIMINGS = ("seconds", "ms_per_step", "val_seconds")
 
 
@@ -20,8 +35,7 @@ def _rnnlab(*args: str, wait: bool = True) -> subprocess.Popen | subprocess.Comp
     command = [sys.executable, "-m", "rnnlab", *args]
     if wait:
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -12,10 +12,22 @@ from rnnlab.data import load_mnist
 from rnnlab.predict import PredictError, evaluate_run, predict_images, predict_texts
 from rnnlab.run import RunError, load_run, resume, train
 
-TINY_MNIST = ["model.projection=16", "model.hidden_sizes=[16]", "train.epochs=2",
-              "train.batch_size=250", "run.log_every=5", "run.checkpoint_every=7"]
-TINY_IMDB = ["model.embedding_dim=8", "model.hidden_sizes=[8]", "data.maxlen=60",
-             "train.epochs=1", "train.batch_size=100", "data.num_words=2000"]
+TINY_MNIST = [
+    "model.projection=16",
+    "model.hidden_sizes=[16]",
+    "train.epochs=2",
+    "train.batch_size=250",
+    "run.log_every=5",
+    "run.checkpoint_every=7",
+]
+TINY_IMDB = [
+    "model.embedding_dim=8",
+    "model.hidden_sizes=[8]",
+    "data.maxlen=60",
+    "train.epochs=1",
+    "train.batch_size=100",
+    "data.num_words=2000",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +38,26 @@ def mnist_run(tmp_path_factory):
 
 def test_a_run_directory_holds_everything(mnist_run):
     out, report = mnist_run
-    for name in ("config.json", "run.json", "metrics.jsonl", "learning_curve.png", "report.json",
-                 "checkpoints/last.json", "checkpoints/best.json"):
+    for name in (
+        "config.json",
+        "run.json",
+        "metrics.jsonl",
+        "learning_curve.png",
+        "report.json",
+        "checkpoints/last.json",
+        "checkpoints/best.json",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     assert json.loads((out / "config.json").read_text())["model"]["hidden_sizes"] == [16]
-    for key in ("test_accuracy", "best_val_accuracy", "epochs", "steps", "wall_seconds",
-                "samples_per_second"):
+    for key in (
+        "test_accuracy",
+        "best_val_accuracy",
+        "epochs",
+        "steps",
+        "wall_seconds",
+        "samples_per_second",
+    ):
         assert report[key] is not None, key
     assert report["epochs"] == 2 and report["steps"] == 80
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -124,8 +149,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_failure_before_any_checkpoint_leaves_no_directory(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(RunError, match="No checkpoint had been written; the run directory was "
-                                       "removed"):
+    with pytest.raises(
+        RunError, match="No checkpoint had been written; the run directory was removed"
+    ):
         train("mnist-sample", out, overrides=TINY_MNIST, callbacks=[_Poison(1)])
     assert not out.exists()
 
@@ -149,15 +175,20 @@ def test_image_presets_train_on_any_idx_folder(tmp_path):
     from rnnlab.data import sample_dir
 
     out = tmp_path / "idx"
-    report = train("mnist-sample", out, overrides=[*TINY_MNIST, "train.epochs=1",
-                                                   f"data.path={sample_dir()}",
-                                                   "data.sample=false"])
+    report = train(
+        "mnist-sample",
+        out,
+        overrides=[*TINY_MNIST, "train.epochs=1", f"data.path={sample_dir()}", "data.sample=false"],
+    )
     assert report["train_examples"] == 10_000 and report["steps"] == 40
 
 
 def test_holdout_validation_tests_the_best_checkpoint(tmp_path):
-    report = train("mnist-sample", tmp_path / "run", overrides=[
-        *TINY_MNIST, "data.validation=holdout", "data.holdout=1000"])
+    report = train(
+        "mnist-sample",
+        tmp_path / "run",
+        overrides=[*TINY_MNIST, "data.validation=holdout", "data.holdout=1000"],
+    )
     assert report["train_examples"] == 9000 and report["test_checkpoint"] == "best"
     assert report["steps"] == 2 * 36
 

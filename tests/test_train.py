@@ -32,8 +32,9 @@ def _fit(seed=0, **changes):
     torch.manual_seed(seed)
     model = _Tiny()
     config = TrainConfig(**{"epochs": 8, "batch_size": 32, "lr": 1e-2, **changes})
-    trainer = fit(model, Batches(_task(), 32, shuffle=True, seed=seed),
-                  Batches(_task(seed=1), 128), config)
+    trainer = fit(
+        model, Batches(_task(), 32, shuffle=True, seed=seed), Batches(_task(seed=1), 128), config
+    )
     return model, trainer
 
 
@@ -42,15 +43,17 @@ def test_fit_learns_and_records_history():
     assert trainer.state.epoch == 8 and trainer.state.step == 64
     assert trainer.state.history[-1]["val_accuracy"] > 0.8  # chance is 0.5
     assert evaluate(model, Batches(_task(seed=1), 100))["accuracy"] == pytest.approx(
-        trainer.state.history[-1]["val_accuracy"])
+        trainer.state.history[-1]["val_accuracy"]
+    )
 
 
 def test_fit_is_deterministic_on_cpu():
     _, a = _fit(epochs=2)
     _, b = _fit(epochs=2)
     strip = ("seconds", "ms_per_step", "val_seconds")
-    clean = [[{k: v for k, v in r.items() if k not in strip} for r in t.state.history]
-             for t in (a, b)]
+    clean = [
+        [{k: v for k, v in r.items() if k not in strip} for r in t.state.history] for t in (a, b)
+    ]
     assert clean[0] == clean[1]
 
 
@@ -90,7 +93,7 @@ def test_bucketing_and_trimming():
     ids = torch.zeros(100, 10, dtype=torch.int64)
     lengths = torch.randint(1, 11, (100,))
     for i, n in enumerate(lengths.tolist()):
-        ids[i, 10 - n:] = torch.arange(1, n + 1)  # pre-padded
+        ids[i, 10 - n :] = torch.arange(1, n + 1)  # pre-padded
     split = Split((ids, lengths), torch.zeros(100, dtype=torch.int64))
     batches = Batches(split, 10, shuffle=True, bucket=True, trim="pre")
     seen = []
@@ -106,7 +109,6 @@ def test_batches_shard_a_global_batch_across_ranks():
     ranks = [Batches(split, 8, shuffle=True, rank=r, world_size=2) for r in range(2)]
     whole = Batches(split, 8, shuffle=True)
     for (a, _), (b, _), (w, _) in zip(ranks[0], ranks[1], whole, strict=True):
-        assert len(a[0]) == 4 and torch.equal(torch.cat([a[0], b[0]]).sort(0)[0],
-                                              w[0].sort(0)[0])
+        assert len(a[0]) == 4 and torch.equal(torch.cat([a[0], b[0]]).sort(0)[0], w[0].sort(0)[0])
     with pytest.raises(ValueError, match="divisible by the world size 3, got 8"):
         Batches(split, 8, world_size=3)

@@ -51,8 +51,13 @@ class CheckpointError(ValueError):
 def versions() -> dict[str, str]:
     from rnnlab import __version__
 
-    return {"rnnlab": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "safetensors": safetensors.__version__, "python": platform.python_version()}
+    return {
+        "rnnlab": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -74,8 +79,14 @@ def _json_bytes(values: Any) -> bytes:
     return (json.dumps(values, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
-def save_checkpoint(folder: Path, tag: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], config: dict[str, Any]) -> Path:
+def save_checkpoint(
+    folder: Path,
+    tag: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    config: dict[str, Any],
+) -> Path:
     """Save checkpoint ``tag`` into ``folder``; returns the path of ``TAG.json``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,19 +131,21 @@ def load_checkpoint(folder: Path, tag: str) -> tuple[dict[str, Tensor], dict[str
         meta = json.loads(meta_path.read_text("utf-8"))
         data = (Path(folder) / meta["tensors"]).read_bytes()
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{meta_path}: expected a readable rnnlab checkpoint, got "
-                              f"{type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            f"{meta_path}: expected a readable rnnlab checkpoint, got {type(exc).__name__}: {exc}"
+        ) from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta.get("sha256"):
-        raise CheckpointError(f"{meta['tensors']}: expected sha256 {meta.get('sha256')}, "
-                              f"got {digest}")
+        raise CheckpointError(
+            f"{meta['tensors']}: expected sha256 {meta.get('sha256')}, got {digest}"
+        )
     return safetensors.torch.load(data), meta
 
 
 def load_model_weights(model: nn.Module, tensors: dict[str, Tensor], where: str) -> None:
     """Copy the ``model.*`` tensors into ``model``; a different architecture is an error that
     names the first missing, unexpected or differently shaped parameter."""
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
@@ -143,14 +156,18 @@ def load_model_weights(model: nn.Module, tensors: dict[str, Tensor], where: str)
             found = f"{k} of shape {tuple(weights[k].shape)}, model has {tuple(own[k].shape)}"
         else:
             found = (f"missing {missing[:3]}" if missing else "") + (
-                f" unexpected {unexpected[:3]}" if unexpected else "")
-        raise CheckpointError(f"{where}: expected the parameters of this architecture "
-                              f"({type(model).__name__}), got a different one: {found.strip()}")
+                f" unexpected {unexpected[:3]}" if unexpected else ""
+            )
+        raise CheckpointError(
+            f"{where}: expected the parameters of this architecture "
+            f"({type(model).__name__}), got a different one: {found.strip()}"
+        )
     model.load_state_dict(weights)
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor],
-                      meta: dict[str, Any]) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]
+) -> None:
     """Rebuild the optimizer state saved by :func:`save_checkpoint`."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():

@@ -157,8 +157,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: expected >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"train.label_smoothing: expected in [0, 1), got "
-                              f"{self.label_smoothing}")
+            raise ConfigError(
+                f"train.label_smoothing: expected in [0, 1), got {self.label_smoothing}"
+            )
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rnnlab.config import ConfigError
 
-__all__ = ["Context", "LaunchError", "default_backend", "from_environment", "launch",
-           "shutdown", "under_launcher"]
+__all__ = [
+    "Context",
+    "LaunchError",
+    "default_backend",
+    "from_environment",
+    "launch",
+    "shutdown",
+    "under_launcher",
+]
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 300.0
@@ -90,9 +97,11 @@ class Context:
     def check_batch_size(self, batch_size: int, what: str = "train.batch_size") -> None:
         """The global batch must split evenly: a clear error instead of uneven ranks."""
         if batch_size % self.world_size:
-            raise ConfigError(f"{what}: expected a multiple of the {self.world_size} processes "
-                              f"(each takes batch_size / processes examples per step), got "
-                              f"{batch_size}")
+            raise ConfigError(
+                f"{what}: expected a multiple of the {self.world_size} processes "
+                f"(each takes batch_size / processes examples per step), got "
+                f"{batch_size}"
+            )
 
     def on_main(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on rank 0 only and give every rank its result, or raise its error on
@@ -147,10 +156,10 @@ def from_environment(timeout_s: float = DEFAULT_TIMEOUT_S) -> Context:
     if timeout_s <= 0:
         raise ValueError(f"from_environment expected timeout_s > 0, got {timeout_s}")
     if not dist.is_initialized():
-        dist.init_process_group(backend=default_backend(torch.device("cpu")),
-                                timeout=timedelta(seconds=timeout_s))
-    return Context(dist.get_rank(), dist.get_world_size(),
-                   int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            backend=default_backend(torch.device("cpu")), timeout=timedelta(seconds=timeout_s)
+        )
+    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def shutdown() -> None:
@@ -175,12 +184,20 @@ def launch(argv: Sequence[str], nproc: int, monitor_interval_s: float = 0.5) -> 
 
     if nproc < 1:
         raise ValueError(f"launch expected nproc >= 1, got {nproc}")
-    args = parse_args([
-        "--nnodes=1", f"--nproc-per-node={nproc}", "--max-restarts=0",
-        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
-        f"--rdzv-id={uuid.uuid4()}", f"--monitor-interval={monitor_interval_s}",
-        "--module", "rnnlab", *argv,
-    ])
+    args = parse_args(
+        [
+            "--nnodes=1",
+            f"--nproc-per-node={nproc}",
+            "--max-restarts=0",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
+            f"--rdzv-id={uuid.uuid4()}",
+            f"--monitor-interval={monitor_interval_s}",
+            "--module",
+            "rnnlab",
+            *argv,
+        ]
+    )
     try:
         run(args)
     except ChildFailedError as exc:

@@ -196,7 +196,12 @@ class _RecurrentLayer(nn.Module):
                 reverse = direction == 1
                 if backend != "reference":
                     out, final = fused.scan(
-                        cell, layer_input, cell_state, step_mask, reverse, backend == "compiled",
+                        cell,
+                        layer_input,
+                        cell_state,
+                        step_mask,
+                        reverse,
+                        backend == "compiled",
                         bf16,
                     )
                     gates = None

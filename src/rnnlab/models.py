@@ -47,8 +47,9 @@ def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> nn.Modul
         return LAYERS[cfg.cell](
             input_size, hidden, bidirectional=cfg.bidirectional, backend=cfg.backend, **kwargs
         )
-    layer = TORCH_LAYERS[cfg.cell](input_size, hidden, batch_first=True,
-                                   bidirectional=cfg.bidirectional)
+    layer = TORCH_LAYERS[cfg.cell](
+        input_size, hidden, batch_first=True, bidirectional=cfg.bidirectional
+    )
     if cfg.cell == "lstm":  # the same forget bias, on torch's first bias vector
         with torch.no_grad():
             for name, p in layer.named_parameters():
@@ -85,15 +86,16 @@ class RecurrentStack(nn.Module):
         self, x: Tensor, lengths: Tensor | None = None, return_gates: bool = False
     ) -> Tensor | tuple[Tensor, list]:
         if self.torch_backend and lengths is not None:
-            raise ValueError("RecurrentStack with backend='torch' expected no lengths (it is for "
-                             "speed comparisons of unmasked models), got lengths")
+            raise ValueError(
+                "RecurrentStack with backend='torch' expected no lengths (it is for "
+                "speed comparisons of unmasked models), got lengths"
+            )
         traces, state = [], None
         for k, layer in enumerate(self.layers):
             if self.torch_backend:
                 x, state = layer(x)  # (B, T, D*H)
             elif return_gates:
-                x, state, trace = layer(x, lengths=lengths, padding=self.padding,
-                                        return_gates=True)
+                x, state, trace = layer(x, lengths=lengths, padding=self.padding, return_gates=True)
                 traces.append(trace)
             else:
                 x, state = layer(x, lengths=lengths, padding=self.padding)  # (B, T, D*H)
@@ -189,8 +191,10 @@ def build_model(config: Config) -> nn.Module:
     padding side from ``data``), freshly initialised from the current torch RNG."""
     cfg = config.model
     if cfg.backend == "torch" and cfg.mask:
-        raise ConfigError("model.backend='torch' expected model.mask=false (torch layers here "
-                          "are for unmasked speed comparisons), got mask=true")
+        raise ConfigError(
+            "model.backend='torch' expected model.mask=false (torch layers here "
+            "are for unmasked speed comparisons), got mask=true"
+        )
     if cfg.kind == "sequence":
         return SequenceClassifier(cfg)
     return TextClassifier(cfg, config.data.num_words, padding=config.data.padding)

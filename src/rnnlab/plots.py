@@ -26,15 +26,31 @@ def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: st
     for k, (key, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
         ax = fig.add_subplot(1, 2, k + 1)
         if steps:
-            ax.plot([r["step"] for r in steps], [r[key] for r in steps], color="tab:blue",
-                    alpha=0.3, linewidth=0.8, label=f"minibatch {label}")
+            ax.plot(
+                [r["step"] for r in steps],
+                [r[key] for r in steps],
+                color="tab:blue",
+                alpha=0.3,
+                linewidth=0.8,
+                label=f"minibatch {label}",
+            )
         if epochs:
-            ax.plot([r["step"] for r in epochs], [r[key] for r in epochs], "o-",
-                    color="tab:blue", label=f"train {label} (epoch mean)")
+            ax.plot(
+                [r["step"] for r in epochs],
+                [r[key] for r in epochs],
+                "o-",
+                color="tab:blue",
+                label=f"train {label} (epoch mean)",
+            )
             val = [r for r in epochs if f"val_{key}" in r]
             if val:
-                ax.plot([r["step"] for r in val], [r[f"val_{key}"] for r in val], "s-",
-                        color="tab:orange", label=f"validation {label}")
+                ax.plot(
+                    [r["step"] for r in val],
+                    [r[f"val_{key}"] for r in val],
+                    "s-",
+                    color="tab:orange",
+                    label=f"validation {label}",
+                )
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

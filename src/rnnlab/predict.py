@@ -19,8 +19,16 @@ from rnnlab.run import RunError, load_run
 from rnnlab.tasks import drop_ids, load_task_data, punctuation_ids
 from rnnlab.train import Batches, evaluate
 
-__all__ = ["PredictError", "encode_texts", "evaluate_run", "label_names", "load_image",
-           "load_vocab", "predict_images", "predict_texts"]
+__all__ = [
+    "PredictError",
+    "encode_texts",
+    "evaluate_run",
+    "label_names",
+    "load_image",
+    "load_vocab",
+    "predict_images",
+    "predict_texts",
+]
 PathLike = str | os.PathLike[str]
 
 
@@ -34,16 +42,23 @@ def label_names(dataset: str, num_classes: int) -> list[str]:
     return [str(k) for k in range(num_classes)]
 
 
-def evaluate_run(run_dir: PathLike, data_dir: PathLike | None = None, checkpoint: str = "best",
-                 split: str = "test") -> dict[str, Any]:
+def evaluate_run(
+    run_dir: PathLike,
+    data_dir: PathLike | None = None,
+    checkpoint: str = "best",
+    split: str = "test",
+) -> dict[str, Any]:
     """Loss and accuracy of a run's checkpoint on ``split`` ("test", "val" or "train")."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"evaluate_run expected split 'test', 'val' or 'train', got {split!r}")
     config, model, meta = load_run(run_dir, checkpoint)
     if data_dir is None:
         info_path = Path(run_dir) / "run.json"
-        data_dir = json.loads(info_path.read_text("utf-8")).get("data_dir") \
-            if info_path.is_file() else None
+        data_dir = (
+            json.loads(info_path.read_text("utf-8")).get("data_dir")
+            if info_path.is_file()
+            else None
+        )
     data = load_task_data(config, data_dir)
     examples = {"test": data.test, "val": data.val, "train": data.train}[split]
     if examples is None:
@@ -51,19 +66,32 @@ def evaluate_run(run_dir: PathLike, data_dir: PathLike | None = None, checkpoint
     trim = config.data.padding if config.model.kind == "text" and config.model.mask else None
     batches = Batches(examples, config.train.eval_batch_size, bucket=trim is not None, trim=trim)
     metrics = evaluate(model, batches)
-    return {"run": str(run_dir), "checkpoint": meta["tag"], "step": meta["state"]["step"],
-            "split": split, "examples": len(examples), **metrics}
+    return {
+        "run": str(run_dir),
+        "checkpoint": meta["tag"],
+        "step": meta["state"]["step"],
+        "split": split,
+        "examples": len(examples),
+        **metrics,
+    }
 
 
 @torch.no_grad()
-def _classify(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str]
-              ) -> list[dict[str, Any]]:
+def _classify(
+    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str]
+) -> list[dict[str, Any]]:
     probabilities = torch.softmax(model(*inputs), dim=-1)  # (N, C)
     out = []
     for p in probabilities.tolist():
         label = int(np.argmax(p))
-        out.append({"label": label, "label_name": names[label], "probability": p[label],
-                    "probabilities": p})
+        out.append(
+            {
+                "label": label,
+                "label_name": names[label],
+                "probability": p[label],
+                "probabilities": p,
+            }
+        )
     return out
 
 
@@ -75,8 +103,9 @@ def load_vocab(run_dir: PathLike) -> dict[str, int]:
     return json.loads(path.read_text("utf-8"))
 
 
-def encode_texts(config: Config, word_index: dict[str, int], texts: list[str]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_texts(
+    config: Config, word_index: dict[str, int], texts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reviews -> ``(ids (N, maxlen) int64, lengths (N,))``, exactly as the run's training data
     (:func:`rnnlab.data.encode_text` with its options, then padded and truncated like it)."""
     d = config.data
@@ -90,22 +119,26 @@ def encode_texts(config: Config, word_index: dict[str, int], texts: list[str]
         if not d.punctuation:
             ids = drop_ids([ids], dropped)[0]
         if len(ids) <= 1:  # the start marker alone: no word the model was trained on
-            raise PredictError(f"review {k + 1}: expected at least one known word, got none in "
-                               f"{text[:60]!r}")
+            raise PredictError(
+                f"review {k + 1}: expected at least one known word, got none in {text[:60]!r}"
+            )
         encoded.append(ids)
-    ids = pad_sequences(encoded, maxlen=d.maxlen, padding=d.padding, truncating=d.truncating,
-                        dtype="int64")  # (N, T)
+    ids = pad_sequences(
+        encoded, maxlen=d.maxlen, padding=d.padding, truncating=d.truncating, dtype="int64"
+    )  # (N, T)
     lengths = torch.tensor([min(len(s), d.maxlen) for s in encoded])  # (N,)
     return torch.from_numpy(ids), lengths
 
 
-def predict_texts(run_dir: PathLike, texts: list[str], checkpoint: str = "best"
-                  ) -> list[dict[str, Any]]:
+def predict_texts(
+    run_dir: PathLike, texts: list[str], checkpoint: str = "best"
+) -> list[dict[str, Any]]:
     """Classify reviews with a text run (encoded by :func:`encode_texts`)."""
     config, model, _ = load_run(run_dir, checkpoint)
     if config.model.kind != "text":
-        raise PredictError(f"{run_dir}: --text expected a text model, got an image model "
-                           "(use --image)")
+        raise PredictError(
+            f"{run_dir}: --text expected a text model, got an image model (use --image)"
+        )
     inputs = encode_texts(config, load_vocab(run_dir), texts)
     results = _classify(model, inputs, label_names(config.data.dataset, config.model.num_classes))
     for text, result in zip(texts, results, strict=True):
@@ -118,8 +151,10 @@ def load_image(path: PathLike, size: tuple[int, int] = (28, 28)) -> np.ndarray:
     ignored) or a .npy array (uint8 0..255 or float in [0, 1]). MNIST digits are light on dark."""
     path = Path(path)
     if not path.is_file():
-        raise PredictError(f"{path}: expected an image file, got "
-                           f"{'a directory' if path.exists() else 'no such file'}")
+        raise PredictError(
+            f"{path}: expected an image file, got "
+            f"{'a directory' if path.exists() else 'no such file'}"
+        )
     try:
         if path.suffix.lower() == ".npy":
             image = np.load(path, allow_pickle=False)
@@ -128,35 +163,42 @@ def load_image(path: PathLike, size: tuple[int, int] = (28, 28)) -> np.ndarray:
 
             image = matplotlib.image.imread(str(path))
     except (OSError, ValueError, SyntaxError) as exc:
-        raise PredictError(f"{path}: expected a PNG or .npy image, got {type(exc).__name__}: "
-                           f"{exc}") from exc
+        raise PredictError(
+            f"{path}: expected a PNG or .npy image, got {type(exc).__name__}: {exc}"
+        ) from exc
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         image = image[..., :3].mean(-1)
     if image.dtype == np.uint8:
         image = image / 255.0
     image = np.asarray(image, dtype=np.float32)
     if image.shape != size:
-        raise PredictError(f"{path}: expected a {size[0]}x{size[1]} image, got shape "
-                           f"{image.shape}")
+        raise PredictError(f"{path}: expected a {size[0]}x{size[1]} image, got shape {image.shape}")
     if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-        raise PredictError(f"{path}: expected pixel values in [0, 1] (or uint8), got "
-                           f"[{image.min()}, {image.max()}]")
+        raise PredictError(
+            f"{path}: expected pixel values in [0, 1] (or uint8), got "
+            f"[{image.min()}, {image.max()}]"
+        )
     return image
 
 
-def predict_images(run_dir: PathLike, paths: list[PathLike], checkpoint: str = "best"
-                   ) -> list[dict[str, Any]]:
+def predict_images(
+    run_dir: PathLike, paths: list[PathLike], checkpoint: str = "best"
+) -> list[dict[str, Any]]:
     """Classify image files (see :func:`load_image`) with an image run."""
     config, model, _ = load_run(run_dir, checkpoint)
     if config.model.kind != "sequence":
-        raise PredictError(f"{run_dir}: --image expected an image model, got a text model "
-                           "(use --text or --file)")
+        raise PredictError(
+            f"{run_dir}: --image expected an image model, got a text model (use --text or --file)"
+        )
     if not paths:
         raise PredictError("predict expected at least one image, got none")
     size = (28, config.model.input_size)
     images = np.stack([load_image(p, size) for p in paths])  # (N, T, I)
-    results = _classify(model, (torch.from_numpy(images),),
-                        label_names(config.data.dataset, config.model.num_classes))
+    results = _classify(
+        model,
+        (torch.from_numpy(images),),
+        label_names(config.data.dataset, config.model.num_classes),
+    )
     for path, result in zip(paths, results, strict=True):
         result["input"] = str(path)
     return results

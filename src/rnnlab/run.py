@@ -88,23 +88,35 @@ def read_config(run_dir: PathLike) -> Config:
     """The configuration of an existing run directory (a clear error for a foreign folder)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: expected an rnnlab run directory, got "
-                       f"{'a file' if run_dir.exists() else 'nothing there'}")
+        raise RunError(
+            f"{run_dir}: expected an rnnlab run directory, got "
+            f"{'a file' if run_dir.exists() else 'nothing there'}"
+        )
     values = read_json(run_dir / "config.json", "an rnnlab run's config.json")
     try:
         return Config.from_dict(values)
     except ConfigError as exc:
-        raise RunError(f"{run_dir / 'config.json'}: expected an rnnlab configuration, got "
-                       f"an incompatible one ({exc})") from exc
+        raise RunError(
+            f"{run_dir / 'config.json'}: expected an rnnlab configuration, got "
+            f"an incompatible one ({exc})"
+        ) from exc
 
 
-def _loaders(config: Config, data: TaskData, context: Context
-             ) -> tuple[Batches, Batches | None, Batches]:
+def _loaders(
+    config: Config, data: TaskData, context: Context
+) -> tuple[Batches, Batches | None, Batches]:
     t, masked = config.train, config.model.kind == "text" and config.model.mask
     trim = config.data.padding if masked and t.bucket else None
     shard = {"rank": context.rank, "world_size": context.world_size}
-    train = Batches(data.train, t.batch_size, shuffle=True, seed=t.seed,
-                    bucket=t.bucket and masked, trim=trim, **shard)
+    train = Batches(
+        data.train,
+        t.batch_size,
+        shuffle=True,
+        seed=t.seed,
+        bucket=t.bucket and masked,
+        trim=trim,
+        **shard,
+    )
     # evaluation does not depend on batching: round its batch up to split evenly
     eval_size = -(-t.eval_batch_size // context.world_size) * context.world_size
 
@@ -117,23 +129,39 @@ def _loaders(config: Config, data: TaskData, context: Context
 
 
 def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 class _Session:
     """One invocation of :func:`train` or :func:`resume` on a run directory."""
 
-    def __init__(self, run_dir: Path, config: Config, data_dir: PathLike | None,
-                 callbacks: Sequence[Any], started: float, context: Context) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Config,
+        data_dir: PathLike | None,
+        callbacks: Sequence[Any],
+        started: float,
+        context: Context,
+    ) -> None:
         self.run_dir, self.config, self.data_dir = run_dir, config, data_dir
         self.callbacks, self.started, self.context = list(callbacks), started, context
         self.ckpt_dir = run_dir / "checkpoints"
 
     def run_info(self, status: str, **extra: Any) -> None:
-        info = {"preset": self.config.name, "status": status,
-                "data_dir": None if self.data_dir is None else str(self.data_dir),
-                "argv": sys.argv, "versions": versions(), **extra}
+        info = {
+            "preset": self.config.name,
+            "status": status,
+            "data_dir": None if self.data_dir is None else str(self.data_dir),
+            "argv": sys.argv,
+            "versions": versions(),
+            **extra,
+        }
         atomic_write(self.run_dir / "run.json", _json(info))
 
     def execute(self, trainer: Trainer, data: TaskData) -> dict[str, Any]:
@@ -153,9 +181,11 @@ class _Session:
             raise RunError(f"{exc}. {self._resume_hint()}") from exc
         except OSError as exc:
             self._fail("interrupted", exc)
-            raise RunError(f"cannot write into {self.run_dir}: expected a writable directory "
-                           f"with free space, got {type(exc).__name__}: {exc}. "
-                           f"{self._resume_hint()}") from exc
+            raise RunError(
+                f"cannot write into {self.run_dir}: expected a writable directory "
+                f"with free space, got {type(exc).__name__}: {exc}. "
+                f"{self._resume_hint()}"
+            ) from exc
         except BaseException as exc:
             self._fail("interrupted", exc)
             raise
@@ -163,8 +193,10 @@ class _Session:
 
     def _resume_hint(self) -> str:
         if (self.ckpt_dir / "last.json").is_file():
-            return (f"The last good checkpoint is kept: continue with "
-                    f"`rnnlab train --resume {self.run_dir}`.")
+            return (
+                f"The last good checkpoint is kept: continue with "
+                f"`rnnlab train --resume {self.run_dir}`."
+            )
         return "No checkpoint had been written; the run directory was removed."
 
     def _fail(self, status: str, exc: BaseException) -> None:
@@ -189,8 +221,11 @@ class _Session:
             metrics = {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_accuracy"]}
         else:
             metrics = evaluate(trainer.module, test, self.context.reduce_hook)
-        return {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-                "test_checkpoint": tag}
+        return {
+            "test_accuracy": metrics["accuracy"],
+            "test_loss": metrics["loss"],
+            "test_checkpoint": tag,
+        }
 
     def _finish(self, trainer: Trainer, test: Batches, n_train: int) -> dict[str, Any]:
         config, state = self.config, trainer.state
@@ -211,7 +246,8 @@ class _Session:
             processes=self.context.world_size,
             train_seconds=state.train_seconds,
             # fit time of every invocation, plus this invocation's setup and test evaluation
-            wall_seconds=state.wall_seconds + (time.perf_counter() - self.started)
+            wall_seconds=state.wall_seconds
+            + (time.perf_counter() - self.started)
             - (state.wall_seconds - self.fit_base),
             samples_per_second=state.samples / max(state.train_seconds, 1e-9),
             machine=_machine(),
@@ -221,26 +257,31 @@ class _Session:
         return report
 
     def _write_results(self, report: dict[str, Any]) -> None:
-        records = [json.loads(line) for line in
-                   (self.run_dir / "metrics.jsonl").read_text("utf-8").splitlines() if line]
-        plot_learning_curve(records, self.run_dir / "learning_curve.png",
-                            title=self.config.name)
+        records = [
+            json.loads(line)
+            for line in (self.run_dir / "metrics.jsonl").read_text("utf-8").splitlines()
+            if line
+        ]
+        plot_learning_curve(records, self.run_dir / "learning_curve.png", title=self.config.name)
         self.run_info("finished")
         atomic_write(self.run_dir / "report.json", _json(report))
 
 
 def _prepare_new(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(f"--out {out}: expected a new or empty directory, got an existing "
-                       f"{'file' if not out.is_dir() else 'non-empty directory'} (resume a run "
-                       "with --resume, or choose another --out)")
+        raise RunError(
+            f"--out {out}: expected a new or empty directory, got an existing "
+            f"{'file' if not out.is_dir() else 'non-empty directory'} (resume a run "
+            "with --resume, or choose another --out)"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / ".write-test", b"")
         (out / ".write-test").unlink()
     except OSError as exc:
-        raise RunError(f"--out {out}: expected a writable directory, got "
-                       f"{type(exc).__name__}: {exc}") from exc
+        raise RunError(
+            f"--out {out}: expected a writable directory, got {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _new_run_dir(out: PathLike | None, name: str) -> Path:
@@ -264,9 +305,14 @@ def _create_run_dir(session: _Session, data: TaskData) -> None:
         raise RunError(f"cannot write into {out}: {type(exc).__name__}: {exc}") from exc
 
 
-def train(config: Config | str, out: PathLike | None = None, data_dir: PathLike | None = None,
-          overrides: Sequence[str] = (), callbacks: Sequence[Any] = (),
-          context: Context | None = None) -> dict[str, Any]:
+def train(
+    config: Config | str,
+    out: PathLike | None = None,
+    data_dir: PathLike | None = None,
+    overrides: Sequence[str] = (),
+    callbacks: Sequence[Any] = (),
+    context: Context | None = None,
+) -> dict[str, Any]:
     """Train a preset name or configuration into a new run directory; returns report.json.
 
     ``callbacks`` (e.g. :class:`rnnlab.train.ProgressBar`) are added to the run's own metrics
@@ -274,8 +320,9 @@ def train(config: Config | str, out: PathLike | None = None, data_dir: PathLike 
     ``context``: this process's place in a data-parallel run (default: a single process).
     """
     started, context = time.perf_counter(), context or Context()
-    config = load_preset(config, overrides) if isinstance(config, str) else \
-        config.override(overrides)
+    config = (
+        load_preset(config, overrides) if isinstance(config, str) else config.override(overrides)
+    )
     context.check_batch_size(config.train.batch_size)
     out = context.on_main(lambda: _new_run_dir(out, config.name))  # one name for all ranks
     torch.manual_seed(config.train.seed)
@@ -287,31 +334,39 @@ def train(config: Config | str, out: PathLike | None = None, data_dir: PathLike 
     return session.execute(trainer, data)
 
 
-def _read_for_resume(run_dir: Path, data_dir: PathLike | None) -> tuple[
-        Config, PathLike | None, dict[str, torch.Tensor], dict[str, Any]]:
+def _read_for_resume(
+    run_dir: Path, data_dir: PathLike | None
+) -> tuple[Config, PathLike | None, dict[str, torch.Tensor], dict[str, Any]]:
     config = read_config(run_dir)
     if (run_dir / "report.json").is_file():
-        raise RunError(f"{run_dir}: expected an unfinished run, got a finished one "
-                       "(report.json exists); start a new run instead")
+        raise RunError(
+            f"{run_dir}: expected an unfinished run, got a finished one "
+            "(report.json exists); start a new run instead"
+        )
     info = read_json(run_dir / "run.json", "an rnnlab run's run.json")
     data_dir = data_dir if data_dir is not None else info.get("data_dir")
     ckpt_dir = run_dir / "checkpoints"
     if not (ckpt_dir / "last.json").is_file():
-        raise RunError(f"{run_dir}: expected a checkpoint in checkpoints/last.json to resume "
-                       "from, got none; start a new run instead")
+        raise RunError(
+            f"{run_dir}: expected a checkpoint in checkpoints/last.json to resume "
+            "from, got none; start a new run instead"
+        )
     tensors, meta = load_checkpoint(ckpt_dir, "last")
     return config, data_dir, tensors, meta
 
 
-def resume(run_dir: PathLike, data_dir: PathLike | None = None,
-           callbacks: Sequence[Any] = (), context: Context | None = None) -> dict[str, Any]:
+def resume(
+    run_dir: PathLike,
+    data_dir: PathLike | None = None,
+    callbacks: Sequence[Any] = (),
+    context: Context | None = None,
+) -> dict[str, Any]:
     """Continue an interrupted run from ``checkpoints/last``; returns report.json. The
     checkpoint holds the global position, so ``context`` may have another world size than the
     run had; rank 0 reads the directory and sends the others what they need."""
     started, context = time.perf_counter(), context or Context()
     run_dir = Path(run_dir)
-    config, data_dir, tensors, meta = context.on_main(
-        lambda: _read_for_resume(run_dir, data_dir))
+    config, data_dir, tensors, meta = context.on_main(lambda: _read_for_resume(run_dir, data_dir))
     context.check_batch_size(config.train.batch_size)
     ckpt_dir = run_dir / "checkpoints"
     torch.manual_seed(config.train.seed)
@@ -322,8 +377,10 @@ def resume(run_dir: PathLike, data_dir: PathLike | None = None,
         restore_optimizer(trainer.optimizer, tensors, meta)
         trainer.state = TrainState.from_dict(meta["state"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{ckpt_dir / 'last.json'}: expected optimizer and trainer state "
-                              f"of this configuration, got {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            f"{ckpt_dir / 'last.json'}: expected optimizer and trainer state "
+            f"of this configuration, got {type(exc).__name__}: {exc}"
+        ) from exc
     data = load_task_data(config, data_dir)
     session = _Session(run_dir, config, data_dir, callbacks, started, context)
 
@@ -352,8 +409,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, "".join(kept).encode("utf-8"))
 
 
-def load_run(run_dir: PathLike, checkpoint: str = "best") -> tuple[Config, torch.nn.Module,
-                                                                    dict[str, Any]]:
+def load_run(
+    run_dir: PathLike, checkpoint: str = "best"
+) -> tuple[Config, torch.nn.Module, dict[str, Any]]:
     """``(config, model in eval mode, checkpoint meta)`` of a run; ``checkpoint`` ``"best"``
     falls back to ``"last"`` when the run has no best (no validation)."""
     run_dir = Path(run_dir)

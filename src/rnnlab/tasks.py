@@ -48,8 +48,11 @@ class TaskData:
 
 def punctuation_ids(word_index: dict[str, int], index_from: int = 3) -> set[int]:
     """Ids of the tokens without a letter or digit (``,`` ``.`` ``!`` ``(`` ...)."""
-    return {rank + index_from for word, rank in word_index.items()
-            if not any(ch.isalnum() for ch in word)}
+    return {
+        rank + index_from
+        for word, rank in word_index.items()
+        if not any(ch.isalnum() for ch in word)
+    }
 
 
 def drop_ids(sequences: list[list[int]] | np.ndarray, ids: set[int]) -> list[list[int]]:
@@ -57,12 +60,14 @@ def drop_ids(sequences: list[list[int]] | np.ndarray, ids: set[int]) -> list[lis
     return [[i for i in seq if i not in ids] for seq in sequences]
 
 
-def encode_reviews(sequences: list[list[int]] | np.ndarray, config: Config) -> tuple[
-        torch.Tensor, torch.Tensor]:
+def encode_reviews(
+    sequences: list[list[int]] | np.ndarray, config: Config
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Id lists -> ``(ids (N, maxlen) int64, lengths (N,) int64)`` with the config's padding."""
     d = config.data
-    ids = pad_sequences(list(sequences), maxlen=d.maxlen, padding=d.padding,
-                        truncating=d.truncating, dtype="int64")
+    ids = pad_sequences(
+        list(sequences), maxlen=d.maxlen, padding=d.padding, truncating=d.truncating, dtype="int64"
+    )
     lengths = np.array([min(max(len(s), 1), d.maxlen) for s in sequences], dtype=np.int64)
     return torch.from_numpy(ids), torch.from_numpy(lengths)
 
@@ -74,12 +79,15 @@ def _images(config: Config, data_dir: PathLike | None) -> tuple[Split, Split]:
     else:
         (x_train, y_train), (x_test, y_test) = load_mnist(data_dir, sample=d.sample)
     if x_train.ndim != 3 or x_train.shape[2] != m.input_size:
-        raise ConfigError(f"model.input_size: expected the image width {x_train.shape[2:]}, "
-                          f"got {m.input_size}")
+        raise ConfigError(
+            f"model.input_size: expected the image width {x_train.shape[2:]}, got {m.input_size}"
+        )
     for y in (y_train, y_test):
         if y.min() < 0 or y.max() >= m.num_classes:
-            raise ConfigError(f"model.num_classes: expected more than the largest label "
-                              f"{int(y.max())}, got {m.num_classes}")
+            raise ConfigError(
+                f"model.num_classes: expected more than the largest label "
+                f"{int(y.max())}, got {m.num_classes}"
+            )
     train = Split((mnist_to_sequences(x_train),), torch.as_tensor(y_train))
     test = Split((mnist_to_sequences(x_test),), torch.as_tensor(y_test))
     return train, test
@@ -115,9 +123,11 @@ def load_task_data(config: Config, data_dir: PathLike | None = None) -> TaskData
     val: Split | None = test if d.validation == "test" else None
     if d.validation == "holdout":
         if d.holdout >= len(train):
-            raise ConfigError(f"data.holdout: expected fewer than the {len(train)} training "
-                              f"examples, got {d.holdout}")
+            raise ConfigError(
+                f"data.holdout: expected fewer than the {len(train)} training "
+                f"examples, got {d.holdout}"
+            )
         g = torch.Generator().manual_seed(config.train.seed)
         perm = torch.randperm(len(train), generator=g)
-        train, val = train.subset(perm[d.holdout:]), train.subset(perm[: d.holdout])
+        train, val = train.subset(perm[d.holdout :]), train.subset(perm[: d.holdout])
     return TaskData(train, val, test, word_index)

@@ -30,8 +30,7 @@ def train_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.nproc is not None and args.nproc != 1:
         config = _config(args)
-        return _launch(args, config, Path(args.resume or args.out or
-                                          default_run_dir(config.name)))
+        return _launch(args, config, Path(args.resume or args.out or default_run_dir(config.name)))
     context = distributed.from_environment(args.dist_timeout)
     try:
         config = context.on_main(lambda: _config(args))  # rank 0 reads a resumed run's config
@@ -45,33 +44,45 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"Testing Accuracy: {report['test_accuracy']:.4f}")
     if report.get("best_val_accuracy") is not None:
         print(f"Best val_acc: {report['best_val_accuracy']:.4f} (epoch {report['best_epoch']})")
-    print(f"{report['steps']} steps in {report['wall_seconds']:.1f} s "
-          f"({report['samples_per_second']:.0f} samples/s). Run saved in {out}")
+    print(
+        f"{report['steps']} steps in {report['wall_seconds']:.1f} s "
+        f"({report['samples_per_second']:.0f} samples/s). Run saved in {out}"
+    )
     return 0
 
 
 def _config(args: argparse.Namespace) -> Config:
     if args.resume:
         if args.overrides:
-            raise RunError("--resume expected no --set (a run continues with its own "
-                           f"configuration), got {args.overrides}")
+            raise RunError(
+                "--resume expected no --set (a run continues with its own "
+                f"configuration), got {args.overrides}"
+            )
         config = read_config(args.resume)
         if args.preset and args.preset != config.name:
-            raise RunError(f"--resume {args.resume}: expected a run of preset {args.preset!r}, "
-                           f"got one of {config.name!r}")
+            raise RunError(
+                f"--resume {args.resume}: expected a run of preset {args.preset!r}, "
+                f"got one of {config.name!r}"
+            )
         return config
     if not args.preset:
-        raise RunError("train expected a PRESET (see `rnnlab presets`) or --resume RUN_DIR, "
-                       "got neither")
+        raise RunError(
+            "train expected a PRESET (see `rnnlab presets`) or --resume RUN_DIR, got neither"
+        )
     return load_preset(args.preset, args.overrides)
 
 
-def _train_or_resume(args: argparse.Namespace, config: Config, out: Path,
-                     context: distributed.Context) -> dict:
-    callbacks = [
-        ConsoleLogger(config.run.log_every, stream=sys.stdout),
-        ProgressBar(stream=sys.stderr, disable=True if args.no_progress else None),
-    ] if context.is_main else []
+def _train_or_resume(
+    args: argparse.Namespace, config: Config, out: Path, context: distributed.Context
+) -> dict:
+    callbacks = (
+        [
+            ConsoleLogger(config.run.log_every, stream=sys.stdout),
+            ProgressBar(stream=sys.stderr, disable=True if args.no_progress else None),
+        ]
+        if context.is_main
+        else []
+    )
     # under torchrun without --out, rank 0 names the directory and tells the others
     out_arg = out if args.resume or args.out or not context.enabled else None
     try:
@@ -89,8 +100,11 @@ def _train_or_resume(args: argparse.Namespace, config: Config, out: Path,
 def child_argv(args: argparse.Namespace, out: Path) -> list[str]:
     """The ``rnnlab train`` arguments each rank of ``--nproc`` runs with: the same run, with
     the run directory named (so all ranks and the hint on failure agree) and no --nproc."""
-    argv = ["train", "--resume", str(out)] if args.resume else \
-        ["train", args.preset, "--out", str(out)]
+    argv = (
+        ["train", "--resume", str(out)]
+        if args.resume
+        else ["train", args.preset, "--out", str(out)]
+    )
     for override in args.overrides:
         argv += ["--set", override]
     if args.data_dir:
@@ -106,21 +120,27 @@ def _launch(args: argparse.Namespace, config: Config, out: Path) -> int:
     if args.nproc < 1:
         raise RunError(f"--nproc expected a positive int, got {args.nproc}")
     if distributed.under_launcher():
-        raise RunError("--nproc expected a plain process, got one started by torchrun "
-                       "(WORLD_SIZE is set): use torchrun's --nproc-per-node instead")
+        raise RunError(
+            "--nproc expected a plain process, got one started by torchrun "
+            "(WORLD_SIZE is set): use torchrun's --nproc-per-node instead"
+        )
     distributed.Context(world_size=args.nproc).check_batch_size(config.train.batch_size)
     if not args.resume:
         run_dir = out
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise RunError(f"--out {run_dir}: expected a new or empty directory, got an "
-                           "existing one (resume a run with --resume, or choose another --out)")
+            raise RunError(
+                f"--out {run_dir}: expected a new or empty directory, got an "
+                "existing one (resume a run with --resume, or choose another --out)"
+            )
     try:
         distributed.launch(child_argv(args, out), args.nproc)
     except distributed.LaunchError as exc:
         hint = ""
         if (out / "checkpoints" / "last.json").is_file():
-            hint = (f"; the last checkpoint is kept: continue with `rnnlab train --resume {out}"
-                    f" --nproc {args.nproc}` (any --nproc)")
+            hint = (
+                f"; the last checkpoint is kept: continue with `rnnlab train --resume {out}"
+                f" --nproc {args.nproc}` (any --nproc)"
+            )
         print(f"rnnlab train: error: {exc}{hint}", file=sys.stderr)
         return 1
     return 0
@@ -130,8 +150,10 @@ def _read_reviews(path: str) -> list[str]:
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PredictError(f"{path}: expected UTF-8 text with one review per line, got bytes "
-                           f"that are not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        raise PredictError(
+            f"{path}: expected UTF-8 text with one review per line, got bytes "
+            f"that are not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from exc
     except OSError as exc:
         raise PredictError(f"{path}: expected a readable text file, got {exc}") from exc
     if "\x00" in text:

@@ -30,33 +30,60 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a preset into a run directory",
-                       description="Train PRESET (see `rnnlab presets`) into a run directory, or "
-                                   "continue an interrupted run with --resume.")
+    p = sub.add_parser(
+        "train",
+        help="train a preset into a run directory",
+        description="Train PRESET (see `rnnlab presets`) into a run directory, or "
+        "continue an interrupted run with --resume.",
+    )
     p.add_argument("preset", nargs="?", help="preset name (optional with --resume)")
-    p.add_argument("--data-dir", help="data root holding mnist/ and imdb/, or a dataset folder "
-                                      "(default: the loaders' cache, downloading if needed)")
+    p.add_argument(
+        "--data-dir",
+        help="data root holding mnist/ and imdb/, or a dataset folder "
+        "(default: the loaders' cache, downloading if needed)",
+    )
     p.add_argument("--out", help="run directory to create (default runs/<preset>-<time>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set train.epochs=5 or "
-                        "--set data.path=DIR (any MNIST-layout dataset); repeatable")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last "
-                                                      "checkpoint")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set train.epochs=5 or "
+        "--set data.path=DIR (any MNIST-layout dataset); repeatable",
+    )
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; "
-                   "1 is often faster on a machine shared with other jobs)")
-    p.add_argument("--nproc", type=int, metavar="N", help="data-parallel training in N "
-                   "processes on this machine (for several machines, start `rnnlab train` "
-                   "under torchrun; see docs/distributed.md)")
-    p.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
-                   help="data parallelism: how long a rank waits for the others before failing "
-                        "(default 300)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; "
+        "1 is often faster on a machine shared with other jobs)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="data-parallel training in N "
+        "processes on this machine (for several machines, start `rnnlab train` "
+        "under torchrun; see docs/distributed.md)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="data parallelism: how long a rank waits for the others before failing (default 300)",
+    )
     p.set_defaults(func=_train)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split",
-                       description="Loss and accuracy of RUN_DIR's checkpoint on a data split.")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a run's checkpoint on a split",
+        description="Loss and accuracy of RUN_DIR's checkpoint on a data split.",
+    )
     p.add_argument("run_dir")
     p.add_argument("--data-dir", help="data root (default: the one the run was trained on)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
@@ -66,22 +93,31 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="classify reviews or images with a trained run",
-                       description="Print the label and its probability for each input.")
+    p = sub.add_parser(
+        "predict",
+        help="classify reviews or images with a trained run",
+        description="Print the label and its probability for each input.",
+    )
     p.add_argument("run_dir")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a review (repeatable)")
     src.add_argument("--file", help="a UTF-8 text file with one review per line")
     src.add_argument("--image", action="append", help="a 28x28 PNG or .npy image (repeatable)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object per input: label (class index), probabilities, ...")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per input: label (class index), probabilities, ...",
+    )
     p.set_defaults(func=_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnlab", description="RNN, LSTM and GRU from their "
-                                     "equations: train, evaluate and use the tutorial's models.")
+    parser = argparse.ArgumentParser(
+        prog="rnnlab",
+        description="RNN, LSTM and GRU from their "
+        "equations: train, evaluate and use the tutorial's models.",
+    )
     from rnnlab import __version__
 
     parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
@@ -89,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
-    p = sub.add_parser("summary", help="print a preset's model as a Keras-style table",
-                       description="Layers, output shapes and parameter counts of PRESET's model.")
+    p = sub.add_parser(
+        "summary",
+        help="print a preset's model as a Keras-style table",
+        description="Layers, output shapes and parameter counts of PRESET's model.",
+    )
     p.add_argument("preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_summary)
@@ -114,9 +153,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['split']} ({result['examples']} examples, checkpoint "
-              f"{result['checkpoint']} at step {result['step']}): loss {result['loss']:.4f}, "
-              f"accuracy {result['accuracy']:.4f}")
+        print(
+            f"{result['split']} ({result['examples']} examples, checkpoint "
+            f"{result['checkpoint']} at step {result['step']}): loss {result['loss']:.4f}, "
+            f"accuracy {result['accuracy']:.4f}"
+        )
     return 0
 
 
@@ -135,8 +176,9 @@ def _summary(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     for name in list_presets():
         text = " ".join(load_preset(name).description.split())
-        print(textwrap.fill(text, width=100, initial_indent=f"{name:14s}",
-                            subsequent_indent=" " * 14))
+        print(
+            textwrap.fill(text, width=100, initial_indent=f"{name:14s}", subsequent_indent=" " * 14)
+        )
     return 0
 
 
@@ -147,8 +189,11 @@ def _plugin(verb: str, argv: list[str]) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
-        print(f"rnnlab: error: `rnnlab {verb}` expected the module {module_name}, got none in "
-              "this installation", file=sys.stderr)
+        print(
+            f"rnnlab: error: `rnnlab {verb}` expected the module {module_name}, got none in "
+            "this installation",
+            file=sys.stderr,
+        )
         return 2
     return int(module.main(argv) or 0)
 

@@ -45,8 +45,13 @@ SAMPLE_PER_LABEL = 1_250
 PathLike = str | os.PathLike[str]
 
 
-def _archive(data_dir: PathLike | None, sample: bool, download: bool, progress: bool,
-             mirrors: Sequence[str] | None) -> tuple[Path, int]:
+def _archive(
+    data_dir: PathLike | None,
+    sample: bool,
+    download: bool,
+    progress: bool,
+    mirrors: Sequence[str] | None,
+) -> tuple[Path, int]:
     """The archive to read and its expected reviews per split and label; downloads if needed."""
     if sample:
         return sample_dir() / SAMPLE_ARCHIVE, SAMPLE_PER_LABEL
@@ -62,8 +67,9 @@ def _archive(data_dir: PathLike | None, sample: bool, download: bool, progress: 
     return path, PER_LABEL
 
 
-def _corpus(archive: Path, per_label: int, sample: bool, cache_dir: PathLike | None
-            ) -> EncodedCorpus:
+def _corpus(
+    archive: Path, per_label: int, sample: bool, cache_dir: PathLike | None
+) -> EncodedCorpus:
     """The encoded corpus of ``archive``: from the cache, or built (and cached unless sample)."""
     if sample:
         return build_corpus(*read_reviews(archive, ("train", "test"), per_label).values())
@@ -80,8 +86,9 @@ def _corpus(archive: Path, per_label: int, sample: bool, cache_dir: PathLike | N
     return corpus
 
 
-def _keras_ids(split: EncodedSplit, *, start_char: int | None, index_from: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _keras_ids(
+    split: EncodedSplit, *, start_char: int | None, index_from: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Ranks -> ids with the index offset and start marker: (flat int64 ids, offsets (N + 1,))."""
     ids = split.tokens.astype(np.int64) + index_from
     offsets = split.offsets
@@ -91,8 +98,14 @@ def _keras_ids(split: EncodedSplit, *, start_char: int | None, index_from: int
     return ids, offsets
 
 
-def _oov(ids: np.ndarray, offsets: np.ndarray, *, num_words: int | None, skip_top: int,
-         oov_char: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _oov(
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    num_words: int | None,
+    skip_top: int,
+    oov_char: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Replace (or drop, when ``oov_char`` is None) ids outside ``skip_top <= id < num_words``."""
     keep = ids >= skip_top
     if num_words:
@@ -171,8 +184,7 @@ def load_imdb(
                 raise ValueError(
                     f"load_imdb expected some {name} reviews shorter than maxlen={maxlen}, got none"
                 )
-        ids, offsets = _oov(ids, offsets, num_words=num_words, skip_top=skip_top,
-                            oov_char=oov_char)
+        ids, offsets = _oov(ids, offsets, num_words=num_words, skip_top=skip_top, oov_char=oov_char)
         result.append((_to_lists(ids, offsets, order), split.labels[order]))
     return result[0], result[1]
 
@@ -259,7 +271,9 @@ def load_imdb_texts(
     -1, rating 0) exists in the full archive only.
     """
     if sample and split == "unsup":
-        raise DataError(f"{sample_dir() / SAMPLE_ARCHIVE}: expected train or test, got 'unsup' "
-                        "(the embedded sample has no unlabelled reviews)")
+        raise DataError(
+            f"{sample_dir() / SAMPLE_ARCHIVE}: expected train or test, got 'unsup' "
+            "(the embedded sample has no unlabelled reviews)"
+        )
     archive, per_label = _archive(data_dir, sample, download, progress, mirrors)
     return read_reviews(archive, (split,), per_label)[split]

@@ -94,7 +94,9 @@ def read_reviews(archive: Path, splits: Sequence[str], per_label: int) -> dict[s
 
 
 def _collect(
-    archive: Path, split: str, found: dict[tuple[str, str], list[tuple[int, int, str]]],
+    archive: Path,
+    split: str,
+    found: dict[tuple[str, str], list[tuple[int, int, str]]],
     per_label: int,
 ) -> Reviews:
     """Check the counts of one split and assemble its Reviews in canonical order."""

@@ -54,15 +54,17 @@ def rank_words(token_lists: list[list[str]]) -> list[str]:
     return sorted(counts, key=lambda word: (-counts[word], word))
 
 
-def _encode_split(token_lists: list[list[str]], ranks: dict[str, int],
-                  labels: np.ndarray) -> EncodedSplit:
+def _encode_split(
+    token_lists: list[list[str]], ranks: dict[str, int], labels: np.ndarray
+) -> EncodedSplit:
     """Map tokens to ranks (unranked tokens dropped) and flatten."""
     rank = ranks.get
     encoded = [[r for r in map(rank, tokens) if r is not None] for tokens in token_lists]
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32,
-                       count=int(offsets[-1]))
+    flat = np.fromiter(
+        itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(offsets[-1])
+    )
     return EncodedSplit(tokens=flat, offsets=offsets, labels=labels.astype(np.int64))
 
 

@@ -82,10 +82,12 @@ def _load_four(folder: Path, checksums: bool) -> tuple[Split, Split]:
             raise DataError(f"{folder}: expected {stem} or {stem}.gz, got no such file")
         paths[key] = path
         arrays[key] = read_idx(path, sha256=sha if checksums else None)
-    train = _pair(paths["train_images"], paths["train_labels"], arrays["train_images"],
-                  arrays["train_labels"])
-    test = _pair(paths["test_images"], paths["test_labels"], arrays["test_images"],
-                 arrays["test_labels"])
+    train = _pair(
+        paths["train_images"], paths["train_labels"], arrays["train_images"], arrays["train_labels"]
+    )
+    test = _pair(
+        paths["test_images"], paths["test_labels"], arrays["test_images"], arrays["test_labels"]
+    )
     return train, test
 
 
@@ -150,8 +152,9 @@ def load_mnist(
     return _load_four(folder, checksums=True)
 
 
-def _download_idx(stem: str, sha256: str, folder: Path, mirrors: Sequence[str],
-                  progress: bool) -> None:
+def _download_idx(
+    stem: str, sha256: str, folder: Path, mirrors: Sequence[str], progress: bool
+) -> None:
     """Download ``<stem>.gz`` into ``folder``, accepted only if its content has ``sha256``."""
 
     def verify(tmp: Path) -> None:

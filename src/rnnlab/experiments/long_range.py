@@ -89,12 +89,19 @@ class LongRangeConfig:
     chance_margin: float = 3.0
 
     def __post_init__(self) -> None:
-        for name in ("num_classes", "hidden_size", "batch_size", "steps", "eval_size",
-                     "eval_every"):
+        for name in (
+            "num_classes",
+            "hidden_size",
+            "batch_size",
+            "steps",
+            "eval_size",
+            "eval_every",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LongRangeConfig expected {name} to be a positive int, "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"LongRangeConfig expected {name} to be a positive int, got {value!r}"
+                )
         if self.num_classes < 2:
             raise ValueError(f"LongRangeConfig expected num_classes >= 2, got {self.num_classes}")
         if not self.gaps or any(not isinstance(g, int) or g < 1 for g in self.gaps):
@@ -103,8 +110,9 @@ class LongRangeConfig:
             raise ValueError(f"LongRangeConfig expected seeds to be ints >= 0, got {self.seeds}")
         unknown = [c for c in self.cells if c not in CELLS]
         if not self.cells or unknown:
-            raise ValueError(f"LongRangeConfig expected cells among {tuple(CELLS)}, "
-                             f"got {self.cells}")
+            raise ValueError(
+                f"LongRangeConfig expected cells among {tuple(CELLS)}, got {self.cells}"
+            )
         for name in ("noise", "clip_grad_norm"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"LongRangeConfig expected {name} >= 0, got {getattr(self, name)}")
@@ -199,8 +207,7 @@ def train_recall(
     x_eval, y_eval, _ = make_batch(c.eval_size, gap, c.num_classes, c.noise, held_out)
     start, curve, loss_sum, loss_count = time.perf_counter(), [], 0.0, 0
     for step in range(1, c.steps + 1):
-        x, y, lengths = make_batch(c.batch_size, gap, c.num_classes, c.noise, data,
-                                   c.variable_gap)
+        x, y, lengths = make_batch(c.batch_size, gap, c.num_classes, c.noise, data, c.variable_gap)
         loss = nn.functional.cross_entropy(model(x, lengths), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,15 +216,24 @@ def train_recall(
         optimizer.step()
         loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
         if step % c.eval_every == 0 or step == c.steps:
-            point = {"step": step, "loss": loss_sum / loss_count,
-                     "accuracy": _accuracy(model, x_eval, y_eval)}
+            point = {
+                "step": step,
+                "loss": loss_sum / loss_count,
+                "accuracy": _accuracy(model, x_eval, y_eval),
+            }
             curve.append(point)
             loss_sum, loss_count = 0.0, 0
             if progress is not None:
                 progress({"event": "eval", "cell": cell, "gap": gap, "seed": seed, **point})
-    return {"cell": cell, "gap": gap, "seed": seed, "accuracy": curve[-1]["accuracy"],
-            "final_loss": curve[-1]["loss"], "seconds": time.perf_counter() - start,
-            "curve": curve}
+    return {
+        "cell": cell,
+        "gap": gap,
+        "seed": seed,
+        "accuracy": curve[-1]["accuracy"],
+        "final_loss": curve[-1]["loss"],
+        "seconds": time.perf_counter() - start,
+        "curve": curve,
+    }
 
 
 @dataclass(frozen=True)
@@ -235,13 +251,20 @@ class LongRangeResults:
     wall_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "chance": self.config.chance,
-                "table": self.table, "solved_gaps": self.solved, "chance_gaps": self.at_chance,
-                "wall_seconds": self.wall_seconds, "runs": self.runs}
+        return {
+            "config": self.config.to_dict(),
+            "chance": self.config.chance,
+            "table": self.table,
+            "solved_gaps": self.solved,
+            "chance_gaps": self.at_chance,
+            "wall_seconds": self.wall_seconds,
+            "runs": self.runs,
+        }
 
 
-def summarize(config: LongRangeConfig, runs: Sequence[dict[str, Any]]) -> tuple[
-        list[dict[str, Any]], dict[str, list[int]], dict[str, list[int]]]:
+def summarize(
+    config: LongRangeConfig, runs: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, list[int]], dict[str, list[int]]]:
     """``(table, solved, at_chance)`` from result rows (see :class:`LongRangeResults`)."""
     table, solved, at_chance = [], {c: [] for c in config.cells}, {c: [] for c in config.cells}
     p = config.chance
@@ -253,10 +276,14 @@ def summarize(config: LongRangeConfig, runs: Sequence[dict[str, Any]]) -> tuple[
                 continue
             mean = sum(accs) / len(accs)
             one = math.sqrt(p * (1 - p) / config.eval_size)  # standard error of one seed's
-            row[cell] = {"mean": mean, "min": min(accs), "max": max(accs), "seeds": len(accs),
-                         "per_seed": accs,
-                         "seeds_at_chance": sum(abs(a - p) <= config.chance_margin * one
-                                                for a in accs)}
+            row[cell] = {
+                "mean": mean,
+                "min": min(accs),
+                "max": max(accs),
+                "seeds": len(accs),
+                "per_seed": accs,
+                "seeds_at_chance": sum(abs(a - p) <= config.chance_margin * one for a in accs),
+            }
             if mean >= config.solved:
                 solved[cell].append(gap)
             if abs(mean - p) <= config.chance_margin * one / math.sqrt(len(accs)):

@@ -26,8 +26,10 @@ def format_table(results: LongRangeResults) -> str:
     """A Markdown table: one row per gap, each cell's mean accuracy over seeds (and each seed's
     when there are several), then the gaps each cell solved and where it hit chance."""
     cells = results.config.cells
-    lines = ["| gap | " + " | ".join(NAMES[c] for c in cells) + " |",
-             "|---:|" + "---:|" * len(cells)]
+    lines = [
+        "| gap | " + " | ".join(NAMES[c] for c in cells) + " |",
+        "|---:|" + "---:|" * len(cells),
+    ]
     for row in results.table:
         entries = []
         for cell in cells:
@@ -41,16 +43,25 @@ def format_table(results: LongRangeResults) -> str:
         lines.append(f"| {row['gap']} | " + " | ".join(entries) + " |")
     c = results.config
     lines.append("")
-    lines.append(f"chance = {c.chance:.3f}; solved = mean accuracy >= {c.solved}; "
-                 f"at chance = within {c.chance_margin:g} standard errors of chance")
+    lines.append(
+        f"chance = {c.chance:.3f}; solved = mean accuracy >= {c.solved}; "
+        f"at chance = within {c.chance_margin:g} standard errors of chance"
+    )
     for cell in cells:
         solved = ", ".join(map(str, results.solved[cell])) or "none"
         chance = ", ".join(map(str, results.at_chance[cell])) or "none"
-        seeds = ", ".join(f"{row[cell]['seeds_at_chance']}/{row[cell]['seeds']} at gap "
-                          f"{row['gap']}" for row in results.table
-                          if cell in row and row[cell]["seeds_at_chance"]) or "none"
-        lines.append(f"{NAMES[cell]}: solved gaps {solved}; mean at chance at gaps {chance}; "
-                     f"seeds at chance: {seeds}")
+        seeds = (
+            ", ".join(
+                f"{row[cell]['seeds_at_chance']}/{row[cell]['seeds']} at gap {row['gap']}"
+                for row in results.table
+                if cell in row and row[cell]["seeds_at_chance"]
+            )
+            or "none"
+        )
+        lines.append(
+            f"{NAMES[cell]}: solved gaps {solved}; mean at chance at gaps {chance}; "
+            f"seeds at chance: {seeds}"
+        )
     return "\n".join(lines)
 
 
@@ -69,8 +80,16 @@ def plot_accuracy_vs_gap(results: LongRangeResults) -> bytes:
         gaps = [row["gap"] for row in results.table if cell in row]
         means = [row[cell]["mean"] for row in results.table if cell in row]
         marker, line, width = STYLES[cell]
-        ax.plot(gaps, means, marker=marker, linestyle=line, color=COLOURS[cell],
-                label=NAMES[cell], linewidth=width, markersize=4 + width)
+        ax.plot(
+            gaps,
+            means,
+            marker=marker,
+            linestyle=line,
+            color=COLOURS[cell],
+            label=NAMES[cell],
+            linewidth=width,
+            markersize=4 + width,
+        )
         dots = [(r["gap"], r["accuracy"]) for r in results.runs if r["cell"] == cell]
         if len(c.seeds) > 1:
             ax.scatter(*zip(*dots, strict=True), color=COLOURS[cell], alpha=0.35, s=14)
@@ -92,8 +111,9 @@ def plot_accuracy_vs_gap(results: LongRangeResults) -> bytes:
     return buffer.getvalue()
 
 
-def write_results(results: LongRangeResults, out_dir: str | Path,
-                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_results(
+    results: LongRangeResults, out_dir: str | Path, extra: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """Write ``results.json``, ``accuracy_vs_gap.png`` and ``table.md`` into ``out_dir``
     (created if missing); returns their paths. ``extra`` is merged into the JSON (e.g. the
     machine and thread count)."""
@@ -101,8 +121,11 @@ def write_results(results: LongRangeResults, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     payload = {**results.to_dict(), "versions": versions(), **(extra or {})}
     png = plot_accuracy_vs_gap(results)  # rendered before anything is written
-    paths = {"json": out / "results.json", "png": out / "accuracy_vs_gap.png",
-             "table": out / "table.md"}
+    paths = {
+        "json": out / "results.json",
+        "png": out / "accuracy_vs_gap.png",
+        "table": out / "table.md",
+    }
     atomic_write(paths["json"], (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
     atomic_write(paths["png"], png)
     atomic_write(paths["table"], (format_table(results) + "\n").encode("utf-8"))

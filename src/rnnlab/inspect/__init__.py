@@ -14,5 +14,12 @@ from rnnlab.inspect.api import InspectResult, inspect_run
 from rnnlab.inspect.cli import main
 from rnnlab.inspect.trace import InspectError, Trace, record_gates, saturation
 
-__all__ = ["InspectError", "InspectResult", "Trace", "inspect_run", "main", "record_gates",
-           "saturation"]
+__all__ = [
+    "InspectError",
+    "InspectResult",
+    "Trace",
+    "inspect_run",
+    "main",
+    "record_gates",
+    "saturation",
+]

@@ -58,17 +58,21 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise InspectError(f"--out {out}: expected a folder, got a file")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise InspectError(f"--out {out}: expected a new or empty folder (or an earlier inspect "
-                           "output), got a folder with other files")
+        raise InspectError(
+            f"--out {out}: expected a new or empty folder (or an earlier inspect "
+            "output), got a folder with other files"
+        )
     ancestor = out.parent  # checked without creating anything: a later error leaves no trace
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise InspectError(f"--out {out}: expected a writable location, got {ancestor} which "
-                           "is a file")
+        raise InspectError(
+            f"--out {out}: expected a writable location, got {ancestor} which is a file"
+        )
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InspectError(f"--out {out}: expected a writable location, got no write "
-                           f"permission in {ancestor}")
+        raise InspectError(
+            f"--out {out}: expected a writable location, got no write permission in {ancestor}"
+        )
 
 
 def _sibling(out: Path, what: str) -> Path:
@@ -146,22 +150,33 @@ def inspect_run(
     names = label_names(config.data.dataset, config.model.num_classes)
     if kind == "text":
         if text is None or image is not None or index is not None:
-            raise InspectError(f"{run_dir}: a text model expected --text \"...\", got "
-                               f"{'--image/--index' if text is None else 'also --image/--index'}")
+            raise InspectError(
+                f'{run_dir}: a text model expected --text "...", got '
+                f"{'--image/--index' if text is None else 'also --image/--index'}"
+            )
         example = text_example(config, load_vocab(run_dir), text)
     else:
         if text is not None:
-            raise InspectError(f"{run_dir}: an image model expected --image FILE or --index N, "
-                               "got --text")
+            raise InspectError(
+                f"{run_dir}: an image model expected --image FILE or --index N, got --text"
+            )
         example = image_example(config, run_dir, image, index, data_dir)
     gates = record_gates(model, example.inputs, layer, direction)
-    trace = Trace(kind, config.model.cell, layer, direction, gates, example.real,
-                  example.labels, prefix_probabilities(model, config, example), names,
-                  extra={"oov": example.oov})
+    trace = Trace(
+        kind,
+        config.model.cell,
+        layer,
+        direction,
+        gates,
+        example.real,
+        example.labels,
+        prefix_probabilities(model, config, example),
+        names,
+        extra={"oov": example.oov},
+    )
     chosen = pick_units(gates, example.real, units, top)
     if stats_examples:
-        inputs, real = first_examples(config, test_split(config, run_dir, data_dir),
-                                      stats_examples)
+        inputs, real = first_examples(config, test_split(config, run_dir, data_dir), stats_examples)
         many, many_real = record_many(model, inputs, real, layer, direction)
         stats = saturation(many, many_real, config.model.cell)
         stats["examples"] = stats_examples
@@ -179,15 +194,22 @@ def inspect_run(
     final = trace.final_probabilities
     best = int(np.argmax(final))
     summary = {
-        "run": str(run_dir), "checkpoint": meta["tag"], "step": meta["state"]["step"],
-        "kind": kind, "cell": trace.cell, "layer": layer, "direction": direction,
-        "input": text if kind == "text" else (str(image) if image is not None else
-                                              {"test_index": index, "target": example.target}),
-        "steps": len(trace.labels), "real_steps": int(trace.real.sum()),
-        "prediction": {"label": best, "label_name": names[best],
-                       "probabilities": final.tolist()},
-        "units": chosen, "units_by": "given" if units is not None else
-        "activity (std over steps of c, or h)", "files": sorted([*files, MARKER]),
+        "run": str(run_dir),
+        "checkpoint": meta["tag"],
+        "step": meta["state"]["step"],
+        "kind": kind,
+        "cell": trace.cell,
+        "layer": layer,
+        "direction": direction,
+        "input": text
+        if kind == "text"
+        else (str(image) if image is not None else {"test_index": index, "target": example.target}),
+        "steps": len(trace.labels),
+        "real_steps": int(trace.real.sum()),
+        "prediction": {"label": best, "label_name": names[best], "probabilities": final.tolist()},
+        "units": chosen,
+        "units_by": "given" if units is not None else "activity (std over steps of c, or h)",
+        "files": sorted([*files, MARKER]),
         "versions": versions(),
     }
     files[MARKER] = _json_bytes(summary)

@@ -14,27 +14,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rnnlab inspect",
         description="Run RUN_DIR's model on one review (--text) or image (--image / --index) "
-                    "with its gates recorded, and write gate heatmaps, gate-saturation "
-                    "statistics, and a token page (text) or a row-by-row prediction (images).")
+        "with its gates recorded, and write gate heatmaps, gate-saturation "
+        "statistics, and a token page (text) or a row-by-row prediction (images).",
+    )
     p.add_argument("run_dir", help="a trained run directory (rnnlab train --out ...)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="a review, for text models")
     src.add_argument("--image", help="a 28x28 PNG or .npy image, for image models")
     src.add_argument("--index", type=int, help="an example of the test split, for image models")
-    p.add_argument("--out", help="output folder (default RUN_DIR/inspect); replaced if it holds "
-                                 "an earlier inspect output")
-    p.add_argument("--units", type=int, nargs="+", help="units to draw (default: the most "
-                                                        "active, see --top)")
-    p.add_argument("--top", type=int, default=16, help="how many of the most active units to "
-                                                       "draw by default (16)")
+    p.add_argument(
+        "--out",
+        help="output folder (default RUN_DIR/inspect); replaced if it holds "
+        "an earlier inspect output",
+    )
+    p.add_argument(
+        "--units", type=int, nargs="+", help="units to draw (default: the most active, see --top)"
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=16,
+        help="how many of the most active units to draw by default (16)",
+    )
     p.add_argument("--layer", type=int, default=0, help="recurrent layer, 0-based (0)")
     p.add_argument("--direction", type=int, default=0, help="0 forwards, 1 backwards (0)")
-    p.add_argument("--mode", choices=["c", "h", "f", "z"],
-                   help="what the token page colours first (default c, or h without a cell "
-                        "state); the page's picker switches")
-    p.add_argument("--stats-examples", type=int, default=0, metavar="N",
-                   help="gate saturation over the first N test examples instead of the input "
-                        "alone (Karpathy et al. 2015 use the test set)")
+    p.add_argument(
+        "--mode",
+        choices=["c", "h", "f", "z"],
+        help="what the token page colours first (default c, or h without a cell "
+        "state); the page's picker switches",
+    )
+    p.add_argument(
+        "--stats-examples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="gate saturation over the first N test examples instead of the input "
+        "alone (Karpathy et al. 2015 use the test set)",
+    )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--data-dir", help="data root for --index (default: the run's own)")
     p.set_defaults(func=inspect_command)
@@ -44,16 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
 def inspect_command(args: argparse.Namespace) -> int:
     from rnnlab.inspect.api import inspect_run
 
-    result = inspect_run(args.run_dir, args.out, text=args.text, image=args.image,
-                         index=args.index, units=args.units, layer=args.layer,
-                         direction=args.direction, top=args.top, mode=args.mode,
-                         checkpoint=args.checkpoint, data_dir=args.data_dir,
-                         stats_examples=args.stats_examples)
+    result = inspect_run(
+        args.run_dir,
+        args.out,
+        text=args.text,
+        image=args.image,
+        index=args.index,
+        units=args.units,
+        layer=args.layer,
+        direction=args.direction,
+        top=args.top,
+        mode=args.mode,
+        checkpoint=args.checkpoint,
+        data_dir=args.data_dir,
+        stats_examples=args.stats_examples,
+    )
     s = result.summary
     p = s["prediction"]
-    print(f"{s['cell'].upper()} layer {s['layer']} direction {s['direction']}, "
-          f"{s['real_steps']} steps: prediction {p['label_name']} "
-          f"({p['probabilities'][p['label']]:.3f})")
+    print(
+        f"{s['cell'].upper()} layer {s['layer']} direction {s['direction']}, "
+        f"{s['real_steps']} steps: prediction {p['label_name']} "
+        f"({p['probabilities'][p['label']]:.3f})"
+    )
     print(f"units drawn ({s['units_by']}): {' '.join(map(str, s['units']))}")
     for _, path in sorted(result.files.items()):
         print(f"  {path}")

@@ -89,12 +89,17 @@ def colour(value: float, kind: str) -> str:
     return f"rgba({','.join(map(str, rgb))},{min(1.0, abs(value)):.3f})"
 
 
-MODE_NAMES = {"c": "one unit's cell state c", "h": "one unit's hidden state h",
-              "f": "mean forget gate f (all units)", "z": "mean update gate z (all units)"}
+MODE_NAMES = {
+    "c": "one unit's cell state c",
+    "h": "one unit's hidden state h",
+    "f": "mean forget gate f (all units)",
+    "z": "mean update gate z (all units)",
+}
 
 
-def render_text_page(trace: Trace, text: str, unit: int, mode: str | None = None,
-                     title: str = "") -> str:
+def render_text_page(
+    trace: Trace, text: str, unit: int, mode: str | None = None, title: str = ""
+) -> str:
     """The page's HTML. ``unit`` is preselected (the picker lists units most active first);
     ``mode`` is "c", "h", "f" (LSTM) or "z" (GRU), by default "c" or "h"."""
     spec = modes(trace)
@@ -119,28 +124,40 @@ def render_text_page(trace: Trace, text: str, unit: int, mode: str | None = None
         best = int(np.argmax(probs[k]))
         unknown = " (outside the vocabulary: read as [OOV])" if oov[k] else ""
         tip = f"after {labels[k]!r}{unknown}: " + ", ".join(
-            f"{names[c]} {probs[k][c]:.3f}" for c in range(len(names)))
+            f"{names[c]} {probs[k][c]:.3f}" for c in range(len(names))
+        )
         word_class = "w oov" if oov[k] else "w"
         tokens.append(
             f'<span class="tok" data-i="{k}" data-value="{raw:.4f}" title="{html.escape(tip)}">'
             f'<span class="{word_class}" style="background:{colour(float(v), s["kind"])}">'
-            f'{html.escape(labels[k])}</span>'
-            f'<span class="p">{probs[k][shown]:.2f}{"" if best == shown else "*"}</span></span>')
+            f"{html.escape(labels[k])}</span>"
+            f'<span class="p">{probs[k][shown]:.2f}{"" if best == shown else "*"}</span></span>'
+        )
     options_mode = "".join(
         f'<option value="{m}"{" selected" if m == mode else ""}>{MODE_NAMES[m]}</option>'
-        for m in spec)
+        for m in spec
+    )
     options_unit = "".join(
         f'<option value="{u}"{" selected" if u == unit else ""}>unit {u} '
-        f'(activity {act[u]:.3f})</option>' for u in order)
-    data = {"positive": ",".join(map(str, POSITIVE)), "negative": ",".join(map(str, NEGATIVE)),
-            "gate": ",".join(map(str, GATE)), "modes": {
-                m: {"kind": s["kind"], "values": np.round(s["values"], 4).tolist(),
-                    **({"scale": np.round(s["scale"], 6).tolist()} if "scale" in s else {})}
-                for m, s in spec.items()}}
+        f"(activity {act[u]:.3f})</option>"
+        for u in order
+    )
+    data = {
+        "positive": ",".join(map(str, POSITIVE)),
+        "negative": ",".join(map(str, NEGATIVE)),
+        "gate": ",".join(map(str, GATE)),
+        "modes": {
+            m: {
+                "kind": s["kind"],
+                "values": np.round(s["values"], 4).tolist(),
+                **({"scale": np.round(s["scale"], 6).tolist()} if "scale" in s else {}),
+            }
+            for m, s in spec.items()
+        },
+    }
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     final = int(np.argmax(trace.final_probabilities))
-    heading = title or (f"{trace.cell.upper()} layer {trace.layer}, direction "
-                        f"{trace.direction}")
+    heading = title or (f"{trace.cell.upper()} layer {trace.layer}, direction {trace.direction}")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -152,16 +169,17 @@ def render_text_page(trace: Trace, text: str, unit: int, mode: str | None = None
 <body>
 <h1>{html.escape(heading)}</h1>
 <p class="meta">Prediction: <b id="final">{html.escape(names[final])}</b>
-({trace.final_probabilities[final]:.3f}). The number under each token is P({html.escape(
-        names[shown])}) had the text ended there (* where another class led).
+({trace.final_probabilities[final]:.3f}). The number under each token is P({
+        html.escape(names[shown])
+    }) had the text ended there (* where another class led).
 {n} tokens read.</p>
 <div id="controls">
 <label>Colour by <select id="mode">{options_mode}</select></label>
 <label>Unit <select id="unit">{options_unit}</select></label>
 </div>
-<p class="legend"><span style="background:{colour(1.0, 'unit')}"></span> positive
-<span style="background:{colour(-1.0, 'unit')}"></span> negative (scaled by the unit's largest
-|value| in this text) &nbsp; <span style="background:{colour(1.0, 'gate')}"></span> gate near 1
+<p class="legend"><span style="background:{colour(1.0, "unit")}"></span> positive
+<span style="background:{colour(-1.0, "unit")}"></span> negative (scaled by the unit's largest
+|value| in this text) &nbsp; <span style="background:{colour(1.0, "gate")}"></span> gate near 1
 (keeps memory)</p>
 <div id="text">{"".join(tokens)}</div>
 <p class="meta">Input: {html.escape(text[:2000])}</p>

@@ -23,8 +23,14 @@ from rnnlab.predict import encode_texts, load_image
 from rnnlab.tasks import punctuation_ids
 from rnnlab.train.loader import Split
 
-__all__ = ["Example", "first_examples", "image_example", "prefix_probabilities", "test_split",
-           "text_example"]
+__all__ = [
+    "Example",
+    "first_examples",
+    "image_example",
+    "prefix_probabilities",
+    "test_split",
+    "text_example",
+]
 
 PathLike = str | os.PathLike[str]
 START, OOV, PAD = "[START]", "[OOV]", "·"
@@ -45,8 +51,9 @@ class Example:
     oov: list[bool] | None = None
 
 
-def _word_labels(config: Config, word_index: dict[str, int], text: str) -> tuple[
-        list[int], list[str], list[bool]]:
+def _word_labels(
+    config: Config, word_index: dict[str, int], text: str
+) -> tuple[list[int], list[str], list[bool]]:
     """The ids, words and out-of-vocabulary flags of :func:`rnnlab.predict.encode_texts`, step
     by step (words it drops are dropped here too), after the run's truncation."""
     d = config.data
@@ -109,13 +116,13 @@ def test_split(config: Config, run_dir: PathLike, data_dir: PathLike | None = No
     return load_task_data(config, root).test
 
 
-def first_examples(config: Config, split: Split, count: int) -> tuple[tuple[Tensor, ...],
-                                                                       Tensor]:
+def first_examples(config: Config, split: Split, count: int) -> tuple[tuple[Tensor, ...], Tensor]:
     """The first ``count`` examples' inputs and their real steps (N, T) bool: every row of an
     image; a review's words, not its padding (whether or not the model masks it)."""
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(split):
-        raise InspectError(f"--stats-examples expected 1..{len(split)} (the test split), got "
-                           f"{count!r}")
+        raise InspectError(
+            f"--stats-examples expected 1..{len(split)} (the test split), got {count!r}"
+        )
     inputs = tuple(t[:count] for t in split.inputs)
     if config.model.kind != "text":
         x = inputs[0]  # (N, T, I)
@@ -124,14 +131,21 @@ def first_examples(config: Config, split: Split, count: int) -> tuple[tuple[Tens
     return inputs, step_mask(lengths, ids.shape[1], config.data.padding)
 
 
-def image_example(config: Config, run_dir: PathLike, image: PathLike | None = None,
-                  index: int | None = None, data_dir: PathLike | None = None) -> Example:
+def image_example(
+    config: Config,
+    run_dir: PathLike,
+    image: PathLike | None = None,
+    index: int | None = None,
+    data_dir: PathLike | None = None,
+) -> Example:
     """An image read row by row: from a file (PNG or .npy, see
     :func:`rnnlab.predict.load_image`) or the test split's example ``index`` (loaded from
     ``data_dir``, by default the folder the run was trained on)."""
     if (image is None) == (index is None):
-        raise InspectError("inspect expected exactly one of --image FILE or --index N for an "
-                           f"image model, got {'both' if image is not None else 'neither'}")
+        raise InspectError(
+            "inspect expected exactly one of --image FILE or --index N for an "
+            f"image model, got {'both' if image is not None else 'neither'}"
+        )
     rows, width = 28, config.model.input_size
     target = None
     if image is not None:
@@ -139,19 +153,22 @@ def image_example(config: Config, run_dir: PathLike, image: PathLike | None = No
     else:
         test = test_split(config, run_dir, data_dir)
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(test):
-            raise InspectError(f"--index expected 0..{len(test) - 1} (the test split), got "
-                               f"{index!r}")
+            raise InspectError(
+                f"--index expected 0..{len(test) - 1} (the test split), got {index!r}"
+            )
         pixels = test.inputs[0][index].numpy()  # (T, I)
         target = int(test.targets[index])
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]  # (1, T, I)
     T = x.shape[1]
-    return Example((x,), np.ones(T, dtype=bool), [f"row {k}" for k in range(T)],
-                   image=pixels, target=target)
+    return Example(
+        (x,), np.ones(T, dtype=bool), [f"row {k}" for k in range(T)], image=pixels, target=target
+    )
 
 
 @torch.no_grad()
-def prefix_probabilities(model: nn.Module, config: Config, example: Example,
-                         chunk: int = 64) -> np.ndarray:
+def prefix_probabilities(
+    model: nn.Module, config: Config, example: Example, chunk: int = 64
+) -> np.ndarray:
     """(T, C) class probabilities had the input ended after each step (NaN at padding): the
     model run on every prefix, each encoded as the model would read that shorter input. For a
     unidirectional model with ``"last"`` pooling this is the prediction from the state after
@@ -169,11 +186,13 @@ def prefix_probabilities(model: nn.Module, config: Config, example: Example,
         d = config.data
         width = len(steps) if config.model.mask else d.maxlen
         seqs = [example.ids[: k + 1] for k in range(len(steps))]
-        ids = torch.from_numpy(pad_sequences(seqs, maxlen=width, padding=d.padding,
-                                             truncating=d.truncating, dtype="int64"))  # (N, W)
+        ids = torch.from_numpy(
+            pad_sequences(
+                seqs, maxlen=width, padding=d.padding, truncating=d.truncating, dtype="int64"
+            )
+        )  # (N, W)
         lengths = torch.tensor([len(s) for s in seqs])  # (N,)
-        batches = [(ids[k : k + chunk], lengths[k : k + chunk])
-                   for k in range(0, len(seqs), chunk)]
+        batches = [(ids[k : k + chunk], lengths[k : k + chunk]) for k in range(0, len(seqs), chunk)]
     probabilities = np.concatenate([softmax_rows(model(*b)) for b in batches])  # (N, C)
     out[steps] = probabilities
     return out

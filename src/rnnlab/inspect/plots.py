@@ -13,9 +13,17 @@ from rnnlab.inspect.trace import HIGH, LOW, Trace
 
 __all__ = ["gate_heatmaps", "image_predictions", "saturation_scatter"]
 
-TITLES = {"i": "input gate i", "f": "forget gate f", "g": "candidate g", "o": "output gate o",
-          "c": "cell state c", "h": "hidden state h", "r": "reset gate r", "z": "update gate z",
-          "n": "candidate n"}
+TITLES = {
+    "i": "input gate i",
+    "f": "forget gate f",
+    "g": "candidate g",
+    "o": "output gate o",
+    "c": "cell state c",
+    "h": "hidden state h",
+    "r": "reset gate r",
+    "z": "update gate z",
+    "n": "candidate n",
+}
 MAX_TICK_LABELS = 60
 
 
@@ -53,8 +61,9 @@ def gate_heatmaps(trace: Trace, units: list[int], title: str = "") -> bytes:
     for ax, name in zip(axes, names, strict=True):
         values = trace.gates[name][:, units].T  # (U, T)
         cmap, lo, hi = _colour_scale(name, values)
-        image = ax.imshow(values, aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
-                          interpolation="nearest")
+        image = ax.imshow(
+            values, aspect="auto", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest"
+        )
         fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
         ax.set_ylabel(TITLES.get(name, name), fontsize=8)
         ticks = range(U) if U <= 32 else range(0, U, max(1, U // 16))
@@ -67,9 +76,12 @@ def gate_heatmaps(trace: Trace, units: list[int], title: str = "") -> bytes:
         axes[-1].set_xticklabels(trace.labels, rotation=90, fontsize=7)
     else:
         axes[-1].set_xlabel("step")
-    fig.suptitle(title or f"{trace.cell.upper()} layer {trace.layer}, direction "
-                 f"{trace.direction}: units {'sorted by activity' if U > 1 else units[0]}",
-                 fontsize=10)
+    fig.suptitle(
+        title
+        or f"{trace.cell.upper()} layer {trace.layer}, direction "
+        f"{trace.direction}: units {'sorted by activity' if U > 1 else units[0]}",
+        fontsize=10,
+    )
     fig.tight_layout()
     return _png(fig)
 
@@ -87,27 +99,32 @@ def image_predictions(trace: Trace, image: np.ndarray, target: int | None = None
     left.set_title("input (read row by row)", fontsize=9)
     left.set_ylabel("row")
     left.set_xticks([])
-    shown = middle.imshow(probs, aspect="auto", cmap="magma", vmin=0, vmax=1,
-                          interpolation="nearest")
+    shown = middle.imshow(
+        probs, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest"
+    )
     fig.colorbar(shown, ax=middle, fraction=0.05, pad=0.02)
     middle.set_xticks(range(len(trace.class_names)))
     middle.set_xticklabels(trace.class_names, fontsize=8)
     middle.set_title("P(class) after each row", fontsize=9)
     middle.set_ylabel("row")
     rows = np.arange(T)
-    right.plot(rows, probs[:, final], "o-", markersize=3,
-               label=f"predicted {trace.class_names[final]}")
+    right.plot(
+        rows, probs[:, final], "o-", markersize=3, label=f"predicted {trace.class_names[final]}"
+    )
     if target is not None and target != final:
-        right.plot(rows, probs[:, target], "s-", markersize=3,
-                   label=f"true {trace.class_names[target]}")
+        right.plot(
+            rows, probs[:, target], "s-", markersize=3, label=f"true {trace.class_names[target]}"
+        )
     right.set_ylim(-0.02, 1.02)
     right.set_xlabel("rows read")
     right.set_ylabel("probability")
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
     truth = "" if target is None else f", true class {trace.class_names[target]}"
-    right.set_title(f"final: {trace.class_names[final]} "
-                    f"({trace.final_probabilities[final]:.3f}){truth}", fontsize=9)
+    right.set_title(
+        f"final: {trace.class_names[final]} ({trace.final_probabilities[final]:.3f}){truth}",
+        fontsize=9,
+    )
     fig.tight_layout()
     return _png(fig)
 
@@ -131,7 +148,11 @@ def saturation_scatter(stats: dict, title: str = "") -> bytes:
         ax.set_title(TITLES.get(name, name), fontsize=9)
         ax.grid(alpha=0.3)
     examples = stats.get("examples", 1)
-    fig.suptitle(title or f"gate saturation, each dot a unit: {stats['steps']} steps of "
-                 f"{examples} example{'s' if examples != 1 else ''}", fontsize=10)
+    fig.suptitle(
+        title
+        or f"gate saturation, each dot a unit: {stats['steps']} steps of "
+        f"{examples} example{'s' if examples != 1 else ''}",
+        fontsize=10,
+    )
     fig.tight_layout()
     return _png(fig)

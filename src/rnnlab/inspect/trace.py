@@ -73,15 +73,18 @@ def recurrent_layers(model: nn.Module) -> list[_RecurrentLayer]:
     layers = list(getattr(stack, "layers", []))
     if not layers or not all(isinstance(layer, _RecurrentLayer) for layer in layers):
         kinds = sorted({type(layer).__name__ for layer in layers}) or ["none"]
-        raise InspectError(f"inspect expected a model of rnnlab RNN/LSTM/GRU layers, got "
-                           f"{', '.join(kinds)} (a model.backend='torch' run has no gates to "
-                           "record)")
+        raise InspectError(
+            f"inspect expected a model of rnnlab RNN/LSTM/GRU layers, got "
+            f"{', '.join(kinds)} (a model.backend='torch' run has no gates to "
+            "record)"
+        )
     return layers
 
 
 @torch.no_grad()
-def record_gates(model: nn.Module, inputs: tuple[Tensor, ...], layer: int, direction: int
-                 ) -> dict[str, np.ndarray]:
+def record_gates(
+    model: nn.Module, inputs: tuple[Tensor, ...], layer: int, direction: int
+) -> dict[str, np.ndarray]:
     """Run ``model(*inputs, return_gates=True)`` on one example (batch of 1) through the
     reference loop and return ``layer``'s gates in ``direction``: name -> (T, H) numpy."""
     gates = _record(model, inputs, layer, direction)
@@ -89,8 +92,14 @@ def record_gates(model: nn.Module, inputs: tuple[Tensor, ...], layer: int, direc
 
 
 @torch.no_grad()
-def record_many(model: nn.Module, inputs: tuple[Tensor, ...], real: Tensor, layer: int,
-                direction: int, chunk: int = 100) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def record_many(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    real: Tensor,
+    layer: int,
+    direction: int,
+    chunk: int = 100,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Gates of N examples (``inputs`` with N rows, ``real`` (N, T) bool) run in chunks, every
     example's steps laid end to end: ``(name -> (N*T, H), real (N*T,))``, for statistics."""
     parts: dict[str, list[np.ndarray]] = {}
@@ -98,19 +107,21 @@ def record_many(model: nn.Module, inputs: tuple[Tensor, ...], real: Tensor, laye
         gates = _record(model, tuple(t[k : k + chunk] for t in inputs), layer, direction)
         for name, value in gates.items():  # (b, T, H)
             parts.setdefault(name, []).append(value.reshape(-1, value.shape[-1]).numpy())
-    return ({name: np.concatenate(v) for name, v in parts.items()},
-            real.reshape(-1).numpy())
+    return ({name: np.concatenate(v) for name, v in parts.items()}, real.reshape(-1).numpy())
 
 
-def _record(model: nn.Module, inputs: tuple[Tensor, ...], layer: int, direction: int
-            ) -> dict[str, Tensor]:
+def _record(
+    model: nn.Module, inputs: tuple[Tensor, ...], layer: int, direction: int
+) -> dict[str, Tensor]:
     layers = recurrent_layers(model)
     if not 0 <= layer < len(layers):
         raise InspectError(f"--layer expected 0..{len(layers) - 1}, got {layer}")
     D = layers[layer].num_directions
     if not 0 <= direction < D:
-        raise InspectError(f"--direction expected 0..{D - 1} (0 forwards"
-                           f"{', 1 backwards' if D == 2 else ''}), got {direction}")
+        raise InspectError(
+            f"--direction expected 0..{D - 1} (0 forwards"
+            f"{', 1 backwards' if D == 2 else ''}), got {direction}"
+        )
     backends = [lay.backend for lay in layers]
     try:
         for lay in layers:
@@ -129,8 +140,9 @@ def activity(gates: dict[str, np.ndarray], real: np.ndarray) -> np.ndarray:
     return values[real].std(axis=0)
 
 
-def pick_units(gates: dict[str, np.ndarray], real: np.ndarray, units: list[int] | None,
-               count: int) -> list[int]:
+def pick_units(
+    gates: dict[str, np.ndarray], real: np.ndarray, units: list[int] | None, count: int
+) -> list[int]:
     """``units`` checked against H, or by default the ``count`` most active (see
     :func:`activity`), most active first."""
     H = next(iter(gates.values())).shape[1]
@@ -156,8 +168,10 @@ def saturation(gates: dict[str, np.ndarray], real: np.ndarray, cell: str) -> dic
     out: dict[str, Any] = {"thresholds": [LOW, HIGH], "steps": steps, "gates": {}}
     for name in SIGMOID_GATES[cell]:
         values = gates[name][real]  # (n, H)
-        out["gates"][name] = {"left": (values < LOW).mean(axis=0).tolist(),
-                              "right": (values > HIGH).mean(axis=0).tolist()}
+        out["gates"][name] = {
+            "left": (values < LOW).mean(axis=0).tolist(),
+            "right": (values > HIGH).mean(axis=0).tolist(),
+        }
     return out
 
 

@@ -47,8 +47,14 @@ class Checkpointer:
         self.folder, self.config, self.every = Path(folder), config, every
 
     def save(self, trainer: Any, tag: str) -> Path:
-        return save_checkpoint(self.folder, tag, trainer.module, trainer.optimizer,
-                               trainer.state.to_dict(), self.config)
+        return save_checkpoint(
+            self.folder,
+            tag,
+            trainer.module,
+            trainer.optimizer,
+            trainer.state.to_dict(),
+            self.config,
+        )
 
     def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
         inside_epoch = trainer.state.batch < trainer.num_batches  # the epoch end saves anyway
@@ -69,14 +75,24 @@ class ProgressBar:
 
     def on_epoch_begin(self, trainer: Any, epoch: int) -> None:
         total = trainer.config.epochs
-        self.bar = tqdm(total=trainer.num_batches, initial=trainer.state.batch, file=self.stream,
-                        desc=f"Epoch {epoch + 1}/{total}", unit="step", leave=False,
-                        dynamic_ncols=True, disable=self.disable)
+        self.bar = tqdm(
+            total=trainer.num_batches,
+            initial=trainer.state.batch,
+            file=self.stream,
+            desc=f"Epoch {epoch + 1}/{total}",
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+            disable=self.disable,
+        )
 
     def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
         sums = trainer.state.sums
-        self.bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}",
-                             acc=f"{sums['correct'] / sums['n']:.4f}", refresh=False)
+        self.bar.set_postfix(
+            loss=f"{sums['loss'] / sums['n']:.4f}",
+            acc=f"{sums['correct'] / sums['n']:.4f}",
+            refresh=False,
+        )
         self.bar.update(1)
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
@@ -89,27 +105,37 @@ class ProgressBar:
 
 def format_epoch(record: dict[str, Any], epochs: int) -> str:
     """A Keras-like line: ``Epoch 3/20 - 41s 812ms/step - loss: 0.51 - acc: 0.74 - ...``."""
-    line = (f"Epoch {record['epoch']}/{epochs} - {record['seconds']:.0f}s "
-            f"{record['ms_per_step']:.0f}ms/step - loss: {record['loss']:.4f} - "
-            f"acc: {record['accuracy']:.4f}")
+    line = (
+        f"Epoch {record['epoch']}/{epochs} - {record['seconds']:.0f}s "
+        f"{record['ms_per_step']:.0f}ms/step - loss: {record['loss']:.4f} - "
+        f"acc: {record['accuracy']:.4f}"
+    )
     if "val_loss" in record:
-        line += (f" - val_loss: {record['val_loss']:.4f} - val_acc: {record['val_accuracy']:.4f}"
-                 f" ({record['val_seconds']:.0f}s)")
+        line += (
+            f" - val_loss: {record['val_loss']:.4f} - val_acc: {record['val_accuracy']:.4f}"
+            f" ({record['val_seconds']:.0f}s)"
+        )
     return line
 
 
 def format_step(logs: dict[str, Any]) -> str:
     """The tutorial's line: minibatch loss and training accuracy at a step."""
-    return (f"Iter {logs['step']}, Minibatch Loss= {logs['loss']:.6f}, "
-            f"Training Accuracy= {logs['accuracy']:.5f}")
+    return (
+        f"Iter {logs['step']}, Minibatch Loss= {logs['loss']:.6f}, "
+        f"Training Accuracy= {logs['accuracy']:.5f}"
+    )
 
 
 class ConsoleLogger:
     """Prints the tutorial's step lines every ``log_every`` steps and a Keras-like line per epoch
     through ``write`` (default: ``tqdm.write`` to ``stream``, which keeps progress bars intact)."""
 
-    def __init__(self, log_every: int = 0, stream: TextIO | None = None,
-                 write: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        log_every: int = 0,
+        stream: TextIO | None = None,
+        write: Callable[[str], None] | None = None,
+    ) -> None:
         self.log_every = log_every
         self.write = write or (lambda line: tqdm.write(line, file=stream))
 

@@ -84,8 +84,10 @@ class Batches:
                 f"got {batch_size}"
             )
         if (bucket or trim) and len(split.inputs) < 2:
-            raise ValueError("Batches expected (ids, lengths) inputs for bucket/trim, got "
-                             f"{len(split.inputs)} input tensor(s)")
+            raise ValueError(
+                "Batches expected (ids, lengths) inputs for bucket/trim, got "
+                f"{len(split.inputs)} input tensor(s)"
+            )
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.bucket, self.trim, self.rank, self.world_size = bucket, trim, rank, world_size
 
@@ -99,8 +101,9 @@ class Batches:
         """The index tensor of every global batch of ``epoch``."""
         N, B = len(self.split), self.batch_size
         if not self.shuffle:  # evaluation: stored order, or sorted by length to trim padding
-            order = torch.argsort(self.split.inputs[1], stable=True) if self.bucket else \
-                torch.arange(N)
+            order = (
+                torch.argsort(self.split.inputs[1], stable=True) if self.bucket else torch.arange(N)
+            )
             return list(order.split(B))
         g = self.generator(epoch)
         perm = torch.randperm(N, generator=g)  # (N,)

@@ -53,8 +53,9 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val_accuracy: float | None = None
     best_epoch: int | None = None
-    plateau: dict[str, float] = field(default_factory=lambda: {"best": math.inf, "bad": 0,
-                                                               "scale": 1.0})
+    plateau: dict[str, float] = field(
+        default_factory=lambda: {"best": math.inf, "bad": 0, "scale": 1.0}
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,8 +69,7 @@ Reduce = Callable[[list[float]], list[float]]  # sums over processes (data paral
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, reduce: Reduce | None = None
-             ) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: Batches, reduce: Reduce | None = None) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` over ``batches`` (eval mode;
     the model's previous mode is restored). ``reduce`` sums ``[loss_sum, correct, n]`` over
     processes when each sees a shard of the data (e.g. an ``all_reduce``)."""
@@ -105,8 +105,13 @@ class Trainer:
     records, validation metrics and ``state`` (what a checkpoint holds) are all global.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig, callbacks: Sequence[Any] = (),
-                 reduce: Reduce | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        callbacks: Sequence[Any] = (),
+        reduce: Reduce | None = None,
+    ):
         self.model, self.config, self.callbacks = model, config, list(callbacks)
         self.reduce = reduce
         self.optimizer = make_optimizer(model, config)
@@ -117,8 +122,7 @@ class Trainer:
     @property
     def module(self) -> nn.Module:
         """The model itself, without its data-parallel wrapper: what checkpoints hold."""
-        return self.model.module if isinstance(self.model, DistributedDataParallel) else \
-            self.model
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
 
     def _emit(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -156,8 +160,9 @@ class Trainer:
         self._emit("on_train_end")
         return state
 
-    def _step(self, inputs: tuple[Tensor, ...], targets: Tensor, lr: float,
-              epoch: int) -> dict[str, Any]:
+    def _step(
+        self, inputs: tuple[Tensor, ...], targets: Tensor, lr: float, epoch: int
+    ) -> dict[str, Any]:
         cfg, state = self.config, self.state
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -167,8 +172,9 @@ class Trainer:
             loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
             loss_value, n = loss.item(), len(targets)
         else:
-            local = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing,
-                                    reduction="sum")
+            local = F.cross_entropy(
+                logits, targets, label_smoothing=cfg.label_smoothing, reduction="sum"
+            )
             n_local = int((targets != IGNORE_INDEX).sum())  # stand-ins count for nothing
             loss_sum, correct, n = self.reduce([local.item(), correct, n_local])
             # DDP averages gradients over the processes; scaling each local sum by
@@ -176,16 +182,20 @@ class Trainer:
             loss, loss_value = local * (self.world_size / n), loss_sum / n
         where = f"epoch {epoch + 1}, step {state.step + 1}"
         if not math.isfinite(loss_value):  # global under data parallelism: all ranks stop
-            raise DivergenceError(f"training loss became {loss_value} at {where}; the weights "
-                                  "were not updated (try a lower train.lr or "
-                                  "train.clip_grad_norm)")
+            raise DivergenceError(
+                f"training loss became {loss_value} at {where}; the weights "
+                "were not updated (try a lower train.lr or "
+                "train.clip_grad_norm)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = cfg.clip_grad_norm or math.inf
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if not math.isfinite(grad_norm):
-            raise DivergenceError(f"gradient norm became {grad_norm} at {where}; the weights "
-                                   "were not updated (try train.clip_grad_norm or a lower lr)")
+            raise DivergenceError(
+                f"gradient norm became {grad_norm} at {where}; the weights "
+                "were not updated (try train.clip_grad_norm or a lower lr)"
+            )
         self.optimizer.step()
         state.step += 1
         state.batch += 1
@@ -194,8 +204,15 @@ class Trainer:
         state.sums["correct"] += correct
         state.sums["n"] += n
         state.sums["batches"] += 1
-        return {"epoch": epoch + 1, "step": state.step, "batch": state.batch,
-                "loss": loss_value, "accuracy": correct / n, "lr": lr, "grad_norm": grad_norm}
+        return {
+            "epoch": epoch + 1,
+            "step": state.step,
+            "batch": state.batch,
+            "loss": loss_value,
+            "accuracy": correct / n,
+            "lr": lr,
+            "grad_norm": grad_norm,
+        }
 
     def _end_epoch(self, epoch: int, val: Batches | None) -> dict[str, Any]:
         cfg, state = self.config, self.state

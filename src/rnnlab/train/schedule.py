@@ -27,8 +27,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def learning_rate(cfg: TrainConfig, step: int, epoch: int, total_steps: int,
-                  plateau_scale: float = 1.0) -> float:
+def learning_rate(
+    cfg: TrainConfig, step: int, epoch: int, total_steps: int, plateau_scale: float = 1.0
+) -> float:
     """The learning rate for optimizer step ``step`` (0-based) in ``epoch`` (0-based)."""
     lr = cfg.lr
     if cfg.warmup_steps and step < cfg.warmup_steps:
