@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import rnnlab
-from rnnlab import _ext, fused
+from rnnlab import _ext, compiled
 
 pytestmark = pytest.mark.skipif(
     _ext.load() is None, reason=f"compiled kernels unavailable: {_ext.unavailable_reason()}"
@@ -160,7 +160,7 @@ def test_disabled_extension_falls_back_and_forced_raises(monkeypatch) -> None:
     monkeypatch.setattr(_ext, "_module", None)
     monkeypatch.setenv("RNNLAB_NO_EXTENSION", "1")
     x = torch.randn(2, 3, 4)
-    assert fused.choose(rnnlab.LSTMCell(4, 5), x, "auto") == "fused"
+    assert compiled.choose(rnnlab.LSTMCell(4, 5), x, "auto") == "fused"
     with pytest.raises(RuntimeError, match="disabled by RNNLAB_NO_EXTENSION"):
         rnnlab.LSTM(4, 5, backend="compiled")(x)
     out, _ = rnnlab.LSTM(4, 5)(x)  # auto still works

@@ -25,98 +25,15 @@ the same model; ``tests/test_fused.py`` checks outputs, final states and every g
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab import _ext
+from rnnlab import compiled as compiled_path  # the C++ kernels (`compiled` is an argument)
 from rnnlab._gemm import linear
 from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 
-__all__ = ["scan", "choose", "compiled_unavailable", "use_bf16", "autocast_input"]
-
-_COMPILED_DTYPES = (torch.float32, torch.float64)
-_warned_fallback = False
-
-
-def compiled_unavailable(cell: _Cell, x: Tensor) -> str | None:
-    """Why the compiled kernels (:mod:`rnnlab._ext`) cannot run ``cell`` on ``x``, or None if
-    they can: they cover LSTM and GRU cells, float32 and float64 CPU tensors, and need the
-    extension to be built (AVX-512 CPU, C++ compiler, ninja)."""
-    if not isinstance(cell, (LSTMCell, GRUCell)):
-        return f"the compiled kernels cover LSTM and GRU cells, not {type(cell).__name__}"
-    if x.device.type != "cpu":
-        return f"the compiled kernels run on the CPU, got a tensor on {x.device}"
-    if x.dtype not in _COMPILED_DTYPES or cell.weight_hh.dtype != x.dtype:
-        return (
-            f"the compiled kernels need float32 or float64 input and weights of one dtype, got "
-            f"input {x.dtype} and weights {cell.weight_hh.dtype}"
-        )
-    if _ext.load() is None:
-        return _ext.unavailable_reason()
-    return None
-
-
-def choose(cell: _Cell, x: Tensor, requested: str) -> str:
-    """The fast path for ``requested`` in ("auto", "compiled", "fused"): "compiled" where the C++
-    kernels can run (:func:`compiled_unavailable`), else "fused" (pure torch). A forced
-    "compiled" that cannot run raises, naming the cause; "auto" warns once if the extension
-    failed to build, and then uses "fused"."""
-    global _warned_fallback
-    if requested == "fused":
-        return "fused"
-    reason = compiled_unavailable(cell, x)
-    if reason is None:
-        return "compiled"
-    if requested == "compiled":
-        raise RuntimeError(
-            f"backend='compiled' cannot run here: {reason}. Use backend='auto' (falls back to "
-            "the pure-torch fused path) or backend='fused'."
-        )
-    if _ext.build_failed() and not _warned_fallback:
-        _warned_fallback = True
-        warnings.warn(
-            f"rnnlab: using the slower pure-torch fused path because {reason}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return "fused"
-
-
-def autocast_bf16() -> bool:
-    """Whether ``torch.autocast("cpu", dtype=torch.bfloat16)`` is active."""
-    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-
-
-def autocast_input(x: Tensor, cell: _Cell) -> Tensor:
-    """Under CPU autocast a layer's input may arrive in bf16 (from an autocast Linear); the
-    recurrent layers keep float32 weights and state, so such input is cast up to them."""
-    if x.dtype == torch.bfloat16 and cell.weight_hh.dtype == torch.float32 and autocast_bf16():
-        return x.float()
-    return x
-
-
-def use_bf16(cell: _Cell, x: Tensor, backend: str, precision: str) -> bool:
-    """Whether the LSTM kernels run their GEMMs in bf16: with ``precision="bf16"``, or under
-    ``torch.autocast("cpu", dtype=torch.bfloat16)`` where the compiled kernels run.
-
-    bf16 mode keeps float32 master weights, gates, cell state c and outputs: only the GEMM
-    operands (x, h, the weights, the backward's gate gradients) are rounded to bf16, and oneDNN
-    accumulates in fp32 on avx512_bf16. Asking for it (``precision="bf16"``) where the compiled
-    kernels do not run raises, naming the cause; autocast there falls back to float32."""
-    if precision == "fp32":
-        return backend == "compiled" and isinstance(cell, LSTMCell) and autocast_bf16()
-    if backend == "compiled" and isinstance(cell, LSTMCell) and x.dtype == torch.float32:
-        return True
-    why = compiled_unavailable(cell, x) if backend != "reference" else None
-    why = why or f"this call uses backend {backend!r}"
-    raise RuntimeError(
-        f"precision='bf16' runs the LSTM's GEMMs in bf16 on the compiled kernels only "
-        f"(float32 parameters, CPU), but {why}. Use backend='auto' or 'compiled' where the "
-        "extension builds, or precision='fp32'."
-    )
+__all__ = ["scan"]
 
 
 def scan(
@@ -130,10 +47,10 @@ def scan(
 ) -> tuple[Tensor, Tensor | LSTMState]:
     """Run ``cell`` over x (B, T, I) from ``state`` (B, H) (a pair for LSTM), skipping steps where
     ``mask`` (B, T) is False; backwards in time if ``reverse``. Returns (output (B, T, H), final
-    state). ``compiled`` runs the C++ kernels (check :func:`choose` first); ``bf16`` runs their
-    GEMMs on bf16 operands (LSTM only, see :func:`use_bf16`)."""
+    state). ``compiled`` runs the C++ kernels (check :func:`rnnlab.compiled.choose` first);
+    ``bf16`` runs their GEMMs on bf16 operands (LSTM only, :func:`rnnlab.compiled.use_bf16`)."""
     if compiled:
-        return _scan_compiled(cell, x, state, mask, reverse, bf16)
+        return compiled_path.scan(cell, x, state, mask, reverse, bf16)
     xs = x.transpose(0, 1)  # (T, B, I)
     ms = None if mask is None else mask.t()[:, :, None]  # (T, B, 1)
     if reverse:
@@ -363,95 +280,3 @@ class _RNNScan(torch.autograd.Function):
         dx, dw_ih, db = _input_grads(ctx, dpre, x, w_ih)
         dw_hh = linear(dpre.view(T * B, H).t(), _prev_states(h0, hs).view(T * B, H).t())
         return dx, dh, dw_ih, dw_hh, db, None
-
-
-# -- compiled kernels ---------------------------------------------------------------------------
-# The same algorithm as the classes above, with each whole time loop in C++
-# (rnnlab/_ext/recurrent.cpp): per step one GEMM and one vectorised pass over the gates; for
-# float32 LSTM each thread runs its own batch rows through all steps, without synchronisation.
-# Inputs and outputs stay batch first; the kernels index time themselves, so no flips.
-
-
-def _scan_compiled(
-    cell: _Cell,
-    x: Tensor,
-    state: Tensor | LSTMState,
-    mask: Tensor | None,
-    reverse: bool,
-    bf16: bool = False,
-) -> tuple[Tensor, Tensor | LSTMState]:
-    ext = _ext.load()
-    x = x.contiguous()  # (B, T, I)
-    mask = None if mask is None else mask.contiguous()  # (B, T) bool
-    params = [p for p in cell.parameters()]
-    train = torch.is_grad_enabled() and (
-        x.requires_grad or any(p.requires_grad for p in params) or _state_requires_grad(state)
-    )
-    if isinstance(cell, LSTMCell):
-        args = (cell.weight_ih, cell.weight_hh, cell.bias, mask, reverse)
-        if not train and mask is None and x.dtype == torch.float32 and not bf16:
-            # Each thread runs its batch rows through the whole loop and keeps only two state
-            # slots (recurrent.cpp, lstm_infer); the same arithmetic as the training kernel.
-            w = (cell.weight_ih, cell.weight_hh, cell.bias)
-            h0, c0 = state.h.contiguous(), state.c.contiguous()
-            out, h, c = ext.lstm_infer(x, h0, c0, *w, reverse, torch.get_num_threads())
-            return out, LSTMState(h, c)
-        if not train:  # inference: nothing saved for a backward pass
-            out, h, c = ext.lstm_forward(x, state.h, state.c, *args, False, bf16)
-        else:
-            out, h, c = _CompiledLSTM.apply(x, state.h, state.c, *args, bf16)
-        return out, LSTMState(h, c)
-    args = (cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn, mask, reverse)
-    if not train:
-        out, h = ext.gru_forward(x, state, *args, False)
-        return out, h
-    return _CompiledGRU.apply(x, state, *args)
-
-
-def _state_requires_grad(state: Tensor | LSTMState) -> bool:
-    tensors = state if isinstance(state, LSTMState) else (state,)
-    return any(t.requires_grad for t in tensors)
-
-
-class _CompiledLSTM(torch.autograd.Function):
-    """LSTM over time in C++; x (B, T, I) batch first, mask (B, T) or None."""
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b, mask, reverse, bf16):
-        out, h, c, acts, hs, cs, xt = _ext.load().lstm_forward(
-            x, h0, c0, w_ih, w_hh, b, mask, reverse, True, bf16
-        )  # in bf16 mode hs and xt are the bf16 GEMM operands
-        ctx.reverse = reverse
-        ctx.save_for_backward(xt, w_ih, w_hh, acts, hs, cs, mask)
-        return out, h, c
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dh, dc):
-        xt, w_ih, w_hh, acts, hs, cs, mask = ctx.saved_tensors
-        dx, dh0, dc0, dw_ih, dw_hh, db = _ext.load().lstm_backward(
-            dout, dh, dc, xt, w_ih, w_hh, acts, hs, cs, mask, ctx.reverse, ctx.needs_input_grad[0]
-        )
-        return dx, dh0, dc0, dw_ih, dw_hh, db, None, None, None
-
-
-class _CompiledGRU(torch.autograd.Function):
-    """GRU over time in C++; x (B, T, I) batch first, mask (B, T) or None."""
-
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b, b_hn, mask, reverse):
-        out, h, acts, ghn, hs, xt = _ext.load().gru_forward(
-            x, h0, w_ih, w_hh, b, b_hn, mask, reverse, True
-        )
-        ctx.reverse = reverse
-        ctx.save_for_backward(xt, w_ih, w_hh, acts, ghn, hs, mask)
-        return out, h
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dh):
-        xt, w_ih, w_hh, acts, ghn, hs, mask = ctx.saved_tensors
-        dx, dh0, dw_ih, dw_hh, db, db_hn = _ext.load().gru_backward(
-            dout, dh, xt, w_ih, w_hh, acts, ghn, hs, mask, ctx.reverse, ctx.needs_input_grad[0]
-        )
-        return dx, dh0, dw_ih, dw_hh, db, db_hn, None, None

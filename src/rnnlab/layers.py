@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
-from rnnlab import fused, interop
+from rnnlab import compiled, fused, interop
 from rnnlab._validation import check_input, check_state, make_mask
 from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 
@@ -125,7 +125,7 @@ class _RecurrentLayer(nn.Module):
     ) -> Literal["compiled", "fused", "reference"]:
         """The backend a call on ``x`` would use. ``"auto"`` takes the reference loop when gates
         are asked for (only it records them), else the compiled C++ kernels where
-        :func:`rnnlab.fused.compiled_unavailable` finds nothing against them (LSTM or GRU,
+        :func:`rnnlab.compiled.compiled_unavailable` finds nothing against them (LSTM or GRU,
         float32/float64 on the CPU, extension built), else the pure-torch fused path. Forcing a
         fast backend with ``return_gates``, or ``"compiled"`` where it cannot run, raises,
         naming the cause and the fix."""
@@ -141,7 +141,7 @@ class _RecurrentLayer(nn.Module):
             return "reference"
         if x is None:
             x = self.cells[0].weight_hh  # a CPU tensor of the parameters' dtype
-        return fused.choose(self.cells[0], x, self.backend)
+        return compiled.choose(self.cells[0], x, self.backend)
 
     def forward(
         self,
@@ -177,7 +177,7 @@ class _RecurrentLayer(nn.Module):
         """
         name = type(self).__name__
         check_input(name, x, self.input_size)
-        x = fused.autocast_input(x, self.cells[0])
+        x = compiled.autocast_input(x, self.cells[0])
         B, T, _ = x.shape
         state = self._zero_state(x) if state is None else state
         LD, H = self.num_layers * self.num_directions, self.hidden_size
@@ -311,7 +311,7 @@ class LSTM(_RecurrentLayer):
 
     ``precision="bf16"`` (or running under ``torch.autocast("cpu", dtype=torch.bfloat16)``)
     runs the compiled kernels' GEMMs on bf16 operands (avx512_bf16) while the parameters, the
-    gates, the cell state c and the outputs stay float32 (:func:`rnnlab.fused.use_bf16`);
+    gates, the cell state c and the outputs stay float32 (:func:`rnnlab.compiled.use_bf16`);
     forcing it where the compiled kernels cannot run raises.
     """
 
@@ -351,7 +351,7 @@ class LSTM(_RecurrentLayer):
         self._precision = value
 
     def _bf16_gemms(self, backend: str, x: Tensor) -> bool:
-        return fused.use_bf16(self.cells[0], x, backend, self.precision)
+        return compiled.use_bf16(self.cells[0], x, backend, self.precision)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", precision='bf16'" if self.precision == "bf16" else "")
