@@ -125,12 +125,13 @@ def scan(
     )
     if isinstance(cell, LSTMCell):
         args = (cell.weight_ih, cell.weight_hh, cell.bias, mask, reverse)
-        if not train and mask is None and x.dtype == torch.float32 and not bf16:
-            # Each thread runs its batch rows through the whole loop and keeps only two state
-            # slots (recurrent.cpp, lstm_infer); the same arithmetic as the training kernel.
+        if not train and mask is None and x.dtype == torch.float32:
+            # Each thread runs its batch rows through the whole loop, computing each step's
+            # input projection into a buffer of its own (recurrent.cpp, lstm_infer); the same
+            # arithmetic as the training kernel.
             w = (cell.weight_ih, cell.weight_hh, cell.bias)
             h0, c0 = state.h.contiguous(), state.c.contiguous()
-            out, h, c = ext.lstm_infer(x, h0, c0, *w, reverse, torch.get_num_threads())
+            out, h, c = ext.lstm_infer(x, h0, c0, *w, reverse, torch.get_num_threads(), bf16)
             return out, LSTMState(h, c)
         if not train:  # inference: nothing saved for a backward pass
             out, h, c = ext.lstm_forward(x, state.h, state.c, *args, False, bf16)

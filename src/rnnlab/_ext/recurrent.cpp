@@ -457,36 +457,77 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
 }
 
 // LSTM inference without padding: each thread runs its block of batch rows through the whole
-// time loop (over_row_blocks), so the loop has no synchronisation at all. Only two state slots
-// and the (T, B, 4H) input projection are kept; ``threads`` caps the team (the tests force
+// time loop (over_row_blocks), so the loop has no synchronisation at all. Nothing of size T*B
+// is kept but the output: each step's gates are x_t W_ih^T + h_{t-1} W_hh^T, two GEMMs into the
+// thread's own (rows, 4H) buffer, which stays in cache; x_t is read in place (rows of x,
+// strided by T). A whole-sequence input projection would write and read back T*B*4H floats
+// and, on first touch, page-fault its fresh memory in.
+//
+// bf16 = true (the bf16 mode): the GEMM operands x, h and the weights are bf16 (weights packed
+// for the bf16 ukernel), accumulated in fp32; gates, c and the outputs stay float32, and each
+// thread keeps a bf16 copy of its rows' h for the next step. Odd I or H (which the VNNI packing
+// cannot take) use the float32 GEMM for that operand. ``threads`` caps the team (the tests force
 // several to check every split).
-std::vector<Tensor> lstm_infer(const Tensor& x, const Tensor& h0, const Tensor& c0,
-                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,
-                               bool reverse, int64_t threads) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "lstm_infer expects float32, got ", x.scalar_type());
-  const int64_t B = x.size(0), Tn = x.size(1), H = h0.size(1);
-  Tensor xt = x.transpose(0, 1).contiguous();    // (T, B, I)
-  Tensor xw = input_projection(xt, w_ih, bias);  // (T, B, 4H), overwritten step by step
-  Tensor w_t = w_hh.t().contiguous();            // (H, 4H)
-  Tensor hs = at::empty({2, B, H}, x.options());
-  Tensor cs = at::empty({2, B, H}, x.options());
-  hs[0].copy_(h0);
-  cs[0].copy_(c0);
+std::vector<Tensor> lstm_infer(const Tensor& x_, const Tensor& h0_, const Tensor& c0_,
+                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias_,
+                               bool reverse, int64_t threads, bool bf16) {
+  TORCH_CHECK(x_.scalar_type() == at::kFloat, "lstm_infer expects float32, got ", x_.scalar_type());
+  Tensor x = x_.contiguous(), h0 = h0_.contiguous(), bias = bias_.contiguous();
+  const int64_t B = x.size(0), Tn = x.size(1), I = x.size(2), H = h0.size(1);
   Tensor out = at::empty({B, Tn, H}, x.options());
-  const float* w = w_t.data_ptr<float>();
-  float *g = xw.data_ptr<float>(), *hp = hs.data_ptr<float>(), *cp = cs.data_ptr<float>();
-  float* o = out.data_ptr<float>();
+  Tensor c = c0_.clone(at::MemoryFormat::Contiguous);  // (B, H), updated in place
+  if (Tn == 0) return {out, h0.clone(), c};
+  const bool bx = bf16 && could_pack_bf16(I), bh = bf16 && could_pack_bf16(H);
+  Tensor w_ih_t = bx ? pack_bf16(w_ih.t()) : w_ih.t().contiguous();  // (I, 4H)
+  Tensor w_hh_t = bh ? pack_bf16(w_hh.t()) : w_hh.t().contiguous();  // (H, 4H)
+  Tensor xb = bx ? x.to(at::kBFloat16) : x;
+  Tensor h0b = bh ? h0.to(at::kBFloat16) : h0;
+  const float *bp = bias.data_ptr<float>();
+  float *o = out.data_ptr<float>(), *cp = c.data_ptr<float>();
   over_row_blocks(B, threads, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    std::vector<float> buf(rows * 4 * H);
+    std::vector<at::BFloat16> hbuf(bh ? rows * H : 0);  // bf16 h_{t-1} of these rows
+    float* g = buf.data();
     for (int64_t s = 0; s < Tn; ++s) {
-      const int64_t t = reverse ? Tn - 1 - s : s, p = s & 1, n = (s + 1) & 1;
-      float* gt = g + t * B * 4 * H;
-      gemm_rows(b1 - b0, 4 * H, H, hp + (p * B + b0) * H, H, w, 4 * H, gt + b0 * 4 * H, 4 * H,
-                true);  // gates[t] += h_{t-1} W_hh^T
-      lstm_forward_step<float>(gt, hp + p * B * H, cp + p * B * H, hp + n * B * H, cp + n * B * H,
-                               o, nullptr, t, Tn, B, H, nullptr, nullptr, b0, b1);
+      const int64_t t = reverse ? Tn - 1 - s : s, tp = reverse ? t + 1 : t - 1;
+      if (bx) {
+        gemm_rows(rows, 4 * H, I, xb.data_ptr<at::BFloat16>() + (b0 * Tn + t) * I, Tn * I,
+                  w_ih_t.data_ptr<at::BFloat16>(), 4 * H, g, 4 * H, false);
+      } else {
+        gemm_rows(rows, 4 * H, I, x.data_ptr<float>() + (b0 * Tn + t) * I, Tn * I,
+                  w_ih_t.data_ptr<float>(), 4 * H, g, 4 * H, false);
+      }
+      if (bh) {
+        const at::BFloat16* hp = s == 0 ? h0b.data_ptr<at::BFloat16>() + b0 * H : hbuf.data();
+        gemm_rows(rows, 4 * H, H, hp, H, w_hh_t.data_ptr<at::BFloat16>(), 4 * H, g, 4 * H, true);
+      } else {
+        const float* hp = s == 0 ? h0.data_ptr<float>() + b0 * H : o + (b0 * Tn + tp) * H;
+        gemm_rows(rows, 4 * H, H, hp, s == 0 ? H : Tn * H, w_hh_t.data_ptr<float>(), 4 * H, g,
+                  4 * H, true);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* a = g + r * 4 * H;
+        float* cr = cp + (b0 + r) * H;
+        float* hr = o + ((b0 + r) * Tn + t) * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const float i = sigmoid(a[j] + bp[j]), f = sigmoid(a[H + j] + bp[H + j]);
+          const float gg = std::tanh(a[2 * H + j] + bp[2 * H + j]);
+          const float og = sigmoid(a[3 * H + j] + bp[3 * H + j]);
+          const float cn = f * cr[j] + i * gg;
+          cr[j] = cn;
+          hr[j] = og * std::tanh(cn);
+        }
+        if (bh) {
+          at::BFloat16* hb = hbuf.data() + r * H;
+          for (int64_t j = 0; j < H; ++j) hb[j] = static_cast<at::BFloat16>(hr[j]);
+        }
+      }
     }
   });
-  return {out, hs[Tn & 1].clone(), cs[Tn & 1].clone()};
+  Tensor h_n = out.select(1, reverse ? 0 : Tn - 1).clone();
+  return {out, h_n, c};
 }
 
 // ---------------------------------------------------------------------------------------------
