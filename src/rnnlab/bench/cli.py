@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
+from rnnlab.allocator import retain_freed_memory
 from rnnlab.bench.suite import DEFAULT_IMPLS, memory_probe, run_benchmarks
 from rnnlab.bench.workloads import WORKLOADS
 
@@ -31,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="3 repeats, 3 s budget, no memory")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="keep freed memory in the process (rnnlab.allocator.retain_freed_memory, what "
+        "rnnlab train does) for every implementation alike; default: glibc's own behaviour",
+    )
     p.add_argument("--json", metavar="FILE", help="write everything to FILE as JSON")
     p.add_argument("--memory-probe", help=argparse.SUPPRESS)  # child process of the memory probe
     return p
@@ -97,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats, budget, memory = args.repeats, args.budget, not args.no_memory
     if args.quick:
         repeats, budget, memory = 3, 3.0, False
+    retained = retain_freed_memory() if args.retain_memory else False
+    if args.retain_memory and not retained:
+        raise SystemExit("rnnlab bench: --retain-memory needs glibc's mallopt, not found here")
     start = time.time()
     report = run_benchmarks(
         workloads,
@@ -108,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda msg: print(f"[{time.time() - start:6.1f}s] {msg}", file=sys.stderr),
     )
     report["command"] = "rnnlab bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    report["environment"]["allocator"] = (
+        "glibc, freed memory retained (--retain-memory)" if retained else "default"
+    )
     report["wall_seconds"] = time.time() - start
     print(format_report(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    if args.json:  # whole or not at all: a partial file would read as a finished run
+        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, args.json)
     return 0

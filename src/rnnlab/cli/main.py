@@ -17,6 +17,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
+from rnnlab.allocator import retain_freed_memory, retention_wanted
 from rnnlab.config import ConfigError, list_presets, load_preset
 
 __all__ = ["PLUGIN_VERBS", "build_parser", "main"]
@@ -27,6 +28,10 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("rnnlab.inspect", "draw a trained LSTM's gates and cell states"),
     "experiment": ("rnnlab.experiments", "run the long-range dependency experiment"),
 }
+
+# Verbs that train or run models, for which glibc keeps freed memory for reuse (rnnlab.allocator;
+# RNNLAB_RETAIN_MEMORY=0 turns it off). bench decides with its own --retain-memory flag.
+_RETAIN_MEMORY_VERBS = ("train", "evaluate", "predict", "experiment")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -211,6 +216,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _RETAIN_MEMORY_VERBS and retention_wanted():
+        retain_freed_memory()  # rnnlab.allocator: no page faults on every step's fresh tensors
     if argv and argv[0] in PLUGIN_VERBS:
         return _plugin(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
