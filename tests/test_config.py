@@ -45,6 +45,8 @@ def test_overrides_are_typed():
         ("model.cell=transformer", "model.cell: expected one of 'lstm' | 'gru' | 'rnn'"),
         ("model.dropout=1.5", "model.dropout: expected in [0, 1)"),
         ("model.bidirectional=1", "model.bidirectional: expected bool, got 1"),
+        ("model.precision=fp16", "model.precision: expected one of 'fp32' | 'bf16', got 'fp16'"),
+        ("model.precision=BF16", "model.precision: expected one of 'fp32' | 'bf16', got 'BF16'"),
         ("train.epochs", "expected section.key=value"),
     ],
 )
@@ -77,3 +79,44 @@ def test_seed_presets_are_the_tutorials_models():
     mnist = build_model(load_preset("mnist-seed"))
     # Linear 28->128, LSTM 128 (one bias per gate), Linear 128->10
     assert sum(p.numel() for p in mnist.parameters()) == (28 * 128 + 128) + 4 * 128 * 257 + 1290
+
+
+def test_precision_defaults_to_fp32_and_round_trips():
+    assert all(load_preset(name).model.precision == "fp32" for name in list_presets())
+    config = load_preset("mnist-seed", ["model.precision=bf16"])
+    assert config.model.precision == "bf16"
+    assert config.to_dict()["model"]["precision"] == "bf16"  # saved with runs and checkpoints
+    assert Config.from_dict(config.to_dict()) == config
+    older = config.to_dict()  # a run saved before the key existed trains in float32
+    del older["model"]["precision"]
+    assert Config.from_dict(older).model.precision == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "message"),
+    [
+        ("mnist-seed", ["model.cell=gru"], "expected model.cell='lstm' .*got cell='gru'"),
+        ("mnist-seed", ["model.cell=rnn"], "expected model.cell='lstm' .*got cell='rnn'"),
+        ("imdb", [], "expected model.cell='lstm' .*got cell='gru'"),  # a GRU preset
+        (
+            "mnist-seed",
+            ["model.backend=torch"],
+            "expected model.backend='auto' .*got backend='torch'",
+        ),
+        (
+            "mnist-seed",
+            ["model.backend=fused"],
+            "expected model.backend='auto' .*got backend='fused'",
+        ),
+        (
+            "mnist-seed",
+            ["model.backend=reference"],
+            "expected model.backend='auto' .*got backend='reference'",
+        ),
+    ],
+)
+def test_bf16_needs_an_lstm_on_the_auto_backend(preset, overrides, message):
+    for order in ([*overrides, "model.precision=bf16"], ["model.precision=bf16", *overrides]):
+        with pytest.raises(ConfigError, match=r"^model\.precision='bf16' " + message):
+            load_preset(preset, order)
+    assert load_preset(preset, overrides).model.precision == "fp32"  # fine in float32

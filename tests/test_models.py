@@ -1,9 +1,10 @@
-"""The classifiers: shapes, masking, pooling, gates and the torch comparison backend."""
+"""The classifiers: shapes, masking, pooling, gates, the torch comparison backend and bf16."""
 
 import pytest
 import torch
 
-from rnnlab.config import load_preset
+from rnnlab.config import ConfigError, load_preset
+from rnnlab.layers import LSTM
 from rnnlab.models import build_model
 
 
@@ -81,3 +82,59 @@ def test_torch_backend_matches_rnnlab_with_copied_weights(cell):
             torch_layer.bias_hh_l0[32:].copy_(cell_.bias_hn)
     x = torch.rand(4, 28, 28)
     torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+
+
+def _needs_compiled_kernels():
+    from rnnlab import _ext
+
+    if _ext.load() is None:
+        pytest.skip(f"compiled kernels unavailable: {_ext.unavailable_reason()}")
+
+
+@pytest.mark.parametrize("preset", ["mnist-seed", "imdb-seed"])
+def test_bf16_precision_reaches_every_lstm_layer(preset):
+    _needs_compiled_kernels()
+    extra = ["model.hidden_sizes=[16, 8]", "model.bidirectional=true"]
+    model = build_model(load_preset(preset, [*extra, "model.precision=bf16"]))
+    layers = list(model.stack.layers)
+    assert len(layers) == 2 and all(isinstance(lay, LSTM) for lay in layers)
+    assert [lay.precision for lay in layers] == ["bf16", "bf16"]
+    plain = build_model(load_preset(preset, extra))
+    assert [lay.precision for lay in plain.stack.layers] == ["fp32", "fp32"]
+    assert plain.state_dict().keys() == model.state_dict().keys()  # same parameters, same dtype
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_model_is_close_to_but_not_the_fp32_model():
+    """Same weights: bf16 GEMM operands (8 significant bits) move the logits a little, not far;
+    identical logits would mean the precision never reached the kernels."""
+    _needs_compiled_kernels()
+    torch.manual_seed(0)
+    fp32 = build_model(load_preset("mnist-seed", ["model.hidden_sizes=[32]"])).eval()
+    bf16 = build_model(
+        load_preset("mnist-seed", ["model.hidden_sizes=[32]", "model.precision=bf16"])
+    ).eval()
+    bf16.load_state_dict(fp32.state_dict())
+    x = torch.rand(6, 28, 28)  # (B, T, I)
+    with torch.no_grad():
+        a, b = fp32(x), bf16(x)  # (B, C)
+    assert b.dtype == torch.float32 and torch.isfinite(b).all()
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(b, a, rtol=0.0, atol=1e-2)  # seen: about 2e-3
+
+
+def test_bf16_without_compiled_kernels_is_refused_when_the_model_is_built(monkeypatch):
+    from rnnlab import _ext
+
+    for name in ("_tried", "_module", "_reason"):
+        monkeypatch.setattr(_ext, name, getattr(_ext, name))
+    monkeypatch.setattr(_ext, "_tried", False)
+    monkeypatch.setenv("RNNLAB_NO_EXTENSION", "1")
+    config = load_preset("mnist-seed", ["model.precision=bf16"])  # valid as a configuration
+    with pytest.raises(
+        ConfigError,
+        match=r"model.precision='bf16' expected the compiled kernels to run here, got: "
+        r"disabled by RNNLAB_NO_EXTENSION\. Use model.precision=fp32",
+    ):
+        build_model(config)
+    assert build_model(load_preset("mnist-seed")) is not None  # float32 still builds

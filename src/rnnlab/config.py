@@ -92,6 +92,10 @@ class ModelConfig:
     is reduced over time by ``pooling``: ``"last"`` (the final hidden state at each sequence's
     last real step), ``"mean"``, ``"max"`` or ``"meanmax"`` (both, concatenated) over real steps.
     ``backend`` ``"torch"`` swaps in torch.nn.LSTM/GRU/RNN, for speed comparisons only.
+    ``precision`` ``"bf16"`` runs the LSTM layers' matrix products on bf16 operands while their
+    weights, gates and cell state stay float32 (:class:`rnnlab.LSTM`'s ``precision``); only the
+    compiled kernels have that mode, so it needs ``cell="lstm"`` and ``backend="auto"``. The
+    input projection, embedding and head stay float32.
     """
 
     kind: Literal["sequence", "text"] = "sequence"
@@ -108,9 +112,20 @@ class ModelConfig:
     mask: bool = False  # text models: skip padding via lengths (Keras's default does not)
     num_classes: int = 10
     backend: Literal["auto", "fused", "reference", "torch"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         _positive(self, "input_size", "embedding_dim", "num_classes")
+        if self.precision == "bf16" and self.cell != "lstm":
+            raise ConfigError(
+                f"model.precision='bf16' expected model.cell='lstm' (only rnnlab.LSTM has a "
+                f"bf16 mode; GRU and RNN run float32), got cell={self.cell!r}"
+            )
+        if self.precision == "bf16" and self.backend != "auto":
+            raise ConfigError(
+                f"model.precision='bf16' expected model.backend='auto' (bf16 runs on the "
+                f"compiled kernels only), got backend={self.backend!r}"
+            )
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError(
                 f"model.hidden_sizes: expected a non-empty list of positive ints, "

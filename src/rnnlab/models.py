@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from rnnlab import compiled
 from rnnlab.blocks import final_hidden
 from rnnlab.config import Config, ConfigError, ModelConfig
 from rnnlab.layers import GRU, LSTM, RNN
@@ -43,7 +44,12 @@ def _keras_dense_init(linear: nn.Linear) -> nn.Linear:
 def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> nn.Module:
     """One rnnlab layer, or (``backend="torch"``, for comparisons only) its torch.nn twin."""
     if cfg.backend != "torch":
-        kwargs = {"forget_bias": cfg.forget_bias} if cfg.cell == "lstm" else {}
+        # ModelConfig refuses precision="bf16" for GRU and RNN, which have no bf16 mode
+        kwargs = (
+            {"forget_bias": cfg.forget_bias, "precision": cfg.precision}
+            if cfg.cell == "lstm"
+            else {}
+        )
         return LAYERS[cfg.cell](
             input_size, hidden, bidirectional=cfg.bidirectional, backend=cfg.backend, **kwargs
         )
@@ -188,7 +194,9 @@ class TextClassifier(nn.Module):
 
 def build_model(config: Config) -> nn.Module:
     """The model of ``config`` (its ``model`` section; text models take the vocabulary size and
-    padding side from ``data``), freshly initialised from the current torch RNG."""
+    padding side from ``data``), freshly initialised from the current torch RNG. With
+    ``model.precision="bf16"`` it also checks that the compiled kernels can run (building them
+    on first use) and raises ConfigError naming why not."""
     cfg = config.model
     if cfg.backend == "torch" and cfg.mask:
         raise ConfigError(
@@ -196,5 +204,16 @@ def build_model(config: Config) -> nn.Module:
             "are for unmasked speed comparisons), got mask=true"
         )
     if cfg.kind == "sequence":
-        return SequenceClassifier(cfg)
-    return TextClassifier(cfg, config.data.num_words, padding=config.data.padding)
+        model = SequenceClassifier(cfg)
+    else:
+        model = TextClassifier(cfg, config.data.num_words, padding=config.data.padding)
+    if cfg.precision == "bf16":
+        # Said here rather than at the first training step, where rnnlab.LSTM would raise it.
+        cell = model.stack.layers[0].cells[0]
+        reason = compiled.compiled_unavailable(cell, cell.weight_hh)
+        if reason is not None:
+            raise ConfigError(
+                f"model.precision='bf16' expected the compiled kernels to run here, got: "
+                f"{reason}. Use model.precision=fp32."
+            )
+    return model
