@@ -316,3 +316,25 @@ def test_read_only_folder_is_refused(imdb_run, tmp_path):
             inspect_run(imdb_run, locked / "out", text=REVIEW)
     finally:
         locked.chmod(0o700)
+
+
+def test_bf16_model_gates_are_recorded_in_fp32_and_its_precision_restored():
+    """bf16 lives in the compiled kernels and gates come from the reference loop, so a bf16
+    model's gates are those of the same weights in float32; the model stays bf16 afterwards."""
+    from rnnlab import _ext
+
+    if _ext.load() is None:
+        pytest.skip(f"compiled kernels unavailable: {_ext.unavailable_reason()}")
+    torch.manual_seed(0)
+    overrides = ["model.projection=16", "model.hidden_sizes=[16]"]
+    bf16 = build_model(load_preset("mnist-sample", [*overrides, "model.precision=bf16"])).eval()
+    fp32 = build_model(load_preset("mnist-sample", overrides)).eval()
+    fp32.load_state_dict(bf16.state_dict())
+    x = torch.rand(1, 28, 28)  # (B, T, I)
+    gates = record_gates(bf16, (x,), 0, 0)
+    expected = record_gates(fp32, (x,), 0, 0)
+    assert sorted(gates) == ["c", "f", "g", "h", "i", "o"] and gates["c"].shape == (28, 16)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(gates[name], value)
+    layer = bf16.stack.layers[0]
+    assert (layer.backend, layer.precision) == ("auto", "bf16")

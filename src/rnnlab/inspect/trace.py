@@ -123,13 +123,20 @@ def _record(
             f"{', 1 backwards' if D == 2 else ''}), got {direction}"
         )
     backends = [lay.backend for lay in layers]
+    # Only LSTM has a precision; its bf16 mode lives in the compiled kernels, so a bf16 model's
+    # gates are recorded with float32 GEMMs (the same parameters, without the bf16 rounding).
+    precisions = [getattr(lay, "precision", None) for lay in layers]
     try:
-        for lay in layers:
+        for lay, precision in zip(layers, precisions, strict=True):
             lay.backend = "reference"  # only the reference loop records gates; same parameters
+            if precision is not None:
+                lay.precision = "fp32"
         _, traces = model(*inputs, return_gates=True)
     finally:
-        for lay, backend in zip(layers, backends, strict=True):
+        for lay, backend, precision in zip(layers, backends, precisions, strict=True):
             lay.backend = backend
+            if precision is not None:
+                lay.precision = precision
     return traces[layer][0][direction]  # each stacked layer is a one-layer rnnlab layer
 
 
