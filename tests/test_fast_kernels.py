@@ -222,11 +222,12 @@ def test_bf16_mode_close_to_fp32(padding: str | None, bidirectional: bool) -> No
     outputs, states and gradients stay within about 1% of float32; all stay float32 and finite."""
     torch.manual_seed(3)
     H = 21 if padding == "post" else 40  # odd H takes the per-step bf16 GEMMs (no VNNI pack)
-    ref = rnnlab.LSTM(6, H, num_layers=2, bidirectional=bidirectional, backend="compiled")
+    I = 5 if padding == "pre" else 6  # odd I: x_t W_ih^T in fp32, the rest in bf16
+    ref = rnnlab.LSTM(I, H, num_layers=2, bidirectional=bidirectional, backend="compiled")
     bf = copy.deepcopy(ref)
     bf.precision = "bf16"
     B = 19  # two row blocks of the batch on two threads
-    x = torch.randn(B, 9, 6)
+    x = torch.randn(B, 9, I)
     lengths = torch.randint(1, 10, (B,), generator=torch.Generator().manual_seed(0))
     kwargs = {} if padding is None else dict(lengths=lengths, padding=padding)
     out_r, fin_r, grads_r = run(ref, x, None, kwargs)

@@ -186,17 +186,22 @@ bool could_pack_bf16(int64_t K) { return K % 2 == 0 && bf16_rows_work(); }
 // ---------------------------------------------------------------------------------------------
 // LSTM: gate rows i, f, g, o; c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
 
-// bf16 mode (rec != nullptr): rec (B, 4H) is h_{t-1} W_hh^T from a bf16 GEMM, added here in fp32,
-// and hb_next receives a bf16 copy of h_t, the next step's GEMM operand. The gate arithmetic and
-// c stay in T (float).
+// bias (4H) or nullptr: added to the pre-activations here (the row-block paths leave it out of
+// their GEMMs). bf16 mode (rec != nullptr): rec (B, 4H) is h_{t-1} W_hh^T from a bf16 GEMM,
+// added here in fp32, and hb_next receives a bf16 copy of h_t, the next step's GEMM operand. The
+// gate arithmetic and c stay in T (float).
 template <typename T>
 void lstm_forward_step(T* gates, const T* h_prev, const T* c_prev, T* h_next, T* c_next, T* out,
                        const bool* mask, int64_t t, int64_t Tn, int64_t B, int64_t H,
-                       const at::BFloat16* rec = nullptr, at::BFloat16* hb_next = nullptr,
-                       int64_t r0 = 0, int64_t r1 = -1) {
+                       const T* bias = nullptr, const at::BFloat16* rec = nullptr,
+                       at::BFloat16* hb_next = nullptr, int64_t r0 = 0, int64_t r1 = -1) {
   run_rows(B, r0, r1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* a = gates + b * 4 * H;  // (4H,) pre-activations in, activations out
+      if (bias) {
+#pragma omp simd
+        for (int64_t j = 0; j < 4 * H; ++j) a[j] += bias[j];
+      }
       if (rec) {
         const at::BFloat16* r = rec + b * 4 * H;
 #pragma omp simd
@@ -232,8 +237,10 @@ void lstm_forward_step(T* gates, const T* h_prev, const T* c_prev, T* h_next, T*
         hn[j] = h;
         o_bt[j] = h;
       }
-      if (hb)
+      if (hb) {
+#pragma omp simd
         for (int64_t j = 0; j < H; ++j) hb[j] = static_cast<at::BFloat16>(hn[j]);
+      }
     }
   });
 }
@@ -256,7 +263,20 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
   Tensor cs = at::empty({S, B, H}, x.options());
   Tensor out = at::empty({B, Tn, H}, x.options());
   Tensor gates, w_hh_t, hb, rec;  // hb (S, B, H) bf16 states, rec (B, 4H) bf16 h W_hh^T
-  if (bf16) {
+  // The row-block paths below compute each step's x_t W_ih^T into gates[t] themselves (one
+  // more GEMM per step, on rows already in cache) and add the bias in the gate pass: no
+  // separate pass over (T, B, 4H) to broadcast the bias, and no whole-sequence GEMM.
+  const bool rows_fp32 = x.scalar_type() == at::kFloat && !bf16;
+  const bool rows_bf16 = bf16 && could_pack_bf16(H);
+  const bool x_bf16 = rows_bf16 && could_pack_bf16(xt.size(2));  // else x_t W_ih^T in fp32
+  if (rows_fp32 || rows_bf16) {
+    gates = at::empty({Tn, B, 4 * H}, x.options());
+    if (bf16) {
+      if (x_bf16) xt = xt.to(at::kBFloat16);
+      hb = at::empty({S, B, H}, x.options().dtype(at::kBFloat16));
+      hb[slots.prev(0, slots.time(0))].copy_(h0);
+    }
+  } else if (bf16) {
     xt = xt.to(at::kBFloat16);
     Tensor proj = product(xt.view({Tn * B, -1}), w_ih.to(at::kBFloat16).t());  // (T*B, 4H)
     gates = at::add(proj.view({Tn, B, 4 * H}), bias);  // float32: type promotion
@@ -271,36 +291,49 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
   hs[slots.prev(0, slots.time(0))].copy_(h0);
   cs[slots.prev(0, slots.time(0))].copy_(c0);
   const bool* m = mask_data(mask);
-  if (x.scalar_type() == at::kFloat && !bf16) {  // each thread runs its rows through all steps
-    Tensor w_t = w_hh.t().contiguous();            // (H, 4H)
-    const float* w = w_t.data_ptr<float>();
+  const int64_t I = xt.size(2);
+  if (rows_fp32) {  // each thread runs its rows through all steps
+    Tensor wi_t = w_ih.t().contiguous(), wh_t = w_hh.t().contiguous();  // (I, 4H), (H, 4H)
+    const float *wi = wi_t.data_ptr<float>(), *wh = wh_t.data_ptr<float>();
+    const float *xp = xt.data_ptr<float>(), *bp = bias.data_ptr<float>();
     float *g = gates.data_ptr<float>(), *hp = hs.data_ptr<float>(), *cp = cs.data_ptr<float>();
     float* o = out.data_ptr<float>();
     over_row_blocks(B, at::get_num_threads(), [&](int64_t b0, int64_t b1) {
       for (int64_t s = 0; s < Tn; ++s) {
         const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
-        float* gt = g + t * B * 4 * H;
-        gemm_rows(b1 - b0, 4 * H, H, hp + (p * B + b0) * H, H, w, 4 * H, gt + b0 * 4 * H, 4 * H,
+        float* gt = g + (t * B + b0) * 4 * H;
+        gemm_rows(b1 - b0, 4 * H, I, xp + (t * B + b0) * I, I, wi, 4 * H, gt, 4 * H,
+                  false);  // gates[t] = x_t W_ih^T
+        gemm_rows(b1 - b0, 4 * H, H, hp + (p * B + b0) * H, H, wh, 4 * H, gt, 4 * H,
                   true);  // gates[t] += h_{t-1} W_hh^T
-        lstm_forward_step<float>(gt, hp + p * B * H, cp + p * B * H, hp + n * B * H,
-                                 cp + n * B * H, o, m, t, Tn, B, H, nullptr, nullptr, b0, b1);
+        lstm_forward_step<float>(g + t * B * 4 * H, hp + p * B * H, cp + p * B * H,
+                                 hp + n * B * H, cp + n * B * H, o, m, t, Tn, B, H, bp, nullptr,
+                                 nullptr, b0, b1);
       }
     });
-  } else if (bf16 && could_pack_bf16(H)) {  // the same with bf16 operands, fp32 accumulation
-    Tensor w_pk = pack_bf16(w_hh.t());       // (H, 4H) VNNI
-    const at::BFloat16* w = w_pk.data_ptr<at::BFloat16>();
+  } else if (rows_bf16) {  // the same with bf16 operands, fp32 accumulation
+    Tensor wi_pk = x_bf16 ? pack_bf16(w_ih.t()) : w_ih.t().contiguous();  // (I, 4H) VNNI|fp32
+    Tensor wh_pk = pack_bf16(w_hh.t());                                   // (H, 4H) VNNI
+    const at::BFloat16* wh = wh_pk.data_ptr<at::BFloat16>();
+    const float* bp = bias.data_ptr<float>();
     at::BFloat16* hbp = hb.data_ptr<at::BFloat16>();
     float *g = gates.data_ptr<float>(), *hp = hs.data_ptr<float>(), *cp = cs.data_ptr<float>();
     float* o = out.data_ptr<float>();
     over_row_blocks(B, at::get_num_threads(), [&](int64_t b0, int64_t b1) {
       for (int64_t s = 0; s < Tn; ++s) {
         const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
-        float* gt = g + t * B * 4 * H;
-        gemm_rows(b1 - b0, 4 * H, H, hbp + (p * B + b0) * H, H, w, 4 * H, gt + b0 * 4 * H, 4 * H,
-                  true);  // gates[t] += h_{t-1} W_hh^T, bf16 operands
-        lstm_forward_step<float>(gt, hp + p * B * H, cp + p * B * H, hp + n * B * H,
-                                 cp + n * B * H, o, m, t, Tn, B, H, nullptr, hbp + n * B * H, b0,
-                                 b1);
+        float* gt = g + (t * B + b0) * 4 * H;
+        if (x_bf16) {
+          gemm_rows(b1 - b0, 4 * H, I, xt.data_ptr<at::BFloat16>() + (t * B + b0) * I, I,
+                    wi_pk.data_ptr<at::BFloat16>(), 4 * H, gt, 4 * H, false);
+        } else {
+          gemm_rows(b1 - b0, 4 * H, I, xt.data_ptr<float>() + (t * B + b0) * I, I,
+                    wi_pk.data_ptr<float>(), 4 * H, gt, 4 * H, false);
+        }
+        gemm_rows(b1 - b0, 4 * H, H, hbp + (p * B + b0) * H, H, wh, 4 * H, gt, 4 * H, true);
+        lstm_forward_step<float>(g + t * B * 4 * H, hp + p * B * H, cp + p * B * H,
+                                 hp + n * B * H, cp + n * B * H, o, m, t, Tn, B, H, bp, nullptr,
+                                 hbp + n * B * H, b0, b1);
       }
     });
   } else AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
@@ -314,14 +347,14 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
       lstm_forward_step<scalar_t>(
           gates[t].data_ptr<scalar_t>(), hs[p].data_ptr<scalar_t>(), cs[p].data_ptr<scalar_t>(),
           hs[n].data_ptr<scalar_t>(), cs[n].data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), m, t,
-          Tn, B, H, bf16 ? rec.data_ptr<at::BFloat16>() : nullptr,
+          Tn, B, H, nullptr, bf16 ? rec.data_ptr<at::BFloat16>() : nullptr,
           bf16 ? hb[n].data_ptr<at::BFloat16>() : nullptr);
     }
   });
   const int64_t last = slots.next(Tn - 1, slots.time(Tn - 1));
   Tensor h_n = hs[last].clone(), c_n = cs[last].clone();
   if (!train) return {out, h_n, c_n};
-  if (bf16) return {out, h_n, c_n, gates, hb, cs, xt};
+  if (bf16) return {out, h_n, c_n, gates, hb, cs, xt.to(at::kBFloat16)};  // no copy if bf16
   return {out, h_n, c_n, gates, hs, cs, xt};
 }
 
@@ -367,10 +400,22 @@ void lstm_backward_step(const T* acts, const T* c_prev, const T* c_next, const T
         dcb[j] = dc_t * f;
         dhb[j] = T(0);  // h_{t-1} reaches h_t only through the gates: the GEMM fills it in
       }
-      if (db)
+      if (db) {
+#pragma omp simd
         for (int64_t j = 0; j < 4 * H; ++j) db[j] = static_cast<at::BFloat16>(d[j]);
+      }
     }
   });
+}
+
+// db_acc (4H) += the sum of rows [b0, b1) of dpre_t (B, 4H): the bias gradient, gathered by each
+// thread from rows still in its cache instead of in a separate pass over (T, B, 4H).
+inline void add_rows(const float* dpre_t, int64_t b0, int64_t b1, int64_t G, float* db_acc) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* d = dpre_t + b * G;
+#pragma omp simd
+    for (int64_t j = 0; j < G; ++j) db_acc[j] += d[j];
+  }
 }
 
 // Returns {dx (B, T, I) or undefined, dh0, dc0, dW_ih, dW_hh, db}.
@@ -390,7 +435,11 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
   Tensor dpre_b = bf16 ? at::empty_like(dpre, hs.options()) : Tensor();  // (T, B, 4H)
   Tensor rec = bf16 ? at::zeros({B, H}, hs.options()) : Tensor();        // dpre_t W_hh
   Tensor w_hh_g = bf16 ? w_hh.to(at::kBFloat16) : w_hh.contiguous();
+  // Row-block paths: per-thread bias-gradient sums, one row per thread of the team.
+  Tensor db_parts = at::zeros({row_threads(B, at::get_num_threads()), 4 * H}, acts.options());
+  bool db_done = false;
   if (acts.scalar_type() == at::kFloat && !bf16) {  // each thread runs its rows through all steps
+    db_done = true;
     const float *a = acts.data_ptr<float>(), *c = cs.data_ptr<float>(), *w = w_hh_g.data_ptr<float>();
     const float* dov = dout.data_ptr<float>();
     float *d = dpre.data_ptr<float>(), *dhp = dh.data_ptr<float>(), *dcp = dc.data_ptr<float>();
@@ -400,11 +449,13 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
         float* dt = d + t * B * 4 * H;
         lstm_backward_step<float>(a + t * B * 4 * H, c + p * B * H, c + n * B * H, dov, dt, dhp,
                                   dcp, m, t, Tn, B, H, nullptr, nullptr, b0, b1);
+        add_rows(dt, b0, b1, 4 * H, db_parts.data_ptr<float>() + omp_get_thread_num() * 4 * H);
         gemm_rows(b1 - b0, H, 4 * H, dt + b0 * 4 * H, 4 * H, w, H, dhp + b0 * H, H,
                   true);  // dL/dh_{t-1} += dpre_t W_hh
       }
     });
   } else if (bf16 && could_pack_bf16(4 * H)) {  // the same with bf16 operands
+    db_done = true;
     Tensor w_pk = pack_bf16(w_hh);                 // (4H, H) VNNI
     const at::BFloat16* w = w_pk.data_ptr<at::BFloat16>();
     const float *a = acts.data_ptr<float>(), *c = cs.data_ptr<float>();
@@ -418,6 +469,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
         lstm_backward_step<float>(a + t * B * 4 * H, c + p * B * H, c + n * B * H, dov,
                                   d + t * B * 4 * H, dhp, dcp, m, t, Tn, B, H, nullptr, dbt, b0,
                                   b1);
+        add_rows(d + t * B * 4 * H, b0, b1, 4 * H,
+                 db_parts.data_ptr<float>() + omp_get_thread_num() * 4 * H);
         gemm_rows(b1 - b0, H, 4 * H, dbt + b0 * 4 * H, 4 * H, w, H, dhp + b0 * H, H,
                   true);  // dL/dh_{t-1} += dpre_t W_hh, bf16 operands
       }
@@ -453,7 +506,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
     dw_ih = dw_ih.to(at::kFloat);
     dw_hh = dw_hh.to(at::kFloat);
   }
-  return {dx, dh, dc, dw_ih, dw_hh, flat.sum(0)};
+  return {dx, dh, dc, dw_ih, dw_hh, db_done ? db_parts.sum(0) : flat.sum(0)};
 }
 
 // LSTM inference without padding: each thread runs its block of batch rows through the whole
