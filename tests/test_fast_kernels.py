@@ -297,3 +297,18 @@ def _threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def test_kernels_round_to_bf16_as_torch_does() -> None:
+    """The kernels' vectorised float32 -> bf16 rounding (recurrent.cpp, to_bf16) must give
+    torch's bits: ties to even, NaN, infinities, signed zeros, subnormals, huge values."""
+    special = torch.tensor(
+        [0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-45, -1e-40, 3.4e38, -3.4e38]
+    )
+    ties = (torch.arange(-2000, 2000, dtype=torch.int32) * 65536 + 32768).view(torch.float32)
+    x = torch.cat([special, ties, torch.randn(100_003) * 10.0 ** torch.randint(-30, 30, (1,))])
+    got = _ext.load().round_bf16(x).view(torch.int16)
+    want = x.to(torch.bfloat16).view(torch.int16)
+    nan = torch.isnan(x)
+    assert torch.equal(got[~nan], want[~nan])
+    assert torch.isnan(got[nan].view(torch.bfloat16)).all()
