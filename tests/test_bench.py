@@ -20,3 +20,21 @@ def test_bench_quick_writes_json_records(tmp_path, capsys) -> None:
     assert {"device", "dtype", "threads", "torch"} <= report["environment"].keys()
     assert "2048^3" in report["gemm"]
     assert "Workload A" in capsys.readouterr().out
+
+
+def test_bench_records_the_allocator_and_writes_json_whole(tmp_path, monkeypatch) -> None:
+    """--retain-memory is recorded in the environment; the JSON appears whole (written to a
+    temporary name, then renamed), with no temporary file left behind."""
+    import rnnlab.bench.cli as bench_cli
+
+    calls = []
+    monkeypatch.setattr(bench_cli, "retain_freed_memory", lambda: calls.append(1) or True)
+    out = tmp_path / "bench.json"
+    argv = ["--workloads", "A", "--impls", "torch", "--modes", "infer", "--quick"]
+    assert main([*argv, "--retain-memory", "--json", str(out)]) == 0
+    assert calls == [1]
+    report = json.loads(out.read_text())
+    assert report["environment"]["allocator"].startswith("glibc, freed memory retained")
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+    assert main([*argv, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["environment"]["allocator"] == "default"
