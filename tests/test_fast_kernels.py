@@ -324,7 +324,7 @@ def _threads(n: int):
 
 
 def test_kernels_round_to_bf16_as_torch_does() -> None:
-    """The kernels' vectorised float32 -> bf16 rounding (recurrent.cpp, to_bf16) must give
+    """The kernels' vectorised float32 -> bf16 rounding (_ext/recurrent.h, to_bf16) must give
     torch's bits: ties to even, NaN, infinities, signed zeros, subnormals, huge values."""
     special = torch.tensor(
         [0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-45, -1e-40, 3.4e38, -3.4e38]

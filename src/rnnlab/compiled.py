@@ -1,9 +1,10 @@
 """The compiled fast path and the choice of backend.
 
-The C++ kernels (:mod:`rnnlab._ext`, ``recurrent.cpp``) run the algorithm of :mod:`rnnlab.fused`
-with each time loop in C++. This module decides where they can run (:func:`compiled_unavailable`,
-:func:`choose`), whether their GEMMs take bf16 operands (:func:`use_bf16`), and wraps them in
-autograd Functions (:func:`scan`). Shape legend: B batch, T time, I input features, H hidden units.
+The C++ kernels (:mod:`rnnlab._ext`: ``lstm.cpp``, ``lstm_infer.cpp``, ``gru.cpp``) run the
+algorithm of :mod:`rnnlab.fused` with each time loop in C++. This module decides where they can
+run (:func:`compiled_unavailable`, :func:`choose`), whether their GEMMs take bf16 operands
+(:func:`use_bf16`), and wraps them in autograd Functions (:func:`scan`). Shape legend: B batch,
+T time, I input features, H hidden units.
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ def use_bf16(cell: _Cell, x: Tensor, backend: str, precision: str) -> bool:
 
 # -- compiled kernels ---------------------------------------------------------------------------
 # The same algorithm as the classes above, with each whole time loop in C++
-# (rnnlab/_ext/recurrent.cpp): per step one GEMM and one vectorised pass over the gates; for
-# float32 LSTM each thread runs its own batch rows through all steps, without synchronisation.
+# (rnnlab/_ext/*.cpp): per step GEMMs and one vectorised pass over the gates; for float32 LSTM
+# and its bf16 mode each thread runs its own batch rows through all steps, without
+# synchronisation.
 # Inputs and outputs stay batch first; the kernels index time themselves, so no flips.
 
 
@@ -127,7 +129,7 @@ def scan(
         args = (cell.weight_ih, cell.weight_hh, cell.bias, mask, reverse)
         if not train and mask is None and x.dtype == torch.float32:
             # Each thread runs its batch rows through the whole loop, computing each step's
-            # input projection into a buffer of its own (recurrent.cpp, lstm_infer); the same
+            # input projection into a buffer of its own (_ext/lstm_infer.cpp); the same
             # arithmetic as the training kernel.
             w = (cell.weight_ih, cell.weight_hh, cell.bias)
             h0, c0 = state.h.contiguous(), state.c.contiguous()

@@ -1,4 +1,4 @@
-"""Build and load the compiled LSTM/GRU kernels (``recurrent.cpp``) once per machine.
+"""Build and load the compiled LSTM/GRU kernels (``*.cpp`` beside this file) once per machine.
 
 The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (about 40 s on
 two cores) and cached under torch's extension directory (``TORCH_EXTENSIONS_DIR``, default
@@ -12,6 +12,7 @@ raises an error that quotes it. ``RNNLAB_NO_EXTENSION=1`` disables the extension
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -23,7 +24,10 @@ import torch
 
 __all__ = ["load", "unavailable_reason", "build_failed"]
 
-_SOURCE = Path(__file__).with_name("recurrent.cpp")
+_DIR = Path(__file__).parent
+# recurrent.h (shared helpers and the layout notes), then one file per kernel family.
+_SOURCES = [_DIR / name for name in ("lstm.cpp", "lstm_infer.cpp", "gru.cpp", "module.cpp")]
+_HEADERS = [_DIR / "recurrent.h"]
 # AVX-512 code with libmvec's vector exp/tanh. No -ffast-math: it would link crtfastmath.o, which
 # turns on flush-to-zero for the whole process.
 _CFLAGS = [
@@ -70,6 +74,17 @@ def _ensure_ninja_on_path() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
+def _build_name() -> str:
+    """The module's name, with a digest of every source and header in it: two checkouts with
+    different kernels (another version, a branch) then build into different folders of the
+    shared cache instead of rebuilding over each other, and a changed header cannot leave a
+    stale build behind."""
+    digest = hashlib.sha256()
+    for path in _SOURCES + _HEADERS:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"rnnlab_recurrent_{digest.hexdigest()[:12]}"
+
+
 def load() -> ModuleType | None:
     """The compiled module, building it on the first call; None if it cannot be used here."""
     global _module, _reason, _tried, _build_failed
@@ -84,8 +99,8 @@ def load() -> ModuleType | None:
 
     try:
         _module = build(
-            name="rnnlab_recurrent",
-            sources=[str(_SOURCE)],
+            name=_build_name(),
+            sources=[str(p) for p in _SOURCES],
             extra_cflags=_CFLAGS,
             extra_ldflags=_LDFLAGS,
             verbose=False,

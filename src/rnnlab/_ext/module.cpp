@@ -1,0 +1,27 @@
+// Python bindings of the compiled kernels (rnnlab._ext loads this module).
+#include <torch/extension.h>
+
+#include "recurrent.h"
+
+namespace rnnlab_ext {
+
+// to_bf16 on a whole float32 tensor, for the tests to compare with torch's own rounding.
+Tensor round_bf16(const Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "round_bf16 expects float32, got ", x.scalar_type());
+  Tensor src = x.contiguous();
+  Tensor out = at::empty(src.sizes(), src.options().dtype(at::kBFloat16));
+  to_bf16(src.data_ptr<float>(), out.data_ptr<at::BFloat16>(), src.numel());
+  return out;
+}
+
+}  // namespace rnnlab_ext
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("round_bf16", &rnnlab_ext::round_bf16);
+  m.def("lstm_forward", &rnnlab_ext::lstm_forward);
+  m.def("lstm_backward", &rnnlab_ext::lstm_backward);
+  m.def("lstm_infer", &rnnlab_ext::lstm_infer);
+  m.def("bf16_rows_work", &rnnlab_ext::bf16_rows_work);
+  m.def("gru_forward", &rnnlab_ext::gru_forward);
+  m.def("gru_backward", &rnnlab_ext::gru_backward);
+}
