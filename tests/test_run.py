@@ -88,6 +88,33 @@ def test_evaluate_and_predict_images(mnist_run, tmp_path):
         predict_texts(out, ["a fine film"])
 
 
+def test_predict_turns_dark_on_light_images_around(mnist_run, tmp_path):
+    """A digit drawn dark on white (MNIST's negative) gets the original's probabilities with
+    invert="auto" and is reported as inverted; "never" feeds it as it is, and light-on-dark
+    images are left alone by "auto"."""
+    out, _ = mnist_run
+    (_, _), (x_test, _) = load_mnist(sample=True)
+    digits = x_test[:6]
+    for i, x in enumerate(digits):
+        np.save(tmp_path / f"d{i}.npy", x)
+        np.save(tmp_path / f"neg{i}.npy", 255 - x)
+    plain = predict_images(out, [tmp_path / f"d{i}.npy" for i in range(6)])
+    negative = predict_images(out, [tmp_path / f"neg{i}.npy" for i in range(6)])
+    raw = predict_images(out, [tmp_path / f"neg{i}.npy" for i in range(6)], invert="never")
+    assert [r["inverted"] for r in plain] == [False] * 6
+    assert [r["inverted"] for r in negative] == [True] * 6
+    assert [r["inverted"] for r in raw] == [False] * 6
+    for p, n, r in zip(plain, negative, raw, strict=True):
+        assert n["probabilities"] == pytest.approx(p["probabilities"], abs=1e-6)
+        assert r["probabilities"] != pytest.approx(p["probabilities"], abs=1e-3)
+    forced = predict_images(out, [tmp_path / "d0.npy"], invert="always")
+    assert forced[0]["inverted"] and forced[0]["probabilities"] == pytest.approx(
+        raw[0]["probabilities"], abs=1e-6
+    )
+    with pytest.raises(PredictError, match=r"invert expected one of .*got 'sometimes'"):
+        predict_images(out, [tmp_path / "d0.npy"], invert="sometimes")
+
+
 def test_out_must_be_new_or_empty(mnist_run, tmp_path):
     out, _ = mnist_run
     with pytest.raises(RunError, match="expected a new or empty directory"):

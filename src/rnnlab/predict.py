@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ __all__ = [
     "encode_texts",
     "evaluate_run",
     "label_names",
+    "light_background",
     "load_image",
     "load_vocab",
     "predict_images",
@@ -146,9 +147,21 @@ def predict_texts(
     return results
 
 
-def load_image(path: PathLike, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+Invert = Literal["auto", "always", "never"]
+INVERT_CHOICES: tuple[str, ...] = ("auto", "always", "never")
+
+
+def load_image(
+    path: PathLike, size: tuple[int, int] = (28, 28), invert: Invert = "never"
+) -> np.ndarray:
     """A grey image in [0, 1] of shape ``size`` from a PNG (colour is averaged to grey, alpha
-    ignored) or a .npy array (uint8 0..255 or float in [0, 1]). MNIST digits are light on dark."""
+    ignored) or a .npy array (uint8 0..255 or float in [0, 1]).
+
+    MNIST digits are light on dark. ``invert="always"`` returns ``1 - image``; ``"auto"`` does
+    so when the image's border is mostly light (mean above 0.5), as with a digit drawn dark on
+    white paper; ``"never"`` (the default, what :mod:`rnnlab.inspect` uses) leaves it."""
+    if invert not in INVERT_CHOICES:
+        raise PredictError(f"invert expected one of {INVERT_CHOICES}, got {invert!r}")
     path = Path(path)
     if not path.is_file():
         raise PredictError(
@@ -178,13 +191,26 @@ def load_image(path: PathLike, size: tuple[int, int] = (28, 28)) -> np.ndarray:
             f"{path}: expected pixel values in [0, 1] (or uint8), got "
             f"[{image.min()}, {image.max()}]"
         )
+    if invert == "always" or (invert == "auto" and light_background(image)):
+        image = 1.0 - image
     return image
 
 
+def light_background(image: np.ndarray) -> bool:
+    """Whether a grey (rows, cols) image in [0, 1] has a light border (mean above 0.5): then it
+    is dark on light, the opposite of MNIST, whose borders are black."""
+    border = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+    return bool(border.mean() > 0.5)
+
+
 def predict_images(
-    run_dir: PathLike, paths: list[PathLike], checkpoint: str = "best"
+    run_dir: PathLike, paths: list[PathLike], checkpoint: str = "best", invert: Invert = "auto"
 ) -> list[dict[str, Any]]:
-    """Classify image files (see :func:`load_image`) with an image run."""
+    """Classify image files (see :func:`load_image`) with an image run. ``invert="auto"`` turns
+    dark-on-light images (a light border) into MNIST's light on dark; each result's
+    ``inverted`` says whether that happened."""
+    if invert not in INVERT_CHOICES:
+        raise PredictError(f"invert expected one of {INVERT_CHOICES}, got {invert!r}")
     config, model, _ = load_run(run_dir, checkpoint)
     if config.model.kind != "sequence":
         raise PredictError(
@@ -193,12 +219,15 @@ def predict_images(
     if not paths:
         raise PredictError("predict expected at least one image, got none")
     size = (28, config.model.input_size)
-    images = np.stack([load_image(p, size) for p in paths])  # (N, T, I)
+    raw = [load_image(p, size) for p in paths]
+    inverted = [invert == "always" or (invert == "auto" and light_background(x)) for x in raw]
+    images = np.stack([1.0 - x if inv else x for x, inv in zip(raw, inverted, strict=True)])
     results = _classify(
         model,
         (torch.from_numpy(images),),
         label_names(config.data.dataset, config.model.num_classes),
     )
-    for path, result in zip(paths, results, strict=True):
+    for path, result, inv in zip(paths, results, inverted, strict=True):
         result["input"] = str(path)
+        result["inverted"] = inv
     return results

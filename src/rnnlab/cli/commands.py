@@ -167,7 +167,7 @@ def _read_reviews(path: str) -> list[str]:
 def predict_command(args: argparse.Namespace) -> int:
     """``rnnlab predict``: one line (or JSON object) per input."""
     if args.image:
-        results = predict_images(args.run_dir, args.image, args.checkpoint)
+        results = predict_images(args.run_dir, args.image, args.checkpoint, args.invert)
     else:
         texts = args.text if args.text else _read_reviews(args.file)
         results = predict_texts(args.run_dir, texts, args.checkpoint)

@@ -110,6 +110,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--image", action="append", help="a 28x28 PNG or .npy image (repeatable)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument(
+        "--invert",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="--image: make dark-on-light images light on dark like MNIST (auto: when the "
+        "image's border is mostly light; default auto)",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help="one JSON object per input: label (class index), probabilities, ...",
