@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rnnlab.bench import main
+from rnnlab.bench import main, run_benchmarks
 
 
 def test_bench_quick_writes_json_records(tmp_path, capsys) -> None:
@@ -38,3 +38,20 @@ def test_bench_records_the_allocator_and_writes_json_whole(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
     assert main([*argv, "--json", str(out)]) == 0
     assert json.loads(out.read_text())["environment"]["allocator"] == "default"
+
+
+def test_benchmarks_folder_runs_the_same_suite(tmp_path) -> None:
+    """benchmarks/bench.py re-exports the suite and runs it as rnnlab bench does."""
+    import runpy
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    names = runpy.run_path(str(script), run_name="bench")
+    assert names["run_benchmarks"] is run_benchmarks
+    assert set("ABCDE") <= set(names["WORKLOADS"])
+    done = subprocess.run(
+        [sys.executable, str(script), "--workloads", "Z"], capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "expected workloads from" in done.stderr + done.stdout
