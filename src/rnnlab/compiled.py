@@ -18,7 +18,15 @@ from torch.autograd.function import once_differentiable
 from rnnlab import _ext
 from rnnlab.cells import GRUCell, LSTMCell, LSTMState, _Cell
 
-__all__ = ["scan", "choose", "compiled_unavailable", "use_bf16", "autocast_input", "autocast_bf16"]
+__all__ = [
+    "scan",
+    "scan_pair",
+    "choose",
+    "compiled_unavailable",
+    "use_bf16",
+    "autocast_input",
+    "autocast_bf16",
+]
 
 _COMPILED_DTYPES = (torch.float32, torch.float64)
 _warned_fallback = False
@@ -145,6 +153,38 @@ def scan(
         out, h = ext.gru_forward(x, state, *args, False)
         return out, h
     return _CompiledGRU.apply(x, state, *args)
+
+
+def scan_pair(
+    cells: tuple[_Cell, _Cell],
+    x: Tensor,
+    states: tuple[Tensor | LSTMState, Tensor | LSTMState],
+    mask: Tensor | None,
+    bf16: bool = False,
+) -> tuple[Tensor, list[LSTMState]] | None:
+    """Both directions of a bidirectional LSTM layer in one call, for unpadded float32
+    inference (recurrent.cpp's lstm_infer_pair: one direction per thread, written straight into
+    the (B, T, 2H) output). Returns (output, [final forward, final reverse]), or None where
+    that kernel does not apply (training, padding, GRU/RNN, float64): then run :func:`scan` per
+    direction."""
+    params = [p for cell in cells for p in cell.parameters()]
+    train = torch.is_grad_enabled() and (
+        x.requires_grad
+        or any(p.requires_grad for p in params)
+        or any(_state_requires_grad(s) for s in states)
+    )
+    if train or mask is not None or x.dtype != torch.float32:
+        return None
+    if not all(isinstance(cell, LSTMCell) for cell in cells):
+        return None
+    args = []
+    for cell, state in zip(cells, states, strict=True):
+        args += [state.h.contiguous(), state.c.contiguous()]
+        args += [cell.weight_ih, cell.weight_hh, cell.bias]
+    out, h_f, c_f, h_r, c_r = _ext.load().lstm_infer_pair(
+        x.contiguous(), *args, torch.get_num_threads(), bf16
+    )
+    return out, [LSTMState(h_f, c_f), LSTMState(h_r, c_r)]
 
 
 def _state_requires_grad(state: Tensor | LSTMState) -> bool:

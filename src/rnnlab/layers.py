@@ -189,30 +189,24 @@ class _RecurrentLayer(nn.Module):
         finals, trace = [], []
         layer_input = x  # (B, T, I) then (B, T, D*H)
         for layer in range(self.num_layers):
-            outputs, layer_trace = [], []
-            for direction in range(self.num_directions):
-                k = layer * self.num_directions + direction
-                cell, cell_state = self.cells[k], self._cell_state(state, k)
-                reverse = direction == 1
-                if backend != "reference":
-                    out, final = fused.scan(
-                        cell,
-                        layer_input,
-                        cell_state,
-                        step_mask,
-                        reverse,
-                        backend == "compiled",
-                        bf16,
-                    )
-                    gates = None
-                else:
-                    out, final, gates = self._scan_reference(
-                        cell, layer_input, cell_state, step_mask, reverse, return_gates
-                    )
-                outputs.append(out)  # (B, T, H)
-                finals.append(final)
-                layer_trace.append(gates)
-            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+            pair = None
+            if backend == "compiled" and self.num_directions == 2:  # both directions at once
+                k = 2 * layer
+                pair = compiled.scan_pair(
+                    (self.cells[k], self.cells[k + 1]),
+                    layer_input,
+                    (self._cell_state(state, k), self._cell_state(state, k + 1)),
+                    step_mask,
+                    bf16,
+                )
+            if pair is not None:  # unpadded inference: (B, T, 2H) and both final states
+                layer_input, pair_finals = pair
+                finals += pair_finals
+                layer_trace = [None, None]
+            else:
+                layer_input, layer_trace = self._run_directions(
+                    layer, layer_input, state, step_mask, backend, bf16, return_gates, finals
+                )
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
             trace.append(layer_trace)
@@ -220,6 +214,44 @@ class _RecurrentLayer(nn.Module):
         if return_gates:
             return layer_input, final_state, trace
         return layer_input, final_state
+
+    def _run_directions(
+        self,
+        layer: int,
+        layer_input: Tensor,
+        state: Tensor | LSTMState,
+        step_mask: Tensor | None,
+        backend: str,
+        bf16: bool,
+        return_gates: bool,
+        finals: list,
+    ) -> tuple[Tensor, list]:
+        """One layer, one direction at a time; appends each final state to ``finals``. Returns
+        the layer's output (B, T, D*H) and its gate records (None unless ``return_gates``)."""
+        outputs, layer_trace = [], []
+        for direction in range(self.num_directions):
+            k = layer * self.num_directions + direction
+            cell, cell_state = self.cells[k], self._cell_state(state, k)
+            reverse = direction == 1
+            if backend != "reference":
+                out, final = fused.scan(
+                    cell,
+                    layer_input,
+                    cell_state,
+                    step_mask,
+                    reverse,
+                    backend == "compiled",
+                    bf16,
+                )
+                gates = None
+            else:
+                out, final, gates = self._scan_reference(
+                    cell, layer_input, cell_state, step_mask, reverse, return_gates
+                )
+            outputs.append(out)  # (B, T, H)
+            finals.append(final)
+            layer_trace.append(gates)
+        return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)), layer_trace
 
     @staticmethod
     def _scan_reference(

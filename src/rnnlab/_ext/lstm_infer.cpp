@@ -15,59 +15,126 @@ namespace rnnlab_ext {
 // thread keeps a bf16 copy of its rows' h for the next step. Odd I or H (which the VNNI packing
 // cannot take) use the float32 GEMM for that operand. ``threads`` caps the team (the tests force
 // several to check every split).
-std::vector<Tensor> lstm_infer(const Tensor& x_, const Tensor& h0_, const Tensor& c0_,
-                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias_,
-                               bool reverse, int64_t threads, bool bf16) {
-  TORCH_CHECK(x_.scalar_type() == at::kFloat, "lstm_infer expects float32, got ", x_.scalar_type());
-  Tensor x = x_.contiguous(), h0 = h0_.contiguous(), bias = bias_.contiguous();
-  const int64_t B = x.size(0), Tn = x.size(1), I = x.size(2), H = h0.size(1);
-  Tensor out = at::empty({B, Tn, H}, x.options());
-  Tensor c = c0_.clone(at::MemoryFormat::Contiguous);  // (B, H), updated in place
-  if (Tn == 0) return {out, h0.clone(), c};
+namespace {
+
+// One direction of an LSTM layer in inference, ready for infer_rows: its GEMM operands (float32
+// or bf16), bias, and where its outputs and cell states go.
+struct Direction {
+  Tensor x, h0, w_ih_t, w_hh_t, bias;  // keep the operands alive
+  float* out;  // h_t of row b at out + (b * T + t) * ldo: this direction's H columns
+  float* c;    // (B, H) cell states, c_0 in, updated in place
+  bool reverse, bh;  // bh: h is a bf16 operand (a per-thread bf16 copy is kept)
+};
+
+Direction prepare(const Tensor& x, const Tensor& h0_, const Tensor& c, const Tensor& w_ih,
+                  const Tensor& w_hh, const Tensor& bias, float* out, bool reverse, bool bf16) {
+  const int64_t I = x.size(2), H = h0_.size(1);
+  Tensor h0 = h0_.contiguous();
   const bool bx = bf16 && could_pack_bf16(I), bh = bf16 && could_pack_bf16(H);
-  Tensor w_ih_t = bx ? pack_bf16(w_ih.t()) : w_ih.t().contiguous();  // (I, 4H)
-  Tensor w_hh_t = bh ? pack_bf16(w_hh.t()) : w_hh.t().contiguous();  // (H, 4H)
-  Tensor xb = bx ? x.to(at::kBFloat16) : x;
-  Tensor h0b = bh ? h0.to(at::kBFloat16) : h0;
-  const float *bp = bias.data_ptr<float>();
-  float *o = out.data_ptr<float>(), *cp = c.data_ptr<float>();
-  const Operand xo(xb), h0o(h0b), wio(w_ih_t), who(w_hh_t);  // fp32 or bf16 each
-  over_row_blocks(B, threads, [&](int64_t b0, int64_t b1) {
-    const int64_t rows = b1 - b0;
-    std::vector<float> buf(rows * 4 * H);
-    std::vector<at::BFloat16> hbuf(bh ? rows * H : 0);  // bf16 h_{t-1} of these rows
-    float* g = buf.data();
-    for (int64_t s = 0; s < Tn; ++s) {
-      const int64_t t = reverse ? Tn - 1 - s : s, tp = reverse ? t + 1 : t - 1;
-      gemm_rows(rows, 4 * H, I, xo, (b0 * Tn + t) * I, Tn * I, wio, 4 * H, g, 4 * H,
-                false);  // x_t W_ih^T
-      if (s == 0) {  // h_0 of these rows
-        gemm_rows(rows, 4 * H, H, h0o, b0 * H, H, who, 4 * H, g, 4 * H, true);
-      } else if (bh) {  // the bf16 copy of h_{t-1} this thread keeps
-        gemm_rows(rows, 4 * H, H, Operand(hbuf.data()), 0, H, who, 4 * H, g, 4 * H, true);
-      } else {  // h_{t-1} read in place from the output
-        gemm_rows(rows, 4 * H, H, Operand(o), (b0 * Tn + tp) * H, Tn * H, who, 4 * H, g, 4 * H,
-                  true);
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* a = g + r * 4 * H;
-        float* cr = cp + (b0 + r) * H;
-        float* hr = o + ((b0 + r) * Tn + t) * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const float i = sigmoid(a[j] + bp[j]), f = sigmoid(a[H + j] + bp[H + j]);
-          const float gg = std::tanh(a[2 * H + j] + bp[2 * H + j]);
-          const float og = sigmoid(a[3 * H + j] + bp[3 * H + j]);
-          const float cn = f * cr[j] + i * gg;
-          cr[j] = cn;
-          hr[j] = og * std::tanh(cn);
-        }
-        if (bh) to_bf16(hr, hbuf.data() + r * H, H);
-      }
+  return Direction{bx ? x.to(at::kBFloat16) : x,
+                   bh ? h0.to(at::kBFloat16) : h0,
+                   bx ? pack_bf16(w_ih.t()) : w_ih.t().contiguous(),  // (I, 4H)
+                   bh ? pack_bf16(w_hh.t()) : w_hh.t().contiguous(),  // (H, 4H)
+                   bias.contiguous(),
+                   out,
+                   c.data_ptr<float>(),
+                   reverse,
+                   bh};
+}
+
+// Rows [b0, b1) of direction d through all Tn steps, in the calling thread; the output rows are
+// ldo floats wide (H for one direction, 2H when both write into one (B, T, 2H) tensor).
+void infer_rows(const Direction& d, int64_t b0, int64_t b1, int64_t Tn, int64_t H, int64_t ldo) {
+  const int64_t rows = b1 - b0, I = d.x.size(2);
+  const Operand xo(d.x), h0o(d.h0), wio(d.w_ih_t), who(d.w_hh_t);
+  const float* bp = d.bias.data_ptr<float>();
+  std::vector<float> buf(rows * 4 * H);
+  std::vector<at::BFloat16> hbuf(d.bh ? rows * H : 0);  // bf16 h_{t-1} of these rows
+  float* g = buf.data();
+  for (int64_t s = 0; s < Tn; ++s) {
+    const int64_t t = d.reverse ? Tn - 1 - s : s, tp = d.reverse ? t + 1 : t - 1;
+    gemm_rows(rows, 4 * H, I, xo, (b0 * Tn + t) * I, Tn * I, wio, 4 * H, g, 4 * H,
+              false);  // x_t W_ih^T
+    if (s == 0) {  // h_0 of these rows
+      gemm_rows(rows, 4 * H, H, h0o, b0 * H, H, who, 4 * H, g, 4 * H, true);
+    } else if (d.bh) {  // the bf16 copy of h_{t-1} this thread keeps
+      gemm_rows(rows, 4 * H, H, Operand(hbuf.data()), 0, H, who, 4 * H, g, 4 * H, true);
+    } else {  // h_{t-1} read in place from the output
+      gemm_rows(rows, 4 * H, H, Operand(d.out), (b0 * Tn + tp) * ldo, Tn * ldo, who, 4 * H, g,
+                4 * H, true);
     }
-  });
-  Tensor h_n = out.select(1, reverse ? 0 : Tn - 1).clone();
-  return {out, h_n, c};
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* a = g + r * 4 * H;
+      float* cr = d.c + (b0 + r) * H;
+      float* hr = d.out + ((b0 + r) * Tn + t) * ldo;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const float i = sigmoid(a[j] + bp[j]), f = sigmoid(a[H + j] + bp[H + j]);
+        const float gg = std::tanh(a[2 * H + j] + bp[2 * H + j]);
+        const float og = sigmoid(a[3 * H + j] + bp[3 * H + j]);
+        const float cn = f * cr[j] + i * gg;
+        cr[j] = cn;
+        hr[j] = og * std::tanh(cn);
+      }
+      if (d.bh) to_bf16(hr, hbuf.data() + r * H, H);
+    }
+  }
+}
+
+void check_float(const Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "lstm_infer expects float32, got ", x.scalar_type());
+}
+
+}  // namespace
+
+std::vector<Tensor> lstm_infer(const Tensor& x_, const Tensor& h0, const Tensor& c0,
+                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,
+                               bool reverse, int64_t threads, bool bf16) {
+  check_float(x_);
+  Tensor x = x_.contiguous();
+  const int64_t B = x.size(0), Tn = x.size(1), H = h0.size(1);
+  Tensor out = at::empty({B, Tn, H}, x.options());
+  Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // (B, H), updated in place
+  if (Tn == 0) return {out, h0.clone(), c};
+  const Direction d = prepare(x, h0, c, w_ih, w_hh, bias, out.data_ptr<float>(), reverse, bf16);
+  over_row_blocks(B, threads, [&](int64_t b0, int64_t b1) { infer_rows(d, b0, b1, Tn, H, H); });
+  return {out, out.select(1, reverse ? 0 : Tn - 1).clone(), c};
+}
+
+// Both directions of a bidirectional layer at once, into one (B, T, 2H) output (forward
+// direction in the first H columns): the team's even threads take the forward direction's row
+// blocks and the odd ones the reverse direction's, so with two threads each runs one direction
+// over the whole batch (GEMMs of B rows instead of B/2, and no concatenation afterwards).
+// Returns {out, h_n forward, c_n forward, h_n reverse, c_n reverse}.
+std::vector<Tensor> lstm_infer_pair(const Tensor& x_, const Tensor& h0f, const Tensor& c0f,
+                                    const Tensor& w_ih_f, const Tensor& w_hh_f,
+                                    const Tensor& bias_f, const Tensor& h0r, const Tensor& c0r,
+                                    const Tensor& w_ih_r, const Tensor& w_hh_r,
+                                    const Tensor& bias_r, int64_t threads, bool bf16) {
+  check_float(x_);
+  Tensor x = x_.contiguous();
+  const int64_t B = x.size(0), Tn = x.size(1), H = h0f.size(1);
+  Tensor out = at::empty({B, Tn, 2 * H}, x.options());
+  Tensor cf = c0f.clone(at::MemoryFormat::Contiguous), cr = c0r.clone(at::MemoryFormat::Contiguous);
+  if (Tn == 0) return {out, h0f.clone(), cf, h0r.clone(), cr};
+  float* o = out.data_ptr<float>();
+  const Direction dirs[2] = {prepare(x, h0f, cf, w_ih_f, w_hh_f, bias_f, o, false, bf16),
+                             prepare(x, h0r, cr, w_ih_r, w_hh_r, bias_r, o + H, true, bf16)};
+#pragma omp parallel num_threads(std::max<int64_t>(1, std::min<int64_t>(threads, 2 * B)))
+  {
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+    if (team == 1) {
+      for (const Direction& d : dirs) infer_rows(d, 0, B, Tn, H, 2 * H);
+    } else {
+      const int64_t dir = me % 2, n = team / 2 + (dir < team % 2 ? 1 : 0), k = me / 2;
+      const int64_t b0 = B * k / n, b1 = B * (k + 1) / n;
+      if (b1 > b0) infer_rows(dirs[dir], b0, b1, Tn, H, 2 * H);
+    }
+    at::native::cpublas::brgemm_release(false);
+    at::native::cpublas::brgemm_release(true);
+  }
+  Tensor last = out.select(1, Tn - 1), first = out.select(1, 0);
+  return {out, last.narrow(1, 0, H).clone(), cf, first.narrow(1, H, H).clone(), cr};
 }
 
 }  // namespace rnnlab_ext

@@ -21,6 +21,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &rnnlab_ext::lstm_forward);
   m.def("lstm_backward", &rnnlab_ext::lstm_backward);
   m.def("lstm_infer", &rnnlab_ext::lstm_infer);
+  m.def("lstm_infer_pair", &rnnlab_ext::lstm_infer_pair);
   m.def("bf16_rows_work", &rnnlab_ext::bf16_rows_work);
   m.def("gru_forward", &rnnlab_ext::gru_forward);
   m.def("gru_backward", &rnnlab_ext::gru_backward);

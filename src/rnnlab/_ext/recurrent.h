@@ -257,9 +257,14 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
                                   const Tensor& xt, const Tensor& w_ih, const Tensor& w_hh,
                                   const Tensor& acts, const Tensor& hs, const Tensor& cs,
                                   const c10::optional<Tensor>& mask, bool reverse, bool need_dx);
-std::vector<Tensor> lstm_infer(const Tensor& x_, const Tensor& h0_, const Tensor& c0_,
-                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias_,
+std::vector<Tensor> lstm_infer(const Tensor& x_, const Tensor& h0, const Tensor& c0,
+                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,
                                bool reverse, int64_t threads, bool bf16);
+std::vector<Tensor> lstm_infer_pair(const Tensor& x_, const Tensor& h0f, const Tensor& c0f,
+                                    const Tensor& w_ih_f, const Tensor& w_hh_f,
+                                    const Tensor& bias_f, const Tensor& h0r, const Tensor& c0r,
+                                    const Tensor& w_ih_r, const Tensor& w_hh_r,
+                                    const Tensor& bias_r, int64_t threads, bool bf16);
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
                                 const Tensor& w_hh, const Tensor& bias, const Tensor& b_hn,
                                 const c10::optional<Tensor>& mask, bool reverse, bool train);
