@@ -112,3 +112,25 @@ def test_batches_shard_a_global_batch_across_ranks():
         assert len(a[0]) == 4 and torch.equal(torch.cat([a[0], b[0]]).sort(0)[0], w[0].sort(0)[0])
     with pytest.raises(ValueError, match="divisible by the world size 3, got 8"):
         Batches(split, 8, world_size=3)
+
+
+def test_ranks_draw_their_own_dropout_masks_reproducibly() -> None:
+    """RankDropoutSeed (data parallelism): before each step the generator is seeded from
+    (seed, rank, step), so two ranks at the same step drop different units, one rank at one step
+    always drops the same ones (what makes a resumed run exact), and steps differ."""
+    from types import SimpleNamespace
+
+    from rnnlab.train import RankDropoutSeed
+
+    def mask(rank: int, step: int) -> torch.Tensor:
+        trainer = SimpleNamespace(state=SimpleNamespace(step=step))
+        RankDropoutSeed(seed=0, rank=rank).on_step_end(trainer, {})
+        return torch.nn.functional.dropout(torch.ones(1000), 0.5) > 0
+
+    assert torch.equal(mask(1, 7), mask(1, 7))
+    assert not torch.equal(mask(0, 7), mask(1, 7))
+    assert not torch.equal(mask(1, 7), mask(1, 8))
+    begin = RankDropoutSeed(seed=0, rank=1)
+    begin.on_train_begin(SimpleNamespace(state=SimpleNamespace(step=7)))  # a resume at step 7
+    assert torch.equal(torch.nn.functional.dropout(torch.ones(1000), 0.5) > 0, mask(1, 7))
+    assert RankDropoutSeed(seed=1, rank=1).stream_seed(7) != begin.stream_seed(7)

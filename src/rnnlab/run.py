@@ -54,6 +54,7 @@ from rnnlab.train import (
     Checkpointer,
     DivergenceError,
     MetricsWriter,
+    RankDropoutSeed,
     Trainer,
     TrainState,
     evaluate,
@@ -169,6 +170,8 @@ class _Session:
         train, val, test = _loaders(config, data, self.context)
         self.fit_base = trainer.state.wall_seconds
         trainer.callbacks = list(self.callbacks)
+        if self.context.enabled:  # each rank its own dropout masks
+            trainer.callbacks.append(RankDropoutSeed(config.train.seed, self.context.rank))
         if self.context.is_main:
             trainer.callbacks += [
                 MetricsWriter(self.run_dir / "metrics.jsonl", config.run.log_every),

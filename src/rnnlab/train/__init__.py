@@ -1,7 +1,13 @@
 """Model-agnostic training: :func:`fit` / :class:`Trainer`, :func:`evaluate`, batches and
 callbacks. See :mod:`rnnlab.run` for runs on disk (checkpoints, reports, resume)."""
 
-from rnnlab.train.callbacks import Checkpointer, ConsoleLogger, MetricsWriter, ProgressBar
+from rnnlab.train.callbacks import (
+    Checkpointer,
+    ConsoleLogger,
+    MetricsWriter,
+    ProgressBar,
+    RankDropoutSeed,
+)
 from rnnlab.train.loader import Batches, Split
 from rnnlab.train.loop import DivergenceError, Trainer, TrainState, evaluate, fit
 from rnnlab.train.schedule import learning_rate, make_optimizer
@@ -12,6 +18,7 @@ __all__ = [
     "ConsoleLogger",
     "MetricsWriter",
     "ProgressBar",
+    "RankDropoutSeed",
     "Split",
     "TrainState",
     "Trainer",

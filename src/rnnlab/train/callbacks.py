@@ -7,16 +7,18 @@ are given (the CLI gives stderr and stdout).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 from tqdm.auto import tqdm
 
 from rnnlab.checkpoint import save_checkpoint
 
-__all__ = ["Checkpointer", "ConsoleLogger", "MetricsWriter", "ProgressBar"]
+__all__ = ["Checkpointer", "ConsoleLogger", "MetricsWriter", "ProgressBar", "RankDropoutSeed"]
 
 
 class MetricsWriter:
@@ -65,6 +67,31 @@ class Checkpointer:
         self.save(trainer, "last")
         if record.get("improved"):
             self.save(trainer, "best")
+
+
+class RankDropoutSeed:
+    """Data parallelism: each rank draws its own dropout masks.
+
+    Every rank builds the model from the same seed, so without this all ranks would continue
+    from the same random state and drop the same units at the same position of their shards.
+    Before each step, torch's generator is seeded from (seed, rank, step). The masks then differ
+    between ranks, and a run resumed from a checkpoint draws exactly what the uninterrupted run
+    drew, whatever the world size (the checkpoint's single random state is rank 0's). Single
+    process runs do not use it, so their random stream is unchanged.
+    """
+
+    def __init__(self, seed: int, rank: int) -> None:
+        self.seed, self.rank = seed, rank
+
+    def stream_seed(self, step: int) -> int:
+        digest = hashlib.sha256(f"dropout:{self.seed}:{self.rank}:{step}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: manual_seed takes it
+
+    def on_train_begin(self, trainer: Any) -> None:
+        torch.manual_seed(self.stream_seed(trainer.state.step))
+
+    def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        torch.manual_seed(self.stream_seed(trainer.state.step))  # for the next step
 
 
 class ProgressBar:
