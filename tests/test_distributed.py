@@ -25,25 +25,10 @@ from rnnlab.config import ConfigError, load_preset
 from rnnlab.models import build_model
 from rnnlab.predict import evaluate_run
 from rnnlab.train import Batches, Split, Trainer
+from tiny import SMALL_MNIST_CLI, cli_sets
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-SMALL = [
-    "--threads",
-    "1",
-    "--no-progress",
-    "--set",
-    "model.projection=16",
-    "--set",
-    "model.hidden_sizes=[16]",
-    "--set",
-    "train.batch_size=100",
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "run.log_every=5",
-    "--set",
-    "run.checkpoint_every=20",
-]
+SMALL = [*SMALL_MNIST_CLI, *cli_sets("run.checkpoint_every=20")]
 CASES = {"even": 16, "ragged": 19, "stand-in": 17}  # examples; the global batch is 16
 
 

@@ -17,22 +17,13 @@ from rnnlab.inspect.trace import record_gates
 from rnnlab.models import build_model
 from rnnlab.predict import PredictError, load_vocab, predict_images, predict_texts
 from rnnlab.run import RunError, load_run, train
+from tiny import TINY_IMDB_NO_LOGS as TINY_IMDB
 
 TINY_MNIST = [
     "model.projection=16",
     "model.hidden_sizes=[16]",
     "train.epochs=1",
     "train.batch_size=500",
-    "run.log_every=0",
-    "run.checkpoint_every=0",
-]
-TINY_IMDB = [
-    "model.embedding_dim=8",
-    "model.hidden_sizes=[8]",
-    "data.maxlen=60",
-    "train.epochs=1",
-    "train.batch_size=250",
-    "data.num_words=2000",
     "run.log_every=0",
     "run.checkpoint_every=0",
 ]

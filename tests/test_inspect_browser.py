@@ -13,20 +13,11 @@ import pytest
 
 from rnnlab.inspect import inspect_run
 from rnnlab.run import train
+from tiny import TINY_IMDB_NO_LOGS as TINY_IMDB
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
-TINY_IMDB = [
-    "model.embedding_dim=8",
-    "model.hidden_sizes=[8]",
-    "data.maxlen=60",
-    "train.epochs=1",
-    "train.batch_size=250",
-    "data.num_words=2000",
-    "run.log_every=0",
-    "run.checkpoint_every=0",
-]
 REVIEW = (
     "The first half was slow and the acting was not good, but the last hour was "
     "wonderful and I loved every minute of it."

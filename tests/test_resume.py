@@ -7,26 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from tiny import SMALL_MNIST_CLI, cli_sets
+
 SRC = Path(__file__).resolve().parents[1] / "src"
-ARGS = [
-    "--threads",
-    "1",
-    "--no-progress",
-    "--set",
-    "model.projection=16",
-    "--set",
-    "model.hidden_sizes=[16]",
-    "--set",
-    "train.batch_size=100",
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "run.log_every=5",
-    "--set",
-    "run.checkpoint_every=7",
-    "--set",
-    "model.dropout=0.3",
-]
+ARGS = [*SMALL_MNIST_CLI, *cli_sets("run.checkpoint_every=7", "model.dropout=0.3")]
 TIMINGS = ("seconds", "ms_per_step", "val_seconds")
 
 
