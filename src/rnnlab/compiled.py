@@ -10,6 +10,7 @@ T time, I input features, H hidden units.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -129,10 +130,7 @@ def scan(
     ext = _ext.load()
     x = x.contiguous()  # (B, T, I)
     mask = None if mask is None else mask.contiguous()  # (B, T) bool
-    params = [p for p in cell.parameters()]
-    train = torch.is_grad_enabled() and (
-        x.requires_grad or any(p.requires_grad for p in params) or _state_requires_grad(state)
-    )
+    train = _needs_backward(x, [cell], [state])
     if isinstance(cell, LSTMCell):
         args = (cell.weight_ih, cell.weight_hh, cell.bias, mask, reverse)
         if not train and mask is None and x.dtype == torch.float32:
@@ -167,15 +165,9 @@ def scan_pair(
     the (B, T, 2H) output). Returns (output, [final forward, final reverse]), or None where
     that kernel does not apply (training, padding, GRU/RNN, float64): then run :func:`scan` per
     direction."""
-    params = [p for cell in cells for p in cell.parameters()]
-    train = torch.is_grad_enabled() and (
-        x.requires_grad
-        or any(p.requires_grad for p in params)
-        or any(_state_requires_grad(s) for s in states)
-    )
-    if train or mask is not None or x.dtype != torch.float32:
-        return None
     if not all(isinstance(cell, LSTMCell) for cell in cells):
+        return None
+    if mask is not None or x.dtype != torch.float32 or _needs_backward(x, cells, states):
         return None
     args = []
     for cell, state in zip(cells, states, strict=True):
@@ -187,8 +179,16 @@ def scan_pair(
     return out, [LSTMState(h_f, c_f), LSTMState(h_r, c_r)]
 
 
-def _state_requires_grad(state: Tensor | LSTMState) -> bool:
-    tensors = state if isinstance(state, LSTMState) else (state,)
+def _needs_backward(
+    x: Tensor, cells: Sequence[_Cell], states: Sequence[Tensor | LSTMState]
+) -> bool:
+    """Whether autograd will want gradients of this scan: of x, the cells' weights or the
+    initial states. Otherwise the kernels skip saving what a backward pass needs."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [x, *(p for cell in cells for p in cell.parameters())]
+    for state in states:
+        tensors += list(state) if isinstance(state, LSTMState) else [state]
     return any(t.requires_grad for t in tensors)
 
 

@@ -151,17 +151,10 @@ Invert = Literal["auto", "always", "never"]
 INVERT_CHOICES: tuple[str, ...] = ("auto", "always", "never")
 
 
-def load_image(
-    path: PathLike, size: tuple[int, int] = (28, 28), invert: Invert = "never"
-) -> np.ndarray:
+def load_image(path: PathLike, size: tuple[int, int] = (28, 28)) -> np.ndarray:
     """A grey image in [0, 1] of shape ``size`` from a PNG (colour is averaged to grey, alpha
-    ignored) or a .npy array (uint8 0..255 or float in [0, 1]).
-
-    MNIST digits are light on dark. ``invert="always"`` returns ``1 - image``; ``"auto"`` does
-    so when the image's border is mostly light (mean above 0.5), as with a digit drawn dark on
-    white paper; ``"never"`` (the default, what :mod:`rnnlab.inspect` uses) leaves it."""
-    if invert not in INVERT_CHOICES:
-        raise PredictError(f"invert expected one of {INVERT_CHOICES}, got {invert!r}")
+    ignored) or a .npy array (uint8 0..255 or float in [0, 1]). MNIST digits are light on dark;
+    :func:`predict_images` can turn dark-on-light images around (:func:`light_background`)."""
     path = Path(path)
     if not path.is_file():
         raise PredictError(
@@ -191,8 +184,6 @@ def load_image(
             f"{path}: expected pixel values in [0, 1] (or uint8), got "
             f"[{image.min()}, {image.max()}]"
         )
-    if invert == "always" or (invert == "auto" and light_background(image)):
-        image = 1.0 - image
     return image
 
 
@@ -219,7 +210,7 @@ def predict_images(
     if not paths:
         raise PredictError("predict expected at least one image, got none")
     size = (28, config.model.input_size)
-    raw = [load_image(p, size) for p in paths]
+    raw = [load_image(p, size) for p in paths]  # each (T, I) in [0, 1]
     inverted = [invert == "always" or (invert == "auto" and light_background(x)) for x in raw]
     images = np.stack([1.0 - x if inv else x for x, inv in zip(raw, inverted, strict=True)])
     results = _classify(

@@ -223,12 +223,11 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
   // GEMMs, whose bf16 results are added to the float32 gradients; db sums the float32 dpre.
   const bool bf16 = hs.scalar_type() == at::kBFloat16;
   Tensor dpre_b = bf16 ? at::empty_like(dpre, hs.options()) : Tensor();  // (T, B, 4H)
-  Tensor rec = bf16 ? at::zeros({B, H}, hs.options()) : Tensor();        // dpre_t W_hh
-  Tensor w_hh_g = bf16 ? w_hh.to(at::kBFloat16) : w_hh.contiguous();
-  // Row-block paths: per-thread bias-gradient sums, one row per thread of the team.
-  Tensor db_parts = at::zeros({row_threads(B, at::get_num_threads()), 4 * H}, acts.options());
+  Tensor db;                                                              // (4H)
   const bool rows = acts.scalar_type() == at::kFloat && (!bf16 || could_pack_bf16(4 * H));
   if (rows) {  // each thread runs its rows through all steps
+    // Per-thread bias-gradient sums, one row per thread of the team.
+    Tensor db_parts = at::zeros({row_threads(B, at::get_num_threads()), 4 * H}, acts.options());
     Tensor w = bf16 ? pack_bf16(w_hh) : w_hh.contiguous();  // (4H, H)
     const Operand wo(w), dpo(bf16 ? dpre_b : dpre);          // dpre_t W_hh's operands
     const float *a = acts.data_ptr<float>(), *c = cs.data_ptr<float>();
@@ -248,24 +247,29 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
                   true);  // dL/dh_{t-1} += dpre_t W_hh
       }
     });
-    if (bf16) rec.zero_();  // nothing left to add below
-  } else AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
-    for (int64_t s = Tn - 1; s >= 0; --s) {
-      const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
-      lstm_backward_step<scalar_t>(
-          acts[t].data_ptr<scalar_t>(), cs[p].data_ptr<scalar_t>(), cs[n].data_ptr<scalar_t>(),
-          dout.data_ptr<scalar_t>(), dpre[t].data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
-          dc.data_ptr<scalar_t>(), m, t, Tn, B, H,
-          bf16 && s < Tn - 1 ? rec.data_ptr<at::BFloat16>() : nullptr,
-          bf16 ? dpre_b[t].data_ptr<at::BFloat16>() : nullptr);
-      if (bf16) {
-        gemm(dpre_b[t], w_hh_g, rec, 0.0f);  // rec = dpre_t W_hh, added by the next step
-      } else {
-        gemm(dpre[t], w_hh, dh, 1.0f);  // dL/dh_{t-1} += dpre_t W_hh
+    db = db_parts.sum(0);
+  } else {  // per step: one GEMM over all rows, then one gate pass split over the rows
+    Tensor rec = bf16 ? at::zeros({B, H}, hs.options()) : Tensor();  // dpre_t W_hh in bf16
+    Tensor w_hh_g = bf16 ? w_hh.to(at::kBFloat16) : w_hh.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
+      for (int64_t s = Tn - 1; s >= 0; --s) {
+        const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
+        lstm_backward_step<scalar_t>(
+            acts[t].data_ptr<scalar_t>(), cs[p].data_ptr<scalar_t>(), cs[n].data_ptr<scalar_t>(),
+            dout.data_ptr<scalar_t>(), dpre[t].data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
+            dc.data_ptr<scalar_t>(), m, t, Tn, B, H,
+            bf16 && s < Tn - 1 ? rec.data_ptr<at::BFloat16>() : nullptr,
+            bf16 ? dpre_b[t].data_ptr<at::BFloat16>() : nullptr);
+        if (bf16) {
+          gemm(dpre_b[t], w_hh_g, rec, 0.0f);  // rec = dpre_t W_hh, added by the next step
+        } else {
+          gemm(dpre[t], w_hh, dh, 1.0f);  // dL/dh_{t-1} += dpre_t W_hh
+        }
       }
-    }
-  });
-  if (bf16) dh.add_(rec);
+    });
+    if (bf16) dh.add_(rec);
+    db = dpre.view({Tn * B, 4 * H}).sum(0);
+  }
   Tensor flat = dpre.view({Tn * B, 4 * H});                             // (T*B, 4H)
   Tensor flat_g = bf16 ? dpre_b.view({Tn * B, 4 * H}) : flat;           // GEMM operand
   Tensor h_prev = hs.narrow(0, reverse ? 1 : 0, Tn).view({Tn * B, H});  // (T*B, H)
@@ -279,7 +283,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
     dw_ih = dw_ih.to(at::kFloat);
     dw_hh = dw_hh.to(at::kFloat);
   }
-  return {dx, dh, dc, dw_ih, dw_hh, rows ? db_parts.sum(0) : flat.sum(0)};
+  return {dx, dh, dc, dw_ih, dw_hh, db};
 }
 
 }  // namespace rnnlab_ext

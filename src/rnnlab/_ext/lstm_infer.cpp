@@ -26,12 +26,19 @@ struct Direction {
   bool reverse, bh;  // bh: h is a bf16 operand (a per-thread bf16 copy is kept)
 };
 
-Direction prepare(const Tensor& x, const Tensor& h0_, const Tensor& c, const Tensor& w_ih,
+// The x operand of a layer's input: x itself, or its bf16 copy in bf16 mode where I packs
+// (made once for both directions of a pair).
+Tensor x_operand(const Tensor& x, bool bf16) {
+  return bf16 && could_pack_bf16(x.size(2)) ? x.to(at::kBFloat16) : x;
+}
+
+// x_op comes from x_operand.
+Direction prepare(const Tensor& x_op, const Tensor& h0_, const Tensor& c, const Tensor& w_ih,
                   const Tensor& w_hh, const Tensor& bias, float* out, bool reverse, bool bf16) {
-  const int64_t I = x.size(2), H = h0_.size(1);
+  const int64_t H = h0_.size(1);
   Tensor h0 = h0_.contiguous();
-  const bool bx = bf16 && could_pack_bf16(I), bh = bf16 && could_pack_bf16(H);
-  return Direction{bx ? x.to(at::kBFloat16) : x,
+  const bool bx = x_op.scalar_type() == at::kBFloat16, bh = bf16 && could_pack_bf16(H);
+  return Direction{x_op,
                    bh ? h0.to(at::kBFloat16) : h0,
                    bx ? pack_bf16(w_ih.t()) : w_ih.t().contiguous(),  // (I, 4H)
                    bh ? pack_bf16(w_hh.t()) : w_hh.t().contiguous(),  // (H, 4H)
@@ -96,7 +103,8 @@ std::vector<Tensor> lstm_infer(const Tensor& x_, const Tensor& h0, const Tensor&
   Tensor out = at::empty({B, Tn, H}, x.options());
   Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // (B, H), updated in place
   if (Tn == 0) return {out, h0.clone(), c};
-  const Direction d = prepare(x, h0, c, w_ih, w_hh, bias, out.data_ptr<float>(), reverse, bf16);
+  const Direction d =
+      prepare(x_operand(x, bf16), h0, c, w_ih, w_hh, bias, out.data_ptr<float>(), reverse, bf16);
   over_row_blocks(B, threads, [&](int64_t b0, int64_t b1) { infer_rows(d, b0, b1, Tn, H, H); });
   return {out, out.select(1, reverse ? 0 : Tn - 1).clone(), c};
 }
@@ -118,8 +126,9 @@ std::vector<Tensor> lstm_infer_pair(const Tensor& x_, const Tensor& h0f, const T
   Tensor cf = c0f.clone(at::MemoryFormat::Contiguous), cr = c0r.clone(at::MemoryFormat::Contiguous);
   if (Tn == 0) return {out, h0f.clone(), cf, h0r.clone(), cr};
   float* o = out.data_ptr<float>();
-  const Direction dirs[2] = {prepare(x, h0f, cf, w_ih_f, w_hh_f, bias_f, o, false, bf16),
-                             prepare(x, h0r, cr, w_ih_r, w_hh_r, bias_r, o + H, true, bf16)};
+  const Tensor xo = x_operand(x, bf16);
+  const Direction dirs[2] = {prepare(xo, h0f, cf, w_ih_f, w_hh_f, bias_f, o, false, bf16),
+                             prepare(xo, h0r, cr, w_ih_r, w_hh_r, bias_r, o + H, true, bf16)};
 #pragma omp parallel num_threads(std::max<int64_t>(1, std::min<int64_t>(threads, 2 * B)))
   {
     const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
