@@ -94,7 +94,7 @@ def test_train_with_bf16_precision_end_to_end(tmp_path, capsys):
     checkpoint rebuilds a bf16 model that evaluates to the reported accuracy."""
     import math
 
-    from rnnlab import _ext
+    from rnnlab.nn.backends import _ext
     from rnnlab.predict import evaluate_run
     from rnnlab.run import load_run
 

@@ -1,4 +1,4 @@
-"""The compiled C++ kernels (backend="compiled", :mod:`rnnlab._ext`) against the reference cells.
+"""The compiled C++ kernels (backend="compiled", :mod:`rnnlab.nn.backends._ext`) against the reference cells.
 
 Same parameters, copied weights: outputs, final states and every gradient must agree within
 1e-5 relative in float32 over random shapes, lengths (pre and post padding, masks), layers,
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import rnnlab
-from rnnlab import _ext, compiled
+from rnnlab.nn.backends import _ext, compiled
 
 pytestmark = pytest.mark.skipif(
     _ext.load() is None, reason=f"compiled kernels unavailable: {_ext.unavailable_reason()}"

@@ -312,7 +312,7 @@ def test_read_only_folder_is_refused(imdb_run, tmp_path):
 def test_bf16_model_gates_are_recorded_in_fp32_and_its_precision_restored():
     """bf16 lives in the compiled kernels and gates come from the reference loop, so a bf16
     model's gates are those of the same weights in float32; the model stays bf16 afterwards."""
-    from rnnlab import _ext
+    from rnnlab.nn.backends import _ext
 
     if _ext.load() is None:
         pytest.skip(f"compiled kernels unavailable: {_ext.unavailable_reason()}")

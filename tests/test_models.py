@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from rnnlab.config import ConfigError, load_preset
-from rnnlab.layers import LSTM
 from rnnlab.models import build_model
+from rnnlab.nn.layers import LSTM
 
 
 def _text_config(*extra):
@@ -85,7 +85,7 @@ def test_torch_backend_matches_rnnlab_with_copied_weights(cell):
 
 
 def _needs_compiled_kernels():
-    from rnnlab import _ext
+    from rnnlab.nn.backends import _ext
 
     if _ext.load() is None:
         pytest.skip(f"compiled kernels unavailable: {_ext.unavailable_reason()}")
@@ -124,7 +124,7 @@ def test_bf16_model_is_close_to_but_not_the_fp32_model():
 
 
 def test_bf16_without_compiled_kernels_is_refused_when_the_model_is_built(monkeypatch):
-    from rnnlab import _ext
+    from rnnlab.nn.backends import _ext
 
     for name in ("_tried", "_module", "_reason"):
         monkeypatch.setattr(_ext, name, getattr(_ext, name))

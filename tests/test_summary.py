@@ -1,4 +1,4 @@
-"""rnnlab.summary against Keras's own model.summary() and parameter counts.
+"""rnnlab.nn.summary against Keras's own model.summary() and parameter counts.
 
 Shape legend: B batch, T time, I input features, H hidden units.
 """

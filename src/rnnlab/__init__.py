@@ -1,19 +1,19 @@
 """rnnlab: recurrent neural networks (RNN, LSTM, GRU) written from their equations, on PyTorch.
 
-The cells (:mod:`rnnlab.cells`) are the readable reference; the layers (:mod:`rnnlab.layers`)
+The cells (:mod:`rnnlab.nn.cells`) are the readable reference; the layers (:mod:`rnnlab.nn.layers`)
 stack them over time, batch first, and pick a backend: the reference loop or the fused fast path
-(:mod:`rnnlab.fused`), which share the same parameters. :mod:`rnnlab.interop` converts layers
+(:mod:`rnnlab.nn.backends.fused`), which share the same parameters. :mod:`rnnlab.nn.interop` converts layers
 from and to torch.nn and Keras (``LSTM.from_torch``, ``.to_torch()``, ``LSTM.from_keras``);
 :func:`summary` tabulates a model as Keras's ``model.summary()`` does.
 """
 
-from rnnlab.blocks import Recurrent, final_hidden
-from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell
-from rnnlab.layers import GRU, LSTM, RNN
+from rnnlab.nn.blocks import Recurrent, final_hidden
+from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnlab.nn.layers import GRU, LSTM, RNN
 
-# Binds the name rnnlab.summary to the function; the module stays importable by its full path
-# (``from rnnlab.summary import ModelSummary``).
-from rnnlab.summary import ModelSummary, SummaryRow, print_summary, summary
+# Binds the name rnnlab.nn.summary to the function; the module stays importable by its full path
+# (``from rnnlab.nn.summary import ModelSummary``).
+from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
 
 __version__ = "0.1.0"
 

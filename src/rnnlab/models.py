@@ -16,10 +16,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from rnnlab import compiled
-from rnnlab.blocks import final_hidden
 from rnnlab.config import Config, ConfigError, ModelConfig
-from rnnlab.layers import GRU, LSTM, RNN
+from rnnlab.nn.backends import compiled
+from rnnlab.nn.blocks import final_hidden
+from rnnlab.nn.layers import GRU, LSTM, RNN
 
 __all__ = ["RecurrentStack", "SequenceClassifier", "TextClassifier", "build_model", "step_mask"]
 

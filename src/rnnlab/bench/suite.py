@@ -21,9 +21,9 @@ from collections.abc import Callable
 import torch
 
 import rnnlab
-from rnnlab import _ext, _gemm
 from rnnlab.bench.keras_models import KerasRunner, keras_unavailable
 from rnnlab.bench.workloads import WORKLOADS, Workload, build_model, loss_fn, lstm_flops, make_batch
+from rnnlab.nn.backends import _ext, _gemm
 
 __all__ = ["environment", "gemm_peaks", "run_benchmarks", "measure_memory", "DEFAULT_IMPLS"]
 

@@ -186,7 +186,7 @@ def summary_command(args: argparse.Namespace) -> int:
     import torch
 
     from rnnlab.models import build_model
-    from rnnlab.summary import summary
+    from rnnlab.nn.summary import summary
 
     config = load_preset(args.preset, args.overrides)
     model = build_model(config)

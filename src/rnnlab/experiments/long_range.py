@@ -42,8 +42,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from rnnlab.blocks import final_hidden
-from rnnlab.layers import GRU, LSTM, RNN
+from rnnlab.nn.blocks import final_hidden
+from rnnlab.nn.layers import GRU, LSTM, RNN
 
 __all__ = [
     "CELLS",

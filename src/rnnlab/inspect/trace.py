@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnlab.layers import _RecurrentLayer
+from rnnlab.nn.layers import _RecurrentLayer
 
 __all__ = [
     "SIGMOID_GATES",

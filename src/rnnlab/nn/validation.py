@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnlab.cells import LSTMState
+from rnnlab.nn.cells import LSTMState
 
 
 def check_input(name: str, x: object, input_size: int) -> None:

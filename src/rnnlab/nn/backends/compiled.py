@@ -1,7 +1,7 @@
 """The compiled fast path and the choice of backend.
 
-The C++ kernels (:mod:`rnnlab._ext`: ``lstm.cpp``, ``lstm_infer.cpp``, ``gru.cpp``) run the
-algorithm of :mod:`rnnlab.fused` with each time loop in C++. This module decides where they can
+The C++ kernels (:mod:`rnnlab.nn.backends._ext`: ``lstm.cpp``, ``lstm_infer.cpp``, ``gru.cpp``) run the
+algorithm of :mod:`rnnlab.nn.backends.fused` with each time loop in C++. This module decides where they can
 run (:func:`compiled_unavailable`, :func:`choose`), whether their GEMMs take bf16 operands
 (:func:`use_bf16`), and wraps them in autograd Functions (:func:`scan`). Shape legend: B batch,
 T time, I input features, H hidden units.
@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab import _ext
-from rnnlab.cells import GRUCell, LSTMCell, LSTMState, _Cell
+from rnnlab.nn.backends import _ext
+from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, _Cell
 
 __all__ = [
     "scan",
@@ -34,7 +34,7 @@ _warned_fallback = False
 
 
 def compiled_unavailable(cell: _Cell, x: Tensor) -> str | None:
-    """Why the compiled kernels (:mod:`rnnlab._ext`) cannot run ``cell`` on ``x``, or None if
+    """Why the compiled kernels (:mod:`rnnlab.nn.backends._ext`) cannot run ``cell`` on ``x``, or None if
     they can: they cover LSTM and GRU cells, float32 and float64 CPU tensors, and need the
     extension to be built (AVX-512 CPU, C++ compiler, ninja)."""
     if not isinstance(cell, (LSTMCell, GRUCell)):

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rnnlab.blocks import Recurrent
-from rnnlab.layers import _RecurrentLayer
+from rnnlab.nn.blocks import Recurrent
+from rnnlab.nn.layers import _RecurrentLayer
 
 __all__ = ["SummaryRow", "ModelSummary", "summary", "print_summary"]
 

@@ -8,7 +8,7 @@ parameters, named after the equations: ``weight_ih`` (G*H, I), ``weight_hh`` (G*
 (G*H), where G is the number of gate blocks. The tutorial writes one matrix W over the
 concatenation [h_{t-1}, x_t]; W [h, x] = W_hh h + W_ih x, so the two forms are the same model.
 
-These cells are the readable reference. The fast path (:mod:`rnnlab.fused`) uses the very same
+These cells are the readable reference. The fast path (:mod:`rnnlab.nn.backends.fused`) uses the very same
 parameters and is tested against them.
 """
 

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from rnnlab.cells import GRUCell, LSTMCell, RNNCell, _Cell
+from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell, _Cell
 
 if TYPE_CHECKING:
-    from rnnlab.layers import _RecurrentLayer
+    from rnnlab.nn.layers import _RecurrentLayer
 
 __all__ = ["from_torch", "to_torch", "from_keras"]
 

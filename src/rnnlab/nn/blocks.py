@@ -9,8 +9,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from rnnlab.cells import LSTMState
-from rnnlab.layers import _RecurrentLayer
+from rnnlab.nn.cells import LSTMState
+from rnnlab.nn.layers import _RecurrentLayer
 
 __all__ = ["Recurrent", "final_hidden"]
 
@@ -32,7 +32,7 @@ class Recurrent(nn.Module):
 
     ``return_sequences=True`` gives the whole output (B, T, D*H); ``False`` the final hidden state
     (B, D*H) (see :func:`final_hidden`), which respects ``lengths``. The wrapped layer's
-    parameters are this module's (``layer.``-prefixed), so :func:`rnnlab.summary` counts them
+    parameters are this module's (``layer.``-prefixed), so :func:`rnnlab.nn.summary` counts them
     under the layer's own type.
     """
 

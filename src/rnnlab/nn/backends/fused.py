@@ -19,7 +19,7 @@ Padded steps (``mask`` False) keep the carried state and output zero, as in the 
 ``h_t = where(m, h_new, h_{t-1})``. In the backward, the gradient reaching a padded step's state
 passes straight to the previous step and its gates get no gradient.
 
-The parameters are the cells' own (:mod:`rnnlab.cells`), so the reference loop and this path are
+The parameters are the cells' own (:mod:`rnnlab.nn.cells`), so the reference loop and this path are
 the same model; ``tests/test_fused.py`` checks outputs, final states and every gradient.
 """
 
@@ -29,9 +29,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab import compiled as compiled_path  # the C++ kernels (`compiled` is an argument)
-from rnnlab._gemm import linear
-from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+from rnnlab.nn.backends import (
+    compiled as compiled_path,  # the C++ kernels (`compiled` is an argument)
+)
+from rnnlab.nn.backends._gemm import linear
+from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 
 __all__ = ["scan"]
 
@@ -47,8 +49,8 @@ def scan(
 ) -> tuple[Tensor, Tensor | LSTMState]:
     """Run ``cell`` over x (B, T, I) from ``state`` (B, H) (a pair for LSTM), skipping steps where
     ``mask`` (B, T) is False; backwards in time if ``reverse``. Returns (output (B, T, H), final
-    state). ``compiled`` runs the C++ kernels (check :func:`rnnlab.compiled.choose` first);
-    ``bf16`` runs their GEMMs on bf16 operands (LSTM only, :func:`rnnlab.compiled.use_bf16`)."""
+    state). ``compiled`` runs the C++ kernels (check :func:`rnnlab.nn.backends.compiled.choose` first);
+    ``bf16`` runs their GEMMs on bf16 operands (LSTM only, :func:`rnnlab.nn.backends.compiled.use_bf16`)."""
     if compiled:
         return compiled_path.scan(cell, x, state, mask, reverse, bf16)
     xs = x.transpose(0, 1)  # (T, B, I)
@@ -98,7 +100,7 @@ def _prev_states(h0: Tensor, hs: Tensor) -> Tensor:
 
 
 class _LSTMScan(torch.autograd.Function):
-    """LSTM over time (equations in :class:`rnnlab.cells.LSTMCell`; gate rows i, f, g, o)."""
+    """LSTM over time (equations in :class:`rnnlab.nn.cells.LSTMCell`; gate rows i, f, g, o)."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b, mask):
@@ -172,7 +174,7 @@ class _LSTMScan(torch.autograd.Function):
 
 
 class _GRUScan(torch.autograd.Function):
-    """GRU over time (equations in :class:`rnnlab.cells.GRUCell`; gate rows r, z, n)."""
+    """GRU over time (equations in :class:`rnnlab.nn.cells.GRUCell`; gate rows r, z, n)."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b, b_hn, mask):
@@ -238,7 +240,7 @@ class _GRUScan(torch.autograd.Function):
 
 
 class _RNNScan(torch.autograd.Function):
-    """Vanilla RNN over time (:class:`rnnlab.cells.RNNCell`)."""
+    """Vanilla RNN over time (:class:`rnnlab.nn.cells.RNNCell`)."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b, mask):

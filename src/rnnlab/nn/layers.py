@@ -5,7 +5,7 @@ Shape legend: B batch, T time, I input features, H hidden units, D directions, L
 Each layer holds one cell per (layer, direction) in ``self.cells`` (index ``layer * D +
 direction``; direction 0 reads forwards, 1 backwards) and runs them either through the readable
 reference loop (:meth:`_RecurrentLayer._scan_reference`) or through the fast path
-(:mod:`rnnlab.fused`). Both use the very same parameters.
+(:mod:`rnnlab.nn.backends.fused`). Both use the very same parameters.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
-from rnnlab import compiled, fused, interop
-from rnnlab._validation import check_input, check_state, make_mask
-from rnnlab.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+from rnnlab.nn import interop
+from rnnlab.nn.backends import compiled, fused
+from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+from rnnlab.nn.validation import check_input, check_state, make_mask
 
 __all__ = ["RNN", "LSTM", "GRU", "BACKENDS"]
 
@@ -86,22 +87,22 @@ class _RecurrentLayer(nn.Module):
             s += f", dropout={self.dropout}"
         return s + f", backend={self.backend!r}"
 
-    # -- interop: rnnlab.interop does the work and documents the conventions ------------------
+    # -- interop: rnnlab.nn.interop does the work and documents the conventions ------------------
     @classmethod
     def from_torch(cls: type[Layer], module: nn.RNNBase, backend: Backend = "auto") -> Layer:
         """This layer type with the weights of a torch.nn.LSTM / GRU / RNN (tanh); see
-        :func:`rnnlab.interop.from_torch`. The result is batch first whatever the module's
+        :func:`rnnlab.nn.interop.from_torch`. The result is batch first whatever the module's
         ``batch_first``."""
         return interop.from_torch(cls, module, backend)
 
     def to_torch(self) -> nn.RNNBase:
-        """The equivalent ``batch_first=True`` torch module; see :func:`rnnlab.interop.to_torch`."""
+        """The equivalent ``batch_first=True`` torch module; see :func:`rnnlab.nn.interop.to_torch`."""
         return interop.to_torch(self)
 
     @classmethod
     def from_keras(cls: type[Layer], source: Any, backend: Backend = "auto") -> Layer:
         """This layer type with the weights of built Keras 3 layers (one layer, a Bidirectional,
-        a stack or a model); see :func:`rnnlab.interop.from_keras`."""
+        a stack or a model); see :func:`rnnlab.nn.interop.from_keras`."""
         return interop.from_keras(cls, source, backend)
 
     def _bf16_gemms(self, backend: str, x: Tensor) -> bool:
@@ -125,7 +126,7 @@ class _RecurrentLayer(nn.Module):
     ) -> Literal["compiled", "fused", "reference"]:
         """The backend a call on ``x`` would use. ``"auto"`` takes the reference loop when gates
         are asked for (only it records them), else the compiled C++ kernels where
-        :func:`rnnlab.compiled.compiled_unavailable` finds nothing against them (LSTM or GRU,
+        :func:`rnnlab.nn.backends.compiled.compiled_unavailable` finds nothing against them (LSTM or GRU,
         float32/float64 on the CPU, extension built), else the pure-torch fused path. Forcing a
         fast backend with ``return_gates``, or ``"compiled"`` where it cannot run, raises,
         naming the cause and the fix."""
@@ -294,13 +295,13 @@ def _where(m: Tensor, new: Tensor | LSTMState, old: Tensor | LSTMState) -> Tenso
 
 
 class RNN(_RecurrentLayer):
-    """Vanilla RNN layer (stack of :class:`rnnlab.cells.RNNCell`), batch first.
+    """Vanilla RNN layer (stack of :class:`rnnlab.nn.cells.RNNCell`), batch first.
 
     ``RNN(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
     backend="auto")``; ``forward(x, state=None, lengths=None, mask=None, padding="post",
     return_gates=False) -> (output, h_n)``, h_n (L*D, B, H). See :meth:`forward` for the shapes.
 
-    Backends: ``"reference"`` loops over the cell; ``"fused"`` runs :mod:`rnnlab.fused` (one
+    Backends: ``"reference"`` loops over the cell; ``"fused"`` runs :mod:`rnnlab.nn.backends.fused` (one
     GEMM for every step's input projection, hand-written backpropagation through time);
     ``"auto"`` uses the fused path except when ``return_gates=True``. The vanilla RNN has no
     compiled kernel (``backend="compiled"`` raises). The fused path's backward cannot itself be
@@ -311,10 +312,10 @@ class RNN(_RecurrentLayer):
 
 
 class GRU(_RecurrentLayer):
-    """GRU layer (stack of :class:`rnnlab.cells.GRUCell`, torch/cuDNN convention), batch first.
+    """GRU layer (stack of :class:`rnnlab.nn.cells.GRUCell`, torch/cuDNN convention), batch first.
 
     Same arguments and returns as :class:`RNN`; state h_n (L*D, B, H). Backends as
-    :class:`LSTM`'s: ``"auto"`` takes the compiled C++ kernels (:mod:`rnnlab._ext`) where they
+    :class:`LSTM`'s: ``"auto"`` takes the compiled C++ kernels (:mod:`rnnlab.nn.backends._ext`) where they
     can run, else the pure-torch ``"fused"`` path, and the reference loop for ``return_gates``.
     """
 
@@ -322,7 +323,7 @@ class GRU(_RecurrentLayer):
 
 
 class LSTM(_RecurrentLayer):
-    """LSTM layer (stack of :class:`rnnlab.cells.LSTMCell`), batch first.
+    """LSTM layer (stack of :class:`rnnlab.nn.cells.LSTMCell`), batch first.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
     forget_bias=1.0, backend="auto")``; ``forward(x, state=None, lengths=None, mask=None,
@@ -332,18 +333,18 @@ class LSTM(_RecurrentLayer):
     An LSTM from I to H units has 4H(I + H + 1) parameters per direction: ``LSTM(8, 256)`` has
     271,360 and ``LSTM(256, 256)`` 525,312, as in Keras.
 
-    Backends: ``"reference"`` loops over :class:`~rnnlab.cells.LSTMCell`; ``"fused"`` runs
-    :func:`rnnlab.fused.scan` (one GEMM for every step's input projection, one recurrent GEMM
+    Backends: ``"reference"`` loops over :class:`~rnnlab.nn.cells.LSTMCell`; ``"fused"`` runs
+    :func:`rnnlab.nn.backends.fused.scan` (one GEMM for every step's input projection, one recurrent GEMM
     per step, hand-written backpropagation through time whose weight gradients are single GEMMs
     over all steps); ``"compiled"`` runs the same algorithm with each time loop in C++
-    (:mod:`rnnlab._ext`: float32/float64 on an AVX-512 CPU, built on first use); ``"auto"``
+    (:mod:`rnnlab.nn.backends._ext`: float32/float64 on an AVX-512 CPU, built on first use); ``"auto"``
     uses the reference loop when ``return_gates=True`` (only it records gates), else
     ``"compiled"`` where it can run, else ``"fused"``. The fast backwards are not themselves
     differentiable: use ``"reference"`` for double backward (e.g. gradient penalties).
 
     ``precision="bf16"`` (or running under ``torch.autocast("cpu", dtype=torch.bfloat16)``)
     runs the compiled kernels' GEMMs on bf16 operands (avx512_bf16) while the parameters, the
-    gates, the cell state c and the outputs stay float32 (:func:`rnnlab.compiled.use_bf16`);
+    gates, the cell state c and the outputs stay float32 (:func:`rnnlab.nn.backends.compiled.use_bf16`);
     forcing it where the compiled kernels cannot run raises.
     """
 

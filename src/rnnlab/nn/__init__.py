@@ -1,0 +1,26 @@
+"""The recurrent network library: cells, layers, blocks, summary, interop, input validation.
+
+:mod:`rnnlab.nn.backends` decides what runs a layer (reference loop, pure-torch fused path,
+compiled C++ kernels). Nothing here knows about datasets, training, runs or the command line.
+"""
+
+from rnnlab.nn.blocks import Recurrent, final_hidden
+from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
+
+__all__ = [
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "LSTMState",
+    "RNN",
+    "LSTM",
+    "GRU",
+    "Recurrent",
+    "final_hidden",
+    "summary",
+    "print_summary",
+    "ModelSummary",
+    "SummaryRow",
+]

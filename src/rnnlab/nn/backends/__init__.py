@@ -1,0 +1,1 @@
+"""What runs a recurrent layer: the reference loop, the pure-torch fused path, the C++ kernels."""
