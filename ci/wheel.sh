@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${1:-python3}
+# The installed package must stand on its own: a PYTHONPATH to a checkout would also make pip
+# think rnnlab is already installed.
+unset PYTHONPATH
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -33,13 +36,14 @@ if missing or len(want["kernel sources"]) < 5 or len(want["presets"]) < 6:
 PY
 
 python3 -m venv "$tmp/venv"
-"$tmp/venv/bin/pip" install -q torch==2.13.0  # the CPU wheel; a looser pin pulls CUDA
-"$tmp/venv/bin/pip" install -q "$wheel"
+pip_install() { "$tmp/venv/bin/pip" install -q "$@" >"$tmp/pip.log" 2>&1 || { cat "$tmp/pip.log"; exit 1; }; }
+pip_install torch==2.13.0  # the CPU wheel; a looser pin pulls a multi-GB CUDA build
+pip_install "$wheel"
+"$tmp/venv/bin/python" -c "import rnnlab, sys; sys.exit('site-packages' not in rnnlab.__file__)"
 mkdir "$tmp/elsewhere"
 cd "$tmp/elsewhere"
-# No PYTHONPATH and not the checkout: the installed package must stand on its own.
-env -u PYTHONPATH "$tmp/venv/bin/rnnlab" train mnist-sample --set train.epochs=1 --no-progress \
+"$tmp/venv/bin/rnnlab" train mnist-sample --set train.epochs=1 --no-progress \
     --out "$tmp/run"
 test -f "$tmp/run/report.json"
-env -u PYTHONPATH "$tmp/venv/bin/rnnlab" summary imdb-seed
+"$tmp/venv/bin/rnnlab" summary imdb-seed
 echo "wheel: installed outside the checkout, train and summary ran"

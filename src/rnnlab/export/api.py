@@ -94,7 +94,10 @@ def _umask() -> int:
 
 
 def export_model(
-    model: nn.Module, out: str | os.PathLike, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
+    model: nn.Module,
+    out: str | os.PathLike,
+    fmt: str = "onnx",
+    opset: int = DEFAULT_OPSET,
     extra: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export ``model`` (put in eval mode) to ``out`` in ``fmt``, with versions, the opset and
@@ -118,8 +121,11 @@ def export_model(
         "opset": str(opset),
         "inputs": json.dumps(
             [
-                {"name": i.name, "dtype": onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type),
-                 "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}
+                {
+                    "name": i.name,
+                    "dtype": onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type),
+                    "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim],
+                }
                 for i in proto.graph.input
             ]
         ),
@@ -148,8 +154,11 @@ def _read_run(run_dir: Path, checkpoint: str) -> tuple[Any, nn.Module, dict[str,
 
 
 def export_run(
-    run_dir: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
-    checkpoint: str = "best", opset: int = DEFAULT_OPSET,
+    run_dir: str | os.PathLike,
+    fmt: str = "onnx",
+    out: str | os.PathLike | None = None,
+    checkpoint: str = "best",
+    opset: int = DEFAULT_OPSET,
 ) -> ExportResult:
     """Export the ``checkpoint`` of the run in ``run_dir`` to ``out`` (default
     ``<run_dir>/model.<fmt>``); the preset, checkpoint tag and step are recorded too."""

@@ -186,7 +186,9 @@ def classifier_graph(model: nn.Module, opset: int) -> Any:
                 x = _to_post_padding(g, x, lengths)
             seq_lens = g.op("Cast", [lengths], to=TensorProto.INT32)
     elif isinstance(model, SequenceClassifier):
-        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", model.input_size])]
+        inputs = [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", model.input_size])
+        ]
         x = "x"
         if model.projection is not None:
             x = _linear(g, x, model.projection)  # (B, T, P)
@@ -204,6 +206,8 @@ def classifier_graph(model: nn.Module, opset: int) -> Any:
     pooled = _pool(g, stack.pooling, x, Y_h, lengths)  # (B, F)
     logits = _linear(g, pooled, model.head)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
-    output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", model.head.out_features])
+    output = helper.make_tensor_value_info(
+        "logits", TensorProto.FLOAT, ["B", model.head.out_features]
+    )
     graph = helper.make_graph(g.nodes, "rnnlab", inputs, [output], g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

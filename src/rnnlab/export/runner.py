@@ -95,6 +95,7 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxModel:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own unexported exception types
-        raise OnnxInputError(f"{path}: expected an ONNX model, got a file onnxruntime refuses: "
-                             f"{err}") from err
+        raise OnnxInputError(
+            f"{path}: expected an ONNX model, got a file onnxruntime refuses: {err}"
+        ) from err
     return OnnxModel(path, session)
