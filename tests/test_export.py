@@ -175,6 +175,8 @@ def test_an_unwritable_output_leaves_nothing_behind(tmp_path, capsys):
         export_model(model, tmp_path)
     with pytest.raises(ExportError, match="cannot write into /proc"):
         export_model(model, "/proc/m.onnx")
+    with pytest.raises(ExportError, match=r"expected an opset in 18\.\.\d+ .*, got 13"):
+        export_model(model, tmp_path / "m.onnx", opset=13)
     assert list(tmp_path.iterdir()) == []
 
 

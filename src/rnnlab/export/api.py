@@ -88,6 +88,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -104,6 +105,13 @@ def export_model(
     ``extra`` recorded in the file's ``metadata_props`` and in the sidecar ``<out>.json``."""
     import onnx
 
+    newest = onnx.defs.onnx_opset_version()
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise ExportError(
+            f"expected an opset in {DEFAULT_OPSET}..{newest} (the graph's ReduceMax takes its "
+            f"axes as an input from opset 18; onnx {onnx.__version__} knows up to {newest}), "
+            f"got {opset}"
+        )
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"expected an output file, got the directory {out}")
