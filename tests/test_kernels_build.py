@@ -64,6 +64,20 @@ def test_info_without_the_extension_names_the_fused_path_and_why(tmp_path) -> No
     assert info["auto_backend"]["gru"]["backend"] == "fused"
 
 
+def test_a_missing_or_failing_compiler_falls_back_with_reason_and_fix(tmp_path) -> None:
+    missing = _rnnlab("info", timeout=300, CXX=str(tmp_path / "no-g++"))
+    assert missing.returncode == 0, missing.stderr
+    assert f"auto for GRU     fused: no C++ compiler: '{tmp_path / 'no-g++'}'" in missing.stdout
+    assert "(fix: install g++" in missing.stdout
+    # a compiler that fails: the build is tried, announced, and its failure named
+    env = {"CXX": "false", "TORCH_EXTENSIONS_DIR": str(tmp_path / "cache")}
+    failing = _rnnlab("build-kernels", timeout=300, **env)
+    assert failing.returncode == 1
+    assert failing.stdout.splitlines() == [_ext.BUILD_MESSAGE]
+    assert "the compiled kernels are unavailable: building the extension failed" in failing.stderr
+    assert "fused path" in failing.stderr
+
+
 def test_training_works_on_the_fused_path_without_the_extension(tmp_path) -> None:
     out = tmp_path / "run"
     argv = ["train", "mnist-sample", *SMALL_MNIST_CLI, "--set", "train.epochs=1"]

@@ -293,8 +293,12 @@ def build(report: Report | None = None) -> ModuleType | None:
                 # Recorded, not swallowed: unavailable_reason() returns it, backend="compiled"
                 # raises with it and backend="auto" warns once with it before using the fused
                 # path.
-                _reason = f"building the extension failed: {type(err).__name__}: {err}"
-                _fix = "run `rnnlab build-kernels` to see the compiler's error"
+                detail = str(err).strip().rstrip(".")
+                _reason = f"building the extension failed: {type(err).__name__}: {detail}"
+                _fix = (
+                    "make g++ and ninja work (the error says what failed), then run "
+                    "`rnnlab build-kernels`; RNNLAB_NO_EXTENSION=1 skips the build"
+                )
                 _build_failed = True
         _tried = True
         return _module
