@@ -281,7 +281,7 @@ def build(report: Report | None = None) -> ModuleType | None:
         _reason = _fix = None
         why = _precondition()
         if why is not None:
-            _reason, _fix = why
+            _module, (_reason, _fix) = None, why
         else:
             try:
                 _module = _compile(report)
