@@ -25,7 +25,7 @@ from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell, _Cell
 from rnnlab.nn.interop.torch_modules import load_cell
 from rnnlab.nn.layers import _RecurrentLayer
 
-__all__ = ["from_keras"]
+__all__ = ["from_keras", "to_keras"]
 
 Layer = TypeVar("Layer", bound=_RecurrentLayer)
 
@@ -76,6 +76,62 @@ def from_keras(cls: type[Layer], source: Any, backend: str = "auto") -> Layer:
     for cell, weights in zip(layer.cells, [w for ws in kernels for w in ws], strict=True):
         load_cell(cell, *_keras_to_torch_layout(cell, *weights))
     return layer
+
+
+def to_keras(layer: _RecurrentLayer, return_sequences: bool = False) -> Any:
+    """Keras 3 layers with ``layer``'s weights, computing what it computes (inference).
+
+    Each rnnlab layer of the stack becomes a Keras ``LSTM``, ``GRU`` (``reset_after=True``, the
+    torch/cuDNN convention rnnlab follows) or ``SimpleRNN`` (for RNN), wrapped in
+    ``Bidirectional(..., merge_mode="concat")`` when ``layer`` is bidirectional, built for
+    (B, T, I) input in the weights' dtype (float32 or float64). A one-layer ``layer`` gives that
+    Keras layer; a stack gives a list of them, every one but the last returning sequences, with
+    ``Dropout(layer.dropout)`` between consecutive ones when ``layer.dropout`` is set: pass the
+    list to ``keras.Sequential`` or call the layers in turn. ``from_keras`` reads any of these
+    back, weights bit for bit.
+
+    ``return_sequences`` is the last Keras layer's: True gives rnnlab's output (B, T, D*H),
+    False (Keras's default) ``final_hidden(state, D)`` (B, D*H), as
+    ``Recurrent(layer, return_sequences)`` does.
+
+    Weights: Keras ``kernel = weight_ih.T`` (I, G*H), ``recurrent_kernel = weight_hh.T``
+    (H, G*H), ``bias = bias``; for GRU the gate blocks are reordered to Keras's z, r, h and the
+    bias is (2, 3H): the input bias ``bias`` and the recurrent bias ``[0, 0, bias_hn]``.
+    """
+    import keras  # optional dependency, only needed here
+
+    name = f"{type(layer).__name__}.to_keras"
+    dtype = layer.cells[0].weight_ih.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{name} expected float32 or float64 weights, got {dtype}")
+    dtype_name = str(dtype).removeprefix("torch.")
+    kind = getattr(keras.layers, _KERAS_NAMES[type(layer).cell_type])
+    options = {"reset_after": True} if type(layer).cell_type is GRUCell else {}
+    D, L = layer.num_directions, layer.num_layers
+    stack = []
+    for n in range(L):
+        sequences = return_sequences or n < L - 1
+        item = kind(layer.hidden_size, return_sequences=sequences, dtype=dtype_name, **options)
+        if D == 2:
+            item = keras.layers.Bidirectional(item, merge_mode="concat", dtype=dtype_name)
+        item.build((None, None, layer.cell(n).input_size))  # (B, T, I)
+        for direction, keras_layer in enumerate(_directions(item)):
+            keras_layer.set_weights(_torch_to_keras_layout(layer.cell(n, direction)))
+        if n > 0 and layer.dropout:
+            stack.append(keras.layers.Dropout(layer.dropout, dtype=dtype_name))
+        stack.append(item)
+    return stack[0] if L == 1 else stack
+
+
+def _torch_to_keras_layout(cell: _Cell) -> list:
+    """``cell``'s weights as Keras stores them: [kernel, recurrent_kernel, bias] (numpy)."""
+    w_ih, w_hh, bias = (p.detach().cpu() for p in (cell.weight_ih, cell.weight_hh, cell.bias))
+    if isinstance(cell, GRUCell):  # rnnlab stacks r, z, n; Keras z, r, h
+        zeros = torch.zeros_like(bias[: 2 * cell.hidden_size])  # (2H,) r and z
+        recurrent_bias = torch.cat([zeros, cell.bias_hn.detach().cpu()])  # (3H,)
+        w_ih, w_hh = _swap_first_blocks(w_ih), _swap_first_blocks(w_hh)
+        bias = torch.stack([_swap_first_blocks(bias), _swap_first_blocks(recurrent_bias)])
+    return [w_ih.T.numpy(), w_hh.T.numpy(), bias.numpy()]
 
 
 def _swap_first_blocks(w: Tensor) -> Tensor:
