@@ -215,6 +215,12 @@ def test_precision_bf16_where_compiled_does_not_run_raises(ran, backend: str) ->
     assert ran == []
 
 
+def test_precision_bf16_on_float64_names_the_dtype(ext) -> None:
+    layer = rnnlab.LSTM(2, 4, precision="bf16").double()
+    with pytest.raises(RuntimeError, match="bf16 mode takes float32 input and weights, got torch"):
+        call(layer, X.double())
+
+
 # -- the decision without running it --------------------------------------------------------------
 def test_route_layer_and_resolve_backend_report_the_decision(ext) -> None:
     layer = rnnlab.LSTM(2, 3, bidirectional=True)

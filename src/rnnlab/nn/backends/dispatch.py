@@ -98,7 +98,8 @@ def scan_layer(
 
     Routing table. The first row whose conditions hold decides; "grad" means autograd will want
     gradients of the scan (grad mode on and x, a cell's parameter or an initial state requires
-    grad; the module's train/eval mode plays no part), "compiled runs" means
+    grad; the module's train/eval mode plays no part), "mask" a ``mask`` that is not None (the
+    layers pass None when every step is real, e.g. all lengths equal T), "compiled runs" means
     :func:`rnnlab.nn.backends.compiled_unavailable` finds nothing against the cell and x (LSTM
     or GRU, float32/float64 on the CPU, extension built)::
 
@@ -304,6 +305,8 @@ def use_bf16(
     if backend == "compiled" and isinstance(cell, LSTMCell) and x.dtype == torch.float32:
         return True
     why = compiled.compiled_unavailable(cell, x) if backend != "reference" else None
+    if why is None and backend == "compiled":
+        why = f"bf16 mode takes float32 input and weights, got {x.dtype}"
     why = why or f"this call uses backend {backend!r}"
     raise RuntimeError(
         f"precision='bf16' runs the LSTM's GEMMs in bf16 on the compiled kernels only "
