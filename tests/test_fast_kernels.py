@@ -30,11 +30,6 @@ def ext() -> ModuleType:
     return require_compiled_kernels()
 
 
-def test_extension_builds_and_loads(ext: ModuleType) -> None:
-    """Fails (in CI) or skips (elsewhere) with the build's reason when there is no extension."""
-    assert all(hasattr(ext, name) for name in ("lstm_forward", "lstm_infer_pair", "gru_backward"))
-
-
 LAYERS = {"LSTM": rnnlab.LSTM, "GRU": rnnlab.GRU}
 
 
