@@ -172,7 +172,7 @@ def route_layer(
     if chosen == "reference":
         kernels: tuple[Kernel, ...] = ("reference",) * len(cells)
     elif chosen == "fused":
-        kernels = tuple(_FUSED[type(cell)] for cell in cells)
+        kernels = tuple(_fused_kernel(cell) for cell in cells)
     elif _pair_applies(cells, x, states, mask):
         kernels = ("compiled.lstm_infer_pair",)
     else:
@@ -195,6 +195,14 @@ def _pair_applies(
         and x.dtype == torch.float32
         and not needs_backward(x, cells, states)
     )
+
+
+def _fused_kernel(cell: _Cell) -> Kernel:
+    """The fused row of the table: the kernel written for the cell's type."""
+    for cell_type, kernel in _FUSED.items():
+        if isinstance(cell, cell_type):
+            return kernel
+    raise TypeError(f"expected an RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
 
 
 def _compiled_kernel(cell: _Cell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
