@@ -158,7 +158,7 @@ class _RecurrentLayer(nn.Module):
         finals, trace = [], []
         layer_input = x  # (B, T, I) then (B, T, D*H)
         for layer in range(self.num_layers):
-            ks = range(layer * D, (layer + 1) * D)
+            ks = range(layer * D, (layer + 1) * D)  # this layer's cells: forwards, backwards
             scan = backends.scan_layer(
                 [self.cells[k] for k in ks],
                 layer_input,
