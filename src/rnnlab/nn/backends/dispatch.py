@@ -123,13 +123,13 @@ def scan_layer(
                      GRU, grad                                       compiled.gru_train
                      GRU, no grad                                    compiled.gru_forward
 
-        bf16 GEMM operands (Route.bf16), decided after the kernel:
+        bf16 GEMM operands (Route.bf16), from the backend chosen above:
         precision    call conditions                                 bf16
         -----------  ----------------------------------------------  -------------------------
-        fp32         compiled LSTM kernel under                      on
+        fp32         compiled, LSTM, under                           on
                        torch.autocast("cpu", dtype=torch.bfloat16)
         fp32         anything else                                   off
-        bf16         compiled LSTM kernel, float32                   on
+        bf16         compiled, LSTM, float32                         on
         bf16         anything else                                   RuntimeError: the reason
                                                                        and the fix
 
