@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rnnlab.checkpoint import atomic_write
+from rnnlab.files import atomic_write
 
 __all__ = ["plot_learning_curve"]
 
