@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rnnlab.config import ConfigError, load_preset
-from rnnlab.models import build_model
+from rnnlab.tasks import build_model
 from rnnlab.nn.layers import LSTM
 
 

@@ -10,7 +10,7 @@ import torch
 from rnnlab.checkpoint import CheckpointError, load_checkpoint
 from rnnlab.data import load_mnist
 from rnnlab.predict import PredictError, evaluate_run, predict_images, predict_texts
-from rnnlab.run import RunError, load_run, resume, train
+from rnnlab.runs import RunError, load_run, resume, train
 
 TINY_MNIST = [
     "model.projection=16",
@@ -222,10 +222,10 @@ def test_holdout_validation_tests_the_best_checkpoint(tmp_path):
 
 def test_punctuation_can_be_dropped_like_keras(tmp_path):
     from rnnlab.config import load_preset
-    from rnnlab.tasks import load_task_data
+    from rnnlab.tasks import get_task
 
     config = load_preset("imdb-sample", ["data.punctuation=false"])
-    data = load_task_data(config)
-    comma = data.word_index[","] + 3
+    data = get_task(config).load()
+    comma = data.artifacts["vocab.json"][","] + 3
     assert comma < config.data.num_words and not (data.train.inputs[0] == comma).any()
-    assert (load_task_data(load_preset("imdb-sample")).train.inputs[0] == comma).any()
+    assert (get_task(load_preset("imdb-sample")).load().train.inputs[0] == comma).any()

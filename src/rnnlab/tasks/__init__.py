@@ -8,6 +8,8 @@ module with a :class:`Task` subclass and one line here (plus its ``model.kind`` 
 
 from __future__ import annotations
 
+from torch import nn
+
 from rnnlab.config import Config, ConfigError
 from rnnlab.tasks.base import Example, MetricSpec, PredictError, Prepared, Task, TaskData
 from rnnlab.tasks.image import ImageClassification
@@ -23,6 +25,7 @@ __all__ = [
     "Task",
     "TaskData",
     "TextClassification",
+    "build_model",
     "get_task",
 ]
 
@@ -38,3 +41,8 @@ def get_task(config: Config) -> Task:
     if kind not in TASKS:
         raise ConfigError(f"model.kind: expected one of {sorted(TASKS)}, got {kind!r}")
     return TASKS[kind](config)
+
+
+def build_model(config: Config) -> nn.Module:
+    """The model of ``config``'s task, freshly initialised from the current torch RNG."""
+    return get_task(config).build_model()
