@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from rnnlab import distributed
 from rnnlab.checkpoint import load_checkpoint
 from rnnlab.config import ConfigError, load_preset
-from rnnlab.tasks import build_model, get_task
 from rnnlab.predict import evaluate_run
+from rnnlab.tasks import get_task
 from rnnlab.train import Batches, Split, Trainer
 from tiny import SMALL_MNIST_CLI, cli_sets
 

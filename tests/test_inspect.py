@@ -14,9 +14,9 @@ from rnnlab.config import load_preset
 from rnnlab.inspect import InspectError, inspect_run, main
 from rnnlab.inspect.inputs import text_example
 from rnnlab.inspect.trace import record_gates
-from rnnlab.tasks import build_model
 from rnnlab.predict import PredictError, predict_images, predict_texts
 from rnnlab.runs import RunError, load_run, train
+from rnnlab.tasks import build_model
 from tiny import TINY_IMDB_NO_LOGS as TINY_IMDB
 
 TINY_MNIST = [

@@ -114,10 +114,8 @@ class RecurrentStack(nn.Module):
         if mask is None:  # every step is real
             mask = x.new_ones(B, T, dtype=torch.bool)
         mask = mask[:, :, None]  # (B, T, 1)
-        if lengths is None:
-            count = x.new_full((B, 1), float(T))
-        else:
-            count = lengths[:, None].to(x.dtype)  # (B, 1)
+        # (B, 1) real steps per sequence
+        count = x.new_full((B, 1), float(T)) if lengths is None else lengths[:, None].to(x.dtype)
         mean = (x * mask).sum(1) / count  # (B, D*H)
         if self.pooling == "mean":
             return mean

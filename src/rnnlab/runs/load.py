@@ -16,7 +16,9 @@ from rnnlab.tasks import Task, TaskData, get_task
 __all__ = ["load_run", "load_run_data"]
 
 
-def load_run(run_dir: PathLike, checkpoint: str = "best") -> tuple[Config, nn.Module, dict[str, Any]]:
+def load_run(
+    run_dir: PathLike, checkpoint: str = "best"
+) -> tuple[Config, nn.Module, dict[str, Any]]:
     """``(config, model in eval mode, checkpoint meta)`` of a run; ``checkpoint`` ``"best"``
     falls back to ``"last"`` when the run has no best (no validation). ``meta["tag"]`` is the
     checkpoint used."""

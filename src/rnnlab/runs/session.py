@@ -178,7 +178,9 @@ class _Session:
         if config.data.validation == "test" and history and "val_loss" in history[-1]:
             # the last epoch's validation was this very model on this very split
             last = history[-1]
-            metrics = {k[4:]: v for k, v in last.items() if k.startswith("val_") and k != "val_seconds"}
+            metrics = {
+                k[4:]: v for k, v in last.items() if k.startswith("val_") and k != "val_seconds"
+            }
         else:
             metrics = evaluate(trainer.module, test.epoch(0), self.task, self.context.reduce_hook)
         return {**self.task.test_report(metrics), "test_checkpoint": tag}
