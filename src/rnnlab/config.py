@@ -62,10 +62,10 @@ class DataConfig:
 
     ``dataset``: ``"mnist"`` (images read row by row: 28 steps of 28 pixels; any dataset in the
     MNIST IDX layout via ``path``) or ``"imdb"`` (reviews as word ids, Keras's encoding).
-    ``validation``: ``"test"`` evaluates on the test split every epoch (as the tutorial does),
-    ``"holdout"`` holds out ``holdout`` training examples drawn with ``holdout_seed`` (the
-    best checkpoint is then picked without seeing test, and test is evaluated once, at the
-    end, on it), ``"none"`` skips validation.
+    ``validation``: ``"test"`` evaluates on the test split every epoch (as the tutorial's
+    experiments do; the seed presets), ``"holdout"`` holds out ``holdout`` training examples
+    drawn with ``holdout_seed`` (the best checkpoint is then picked without seeing test, and
+    test is evaluated once, at the end, on it), ``"none"`` skips validation.
     """
 
     dataset: Literal["mnist", "imdb"] = "mnist"
