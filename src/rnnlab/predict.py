@@ -57,7 +57,7 @@ def predict_texts(
 ) -> list[dict[str, Any]]:
     """Classify reviews with a text run, encoded exactly as its training data was; each result
     says whether the review was ``truncated`` to the run's ``data.maxlen`` words."""
-    if read_config(run_dir).model.kind != "text":
+    if get_task(read_config(run_dir)).input_kind != "text":
         raise PredictError(
             f"{run_dir}: --text expected a text model, got an image model (use --image)"
         )
@@ -69,7 +69,7 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Classify image files with an image run; ``invert`` as in
     :meth:`rnnlab.tasks.ImageClassification.prepare`."""
-    if read_config(run_dir).model.kind != "sequence":
+    if get_task(read_config(run_dir)).input_kind != "image":
         raise PredictError(
             f"{run_dir}: --image expected an image model, got a text model (use --text or --file)"
         )

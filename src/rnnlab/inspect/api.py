@@ -147,7 +147,7 @@ def inspect_run(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InspectError(f"top expected a positive int, got {top!r}")
     task = get_task(config)
-    kind = config.model.kind
+    kind = task.input_kind
     names = task.label_names()
     if kind == "text":
         if text is None or image is not None or index is not None:
@@ -198,7 +198,7 @@ def inspect_run(
         "run": str(run_dir),
         "checkpoint": meta["tag"],
         "step": meta["state"]["step"],
-        "kind": kind,
+        "kind": config.model.kind,
         "cell": trace.cell,
         "layer": layer,
         "direction": direction,

@@ -112,6 +112,7 @@ class Task(ABC):
     """One kind of problem, configured by ``config``; see the module docstring."""
 
     kind: ClassVar[str]  # the model.kind it serves
+    input_kind: ClassVar[str]  # what predict and inspect take: "text" or "image"
     metric_specs: ClassVar[tuple[MetricSpec, ...]]
     selection: ClassVar[Selection]
     artifact_names: ClassVar[tuple[str, ...]] = ()  # files of the run directory it needs

@@ -79,6 +79,7 @@ class ImageClassification(ClassificationTask):
     """Images read row by row into a :class:`~rnnlab.models.SequenceClassifier`."""
 
     kind = "sequence"
+    input_kind = "image"
 
     @property
     def size(self) -> tuple[int, int]:

@@ -53,6 +53,7 @@ class TextClassification(ClassificationTask):
     """Reviews as word ids into a :class:`~rnnlab.models.TextClassifier`."""
 
     kind = "text"
+    input_kind = "text"
     class_names = ("negative", "positive")
     artifact_names = (VOCAB,)
 
