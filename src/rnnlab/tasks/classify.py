@@ -4,8 +4,8 @@ validation accuracy, and results as labels with probabilities.
 Shape legend: N examples, B batch, T time, C classes.
 
 Cross-entropy on logits is the tutorial's Keras model's softmax layer with categorical
-cross-entropy on one-hot targets: the same function (the tutorial: Olah's "Understanding LSTM Networks" (2015)
-and its experiments).
+cross-entropy on one-hot targets: the same function (the tutorial: Olah's "Understanding LSTM
+Networks" (2015) and its experiments).
 """
 
 from __future__ import annotations
