@@ -165,3 +165,14 @@ def test_ranks_draw_their_own_dropout_masks_reproducibly() -> None:
     begin.on_train_begin(SimpleNamespace(state=SimpleNamespace(step=7)))  # a resume at step 7
     assert torch.equal(torch.nn.functional.dropout(torch.ones(1000), 0.5) > 0, mask(1, 7))
     assert RankDropoutSeed(seed=1, rank=1).stream_seed(7) != begin.stream_seed(7)
+
+
+def test_train_state_reads_checkpoints_from_before_generic_metrics():
+    """A run checkpointed with best_val_accuracy/best_epoch resumes with the same best."""
+    from rnnlab.train import TrainState
+
+    old = TrainState().to_dict()
+    del old["best"], old["carry"]
+    state = TrainState.from_dict({**old, "best_val_accuracy": 0.9, "best_epoch": 2})
+    assert state.best == {"metric": "val_accuracy", "value": 0.9, "epoch": 2}
+    assert state.carry is None and TrainState.from_dict(state.to_dict()) == state
