@@ -142,13 +142,15 @@ class Task(ABC):
     ) -> BatchSource:
         """Training (shuffled with ``train.seed``) or evaluation batches of ``split``, this
         rank's shard of each global batch."""
-        t = self.config.train
+        t, shard = self.config.train, {"rank": rank, "world_size": world_size}
         if training:
-            return Batches(split, t.batch_size, shuffle=True, seed=t.seed, rank=rank,
-                           world_size=world_size)  # fmt: skip
-        # evaluation does not depend on batching: round its batch up to split evenly
-        size = -(-t.eval_batch_size // world_size) * world_size
-        return Batches(split, size, rank=rank, world_size=world_size)
+            return Batches(split, t.batch_size, shuffle=True, seed=t.seed, **shard)
+        return Batches(split, self.eval_batch_size(world_size), **shard)
+
+    def eval_batch_size(self, world_size: int) -> int:
+        """``train.eval_batch_size`` rounded up to split evenly across ``world_size`` ranks
+        (evaluation does not depend on batching)."""
+        return -(-self.config.train.eval_batch_size // world_size) * world_size
 
     # loss and metrics (rnnlab.train.Objective)
     @abstractmethod

@@ -121,12 +121,13 @@ class TextClassification(ClassificationTask):
         trim = self.config.data.padding if self.masked else None
         if training:
             bucket = t.bucket and self.masked
-            return Batches(split, t.batch_size, shuffle=True, seed=t.seed, bucket=bucket,
-                           trim=trim if bucket else None, **shard)  # fmt: skip
+            trim = trim if bucket else None
+            return Batches(
+                split, t.batch_size, shuffle=True, seed=t.seed, bucket=bucket, trim=trim, **shard
+            )
         if not self.masked:
             return super().batches(split, training, rank, world_size)
-        size = -(-t.eval_batch_size // world_size) * world_size
-        return Batches(split, size, bucket=True, trim=trim, **shard)
+        return Batches(split, self.eval_batch_size(world_size), bucket=True, trim=trim, **shard)
 
     def encode(
         self, text: str, word_index: dict[str, int]

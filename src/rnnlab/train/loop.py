@@ -69,9 +69,8 @@ class TrainState:
         values = {k: v for k, v in values.items() if k != "carry"}
         if "best_val_accuracy" in values:  # checkpoints written before metrics were generic
             value, epoch = values.pop("best_val_accuracy"), values.pop("best_epoch", None)
-            values["best"] = None if value is None else {
-                "metric": "val_accuracy", "value": value, "epoch": epoch
-            }  # fmt: skip
+            best = {"metric": "val_accuracy", "value": value, "epoch": epoch}
+            values["best"] = None if value is None else best
         return cls(**values, carry=carry)
 
 
