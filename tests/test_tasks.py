@@ -2,6 +2,7 @@
 reported, the holdout fixed by its seed, the image task's input shape."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,22 @@ def test_the_image_task_reads_28_rows_of_input_size_pixels():
     (x,) = task.example_inputs(3)
     assert x.shape == (3, 28, 20) and task.build_model()(x).shape == (3, 10)
     assert dataclasses.is_dataclass(task.selection) and task.selection.mode == "max"
+
+
+def test_atomic_output_names_its_temporary_file_and_leaves_nothing_on_failure(tmp_path):
+    from rnnlab.files import atomic_output, atomic_write
+
+    dest = tmp_path / "f.bin"
+    with atomic_output(dest) as handle:
+        handle.write(b"abc")
+        handle.flush()
+        assert Path(handle.name).read_bytes() == b"abc" and not dest.exists()
+    assert dest.read_bytes() == b"abc"
+    with pytest.raises(RuntimeError), atomic_output(dest) as handle:
+        handle.write(b"partial")
+        raise RuntimeError("stop")
+    atomic_write(tmp_path / "g.bin", b"xyz")
+    assert dest.read_bytes() == b"abc" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "f.bin",
+        "g.bin",
+    ]

@@ -24,9 +24,10 @@ def atomic_output(dest: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     (``handle.name`` is the temporary file's path, so the block may verify what it wrote)."""
     dest = Path(dest)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)  # reopened by name, so that handle.name is the path
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
