@@ -1,7 +1,7 @@
 """The ``rnnlab`` command: one entry point, one verb per task.
 
 Every verb is a function ``<verb>_command(args) -> int`` calling library functions that can be
-imported on their own (:func:`rnnlab.run.train`, :func:`rnnlab.predict.evaluate_run`, ...).
+imported on their own (:func:`rnnlab.runs.train`, :func:`rnnlab.predict.evaluate_run`, ...).
 Verbs that other parts of the package provide (``bench``, ``inspect``, ``experiment``) are
 registered in :data:`PLUGIN_VERBS`: each is a module with ``main(argv: list[str]) -> int``
 that parses its own arguments; the command hands it everything after the verb.
@@ -171,10 +171,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        skip = ("run", "checkpoint", "step", "split", "examples")
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in skip)
         print(
             f"{result['split']} ({result['examples']} examples, checkpoint "
-            f"{result['checkpoint']} at step {result['step']}): loss {result['loss']:.4f}, "
-            f"accuracy {result['accuracy']:.4f}"
+            f"{result['checkpoint']} at step {result['step']}): {figures}"
         )
     return 0
 
@@ -221,7 +222,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rnnlab.checkpoint import CheckpointError
     from rnnlab.data import DataError
     from rnnlab.predict import PredictError
-    from rnnlab.run import RunError
+    from rnnlab.runs import RunError
 
     return ConfigError, DataError, CheckpointError, RunError, PredictError, OSError
 
