@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/rnnlab train mnist-sample
 
+# The import contracts in pyproject.toml (import-linter) first: the layering is checked, not hoped for.
 test: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
