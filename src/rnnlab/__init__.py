@@ -7,6 +7,12 @@ layers from and to torch.nn and Keras (``LSTM.from_torch``, ``.to_torch()``,
 ``LSTM.from_keras``); :func:`summary` tabulates a model as Keras's ``model.summary()`` does.
 Above the network library: models (:mod:`rnnlab.models`), tasks (:mod:`rnnlab.tasks`), the
 task-agnostic trainer (:mod:`rnnlab.train`), run directories (:mod:`rnnlab.runs`), the CLI.
+
+"The tutorial", wherever rnnlab's docstrings say it, is the RNN/LSTM tutorial this project
+implements: the gate equations over the concatenation [h_{t-1}, x_t] (in the notation of Olah's
+"Understanding LSTM Networks", 2015) and its two experiments, MNIST read row by row by an LSTM
+of 128 units and a Keras IMDB model of two stacked LSTMs of 256 units, which the ``mnist-seed``
+and ``imdb-seed`` presets reproduce.
 """
 
 from rnnlab.nn.blocks import Recurrent, final_hidden

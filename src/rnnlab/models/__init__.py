@@ -1,6 +1,5 @@
 """Models built from :mod:`rnnlab.nn` layers, which tasks (:mod:`rnnlab.tasks`) train: the
-classifiers of image rows and of word ids of the tutorial this project follows (Olah's
-"Understanding LSTM Networks" (2015) and its two experiments), sharing
+classifiers of image rows (MNIST read row by row) and of word ids (IMDB reviews), sharing
 :class:`RecurrentStack`."""
 
 from rnnlab.models.classifiers import (

@@ -153,8 +153,8 @@ def format_epoch(record: dict[str, Any], epochs: int) -> str:
 
 
 def format_step(logs: dict[str, Any]) -> str:
-    """The tutorial's line (Olah's "Understanding LSTM Networks" (2015), experiment 1):
-    minibatch loss and training accuracy (or the task's other metrics) at a step."""
+    """The step line of the ``mnist-seed`` experiment ("Iter N, Minibatch Loss= ...,
+    Training Accuracy= ..."): the loss and the task's other metrics at a step."""
     keys = list(logs)
     extra = keys[keys.index("loss") + 1 : keys.index("lr")]
     line = f"Iter {logs['step']}, Minibatch Loss= {logs['loss']:.6f}"
