@@ -27,6 +27,7 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "bench": ("rnnlab.bench", "benchmark rnnlab against torch.nn and Keras"),
     "inspect": ("rnnlab.inspect", "draw a trained LSTM's gates and cell states"),
     "experiment": ("rnnlab.experiments", "run the long-range dependency experiment"),
+    "serve": ("rnnlab.serve", "watch trained runs think, live in the browser"),
 }
 
 # Verbs that train or run models, for which glibc keeps freed memory for reuse (rnnlab.allocator;
