@@ -66,7 +66,8 @@ def test_runs_are_listed_by_index_and_name(client):
     ]
     assert runs[0]["classes"] == ["negative", "positive"] and runs[0]["directions"] == 2
     assert runs[1]["image_shape"] == [28, 28] and runs[1]["hidden_sizes"] == [12]
-    assert client.get("/api/runs/0").json()["name"] == client.get("/api/runs/reviews").json()["name"]
+    by_index, by_name = client.get("/api/runs/0").json(), client.get("/api/runs/reviews").json()
+    assert by_index["name"] == by_name["name"] == "reviews" and by_index == by_name
 
 
 def test_text_classify_agrees_with_predict(client, runs):

@@ -26,11 +26,8 @@ try:
     import selenium
 except ImportError:
     selenium = None
-MISSING = [
-    name
-    for name, found in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER), ("selenium", selenium))
-    if found is None
-]
+NEEDED = (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER), ("selenium", selenium))
+MISSING = [name for name, found in NEEDED if found is None]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = pytest.mark.skipif(
     bool(MISSING) and not IN_CI, reason=f"not installed: {', '.join(MISSING)}"
