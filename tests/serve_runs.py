@@ -25,12 +25,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 TEXT_SETTINGS = ["model.embedding_dim=8", "model.hidden_sizes=[8]", "data.maxlen=60"]
 IMAGE_SETTINGS = ["model.projection=16", "model.hidden_sizes=[12]"]
-WORDS = [
-    *("the a and of to is was it film movie this that not but good great wonderful loved bad "
-      "awful boring slow acting story ending minute hour first last every i very at all").split(" "),
-    ",",
-    ".",
-]
+_WORD_LIST = (
+    "the a and of to is was it film movie this that not but good great wonderful loved bad "
+    "awful boring slow acting story ending minute hour first last every i very at all , ."
+)
+WORDS = _WORD_LIST.split(" ")  # the vocabulary, most frequent first
 REVIEW = "The first hour was slow and the acting was not good, but the ending was wonderful."
 
 
