@@ -102,10 +102,7 @@
       line.appendChild(bar); probs.appendChild(line);
     });
 
-    var rows = el("rows");
-    rnnlab.heatmap(rows, data.step_probabilities, "f");  // probabilities in [0, 1]: green
-    rows.style.width = (data.classes.length * 18) + "px";
-    rows.style.height = (data.step_probabilities.length * 9) + "px";
+    drawRows(el("rows"), data.step_probabilities, data.classes);
 
     var units = data.top_units.slice(0, 16), maps = el("heatmaps");
     maps.innerHTML = "";
@@ -121,6 +118,23 @@
       canvas.style.height = (matrix.length * 6) + "px";
       caption.textContent = g;
       figure.appendChild(canvas); figure.appendChild(caption); maps.appendChild(figure);
+    });
+  }
+
+  // (rows x classes) probabilities as green cells, class names on top, row numbers at left.
+  function drawRows(canvas, probabilities, classes) {
+    var W = 18, H = 9, left = 24, top = 16, c = canvas.getContext("2d");
+    canvas.width = left + classes.length * W; canvas.height = top + probabilities.length * H;
+    c.fillStyle = "#fff"; c.fillRect(0, 0, canvas.width, canvas.height);
+    c.fillStyle = "#333"; c.font = "11px sans-serif"; c.textAlign = "center";
+    classes.forEach(function (name, k) { c.fillText(name, left + k * W + W / 2, 11); });
+    c.textAlign = "right";
+    probabilities.forEach(function (row, t) {
+      if (t % 7 === 0) { c.fillStyle = "#333"; c.fillText(String(t), left - 4, top + t * H + H); }
+      row.forEach(function (p, k) {
+        c.fillStyle = rnnlab.colour(p, "f");
+        c.fillRect(left + k * W, top + t * H, W - 1, H - 1);
+      });
     });
   }
 
