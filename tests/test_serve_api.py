@@ -358,3 +358,22 @@ def test_create_app_refuses_no_runs_and_repeated_names(runs):
         create_app([])
     with pytest.raises(ValueError, match="distinct run names"):
         create_app([runs[0], runs[0]])
+
+
+def test_generate_streams_each_token_as_a_server_sent_event(runs, monkeypatch):
+    def fake(self, prompt, max_tokens, temperature, top_k, unit):  # the shape issue 12 fills in
+        for k in range(max_tokens):
+            yield {"token": prompt[k % len(prompt)], "id": k, "probability": 0.5, "value": 0.1}
+
+    monkeypatch.setattr(ServedRun, "generate", fake)
+    client = TestClient(create_app(runs))
+    body = {"prompt": "abc", "max_tokens": 4, "temperature": 0.8, "top_k": 5}
+    with client.stream("POST", "/api/runs/0/generate", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = "".join(response.iter_text()).strip().split("\n\n")
+    names = [e.split("\n")[0] for e in events]
+    assert names == ["event: token"] * 4 + ["event: done"]
+    tokens = [json.loads(e.split("\n")[1][len("data: ") :])["token"] for e in events[:4]]
+    assert tokens == ["a", "b", "c", "a"]
+    assert json.loads(events[-1].split("\n")[1][len("data: ") :]) == {"tokens": 4}

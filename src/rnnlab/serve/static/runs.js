@@ -9,9 +9,9 @@
   function card(run) {
     var div = document.createElement("div");
     div.className = "card"; div.id = "run-" + run.index;
-    div.innerHTML = "<h2></h2><p class='meta'></p><canvas class='curve' width='640' height='240'>" +
-      "</canvas><table class='report'></table><details><summary>configuration</summary>" +
-      "<pre></pre></details>";
+    div.innerHTML = "<h2></h2><p class='meta'></p><div class='layout'>" +
+      "<canvas class='curve' width='640' height='240'></canvas><div><table class='report'>" +
+      "</table><details><summary>configuration</summary><pre></pre></details></div></div>";
     div.querySelector("h2").textContent = "[" + run.index + "] " + run.name + " ";
     var status = document.createElement("span");
     status.className = "status"; div.querySelector("h2").appendChild(status);
@@ -92,6 +92,8 @@
     c.fillStyle = "#333";
     c.fillText("step " + maxStep, W - m - 50, H - m + 15);
     c.fillText("0", m - 10, H - m + 15);
+    c.fillStyle = "#d62728"; c.fillText(maxLoss.toFixed(2), 4, 20);
+    c.fillStyle = "#1f77b4"; c.fillText("1.0", W - m + 6, 20); c.fillText("0.0", W - m + 6, H - m);
     c.fillStyle = "#d62728"; c.fillText("loss (max " + maxLoss.toFixed(2) + ")", m, H - 8);
     c.fillStyle = "#1f77b4"; c.fillText("accuracy (0..1); dots: validation", m + 160, H - 8);
   }
