@@ -197,6 +197,7 @@ def test_path_traversal_is_404(client, path):
         ('{"text": "x", "image": [[0]]}', ("body", "image")),
         ('{"text": "   "}', ("body", "text")),
         ('{"text": "zebra quantum"}', ("body", "text")),  # no word the model knows
+        ('{"text": "\\ud800\\u0000"}', ("body", "text")),  # a lone surrogate and a NUL
         ('{"image": [[0, 0], [0, 0]]}', ("body", "text")),  # a text model given an image
         ('{"text": "good", "layer": 1}', ("body", "layer")),
         ('{"text": "good", "direction": 2}', ("body", "direction")),

@@ -197,7 +197,7 @@ def create_app(
     @app.post("/api/runs/{run}/generate", tags=["api"])
     async def generate(run: str, body: GenerateRequest) -> StreamingResponse:
         """Language models: a stream of server-sent events, ``event: token`` with
-        ``{"token", "id", "probability", "top", "units"}`` per generated token, then
+        ``{"token", "id", "probability", "top", "value"}`` per generated token, then
         ``event: done``. Other runs answer 400."""
         served = lookup(run)
         check_text("prompt", body.prompt)

@@ -7,7 +7,9 @@ Shape legend: T time (word positions or image rows), H hidden units, C classes.
 
 What the web layer calls, and what the coordinator rewires:
 
-* :func:`load_served_run` -- load a run once (config, model in eval mode, vocabulary);
+* :func:`load_served_run` -- load a run once (config, model in eval mode, vocabulary) and
+  :meth:`ServedRun.warm_up` it;
+* :attr:`ServedRun.kind` -- "text", "image" (later "lm"): which page and which analyses;
 * :meth:`ServedRun.describe` -- what the pages need to know about a run (kind, classes, layers);
 * :meth:`ServedRun.classify` -- text or a 28-row image -> the final prediction and the class
   probabilities had the input ended after each token or row;

@@ -32,6 +32,7 @@ __all__ = [
     "ClassifyRequest",
     "GenerateRequest",
     "ScoreRequest",
+    "TooLargeError",
     "TraceRequest",
     "check_text",
     "decode_image",
@@ -75,15 +76,15 @@ class ScoreRequest(_Body):
     text: str = Field(..., description="text to score, at most 100 kB of UTF-8")
 
 
+class TooLargeError(InputError):
+    """An input over its size limit (413)."""
+
+
 def check_text(field: str, text: str) -> None:
     """Refuse text over :data:`MAX_TEXT_BYTES` (answered 413 naming ``field``)."""
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > MAX_TEXT_BYTES:
         raise TooLargeError(field, f"expected at most {MAX_TEXT_BYTES} bytes of UTF-8, got {size}")
-
-
-class TooLargeError(InputError):
-    """An input over its size limit (413)."""
 
 
 def decode_image(body: ClassifyRequest) -> np.ndarray | None:
