@@ -19,7 +19,7 @@ import torch
 
 from rnnlab.checkpoint import save_checkpoint
 from rnnlab.config import load_preset
-from rnnlab.models import build_model
+from rnnlab.tasks import build_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

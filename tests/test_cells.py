@@ -14,8 +14,8 @@ def _sigmoid(v):
 
 
 def test_lstm_cell_one_step_by_hand():
-    """One step written out with numpy in float64, gate by gate, from the tutorial's equations
-    in their concatenated form W [h_{t-1}, x_t] + b."""
+    """One step written out with numpy in float64, gate by gate, from the equations in the
+    concatenated form of Olah's "Understanding LSTM Networks" (2015), W [h_{t-1}, x_t] + b."""
     torch.manual_seed(0)
     I, H, B = 3, 2, 2
     cell = LSTMCell(I, H).double()

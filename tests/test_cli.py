@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rnnlab.cli import PLUGIN_VERBS, main
-from rnnlab.run import train
+from rnnlab.runs import train
 
 
 @pytest.mark.parametrize("verb", ["train", "evaluate", "predict", "summary", "presets"])
@@ -96,7 +96,7 @@ def test_train_with_bf16_precision_end_to_end(tmp_path, capsys):
 
     from rnnlab.nn.backends import _ext
     from rnnlab.predict import evaluate_run
-    from rnnlab.run import load_run
+    from rnnlab.runs import load_run
 
     if _ext.load() is None:
         pytest.skip(f"compiled kernels unavailable: {_ext.unavailable_reason()}")

@@ -3,7 +3,7 @@
 import pytest
 
 from rnnlab.config import Config, ConfigError, list_presets, load_preset, parse_override
-from rnnlab.models import build_model
+from rnnlab.tasks import build_model
 
 
 def test_every_preset_loads_and_round_trips():

@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from rnnlab import distributed
 from rnnlab.checkpoint import load_checkpoint
 from rnnlab.config import ConfigError, load_preset
-from rnnlab.models import build_model
 from rnnlab.predict import evaluate_run
+from rnnlab.tasks import get_task
 from rnnlab.train import Batches, Split, Trainer
 from tiny import SMALL_MNIST_CLI, cli_sets
 
@@ -55,7 +55,10 @@ def _one_step_params(context: distributed.Context, n: int) -> dict[str, torch.Te
     g = torch.Generator().manual_seed(n)
     split = Split((torch.rand(n, 28, 28, generator=g),), torch.randint(0, 10, (n,), generator=g))
     torch.manual_seed(0)
-    trainer = Trainer(context.wrap(build_model(config)), config.train, reduce=context.reduce_hook)
+    task = get_task(config)
+    trainer = Trainer(
+        context.wrap(task.build_model()), task, config.train, reduce=context.reduce_hook
+    )
     trainer.fit(
         Batches(split, 16, shuffle=True, seed=3, rank=context.rank, world_size=context.world_size)
     )

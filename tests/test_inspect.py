@@ -14,9 +14,9 @@ from rnnlab.config import load_preset
 from rnnlab.inspect import InspectError, inspect_run, main
 from rnnlab.inspect.inputs import text_example
 from rnnlab.inspect.trace import record_gates
-from rnnlab.models import build_model
-from rnnlab.predict import PredictError, load_vocab, predict_images, predict_texts
-from rnnlab.run import RunError, load_run, train
+from rnnlab.predict import PredictError, predict_images, predict_texts
+from rnnlab.runs import RunError, load_run, train
+from rnnlab.tasks import build_model
 from tiny import TINY_IMDB_NO_LOGS as TINY_IMDB
 
 TINY_MNIST = [
@@ -41,6 +41,10 @@ SEEDLIKE_GRU = [
     "data.punctuation=false",
 ]
 REVIEW = "A wonderful film, but the ending was not good at all."
+
+
+def _vocab(run_dir):
+    return json.loads((run_dir / "vocab.json").read_text("utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +141,7 @@ def test_text_page_has_one_token_per_word_read_and_the_final_prediction(imdb_run
     ]
     page = result.files["tokens.html"].read_text()
     config, _, _ = load_run(imdb_run)
-    n = len(text_example(config, load_vocab(imdb_run), REVIEW).ids)
+    n = len(text_example(config, _vocab(imdb_run), REVIEW).ids)
     assert page.count('class="tok"') == n == result.summary["real_steps"]
     assert "[START]" in page and "<script src" not in page and "<link" not in page
     assert "http://" not in page and "https://" not in page  # self-contained
@@ -288,7 +292,7 @@ def test_probabilities_are_nan_only_at_padding(gru_run):
     from rnnlab.inspect.inputs import prefix_probabilities
 
     config, model, _ = load_run(gru_run)
-    example = text_example(config, load_vocab(gru_run), "good bad good")
+    example = text_example(config, _vocab(gru_run), "good bad good")
     probs = prefix_probabilities(model, config, example)  # (12, 2)
     assert np.isnan(probs[~example.real]).all() and not np.isnan(probs[example.real]).any()
     assert all(math.isclose(p.sum(), 1.0, rel_tol=1e-9) for p in probs[example.real])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rnnlab.inspect import inspect_run
-from rnnlab.run import train
+from rnnlab.runs import train
 from tiny import TINY_IMDB_NO_LOGS as TINY_IMDB
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

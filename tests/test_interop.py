@@ -284,3 +284,57 @@ def test_from_keras_refuses_parallel_branches(keras) -> None:
     model = keras.Model(x, keras.layers.Add()([a, b]))
     with pytest.raises(ValueError, match=r"to read the output of"):
         LSTM.from_keras(model)
+
+
+def random_rnnlab_layer(cls: type, layers: int, bidirectional: bool, seed: int):
+    """An rnnlab layer (4 -> 5 units) with non-zero biases everywhere, GRU's bias_hn included."""
+    torch.manual_seed(seed)
+    layer = cls(4, 5, num_layers=layers, bidirectional=bidirectional, dropout=0.25 * (layers - 1))
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.dim() == 1:
+                p.normal_(0, 0.5)
+    return layer.eval()
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (1, True), (2, False), (2, True)])
+@pytest.mark.parametrize("cls", [LSTM, GRU, RNN])
+def test_to_keras_matches_rnnlab_and_reads_back_exactly(
+    keras, cls: type, layers: int, bidirectional: bool, return_sequences: bool
+) -> None:
+    ours = random_rnnlab_layer(cls, layers, bidirectional, seed=layers + 2 * bidirectional)
+    theirs = ours.to_keras(return_sequences=return_sequences)
+    stack = theirs if isinstance(theirs, list) else [theirs]
+    assert isinstance(theirs, list) == (layers > 1)
+    recurrent = [item for item in stack if not isinstance(item, keras.layers.Dropout)]
+    assert len(recurrent) == layers and len(stack) == 2 * layers - 1  # Dropout between layers
+    assert all(isinstance(item, keras.layers.Bidirectional) == bidirectional for item in recurrent)
+    x = torch.randn(3, 6, 4)  # (B, T, I)
+    model = keras.Sequential([keras.Input((6, 4)), *stack])
+    expected = Recurrent(ours, return_sequences=return_sequences)(x)
+    torch.testing.assert_close(keras_call(keras, model, x), expected, rtol=0, atol=1e-5)
+
+    back = cls.from_keras(theirs)
+    assert (back.num_layers, back.bidirectional, back.dropout) == (
+        ours.num_layers,
+        ours.bidirectional,
+        ours.dropout,
+    )
+    assert back.state_dict().keys() == ours.state_dict().keys()
+    for name, value in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+
+
+def test_to_keras_gru_is_reset_after_and_float64_stays_float64(keras) -> None:
+    ours = random_rnnlab_layer(GRU, 1, False, seed=7).double()
+    theirs = ours.to_keras(return_sequences=True)
+    assert theirs.reset_after and theirs.dtype == "float64"
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(keras_call(keras, theirs, x), ours(x)[0], rtol=0, atol=1e-12)
+    assert GRU.from_keras(theirs).cell(0).bias_hn.dtype == torch.float64
+
+
+def test_to_keras_refuses_other_dtypes(keras) -> None:
+    with pytest.raises(ValueError, match=r"LSTM.to_keras expected float32 or float64 weights"):
+        LSTM(2, 3).half().to_keras()

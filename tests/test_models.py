@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from rnnlab.config import ConfigError, load_preset
-from rnnlab.models import build_model
 from rnnlab.nn.layers import LSTM
+from rnnlab.tasks import build_model
 
 
 def _text_config(*extra):
@@ -35,11 +35,21 @@ def test_masked_text_model_ignores_padding(pooling, padding):
 
 
 def test_unmasked_text_model_reads_padding_like_keras():
+    """Without mask, lengths are ignored and the pad ids are read as words: the model equals
+    torch.nn.LSTM layers (copied weights) run over every step, padding included, then the
+    head on the last step's output."""
     torch.manual_seed(0)
     model = build_model(_text_config()).eval()
     words = torch.randint(1, 50, (2, 4))
-    padded = torch.cat([torch.zeros(2, 3, dtype=torch.int64), words], 1)
-    assert not torch.allclose(model(padded, torch.full((2,), 4)), model(words))
+    padded = torch.cat([torch.zeros(2, 3, dtype=torch.int64), words], 1)  # (B, 7), pre-padded
+    with torch.no_grad():
+        x = model.embedding(padded)  # (B, 7, E)
+        for layer in model.stack.layers:
+            x, _ = layer.to_torch()(x)  # (B, 7, H)
+        expected = model.head(x[:, -1])  # (B, C)
+        got = model(padded, torch.full((2,), 4))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got - model(words)).abs().max() > 1e-4  # reading the padding changed the answer
 
 
 def test_sequence_model_shapes_and_errors():

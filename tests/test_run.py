@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from rnnlab.checkpoint import CheckpointError, load_checkpoint
+from rnnlab.config import load_preset
 from rnnlab.data import load_mnist
 from rnnlab.predict import PredictError, evaluate_run, predict_images, predict_texts
-from rnnlab.run import RunError, load_run, resume, train
+from rnnlab.runs import RunError, load_run, resume, train
 
 TINY_MNIST = [
     "model.projection=16",
@@ -210,22 +211,59 @@ def test_image_presets_train_on_any_idx_folder(tmp_path):
     assert report["train_examples"] == 10_000 and report["steps"] == 40
 
 
-def test_holdout_validation_tests_the_best_checkpoint(tmp_path):
+def test_holdout_validation_tests_the_best_checkpoint_once(tmp_path, monkeypatch):
+    """Validation on held-out training images every epoch; the test split is read once, at the
+    end, by the best checkpoint."""
+    from rnnlab.tasks import ImageClassification
+    from rnnlab.train import Batches
+
+    loaded, reads = [], []
+    load, epoch = ImageClassification.load, Batches.epoch
+
+    def spy_load(self, *args, **kwargs):
+        loaded.append(load(self, *args, **kwargs))
+        return loaded[-1]
+
+    def spy_epoch(self, *args, **kwargs):
+        data = loaded[-1]
+        reads.append(
+            {id(data.train): "train", id(data.val): "val", id(data.test): "test"}.get(
+                id(self.split), "other"
+            )
+        )
+        return epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageClassification, "load", spy_load)
+    monkeypatch.setattr(Batches, "epoch", spy_epoch)
     report = train(
         "mnist-sample",
         tmp_path / "run",
         overrides=[*TINY_MNIST, "data.validation=holdout", "data.holdout=1000"],
     )
     assert report["train_examples"] == 9000 and report["test_checkpoint"] == "best"
-    assert report["steps"] == 2 * 36
+    assert report["steps"] == 2 * 36 and report["holdout_seed"] == 0
+    assert reads == ["train", "val", "train", "val", "test"]
+    val, test = loaded[0].val, loaded[0].test
+    assert len(val) == 1000 and not any(torch.equal(v, test.inputs[0][0]) for v in val.inputs[0])
+
+
+@pytest.mark.parametrize(
+    ("preset", "validation"),
+    [("mnist", "holdout"), ("imdb", "holdout"), ("mnist-seed", "test"), ("imdb-seed", "test")],
+)
+def test_best_presets_select_on_a_holdout_and_seed_presets_as_the_tutorial(preset, validation):
+    data = load_preset(preset).data
+    assert data.validation == validation
+    if validation == "holdout":
+        assert data.holdout > 0 and data.holdout_seed == 0
 
 
 def test_punctuation_can_be_dropped_like_keras(tmp_path):
     from rnnlab.config import load_preset
-    from rnnlab.tasks import load_task_data
+    from rnnlab.tasks import get_task
 
     config = load_preset("imdb-sample", ["data.punctuation=false"])
-    data = load_task_data(config)
-    comma = data.word_index[","] + 3
+    data = get_task(config).load()
+    comma = data.artifacts["vocab.json"][","] + 3
     assert comma < config.data.num_words and not (data.train.inputs[0] == comma).any()
-    assert (load_task_data(load_preset("imdb-sample")).train.inputs[0] == comma).any()
+    assert (get_task(load_preset("imdb-sample")).load().train.inputs[0] == comma).any()

@@ -77,7 +77,7 @@ def test_text_classify_agrees_with_predict(client, runs):
     expected = predict_texts(runs[0].run_dir, [REVIEW], checkpoint="last")[0]
     assert got["label"] == expected["label"]
     assert got["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
-    example = text_example(runs[0].config, runs[0].vocab, REVIEW)
+    example = text_example(runs[0].config, runs[0].artifacts["vocab.json"], REVIEW)
     assert got["steps"] == [example.labels[k] for k in np.flatnonzero(example.real)]
     probs = np.array(got["step_probabilities"])  # (n, C)
     assert probs.shape == (len(got["steps"]), 2)
@@ -87,7 +87,7 @@ def test_text_classify_agrees_with_predict(client, runs):
 
 def test_trace_gives_the_recorded_gates(client, runs):
     got = client.post("/api/runs/0/trace", json={"text": REVIEW, "direction": 1}).json()
-    example = text_example(runs[0].config, runs[0].vocab, REVIEW)
+    example = text_example(runs[0].config, runs[0].artifacts["vocab.json"], REVIEW)
     gates = record_gates(runs[0].model, example.inputs, 0, 1)  # name -> (T, H)
     assert sorted(got["gates"]) == sorted(gates) == ["c", "f", "g", "h", "i", "o"]
     for name, values in gates.items():

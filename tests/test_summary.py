@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 def imdb_model() -> nn.Sequential:
-    """The tutorial's IMDB sentiment model, built from rnnlab parts."""
+    """The imdb-seed preset's sentiment model, built from rnnlab parts."""
     return nn.Sequential(
         nn.Embedding(1000, 8),
         Recurrent(LSTM(8, 256), return_sequences=True),
@@ -33,7 +33,7 @@ def footer(table: str) -> list[str]:
     return [line.strip() for line in table.splitlines() if "params:" in line]
 
 
-def test_lstm_parameter_counts_match_the_tutorial() -> None:
+def test_lstm_parameter_counts_match_keras() -> None:
     assert sum(p.numel() for p in LSTM(8, 256).parameters()) == 271_360
     assert sum(p.numel() for p in LSTM(256, 256).parameters()) == 525_312
 

@@ -7,7 +7,34 @@ import torch
 from torch import nn
 
 from rnnlab.config import TrainConfig
-from rnnlab.train import Batches, DivergenceError, Split, evaluate, fit, learning_rate
+from rnnlab.train import (
+    Batches,
+    BatchLoss,
+    DivergenceError,
+    Selection,
+    Split,
+    evaluate,
+    fit,
+    learning_rate,
+)
+
+
+class _Classify:
+    """The smallest objective: summed cross-entropy and accuracy, best by accuracy."""
+
+    selection = Selection("accuracy", "max")
+
+    def batch_loss(self, model, inputs, targets, carry, training):
+        logits = model(*inputs)  # (B, C)
+        total = nn.functional.cross_entropy(logits, targets, reduction="sum")
+        correct = int((logits.argmax(-1) == targets).sum())
+        return BatchLoss(total, len(targets), {"correct": correct})
+
+    def metrics(self, sums):
+        return {"accuracy": sums["correct"] / sums["n"]}
+
+
+OBJECTIVE = _Classify()
 
 
 def _task(n=256, T=6, seed=0):
@@ -33,7 +60,11 @@ def _fit(seed=0, **changes):
     model = _Tiny()
     config = TrainConfig(**{"epochs": 8, "batch_size": 32, "lr": 1e-2, **changes})
     trainer = fit(
-        model, Batches(_task(), 32, shuffle=True, seed=seed), Batches(_task(seed=1), 128), config
+        model,
+        OBJECTIVE,
+        Batches(_task(), 32, shuffle=True, seed=seed),
+        Batches(_task(seed=1), 128),
+        config,
     )
     return model, trainer
 
@@ -42,7 +73,7 @@ def test_fit_learns_and_records_history():
     model, trainer = _fit()
     assert trainer.state.epoch == 8 and trainer.state.step == 64
     assert trainer.state.history[-1]["val_accuracy"] > 0.8  # chance is 0.5
-    assert evaluate(model, Batches(_task(seed=1), 100))["accuracy"] == pytest.approx(
+    assert evaluate(model, Batches(_task(seed=1), 100), OBJECTIVE)["accuracy"] == pytest.approx(
         trainer.state.history[-1]["val_accuracy"]
     )
 
@@ -63,7 +94,7 @@ def test_nan_loss_stops_with_a_clear_error():
     with torch.no_grad():
         model.head.bias.fill_(math.nan)
     with pytest.raises(DivergenceError, match="loss became nan at epoch 1, step 1"):
-        fit(model, Batches(_task(), 32), None, TrainConfig(epochs=1))
+        fit(model, OBJECTIVE, Batches(_task(), 32), None, TrainConfig(epochs=1))
 
 
 def test_schedules():
@@ -134,3 +165,14 @@ def test_ranks_draw_their_own_dropout_masks_reproducibly() -> None:
     begin.on_train_begin(SimpleNamespace(state=SimpleNamespace(step=7)))  # a resume at step 7
     assert torch.equal(torch.nn.functional.dropout(torch.ones(1000), 0.5) > 0, mask(1, 7))
     assert RankDropoutSeed(seed=1, rank=1).stream_seed(7) != begin.stream_seed(7)
+
+
+def test_train_state_reads_checkpoints_from_before_generic_metrics():
+    """A run checkpointed with best_val_accuracy/best_epoch resumes with the same best."""
+    from rnnlab.train import TrainState
+
+    old = TrainState().to_dict()
+    del old["best"], old["carry"]
+    state = TrainState.from_dict({**old, "best_val_accuracy": 0.9, "best_epoch": 2})
+    assert state.best == {"metric": "val_accuracy", "value": 0.9, "epoch": 2}
+    assert state.carry is None and TrainState.from_dict(state.to_dict()) == state

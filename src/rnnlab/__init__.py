@@ -1,10 +1,12 @@
 """rnnlab: recurrent neural networks (RNN, LSTM, GRU) written from their equations, on PyTorch.
 
-The cells (:mod:`rnnlab.nn.cells`) are the readable reference; the layers (:mod:`rnnlab.nn.layers`)
-stack them over time, batch first, and pick a backend: the reference loop or the fused fast path
-(:mod:`rnnlab.nn.backends.fused`), which share the same parameters. :mod:`rnnlab.nn.interop` converts layers
-from and to torch.nn and Keras (``LSTM.from_torch``, ``.to_torch()``, ``LSTM.from_keras``);
-:func:`summary` tabulates a model as Keras's ``model.summary()`` does.
+The cells (:mod:`rnnlab.nn.cells`) are the readable reference; the layers
+(:mod:`rnnlab.nn.layers`) stack them over time, batch first, and pick a backend
+(:mod:`rnnlab.nn.backends`), which shares the same parameters. :mod:`rnnlab.nn.interop` converts
+layers from and to torch.nn and Keras (``LSTM.from_torch``, ``.to_torch()``,
+``LSTM.from_keras``); :func:`summary` tabulates a model as Keras's ``model.summary()`` does.
+Above the network library: models (:mod:`rnnlab.models`), tasks (:mod:`rnnlab.tasks`), the
+task-agnostic trainer (:mod:`rnnlab.train`), run directories (:mod:`rnnlab.runs`), the CLI.
 """
 
 from rnnlab.nn.blocks import Recurrent, final_hidden

@@ -5,7 +5,7 @@ Why: by default glibc serves every allocation above a threshold (128 KiB, rising
 the tensor is freed, and it trims the top of the heap once more than twice that is free. A
 training step allocates and frees the same large tensors (activations, gate buffers, gradients)
 every time, so each step page-faults all of them in again, and the kernel zeroes every page.
-On the 2-core machine of issue 6, torch.nn.LSTM trained the tutorial's IMDB model 48% faster
+On a 2-core machine, torch.nn.LSTM trained the tutorial's IMDB model 48% faster
 with retained memory (benchmarks/RESULTS.md).
 
 With :func:`retain_freed_memory` every block comes from the heap and freed ones stay there for

@@ -3,8 +3,9 @@
 A checkpoint ``TAG`` (``last`` or ``best``) in a folder is two files:
 
 * ``TAG-<step>.safetensors``: the model's weights (``model.<name>``), the optimizer's tensors
-  (``optimizer.<param index>.<key>``, e.g. Adam's ``exp_avg``) and the torch RNG state
-  (``rng.torch``), which dropout draws from;
+  (``optimizer.<param index>.<key>``, e.g. Adam's ``exp_avg``), the torch RNG state
+  (``rng.torch``), which dropout draws from, and a stateful task's recurrent carry
+  (``carry.<k>``, see :class:`rnnlab.train.TrainState`);
 * ``TAG.json``: the name and sha256 of that tensor file, the optimizer's other state (param
   groups), the trainer state (step, epoch, batch, running sums, history), the resolved
   configuration, library versions and the time.
@@ -19,10 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,15 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from rnnlab.files import atomic_write
+
 __all__ = [
     "CheckpointError",
-    "atomic_write",
     "load_checkpoint",
     "load_model_weights",
+    "restore_carry",
     "restore_optimizer",
+    "restore_rng",
     "save_checkpoint",
     "versions",
 ]
@@ -60,21 +62,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_bytes(values: Any) -> bytes:
     return (json.dumps(values, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
@@ -86,6 +73,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     config: dict[str, Any],
+    carry: tuple[Tensor, ...] | None = None,
 ) -> Path:
     """Save checkpoint ``tag`` into ``folder``; returns the path of ``TAG.json``."""
     folder = Path(folder)
@@ -100,6 +88,8 @@ def save_checkpoint(
             else:
                 optimizer_scalars.setdefault(str(index), {})[key] = value
     tensors["rng.torch"] = torch.get_rng_state()
+    for k, t in enumerate(carry or ()):
+        tensors[f"carry.{k}"] = t.detach().contiguous()
     data = safetensors.torch.save(tensors)
     name = f"{tag}-{state['step']:08d}.safetensors"
     atomic_write(folder / name, data)
@@ -181,3 +171,9 @@ def restore_optimizer(
 
 def restore_rng(tensors: dict[str, Tensor]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
+
+
+def restore_carry(tensors: dict[str, Tensor]) -> tuple[Tensor, ...] | None:
+    """The recurrent carry saved with the checkpoint, in its order; None if there was none."""
+    count = sum(1 for key in tensors if key.startswith("carry."))
+    return tuple(tensors[f"carry.{k}"] for k in range(count)) if count else None

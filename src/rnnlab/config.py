@@ -3,7 +3,8 @@
 A configuration has four sections, each a frozen dataclass:
 
 * ``data``: which dataset and how it becomes tensors (:class:`DataConfig`);
-* ``model``: the architecture (:class:`ModelConfig`, built by :func:`rnnlab.models.build_model`);
+* ``model``: the architecture (:class:`ModelConfig`; ``kind`` picks the task, see
+  :mod:`rnnlab.tasks`, which builds the model);
 * ``train``: optimisation (:class:`TrainConfig`, used by :func:`rnnlab.train.fit`);
 * ``run``: logging and checkpointing (:class:`RunConfig`).
 
@@ -20,7 +21,7 @@ import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any, Literal, get_args, get_origin
 
@@ -61,8 +62,10 @@ class DataConfig:
 
     ``dataset``: ``"mnist"`` (images read row by row: 28 steps of 28 pixels; any dataset in the
     MNIST IDX layout via ``path``) or ``"imdb"`` (reviews as word ids, Keras's encoding).
-    ``validation``: ``"test"`` evaluates on the test split every epoch (as the tutorial does),
-    ``"holdout"`` holds out ``holdout`` training examples, ``"none"`` skips validation.
+    ``validation``: ``"test"`` evaluates on the test split every epoch (as the tutorial's
+    experiments do; the seed presets), ``"holdout"`` holds out ``holdout`` training examples
+    drawn with ``holdout_seed`` (the best checkpoint is then picked without seeing test, and
+    test is evaluated once, at the end, on it), ``"none"`` skips validation.
     """
 
     dataset: Literal["mnist", "imdb"] = "mnist"
@@ -70,6 +73,7 @@ class DataConfig:
     path: str = ""  # image datasets: a folder of MNIST-layout IDX files (e.g. Fashion-MNIST)
     validation: Literal["test", "holdout", "none"] = "test"
     holdout: int = 5000
+    holdout_seed: int = 0  # which training examples are held out (fixed, saved with the run)
     # imdb: keras.datasets.imdb.load_data and keras.utils.pad_sequences options
     num_words: int = 1000
     skip_top: int = 0
@@ -84,7 +88,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The architecture; see :func:`rnnlab.models.build_model`.
+    """The architecture; ``kind`` names the task (:data:`rnnlab.tasks.TASKS`) that builds it.
 
     ``hidden_sizes`` lists one recurrent layer per entry (each bidirectional if asked), chained
     with ``return_sequences`` like a Keras stack; ``dropout`` follows every recurrent layer (the
@@ -332,8 +336,3 @@ def load_preset(name: str, overrides: Iterable[str] = ()) -> Config:
     values.setdefault("name", name)
     config = Config.from_dict(values)
     return apply_overrides(config, overrides)
-
-
-def with_section(config: Config, section: str, **changes: Any) -> Config:
-    """A copy of ``config`` with fields of one section replaced (no type checks: internal)."""
-    return replace(config, **{section: replace(getattr(config, section), **changes)})

@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rnnlab.checkpoint import atomic_write
+from rnnlab.files import atomic_write
 
 __all__ = ["plot_learning_curve"]
 
 
 def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Loss and accuracy against steps: the logged minibatch values (faint), the per-epoch
-    training means and the validation values. Written atomically to ``path`` (PNG)."""
+    """Loss and the task's first metric (accuracy for classifiers) against steps: the logged
+    minibatch values (faint), the per-epoch training means and the validation values. Written
+    atomically to ``path`` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -23,7 +24,7 @@ def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: st
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     fig = Figure(figsize=(10, 4), dpi=100)
-    for k, (key, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+    for k, key in enumerate(("loss", _first_metric(epochs))):
         ax = fig.add_subplot(1, 2, k + 1)
         if steps:
             ax.plot(
@@ -32,7 +33,7 @@ def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: st
                 color="tab:blue",
                 alpha=0.3,
                 linewidth=0.8,
-                label=f"minibatch {label}",
+                label=f"minibatch {key}",
             )
         if epochs:
             ax.plot(
@@ -40,7 +41,7 @@ def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: st
                 [r[key] for r in epochs],
                 "o-",
                 color="tab:blue",
-                label=f"train {label} (epoch mean)",
+                label=f"train {key} (epoch mean)",
             )
             val = [r for r in epochs if f"val_{key}" in r]
             if val:
@@ -49,10 +50,10 @@ def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: st
                     [r[f"val_{key}"] for r in val],
                     "s-",
                     color="tab:orange",
-                    label=f"validation {label}",
+                    label=f"validation {key}",
                 )
         ax.set_xlabel("step")
-        ax.set_ylabel(label)
+        ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
@@ -62,3 +63,13 @@ def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: st
     fig.savefig(buffer, format="png")
     atomic_write(Path(path), buffer.getvalue())
     return Path(path)
+
+
+def _first_metric(epochs: Sequence[dict[str, Any]]) -> str:
+    """The first metric after ``loss`` in the epoch records (they list loss, the task's
+    metrics, then seconds), or ``"accuracy"`` before any epoch ended."""
+    if not epochs:
+        return "accuracy"
+    keys = list(epochs[0])
+    names = keys[keys.index("loss") + 1 : keys.index("seconds")]
+    return names[0] if names else "loss"

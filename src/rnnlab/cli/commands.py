@@ -10,7 +10,8 @@ from pathlib import Path
 from rnnlab import distributed
 from rnnlab.config import Config, load_preset
 from rnnlab.predict import PredictError, predict_images, predict_texts
-from rnnlab.run import RunError, default_run_dir, read_config, resume, train
+from rnnlab.runs import RunError, default_run_dir, read_config, resume, train
+from rnnlab.runs.layout import check_new_out
 from rnnlab.train import ConsoleLogger, ProgressBar
 
 __all__ = ["predict_command", "summary_command", "train_command"]
@@ -42,8 +43,10 @@ def train_command(args: argparse.Namespace) -> int:
         return 0
     if report.get("test_accuracy") is not None:
         print(f"Testing Accuracy: {report['test_accuracy']:.4f}")
-    if report.get("best_val_accuracy") is not None:
-        print(f"Best val_acc: {report['best_val_accuracy']:.4f} (epoch {report['best_epoch']})")
+    best = report["selection"].split()[0]  # e.g. "val_accuracy"
+    if report.get(f"best_{best}") is not None:
+        shown = best.replace("accuracy", "acc")
+        print(f"Best {shown}: {report[f'best_{best}']:.4f} (epoch {report['best_epoch']})")
     print(
         f"{report['steps']} steps in {report['wall_seconds']:.1f} s "
         f"({report['samples_per_second']:.0f} samples/s). Run saved in {out}"
@@ -126,12 +129,7 @@ def _launch(args: argparse.Namespace, config: Config, out: Path) -> int:
         )
     distributed.Context(world_size=args.nproc).check_batch_size(config.train.batch_size)
     if not args.resume:
-        run_dir = out
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise RunError(
-                f"--out {run_dir}: expected a new or empty directory, got an "
-                "existing one (resume a run with --resume, or choose another --out)"
-            )
+        check_new_out(out)
     try:
         distributed.launch(child_argv(args, out), args.nproc)
     except distributed.LaunchError as exc:
@@ -181,18 +179,12 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def summary_command(args: argparse.Namespace) -> int:
-    """``rnnlab summary``: the Keras-style table of a preset's model, run once on zeros of the
-    preset's input shape (token ids for text models, 28 rows of pixels for image models)."""
-    import torch
-
-    from rnnlab.models import build_model
+    """``rnnlab summary``: the Keras-style table of a preset's model, run once on zeros of its
+    task's input shape."""
     from rnnlab.nn.summary import summary
+    from rnnlab.tasks import get_task
 
-    config = load_preset(args.preset, args.overrides)
-    model = build_model(config)
-    if config.model.kind == "text":
-        example = torch.zeros(2, config.data.maxlen, dtype=torch.int64)  # (B, T) ids
-    else:
-        example = torch.zeros(2, 28, config.model.input_size)  # (B, T, I)
-    print(summary(model, input_data=example))
+    task = get_task(load_preset(args.preset, args.overrides))
+    example = task.example_inputs(2)[0]  # (B, T, I) pixels or (B, T) ids
+    print(summary(task.build_model(), input_data=example))
     return 0

@@ -1,7 +1,7 @@
 """The ``rnnlab`` command: one entry point, one verb per task.
 
 Every verb is a function ``<verb>_command(args) -> int`` calling library functions that can be
-imported on their own (:func:`rnnlab.run.train`, :func:`rnnlab.predict.evaluate_run`, ...).
+imported on their own (:func:`rnnlab.runs.train`, :func:`rnnlab.predict.evaluate_run`, ...).
 Verbs that other parts of the package provide (``bench``, ``inspect``, ``experiment``) are
 registered in :data:`PLUGIN_VERBS`: each is a module with ``main(argv: list[str]) -> int``
 that parses its own arguments; the command hands it everything after the verb.
@@ -27,12 +27,18 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "bench": ("rnnlab.bench", "benchmark rnnlab against torch.nn and Keras"),
     "inspect": ("rnnlab.inspect", "draw a trained LSTM's gates and cell states"),
     "experiment": ("rnnlab.experiments", "run the long-range dependency experiment"),
+    "build-kernels": ("rnnlab.cli.kernels", "compile the C++ LSTM/GRU kernels now (once)"),
+    "info": ("rnnlab.cli.info", "versions, CPU capabilities and the backend rnnlab picks"),
+    "export": ("rnnlab.export", "export a trained run to ONNX"),
     "serve": ("rnnlab.serve", "watch trained runs think, live in the browser"),
 }
 
 # Verbs that train or run models, for which glibc keeps freed memory for reuse (rnnlab.allocator;
 # RNNLAB_RETAIN_MEMORY=0 turns it off). bench decides with its own --retain-memory flag.
 _RETAIN_MEMORY_VERBS = ("train", "evaluate", "predict", "experiment")
+# Verbs that run models: the kernels are built before them (rnnlab.cli.kernels), announced, so
+# no epoch's time includes the compiler.
+_MODEL_VERBS = ("train", "evaluate", "predict", "inspect", "experiment")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -166,10 +172,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        skip = ("run", "checkpoint", "step", "split", "examples")
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in skip)
         print(
             f"{result['split']} ({result['examples']} examples, checkpoint "
-            f"{result['checkpoint']} at step {result['step']}): loss {result['loss']:.4f}, "
-            f"accuracy {result['accuracy']:.4f}"
+            f"{result['checkpoint']} at step {result['step']}): {figures}"
         )
     return 0
 
@@ -216,7 +223,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rnnlab.checkpoint import CheckpointError
     from rnnlab.data import DataError
     from rnnlab.predict import PredictError
-    from rnnlab.run import RunError
+    from rnnlab.runs import RunError
 
     return ConfigError, DataError, CheckpointError, RunError, PredictError, OSError
 
@@ -226,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _RETAIN_MEMORY_VERBS and retention_wanted():
         retain_freed_memory()  # rnnlab.allocator: no page faults on every step's fresh tensors
+    if argv and argv[0] in _MODEL_VERBS and not {"-h", "--help"} & set(argv):
+        from rnnlab.cli.kernels import ensure_kernels
+
+        ensure_kernels(sys.stderr)
     if argv and argv[0] in PLUGIN_VERBS:
         return _plugin(argv[0], argv[1:])
     args = build_parser().parse_args(argv)

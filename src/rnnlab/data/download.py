@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rnnlab.data.errors import DataError
-from rnnlab.data.paths import atomic_output, ensure_writable_dir
+from rnnlab.data.paths import ensure_writable_dir
+from rnnlab.files import atomic_output
 
 CHUNK = 1 << 20
 USER_AGENT = "rnnlab-data/0.1"

@@ -22,8 +22,9 @@ from typing import NamedTuple
 import numpy as np
 
 from rnnlab.data.imdb_archive import Reviews
-from rnnlab.data.paths import atomic_output
+from rnnlab.data.paths import ensure_writable_dir
 from rnnlab.data.text import TOKENIZER_VERSION, tokenize
+from rnnlab.files import atomic_output
 
 FORMAT_VERSION = 1
 
@@ -101,6 +102,7 @@ def save_corpus(corpus: EncodedCorpus, path: Path) -> None:
     for name, split in (("train", corpus.train), ("test", corpus.test)):
         for field, array in split._asdict().items():
             arrays[f"{name}_{field}"] = array
+    ensure_writable_dir(path.parent)
     with atomic_output(path) as handle:
         np.savez(handle, **arrays)
 

@@ -1,4 +1,4 @@
-"""Where datasets and caches live, and how files are written there atomically.
+"""Where datasets and caches live (files are written there through :mod:`rnnlab.files`).
 
 Resolution rule (the same for every loader):
 
@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 from rnnlab.data.errors import DataError
 
@@ -71,27 +69,3 @@ def ensure_writable_dir(path: Path) -> Path:
             f"{exc} (set ${ENV_VAR} or pass data_dir/cache_dir to use another place)"
         ) from exc
     return path
-
-
-@contextmanager
-def atomic_output(dest: Path) -> Iterator[IO[bytes]]:
-    """Yield a binary file that becomes ``dest`` only if the ``with`` block succeeds.
-
-    The data goes to a hidden temporary file in the same directory (``handle.name`` is its path,
-    so the block may verify what it wrote), which is fsynced and then renamed over ``dest``
-    (``os.replace`` is atomic on POSIX and Windows). On any exception the temporary file is
-    removed, so readers never see a partial ``dest``.
-    """
-    ensure_writable_dir(dest.parent)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with open(tmp, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

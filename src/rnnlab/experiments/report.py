@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rnnlab.checkpoint import atomic_write, versions
+from rnnlab.checkpoint import versions
 from rnnlab.experiments.long_range import LongRangeResults
+from rnnlab.files import atomic_write
 
 __all__ = ["format_table", "plot_accuracy_vs_gap", "write_results"]
 

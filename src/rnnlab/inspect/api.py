@@ -34,8 +34,8 @@ from rnnlab.inspect.trace import (
     record_many,
     saturation,
 )
-from rnnlab.predict import label_names, load_vocab
-from rnnlab.run import load_run
+from rnnlab.runs import load_run
+from rnnlab.tasks import get_task
 
 __all__ = ["InspectResult", "inspect_run"]
 
@@ -146,15 +146,16 @@ def inspect_run(
     _check_out(out)
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InspectError(f"top expected a positive int, got {top!r}")
-    kind = config.model.kind
-    names = label_names(config.data.dataset, config.model.num_classes)
+    task = get_task(config)
+    kind = task.input_kind
+    names = task.label_names()
     if kind == "text":
         if text is None or image is not None or index is not None:
             raise InspectError(
                 f'{run_dir}: a text model expected --text "...", got '
                 f"{'--image/--index' if text is None else 'also --image/--index'}"
             )
-        example = text_example(config, load_vocab(run_dir), text)
+        example = text_example(config, task.read_artifacts(run_dir)["vocab.json"], text)
     else:
         if text is not None:
             raise InspectError(
@@ -197,7 +198,7 @@ def inspect_run(
         "run": str(run_dir),
         "checkpoint": meta["tag"],
         "step": meta["state"]["step"],
-        "kind": kind,
+        "kind": config.model.kind,
         "cell": trace.cell,
         "layer": layer,
         "direction": direction,

@@ -9,7 +9,6 @@ step (the word or ``row k``) and the model's class probabilities after each real
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,12 +179,3 @@ def saturation(gates: dict[str, np.ndarray], real: np.ndarray, cell: str) -> dic
             "right": (values > HIGH).mean(axis=0).tolist(),
         }
     return out
-
-
-def softmax_rows(logits: Tensor) -> np.ndarray:
-    """(N, C) logits -> (N, C) probabilities as float64 numpy."""
-    return torch.softmax(logits.double(), dim=-1).numpy()
-
-
-def nan_rows(T: int, C: int) -> np.ndarray:
-    return np.full((T, C), math.nan)

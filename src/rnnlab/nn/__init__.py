@@ -2,8 +2,11 @@
 
 :mod:`rnnlab.nn.backends` decides what runs a layer (reference loop, pure-torch fused path,
 compiled C++ kernels). Nothing here knows about datasets, training, runs or the command line.
+Importing :mod:`rnnlab.nn.interop` attaches the conversion methods (``LSTM.from_torch``,
+``.to_torch()``, ``LSTM.from_keras``, ``.to_keras()``) to the layers.
 """
 
+from rnnlab.nn import interop  # noqa: F401  (attaches the conversion methods to the layers)
 from rnnlab.nn.blocks import Recurrent, final_hidden
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.layers import GRU, LSTM, RNN

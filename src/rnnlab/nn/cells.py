@@ -5,11 +5,12 @@ Shape legend used in every comment of this package:
 
 Every cell keeps its input-to-hidden weights, hidden-to-hidden weights and bias as separate
 parameters, named after the equations: ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H) and ``bias``
-(G*H), where G is the number of gate blocks. The tutorial writes one matrix W over the
-concatenation [h_{t-1}, x_t]; W [h, x] = W_hh h + W_ih x, so the two forms are the same model.
+(G*H), where G is the number of gate blocks. Olah's "Understanding LSTM Networks" (2015) writes
+one matrix W over the concatenation [h_{t-1}, x_t]; W [h, x] = W_hh h + W_ih x, so the two forms
+are the same model.
 
-These cells are the readable reference. The fast path (:mod:`rnnlab.nn.backends.fused`) uses the very same
-parameters and is tested against them.
+These cells are the readable reference. The fast paths (:mod:`rnnlab.nn.backends`) use the very
+same parameters and are tested against them.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class RNNCell(_Cell):
 
 class LSTMCell(_Cell):
     r"""Long short-term memory cell (Hochreiter & Schmidhuber 1997, with the forget gate of
-    Gers et al. 2000), exactly as the tutorial writes it: one weight matrix and one bias per gate.
+    Gers et al. 2000), with the equations of Olah's "Understanding LSTM Networks" (2015): one
+    weight matrix and one bias per gate.
 
     .. math::
         i_t &= \sigma(W_{ii} x_t + W_{hi} h_{t-1} + b_i)        \quad\text{input gate}\\
@@ -119,9 +121,9 @@ class LSTMCell(_Cell):
     Initialisation (Keras's ``LSTM`` defaults): Glorot-uniform ``weight_ih``, orthogonal
     ``weight_hh``, zero bias except the forget-gate block, which starts at ``forget_bias``
     (default 1.0; Jozefowicz et al. 2015 showed that a forget bias of 1 helps learning). This is
-    Keras's ``unit_forget_bias``. TF1's ``BasicLSTMCell(forget_bias=1.0)``, which the tutorial
-    uses, instead adds the constant at every step to a zero-initialised bias: both start from the
-    same function, but here the forget bias is an ordinary trainable parameter.
+    Keras's ``unit_forget_bias``. TF1's ``BasicLSTMCell(forget_bias=1.0)`` instead adds the
+    constant at every step to a zero-initialised bias: both start from the same function, but
+    here the forget bias is an ordinary trainable parameter.
     """
 
     gates = 4

@@ -3,29 +3,31 @@
 Shape legend: B batch, T time, I input features, H hidden units, D directions, L layers.
 
 Each layer holds one cell per (layer, direction) in ``self.cells`` (index ``layer * D +
-direction``; direction 0 reads forwards, 1 backwards) and runs them either through the readable
-reference loop (:meth:`_RecurrentLayer._scan_reference`) or through the fast path
-(:mod:`rnnlab.nn.backends.fused`). Both use the very same parameters.
+direction``; direction 0 reads forwards, 1 backwards). This module validates the input, builds
+the step mask, carries the state between layers and applies dropout between them; what runs
+each layer (the reference loop, the pure-torch fused path or the compiled kernels, all on the
+very same parameters) is decided by :func:`rnnlab.nn.backends.scan_layer`, whose docstring is
+the routing table.
+
+The conversions ``from_torch``, ``to_torch``, ``from_keras`` and ``to_keras`` are methods of
+every layer, attached by :mod:`rnnlab.nn.interop` (which imports this module; this module never
+imports it). Importing anything from ``rnnlab.nn`` runs ``rnnlab/nn/__init__.py``, which
+imports interop, so the methods are always there.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from rnnlab.nn import interop
-from rnnlab.nn.backends import compiled, fused
+from rnnlab.nn import backends
+from rnnlab.nn.backends import BACKENDS, Backend
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 from rnnlab.nn.validation import check_input, check_state, make_mask
 
 __all__ = ["RNN", "LSTM", "GRU", "BACKENDS"]
-
-Backend = Literal["auto", "compiled", "fused", "reference"]
-BACKENDS = ("auto", "compiled", "fused", "reference")
-GateTrace = list[list[dict[str, Tensor]]]  # [layer][direction] -> {gate name: (B, T, H)}
-Layer = TypeVar("Layer", bound="_RecurrentLayer")
 
 
 class _RecurrentLayer(nn.Module):
@@ -35,6 +37,7 @@ class _RecurrentLayer(nn.Module):
     """
 
     cell_type: type[_Cell]
+    precision: Literal["fp32", "bf16"] = "fp32"  # only LSTM has a bf16 mode
 
     def __init__(
         self,
@@ -87,28 +90,6 @@ class _RecurrentLayer(nn.Module):
             s += f", dropout={self.dropout}"
         return s + f", backend={self.backend!r}"
 
-    # -- interop: rnnlab.nn.interop does the work and documents the conventions ------------------
-    @classmethod
-    def from_torch(cls: type[Layer], module: nn.RNNBase, backend: Backend = "auto") -> Layer:
-        """This layer type with the weights of a torch.nn.LSTM / GRU / RNN (tanh); see
-        :func:`rnnlab.nn.interop.from_torch`. The result is batch first whatever the module's
-        ``batch_first``."""
-        return interop.from_torch(cls, module, backend)
-
-    def to_torch(self) -> nn.RNNBase:
-        """The equivalent ``batch_first=True`` torch module; see :func:`rnnlab.nn.interop.to_torch`."""
-        return interop.to_torch(self)
-
-    @classmethod
-    def from_keras(cls: type[Layer], source: Any, backend: Backend = "auto") -> Layer:
-        """This layer type with the weights of built Keras 3 layers (one layer, a Bidirectional,
-        a stack or a model); see :func:`rnnlab.nn.interop.from_keras`."""
-        return interop.from_keras(cls, source, backend)
-
-    def _bf16_gemms(self, backend: str, x: Tensor) -> bool:
-        """Whether the fast path runs its GEMMs in bf16; only LSTM has a bf16 mode."""
-        return False
-
     # -- state helpers, overridden by LSTM ------------------------------------------------------
     def _zero_state(self, x: Tensor) -> Tensor | LSTMState:
         LD, B, H = self.num_layers * self.num_directions, x.shape[0], self.hidden_size
@@ -124,25 +105,13 @@ class _RecurrentLayer(nn.Module):
     def resolve_backend(
         self, return_gates: bool = False, x: Tensor | None = None
     ) -> Literal["compiled", "fused", "reference"]:
-        """The backend a call on ``x`` would use. ``"auto"`` takes the reference loop when gates
-        are asked for (only it records them), else the compiled C++ kernels where
-        :func:`rnnlab.nn.backends.compiled.compiled_unavailable` finds nothing against them (LSTM or GRU,
-        float32/float64 on the CPU, extension built), else the pure-torch fused path. Forcing a
-        fast backend with ``return_gates``, or ``"compiled"`` where it cannot run, raises,
-        naming the cause and the fix."""
-        if self.backend == "reference":
-            return "reference"
-        if return_gates:
-            if self.backend != "auto":
-                raise ValueError(
-                    f"{type(self).__name__}(backend={self.backend!r}) cannot return per-step "
-                    "gates: only the reference loop records them. Use backend='auto' or "
-                    "'reference' to inspect gates."
-                )
-            return "reference"
+        """The backend a call on ``x`` (default: a CPU tensor of the parameters' dtype) would
+        use: see :func:`rnnlab.nn.backends.resolve_backend` and the routing table of
+        :func:`rnnlab.nn.backends.scan_layer`. A forced backend that cannot run the call
+        raises, naming the cause and the fix."""
         if x is None:
-            x = self.cells[0].weight_hh  # a CPU tensor of the parameters' dtype
-        return compiled.choose(self.cells[0], x, self.backend)
+            x = self.cells[0].weight_hh
+        return backends.resolve_backend(self.cells[0], x, self.backend, return_gates=return_gates)
 
     def forward(
         self,
@@ -165,8 +134,8 @@ class _RecurrentLayer(nn.Module):
                 starts at that step.
             mask: (B, T) bool, True at real steps; an alternative to ``lengths``.
             padding: where ``lengths`` puts the padding: ``"post"`` (real steps first, torch's
-                packed convention) or ``"pre"`` (padding first, Keras's ``pad_sequences``
-                default, used by the tutorial).
+                packed convention) or ``"pre"`` (padding first, the default of Keras's
+                ``pad_sequences``).
             return_gates: also return, per layer and direction, every step's gates.
 
         Returns:
@@ -178,120 +147,36 @@ class _RecurrentLayer(nn.Module):
         """
         name = type(self).__name__
         check_input(name, x, self.input_size)
-        x = compiled.autocast_input(x, self.cells[0])
+        x = backends.autocast_input(x, self.cells[0])
         B, T, _ = x.shape
         state = self._zero_state(x) if state is None else state
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        D = self.num_directions
+        LD, H = self.num_layers * D, self.hidden_size
         state = check_state(name, state, x, LD, H, pair=self.cell_type is LSTMCell)
         step_mask = make_mask(name, lengths, mask, padding, B, T, x.device)  # (B, T) bool or None
-        backend = self.resolve_backend(return_gates, x)
-        bf16 = self._bf16_gemms(backend, x)
 
         finals, trace = [], []
         layer_input = x  # (B, T, I) then (B, T, D*H)
         for layer in range(self.num_layers):
-            pair = None
-            if backend == "compiled" and self.num_directions == 2:  # both directions at once
-                k = 2 * layer
-                pair = compiled.scan_pair(
-                    (self.cells[k], self.cells[k + 1]),
-                    layer_input,
-                    (self._cell_state(state, k), self._cell_state(state, k + 1)),
-                    step_mask,
-                    bf16,
-                )
-            if pair is not None:  # unpadded inference: (B, T, 2H) and both final states
-                layer_input, pair_finals = pair
-                finals += pair_finals
-                layer_trace = [None, None]
-            else:
-                layer_input, layer_trace = self._run_directions(
-                    layer, layer_input, state, step_mask, backend, bf16, return_gates, finals
-                )
+            ks = range(layer * D, (layer + 1) * D)  # this layer's cells: forwards, backwards
+            scan = backends.scan_layer(
+                [self.cells[k] for k in ks],
+                layer_input,
+                [self._cell_state(state, k) for k in ks],
+                step_mask,
+                backend=self.backend,
+                precision=self.precision,
+                return_gates=return_gates,
+            )
+            layer_input = scan.output  # (B, T, D*H)
+            finals += scan.finals
+            trace.append(scan.gates)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
-            trace.append(layer_trace)
         final_state = self._stack_states(finals)
         if return_gates:
             return layer_input, final_state, trace
         return layer_input, final_state
-
-    def _run_directions(
-        self,
-        layer: int,
-        layer_input: Tensor,
-        state: Tensor | LSTMState,
-        step_mask: Tensor | None,
-        backend: str,
-        bf16: bool,
-        return_gates: bool,
-        finals: list,
-    ) -> tuple[Tensor, list]:
-        """One layer, one direction at a time; appends each final state to ``finals``. Returns
-        the layer's output (B, T, D*H) and its gate records (None unless ``return_gates``)."""
-        outputs, layer_trace = [], []
-        for direction in range(self.num_directions):
-            k = layer * self.num_directions + direction
-            cell, cell_state = self.cells[k], self._cell_state(state, k)
-            reverse = direction == 1
-            if backend != "reference":
-                out, final = fused.scan(
-                    cell,
-                    layer_input,
-                    cell_state,
-                    step_mask,
-                    reverse,
-                    backend == "compiled",
-                    bf16,
-                )
-                gates = None
-            else:
-                out, final, gates = self._scan_reference(
-                    cell, layer_input, cell_state, step_mask, reverse, return_gates
-                )
-            outputs.append(out)  # (B, T, H)
-            finals.append(final)
-            layer_trace.append(gates)
-        return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)), layer_trace
-
-    @staticmethod
-    def _scan_reference(
-        cell: _Cell,
-        x: Tensor,
-        state: Tensor | LSTMState,
-        mask: Tensor | None,
-        reverse: bool,
-        return_gates: bool,
-    ) -> tuple[Tensor, Tensor | LSTMState, dict[str, Tensor] | None]:
-        """The readable loop: call the cell once per step. At a padded step the new state is
-        discarded (``torch.where``) and the output is zero."""
-        T = x.shape[1]
-        outputs: list[Tensor] = [x.new_empty(0)] * T
-        records: list[dict[str, Tensor]] = [{}] * T
-        for t in reversed(range(T)) if reverse else range(T):
-            result = cell(x[:, t], state, return_gates=return_gates)
-            new_state, gates = result if return_gates else (result, None)
-            h = new_state[0] if isinstance(new_state, LSTMState) else new_state  # (B, H)
-            if mask is None:
-                state = new_state
-                outputs[t] = h
-            else:
-                m = mask[:, t, None]  # (B, 1)
-                state = _where(m, new_state, state)
-                outputs[t] = h * m
-                gates = None if gates is None else {k: v * m for k, v in gates.items()}
-            if gates is not None:
-                records[t] = gates
-        output = torch.stack(outputs, dim=1)  # (B, T, H)
-        if not return_gates:
-            return output, state, None
-        return output, state, {k: torch.stack([r[k] for r in records], 1) for k in records[0]}
-
-
-def _where(m: Tensor, new: Tensor | LSTMState, old: Tensor | LSTMState) -> Tensor | LSTMState:
-    if isinstance(new, LSTMState):
-        return LSTMState(torch.where(m, new.h, old.h), torch.where(m, new.c, old.c))
-    return torch.where(m, new, old)
 
 
 class RNN(_RecurrentLayer):
@@ -301,11 +186,12 @@ class RNN(_RecurrentLayer):
     backend="auto")``; ``forward(x, state=None, lengths=None, mask=None, padding="post",
     return_gates=False) -> (output, h_n)``, h_n (L*D, B, H). See :meth:`forward` for the shapes.
 
-    Backends: ``"reference"`` loops over the cell; ``"fused"`` runs :mod:`rnnlab.nn.backends.fused` (one
-    GEMM for every step's input projection, hand-written backpropagation through time);
-    ``"auto"`` uses the fused path except when ``return_gates=True``. The vanilla RNN has no
-    compiled kernel (``backend="compiled"`` raises). The fused path's backward cannot itself be
-    differentiated: use ``"reference"`` for double backward.
+    Backends: ``"reference"`` loops over the cell; ``"fused"`` runs
+    :func:`rnnlab.nn.backends.fused.rnn` (one GEMM for every step's input projection,
+    hand-written backpropagation through time); ``"auto"`` uses the fused path except when
+    ``return_gates=True``. The vanilla RNN has no compiled kernel (``backend="compiled"``
+    raises). The fused path's backward cannot itself be differentiated: use ``"reference"`` for
+    double backward. The routing table is :func:`rnnlab.nn.backends.scan_layer`'s docstring.
     """
 
     cell_type = RNNCell
@@ -315,8 +201,9 @@ class GRU(_RecurrentLayer):
     """GRU layer (stack of :class:`rnnlab.nn.cells.GRUCell`, torch/cuDNN convention), batch first.
 
     Same arguments and returns as :class:`RNN`; state h_n (L*D, B, H). Backends as
-    :class:`LSTM`'s: ``"auto"`` takes the compiled C++ kernels (:mod:`rnnlab.nn.backends._ext`) where they
-    can run, else the pure-torch ``"fused"`` path, and the reference loop for ``return_gates``.
+    :class:`LSTM`'s: ``"auto"`` takes the compiled C++ kernels (:mod:`rnnlab.nn.backends._ext`)
+    where they can run, else the pure-torch ``"fused"`` path, and the reference loop for
+    ``return_gates``; no bf16 mode.
     """
 
     cell_type = GRUCell
@@ -334,18 +221,21 @@ class LSTM(_RecurrentLayer):
     271,360 and ``LSTM(256, 256)`` 525,312, as in Keras.
 
     Backends: ``"reference"`` loops over :class:`~rnnlab.nn.cells.LSTMCell`; ``"fused"`` runs
-    :func:`rnnlab.nn.backends.fused.scan` (one GEMM for every step's input projection, one recurrent GEMM
-    per step, hand-written backpropagation through time whose weight gradients are single GEMMs
-    over all steps); ``"compiled"`` runs the same algorithm with each time loop in C++
-    (:mod:`rnnlab.nn.backends._ext`: float32/float64 on an AVX-512 CPU, built on first use); ``"auto"``
-    uses the reference loop when ``return_gates=True`` (only it records gates), else
-    ``"compiled"`` where it can run, else ``"fused"``. The fast backwards are not themselves
+    :func:`rnnlab.nn.backends.fused.lstm` (one GEMM for every step's input projection, one
+    recurrent GEMM per step, hand-written backpropagation through time whose weight gradients
+    are single GEMMs over all steps); ``"compiled"`` runs the same algorithm with each time loop
+    in C++ (:mod:`rnnlab.nn.backends.compiled`: float32/float64 on an AVX-512 CPU, built on
+    first use); ``"auto"`` uses the reference loop when ``return_gates=True`` (only it records
+    gates), else ``"compiled"`` where it can run, else ``"fused"``. Which compiled kernel runs
+    (training, inference, both directions at once) is in the routing table of
+    :func:`rnnlab.nn.backends.scan_layer`. The fast backwards are not themselves
     differentiable: use ``"reference"`` for double backward (e.g. gradient penalties).
 
     ``precision="bf16"`` (or running under ``torch.autocast("cpu", dtype=torch.bfloat16)``)
     runs the compiled kernels' GEMMs on bf16 operands (avx512_bf16) while the parameters, the
-    gates, the cell state c and the outputs stay float32 (:func:`rnnlab.nn.backends.compiled.use_bf16`);
-    forcing it where the compiled kernels cannot run raises.
+    gates, the cell state c and the outputs stay float32
+    (:func:`rnnlab.nn.backends.dispatch.use_bf16`); forcing it where the compiled kernels
+    cannot run raises.
     """
 
     cell_type = LSTMCell
@@ -364,10 +254,10 @@ class LSTM(_RecurrentLayer):
         super().__init__(
             input_size,
             hidden_size,
-            num_layers,
-            bidirectional,
-            dropout,
-            backend,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            dropout=dropout,
+            backend=backend,
             forget_bias=forget_bias,
         )
         self.forget_bias = float(forget_bias)
@@ -382,9 +272,6 @@ class LSTM(_RecurrentLayer):
         if value not in ("fp32", "bf16"):
             raise ValueError(f"LSTM expected precision 'fp32' or 'bf16', got {value!r}")
         self._precision = value
-
-    def _bf16_gemms(self, backend: str, x: Tensor) -> bool:
-        return compiled.use_bf16(self.cells[0], x, backend, self.precision)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", precision='bf16'" if self.precision == "bf16" else "")

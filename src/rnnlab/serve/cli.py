@@ -122,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rnnlab.checkpoint import CheckpointError
     from rnnlab.config import ConfigError
     from rnnlab.inspect.trace import InspectError
-    from rnnlab.run import RunError
+    from rnnlab.runs import RunError
     from rnnlab.serve.models import load_served_run
+    from rnnlab.tasks import PredictError
 
     if args.threads is not None:
         import torch
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_served_run(run_dir, name, args.checkpoint)
             for run_dir, name in zip(args.run_dirs, run_names(args.run_dirs), strict=True)
         ]
-    except (RunError, CheckpointError, ConfigError, InspectError, OSError) as exc:
+    except (RunError, CheckpointError, ConfigError, InspectError, PredictError, OSError) as exc:
         print(f"rnnlab serve: error: {exc}", file=sys.stderr)
         return 2
     warning = host_warning(args.host)

@@ -1,7 +1,8 @@
 """The one place where ``rnnlab serve`` touches models: every call into the model code goes
-through :class:`ServedRun`. The web layer (:mod:`rnnlab.serve.app`) only sees plain dicts and
-lists, so rewiring a task's ``predict``/``inspect`` hooks (issue 11) or adding language models
-(issue 12) changes this file alone.
+through :class:`ServedRun`, which asks the run's task (:mod:`rnnlab.tasks`: ``example``,
+``prefix_probabilities``, ``label_names``, ``read_artifacts``) and records gates with
+:func:`rnnlab.inspect.trace.record_gates`. The web layer (:mod:`rnnlab.serve.app`) only sees plain
+dicts and lists, so adding language models (issue 12) changes this file alone.
 
 Shape legend: T time (word positions or image rows), H hidden units, C classes.
 
@@ -34,15 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnlab.inspect.inputs import Example, prefix_probabilities, text_example
-from rnnlab.inspect.trace import InspectError, activity, record_gates, recurrent_layers
-from rnnlab.predict import PredictError, label_names, light_background, load_vocab
-from rnnlab.run import load_run
+from rnnlab.inspect.trace import activity, record_gates, recurrent_layers
+from rnnlab.runs import load_run
+from rnnlab.tasks import Example, PredictError, Task, get_task
+from rnnlab.tasks.image import IMAGE_ROWS, light_background
 
 __all__ = ["InputError", "ServedRun", "UnsupportedError", "load_served_run"]
 
 PathLike = str | os.PathLike[str]
-IMAGE_ROWS = 28
 
 
 class InputError(ValueError):
@@ -65,15 +65,17 @@ def _rounded(values: np.ndarray, digits: int = 4) -> list:
 
 @dataclass
 class ServedRun:
-    """A run loaded once for serving. ``kind`` is "text" (review classifier), "image" (digit
-    classifier) or, later, "lm" (language model)."""
+    """A run loaded once for serving: its task (:mod:`rnnlab.tasks`, which encodes inputs and
+    computes the prefix predictions) and the task's artifacts (a text run's vocabulary). ``kind``
+    is "text" (review classifier), "image" (digit classifier) or, later, "lm" (language model)."""
 
     name: str
     run_dir: Path
     config: Any
     model: torch.nn.Module
     meta: dict[str, Any]
-    vocab: dict[str, int] | None
+    task: Task
+    artifacts: dict[str, Any]
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -82,7 +84,7 @@ class ServedRun:
 
     @property
     def class_names(self) -> list[str]:
-        return label_names(self.config.data.dataset, self.config.model.num_classes)
+        return self.task.label_names()
 
     def describe(self) -> dict[str, Any]:
         """What a page needs to draw controls: kind, cell, layers, directions, hidden sizes,
@@ -115,9 +117,9 @@ class ServedRun:
                     "text", f"run {self.name!r} is a text model: expected 'text', got an image"
                 )
             try:
-                return text_example(self.config, self.vocab, text)
-            except (InspectError, PredictError) as exc:
-                raise InputError("text", str(exc).replace("--text ", "")) from exc
+                return self.task.example(text, self.artifacts)
+            except PredictError as exc:
+                raise InputError("text", str(exc)) from exc
         if image is None:
             raise InputError(
                 "image", f"run {self.name!r} is an image model: expected 'image' or 'png', got text"
@@ -127,12 +129,10 @@ class ServedRun:
             raise InputError("image", f"expected a {shape[0]}x{shape[1]} image, got {image.shape}")
         if invert == "always" or (invert == "auto" and light_background(image)):
             image = 1.0 - image  # MNIST is light on dark
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]  # (1, T, I)
-        T = x.shape[1]
-        return Example((x,), np.ones(T, dtype=bool), [f"row {k}" for k in range(T)], image=image)
+        return self.task.example((image, None), self.artifacts)
 
     def _prediction(self, example: Example) -> dict[str, Any]:
-        probabilities = prefix_probabilities(self.model, self.config, example)  # (T, C)
+        probabilities = self.task.prefix_probabilities(self.model, example)  # (T, C)
         steps = np.flatnonzero(example.real)
         final = probabilities[steps[-1]]  # (C,)
         best = int(np.argmax(final))
@@ -220,20 +220,21 @@ class ServedRun:
         first request does not pay for building the compiled kernels (which can take a minute
         the first time on a machine)."""
         if self.kind == "text":
-            word = min(self.vocab, key=self.vocab.get)  # the most frequent word
+            vocab = self.artifacts["vocab.json"]
+            word = min(vocab, key=vocab.get)  # the most frequent word
             self.trace(text=word)
         else:
             self.trace(image=np.zeros((IMAGE_ROWS, self.config.model.input_size), np.float32))
 
 
 def load_served_run(run_dir: PathLike, name: str, checkpoint: str = "best") -> ServedRun:
-    """Load ``run_dir``'s ``checkpoint`` once (see :func:`rnnlab.run.load_run`) and warm it up
+    """Load ``run_dir``'s ``checkpoint`` once (see :func:`rnnlab.runs.load_run`) and warm it up
     (:meth:`ServedRun.warm_up`); a run whose layers record no gates (``model.backend='torch'``)
     is refused here, before serving."""
     run_dir = Path(run_dir)
     config, model, meta = load_run(run_dir, checkpoint)
     recurrent_layers(model)  # InspectError now rather than on the first trace
-    vocab = load_vocab(run_dir) if config.model.kind == "text" else None
-    served = ServedRun(name, run_dir, config, model, meta, vocab)
+    task = get_task(config)
+    served = ServedRun(name, run_dir, config, model, meta, task, task.read_artifacts(run_dir))
     served.warm_up()
     return served

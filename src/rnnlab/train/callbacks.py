@@ -42,8 +42,8 @@ class MetricsWriter:
 
 class Checkpointer:
     """Saves ``last`` every ``every`` steps inside an epoch and at each epoch end, and ``best``
-    whenever validation accuracy improves. ``config`` is the resolved configuration, saved in
-    each checkpoint."""
+    whenever the task's selection metric improves on validation. ``config`` is the resolved
+    configuration, saved in each checkpoint."""
 
     def __init__(self, folder: Path, config: dict[str, Any], every: int = 0) -> None:
         self.folder, self.config, self.every = Path(folder), config, every
@@ -56,6 +56,7 @@ class Checkpointer:
             trainer.optimizer,
             trainer.state.to_dict(),
             self.config,
+            carry=trainer.state.carry,
         )
 
     def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
@@ -95,7 +96,7 @@ class RankDropoutSeed:
 
 
 class ProgressBar:
-    """A tqdm bar per epoch, with ETA and the running loss and accuracy."""
+    """A tqdm bar per epoch, with ETA, the running loss and the task's first metric."""
 
     def __init__(self, stream: TextIO | None = None, disable: bool | None = None) -> None:
         self.stream, self.disable, self.bar = stream, disable, None
@@ -115,10 +116,9 @@ class ProgressBar:
 
     def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
         sums = trainer.state.sums
+        shown = {"loss": sums["loss"] / sums["n"], **trainer.objective.metrics(sums)}
         self.bar.set_postfix(
-            loss=f"{sums['loss'] / sums['n']:.4f}",
-            acc=f"{sums['correct'] / sums['n']:.4f}",
-            refresh=False,
+            {_SHORT.get(k, k): f"{v:.4f}" for k, v in list(shown.items())[:2]}, refresh=False
         )
         self.bar.update(1)
 
@@ -130,27 +130,38 @@ class ProgressBar:
             self.bar.close()
 
 
+_SHORT = {"accuracy": "acc"}  # Keras's abbreviation in progress bars and epoch lines
+
+
+def _metric_names(record: dict[str, Any]) -> list[str]:
+    """The metric keys of an epoch record, in order: those between ``loss`` and ``seconds``."""
+    keys = list(record)
+    return keys[keys.index("loss") : keys.index("seconds")]
+
+
 def format_epoch(record: dict[str, Any], epochs: int) -> str:
-    """A Keras-like line: ``Epoch 3/20 - 41s 812ms/step - loss: 0.51 - acc: 0.74 - ...``."""
-    line = (
-        f"Epoch {record['epoch']}/{epochs} - {record['seconds']:.0f}s "
-        f"{record['ms_per_step']:.0f}ms/step - loss: {record['loss']:.4f} - "
-        f"acc: {record['accuracy']:.4f}"
-    )
+    """A Keras-like line: ``Epoch 3/20 - 41s 812ms/step - loss: 0.51 - acc: 0.74 - ...``
+    (every metric of the record, then the same for validation)."""
+    names = _metric_names(record)
+    line = f"Epoch {record['epoch']}/{epochs} - {record['seconds']:.0f}s "
+    line += f"{record['ms_per_step']:.0f}ms/step - "
+    line += " - ".join(f"{_SHORT.get(k, k)}: {record[k]:.4f}" for k in names)
     if "val_loss" in record:
-        line += (
-            f" - val_loss: {record['val_loss']:.4f} - val_acc: {record['val_accuracy']:.4f}"
-            f" ({record['val_seconds']:.0f}s)"
-        )
+        line += "".join(f" - val_{_SHORT.get(k, k)}: {record['val_' + k]:.4f}" for k in names)
+        line += f" ({record['val_seconds']:.0f}s)"
     return line
 
 
 def format_step(logs: dict[str, Any]) -> str:
-    """The tutorial's line: minibatch loss and training accuracy at a step."""
-    return (
-        f"Iter {logs['step']}, Minibatch Loss= {logs['loss']:.6f}, "
-        f"Training Accuracy= {logs['accuracy']:.5f}"
-    )
+    """The tutorial's line (Olah's "Understanding LSTM Networks" (2015), experiment 1):
+    minibatch loss and training accuracy (or the task's other metrics) at a step."""
+    keys = list(logs)
+    extra = keys[keys.index("loss") + 1 : keys.index("lr")]
+    line = f"Iter {logs['step']}, Minibatch Loss= {logs['loss']:.6f}"
+    for k in extra:
+        label = "Training Accuracy" if k == "accuracy" else f"Training {k}"
+        line += f", {label}= {logs[k]:.5f}"
+    return line
 
 
 class ConsoleLogger:

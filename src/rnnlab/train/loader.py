@@ -16,9 +16,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from rnnlab.train.objective import Batch
+
 __all__ = ["IGNORE_INDEX", "Batches", "Split"]
 
-Batch = tuple[tuple[Tensor, ...], Tensor]  # (model inputs, targets (B,))
 IGNORE_INDEX = -100  # the target of a stand-in example: cross-entropy's default ignore_index
 
 

@@ -1,27 +1,27 @@
 """The training loop: :class:`Trainer` (``fit``), :func:`evaluate`, and the state a checkpoint
 needs to resume a run exactly.
 
-The trainer is model-agnostic: a model is called as ``model(*inputs)`` and returns logits
-(B, C); the loss is cross-entropy (a softmax layer with categorical cross-entropy on one-hot
-targets, as in the tutorial's Keras model, is the same function). It never prints: everything
-it has to say goes to callbacks (:mod:`rnnlab.train.callbacks`).
+The trainer knows nothing about the task: the loss, the metrics, what "best" means and any
+recurrent state carried from batch to batch come from an :class:`~rnnlab.train.objective.Objective`
+(a :class:`rnnlab.tasks.Task`), the batches from a :class:`~rnnlab.train.objective.BatchSource`.
+It never prints: everything it has to say goes to callbacks (:mod:`rnnlab.train.callbacks`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from rnnlab.config import TrainConfig
-from rnnlab.train.loader import IGNORE_INDEX, Batches
+from rnnlab.train.objective import Batch, BatchLoss, BatchSource, Carry, Objective
 from rnnlab.train.schedule import learning_rate, make_optimizer
 
 __all__ = ["TrainState", "Trainer", "DivergenceError", "evaluate", "fit"]
@@ -32,15 +32,18 @@ class DivergenceError(FloatingPointError):
 
 
 def _zero_sums() -> dict[str, float]:
-    return {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0, "batches": 0}
+    return {"loss": 0.0, "n": 0, "seconds": 0.0, "batches": 0}
 
 
 @dataclass
 class TrainState:
-    """Where a run stands; JSON-ready, saved in every checkpoint.
+    """Where a run stands, saved in every checkpoint: everything but ``carry`` as JSON,
+    ``carry`` (the recurrent state a stateful task hands from batch to batch, None otherwise)
+    as tensors.
 
     ``epoch`` epochs are complete and ``batch`` batches of the next one are done; ``sums`` hold
-    that epoch's running loss sum, correct count and example count so far.
+    that epoch's running loss sum, count and the task's metric numerators so far. ``best`` is
+    ``{"metric": "val_accuracy", "value": ..., "epoch": ...}`` once validation has run.
     """
 
     epoch: int = 0
@@ -51,69 +54,102 @@ class TrainState:
     wall_seconds: float = 0.0  # inside fit: training, validation and callbacks
     sums: dict[str, float] = field(default_factory=lambda: _zero_sums())
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_val_accuracy: float | None = None
-    best_epoch: int | None = None
+    best: dict[str, Any] | None = None
     plateau: dict[str, float] = field(
         default_factory=lambda: {"best": math.inf, "bad": 0, "scale": 1.0}
     )
+    carry: Carry | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON part (``carry`` is left out: checkpoints store it as tensors)."""
+        return dataclasses.asdict(dataclasses.replace(self, carry=None)) | {"carry": None}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainState:
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any], carry: Carry | None = None) -> TrainState:
+        values = {k: v for k, v in values.items() if k != "carry"}
+        if "best_val_accuracy" in values:  # checkpoints written before metrics were generic
+            value, epoch = values.pop("best_val_accuracy"), values.pop("best_epoch", None)
+            best = {"metric": "val_accuracy", "value": value, "epoch": epoch}
+            values["best"] = None if value is None else best
+        return cls(**values, carry=carry)
 
 
 Reduce = Callable[[list[float]], list[float]]  # sums over processes (data parallelism)
 
 
+def _detach(carry: Carry | None) -> Carry | None:
+    """Truncated backpropagation through time: the carry's values go on, its graph does not."""
+    return None if carry is None else tuple(t.detach() for t in carry)
+
+
+def _add(sums: dict[str, float], more: dict[str, float]) -> None:
+    for key, value in more.items():
+        sums[key] = sums.get(key, 0) + value
+
+
+def _reduced(reduce: Reduce | None, loss_sum: float, n: float, sums: dict[str, float]):
+    """``(loss_sum, n, sums)`` summed over processes (unchanged for one process)."""
+    if reduce is None:
+        return loss_sum, n, sums
+    keys = list(sums)
+    loss_sum, n, *values = reduce([loss_sum, n, *(sums[k] for k in keys)])
+    return loss_sum, n, dict(zip(keys, values, strict=True))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, reduce: Reduce | None = None) -> dict[str, float]:
-    """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` over ``batches`` (eval mode;
-    the model's previous mode is restored). ``reduce`` sums ``[loss_sum, correct, n]`` over
-    processes when each sees a shard of the data (e.g. an ``all_reduce``)."""
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    objective: Objective,
+    reduce: Reduce | None = None,
+) -> dict[str, float]:
+    """Mean ``loss`` and the objective's metrics of ``model`` over ``batches`` (eval mode; the
+    model's previous mode is restored). A carry goes from batch to batch, starting from None.
+    ``reduce`` sums the totals over processes when each sees a shard of the data (e.g. an
+    ``all_reduce``)."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
+    loss_sum, n, sums, carry = 0.0, 0, {}, None
     try:
         for inputs, targets in batches:
-            logits = model(*inputs)  # (B, C)
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-            correct += int((logits.argmax(-1) == targets).sum())
-            n += int((targets != IGNORE_INDEX).sum())  # stand-ins (see Batches) count for nothing
+            out = objective.batch_loss(model, inputs, targets, carry, training=False)
+            loss_sum += out.total.item()
+            n += out.count  # stand-ins (see Batches) count for nothing
+            _add(sums, out.sums)
+            carry = out.carry
     finally:
         model.train(was_training)
-    if reduce is not None:
-        loss_sum, correct, n = reduce([loss_sum, correct, n])
+    loss_sum, n, sums = _reduced(reduce, loss_sum, n, sums)
     if n == 0:
         raise ValueError("evaluate expected at least one example, got none")
-    return {"loss": loss_sum / n, "accuracy": correct / n}
+    return {"loss": loss_sum / n, **objective.metrics({**sums, "loss": loss_sum, "n": n})}
 
 
 class Trainer:
-    """Fits ``model`` with the optimisation settings of ``config``; see :func:`fit`.
+    """Fits ``model`` to ``objective`` with the optimisation settings of ``config``; see
+    :func:`fit`.
 
     Callbacks are objects with any of ``on_train_begin(trainer)``, ``on_epoch_begin(trainer,
     epoch)``, ``on_step_end(trainer, logs)``, ``on_epoch_end(trainer, record)`` and
-    ``on_train_end(trainer)``; they are called in order. ``trainer.state``,
-    ``trainer.model``, ``trainer.optimizer`` and ``trainer.num_batches`` are theirs to read.
+    ``on_train_end(trainer)``; they are called in order. ``trainer.state``, ``trainer.model``,
+    ``trainer.objective``, ``trainer.optimizer`` and ``trainer.num_batches`` are theirs to read.
 
     For data parallelism (:mod:`rnnlab.distributed`), ``model`` is wrapped in
     DistributedDataParallel, the batches are per-rank shards of the global batches, and
-    ``reduce`` sums ``[loss_sum, correct, n]`` over processes at every step: step logs, epoch
-    records, validation metrics and ``state`` (what a checkpoint holds) are all global.
+    ``reduce`` sums the loss, count and metric sums over processes at every step: step logs,
+    epoch records, validation metrics and ``state`` (what a checkpoint holds) are all global.
     """
 
     def __init__(
         self,
         model: nn.Module,
+        objective: Objective,
         config: TrainConfig,
         callbacks: Sequence[Any] = (),
         reduce: Reduce | None = None,
     ):
-        self.model, self.config, self.callbacks = model, config, list(callbacks)
-        self.reduce = reduce
+        self.model, self.objective, self.config = model, objective, config
+        self.callbacks, self.reduce = list(callbacks), reduce
         self.optimizer = make_optimizer(model, config)
         self.state = TrainState()
         self.num_batches = 0
@@ -130,8 +166,9 @@ class Trainer:
             if method is not None:
                 method(self, *args)
 
-    def fit(self, train: Batches, val: Batches | None = None) -> TrainState:
-        """Train until ``config.epochs`` epochs are complete, from wherever ``state`` stands."""
+    def fit(self, train: BatchSource, val: BatchSource | None = None) -> TrainState:
+        """Train until ``config.epochs`` epochs are complete, from wherever ``state`` stands.
+        The carry starts each epoch at None and is detached after every step."""
         cfg, state = self.config, self.state
         self.num_batches, self.world_size = len(train), train.world_size
         total_steps = cfg.epochs * self.num_batches
@@ -143,6 +180,8 @@ class Trainer:
         self._emit("on_train_begin")
         for epoch in range(state.epoch, cfg.epochs):
             self.model.train()
+            if state.batch == 0:
+                state.carry = None
             self._emit("on_epoch_begin", epoch)
             started = time.perf_counter()
             for inputs, targets in train.epoch(epoch, start=state.batch):
@@ -160,26 +199,24 @@ class Trainer:
         self._emit("on_train_end")
         return state
 
+    def _loss(self, out: BatchLoss) -> tuple[Tensor, float, float, dict[str, float]]:
+        """``(loss to backpropagate, global mean loss, global count, global sums)``."""
+        if self.reduce is None:
+            loss = out.total / out.count  # the batch mean
+            return loss, loss.item(), out.count, out.sums
+        loss_sum, n, sums = _reduced(self.reduce, out.total.item(), out.count, out.sums)
+        # DDP averages gradients over the processes; scaling each local sum by
+        # world_size / n (n global) makes that average the gradient of the global mean
+        return out.total * (self.world_size / n), loss_sum / n, n, sums
+
     def _step(
         self, inputs: tuple[Tensor, ...], targets: Tensor, lr: float, epoch: int
     ) -> dict[str, Any]:
         cfg, state = self.config, self.state
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits = self.model(*inputs)  # (B, C)
-        correct = int((logits.detach().argmax(-1) == targets).sum())
-        if self.reduce is None:
-            loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
-            loss_value, n = loss.item(), len(targets)
-        else:
-            local = F.cross_entropy(
-                logits, targets, label_smoothing=cfg.label_smoothing, reduction="sum"
-            )
-            n_local = int((targets != IGNORE_INDEX).sum())  # stand-ins count for nothing
-            loss_sum, correct, n = self.reduce([local.item(), correct, n_local])
-            # DDP averages gradients over the processes; scaling each local sum by
-            # world_size / n (n global) makes that average the gradient of the global mean
-            loss, loss_value = local * (self.world_size / n), loss_sum / n
+        out = self.objective.batch_loss(self.model, inputs, targets, state.carry, training=True)
+        loss, loss_value, n, sums = self._loss(out)
         where = f"epoch {epoch + 1}, step {state.step + 1}"
         if not math.isfinite(loss_value):  # global under data parallelism: all ranks stop
             raise DivergenceError(
@@ -197,42 +234,42 @@ class Trainer:
                 "were not updated (try train.clip_grad_norm or a lower lr)"
             )
         self.optimizer.step()
+        state.carry = _detach(out.carry)
         state.step += 1
         state.batch += 1
         state.samples += n
         state.sums["loss"] += loss_value * n
-        state.sums["correct"] += correct
         state.sums["n"] += n
         state.sums["batches"] += 1
+        _add(state.sums, sums)
         return {
             "epoch": epoch + 1,
             "step": state.step,
             "batch": state.batch,
             "loss": loss_value,
-            "accuracy": correct / n,
+            **self.objective.metrics({**sums, "loss": loss_value * n, "n": n}),
             "lr": lr,
             "grad_norm": grad_norm,
         }
 
-    def _end_epoch(self, epoch: int, val: Batches | None) -> dict[str, Any]:
+    def _end_epoch(self, epoch: int, val: BatchSource | None) -> dict[str, Any]:
         cfg, state = self.config, self.state
-        sums = state.sums
-        loss_sum, correct, n = sums["loss"], sums["correct"], sums["n"]  # global (see _step)
+        sums = state.sums  # global (see _step)
+        n = max(1, sums["n"])
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": state.step,
-            "loss": loss_sum / max(1, n),
-            "accuracy": correct / max(1, n),
+            "loss": sums["loss"] / n,
+            **self.objective.metrics({**sums, "n": n}),
             "seconds": sums["seconds"],
             "ms_per_step": 1000 * sums["seconds"] / max(1, sums["batches"]),
         }
         if val is not None:
             started = time.perf_counter()
-            metrics = evaluate(self.module, val, self.reduce)
-            record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
+            metrics = evaluate(self.module, val.epoch(0), self.objective, self.reduce)
+            record.update({f"val_{k}": v for k, v in metrics.items()})
             record["val_seconds"] = time.perf_counter() - started
-            if state.best_val_accuracy is None or metrics["accuracy"] > state.best_val_accuracy:
-                state.best_val_accuracy, state.best_epoch = metrics["accuracy"], epoch + 1
+            self._select(record, epoch)
         if cfg.lr_schedule == "plateau":
             watched = record.get("val_loss", record["loss"])
             plateau = state.plateau
@@ -243,17 +280,27 @@ class Trainer:
                 if plateau["bad"] >= cfg.patience:
                     plateau["scale"] *= cfg.gamma
                     plateau["bad"] = 0
-        record["improved"] = state.best_epoch == epoch + 1
+        record["improved"] = state.best is not None and state.best["epoch"] == epoch + 1
         state.history.append(record)
         state.epoch, state.batch = epoch + 1, 0
         state.sums = _zero_sums()
         return record
 
+    def _select(self, record: dict[str, Any], epoch: int) -> None:
+        """Update ``state.best`` with this epoch's validation metric if it is better."""
+        selection, best = self.objective.selection, self.state.best
+        name = f"val_{selection.metric}"
+        if name not in record:
+            raise KeyError(f"selection expected a validation metric {name!r}, got {sorted(record)}")
+        if selection.better(record[name], None if best is None else best["value"]):
+            self.state.best = {"metric": name, "value": record[name], "epoch": epoch + 1}
+
 
 def fit(
     model: nn.Module,
-    train_data: Batches,
-    val_data: Batches | None,
+    objective: Objective,
+    train_data: BatchSource,
+    val_data: BatchSource | None,
     config: TrainConfig,
     callbacks: Sequence[Any] = (),
     state: TrainState | None = None,
@@ -264,7 +311,7 @@ def fit(
     Seed torch (``torch.manual_seed``) before building the model for a reproducible run; the
     batch order depends only on the loader's seed and the epoch.
     """
-    trainer = Trainer(model, config, callbacks)
+    trainer = Trainer(model, objective, config, callbacks)
     if state is not None:
         trainer.state = state
     trainer.fit(train_data, val_data)

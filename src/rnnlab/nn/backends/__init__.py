@@ -1,1 +1,41 @@
-"""What runs a recurrent layer: the reference loop, the pure-torch fused path, the C++ kernels."""
+"""What runs a recurrent layer: the reference loop, the pure-torch fused path, the C++ kernels.
+
+:func:`scan_layer` (in :mod:`rnnlab.nn.backends.dispatch`) is the one place that decides; its
+docstring is the routing table, from the call's conditions (cell type, grad or not, mask,
+dtype, bidirectional, bf16 or autocast, ``return_gates``, extension available) to the kernel
+that runs. :func:`route_layer` returns that decision without running it.
+
+Modules: :mod:`~rnnlab.nn.backends.reference` (the readable loop over the cell),
+:mod:`~rnnlab.nn.backends.fused` (pure torch, hand-written backpropagation through time),
+:mod:`~rnnlab.nn.backends.compiled` (autograd Functions around the C++ kernels of
+:mod:`~rnnlab.nn.backends._ext`), :mod:`~rnnlab.nn.backends._gemm` (oneDNN matrix products).
+
+:func:`compiled_unavailable` is the public way to ask why the compiled kernels cannot run a
+cell on an input (None when they can).
+"""
+
+from rnnlab.nn.backends.compiled import compiled_unavailable
+from rnnlab.nn.backends.dispatch import (
+    BACKENDS,
+    Backend,
+    Kernel,
+    LayerScan,
+    Route,
+    autocast_input,
+    resolve_backend,
+    route_layer,
+    scan_layer,
+)
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Kernel",
+    "LayerScan",
+    "Route",
+    "autocast_input",
+    "compiled_unavailable",
+    "resolve_backend",
+    "route_layer",
+    "scan_layer",
+]

@@ -1,4 +1,6 @@
-"""The fast path: one direction of one layer, with hand-written backpropagation through time.
+"""The pure-torch fast path: one direction of one layer, with hand-written backpropagation
+through time. It runs wherever torch runs (any dtype, any device) and never touches the C++
+kernels; :mod:`rnnlab.nn.backends.dispatch` decides when it runs.
 
 Shape legend: B batch, T time, I input features, H hidden units.
 
@@ -19,8 +21,8 @@ Padded steps (``mask`` False) keep the carried state and output zero, as in the 
 ``h_t = where(m, h_new, h_{t-1})``. In the backward, the gradient reaching a padded step's state
 passes straight to the previous step and its gates get no gradient.
 
-The parameters are the cells' own (:mod:`rnnlab.nn.cells`), so the reference loop and this path are
-the same model; ``tests/test_fused.py`` checks outputs, final states and every gradient.
+The parameters are the cells' own (:mod:`rnnlab.nn.cells`), so the reference loop and this path
+are the same model; ``tests/test_fused.py`` checks outputs, final states and every gradient.
 """
 
 from __future__ import annotations
@@ -29,52 +31,58 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.nn.backends import (
-    compiled as compiled_path,  # the C++ kernels (`compiled` is an argument)
-)
 from rnnlab.nn.backends._gemm import linear
-from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 
-__all__ = ["scan"]
+__all__ = ["lstm", "gru", "rnn"]
 
 
-def scan(
-    cell: _Cell,
-    x: Tensor,
-    state: Tensor | LSTMState,
-    mask: Tensor | None,
-    reverse: bool,
-    compiled: bool = False,
-    bf16: bool = False,
-) -> tuple[Tensor, Tensor | LSTMState]:
-    """Run ``cell`` over x (B, T, I) from ``state`` (B, H) (a pair for LSTM), skipping steps where
+def lstm(
+    cell: LSTMCell, x: Tensor, state: LSTMState, mask: Tensor | None, *, reverse: bool
+) -> tuple[Tensor, LSTMState]:
+    """Run an LSTM cell over x (B, T, I) from ``state`` (h, c) each (B, H), skipping steps where
     ``mask`` (B, T) is False; backwards in time if ``reverse``. Returns (output (B, T, H), final
-    state). ``compiled`` runs the C++ kernels (check :func:`rnnlab.nn.backends.compiled.choose` first);
-    ``bf16`` runs their GEMMs on bf16 operands (LSTM only, :func:`rnnlab.nn.backends.compiled.use_bf16`)."""
-    if compiled:
-        return compiled_path.scan(cell, x, state, mask, reverse, bf16)
+    state)."""
+    xs, ms = _time_major(x, mask, reverse)
+    out, h, c = _LSTMScan.apply(xs, state.h, state.c, cell.weight_ih, cell.weight_hh, cell.bias, ms)
+    return _batch_first(out, reverse), LSTMState(h, c)
+
+
+def gru(
+    cell: GRUCell, x: Tensor, state: Tensor, mask: Tensor | None, *, reverse: bool
+) -> tuple[Tensor, Tensor]:
+    """As :func:`lstm`, for a GRU cell; state (B, H)."""
+    xs, ms = _time_major(x, mask, reverse)
+    args = (cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn, ms)
+    out, final = _GRUScan.apply(xs, state, *args)
+    return _batch_first(out, reverse), final
+
+
+def rnn(
+    cell: RNNCell, x: Tensor, state: Tensor, mask: Tensor | None, *, reverse: bool
+) -> tuple[Tensor, Tensor]:
+    """As :func:`lstm`, for a vanilla RNN cell; state (B, H)."""
+    xs, ms = _time_major(x, mask, reverse)
+    out, final = _RNNScan.apply(xs, state, cell.weight_ih, cell.weight_hh, cell.bias, ms)
+    return _batch_first(out, reverse), final
+
+
+def _time_major(x: Tensor, mask: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor | None]:
+    """x (B, T, I) -> contiguous (T, B, I) and mask (B, T) -> (T, B, 1), in processing order
+    (flipped in time for a backward direction), so every step's slice is contiguous."""
     xs = x.transpose(0, 1)  # (T, B, I)
     ms = None if mask is None else mask.t()[:, :, None]  # (T, B, 1)
     if reverse:
         xs = xs.flip(0)
         ms = None if ms is None else ms.flip(0)
-    xs = xs.contiguous()
-    if isinstance(cell, LSTMCell):
-        out, h, c = _LSTMScan.apply(
-            xs, state.h, state.c, cell.weight_ih, cell.weight_hh, cell.bias, ms
-        )
-        final: Tensor | LSTMState = LSTMState(h, c)
-    elif isinstance(cell, GRUCell):
-        out, final = _GRUScan.apply(
-            xs, state, cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn, ms
-        )
-    elif isinstance(cell, RNNCell):
-        out, final = _RNNScan.apply(xs, state, cell.weight_ih, cell.weight_hh, cell.bias, ms)
-    else:
-        raise TypeError(f"fused.scan expected an RNNCell, LSTMCell or GRUCell, got {type(cell)}")
+    return xs.contiguous(), ms
+
+
+def _batch_first(out: Tensor, reverse: bool) -> Tensor:
+    """(T, B, H) in processing order -> (B, T, H) in time order."""
     if reverse:
         out = out.flip(0)
-    return out.transpose(0, 1).contiguous(), final  # (B, T, H)
+    return out.transpose(0, 1).contiguous()
 
 
 def _mask_factors(mask: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:

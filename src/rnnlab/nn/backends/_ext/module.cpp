@@ -1,4 +1,5 @@
-// Python bindings of the compiled kernels (rnnlab._ext loads this module).
+// Python bindings of the compiled kernels (rnnlab/nn/backends/_ext/__init__.py builds and loads
+// this module; rnnlab/nn/backends/compiled.py calls it).
 #include <torch/extension.h>
 
 #include "recurrent.h"

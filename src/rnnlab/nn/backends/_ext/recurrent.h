@@ -6,13 +6,13 @@
 //
 // Shape legend: B batch, T time, I input features, H hidden units.
 //
-// Why C++: the pure-torch fused path (rnnlab/fused.py) pays Python and dispatcher overhead for
-// about fifteen small element-wise ops per step. Here, for float32 LSTM (and its bf16 mode),
-// each thread takes a block of batch rows and runs them through every step with its own
-// single-threaded oneDNN ukernel GEMM and one vectorised pass over the gates: rows are
+// Why C++: the pure-torch fused path (rnnlab/nn/backends/fused.py) pays Python and dispatcher
+// overhead for about fifteen small element-wise ops per step. Here, for float32 LSTM (and its
+// bf16 mode), each thread takes a block of batch rows and runs them through every step with its
+// own single-threaded oneDNN ukernel GEMM and one vectorised pass over the gates: rows are
 // independent sequences, so the loop needs no synchronisation (see over_row_blocks). GRU,
 // float64 and a few bf16 shapes run per step: one in-place oneDNN GEMM (multi-threaded) and one
-// gate pass split over the rows. The equations are those of rnnlab/cells.py, and
+// gate pass split over the rows. The equations are those of rnnlab/nn/cells.py, and
 // tests/test_fast_kernels.py checks this file against the reference cells (outputs, final
 // states, every gradient).
 //

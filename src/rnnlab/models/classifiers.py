@@ -16,23 +16,17 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from rnnlab.config import Config, ConfigError, ModelConfig
+from rnnlab.config import ConfigError, ModelConfig
 from rnnlab.nn.backends import compiled
 from rnnlab.nn.blocks import final_hidden
 from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab.nn.validation import make_mask
 
-__all__ = ["RecurrentStack", "SequenceClassifier", "TextClassifier", "build_model", "step_mask"]
+__all__ = ["RecurrentStack", "SequenceClassifier", "TextClassifier", "check_bf16"]
 
 Padding = Literal["pre", "post"]
 LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 TORCH_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-
-def step_mask(lengths: Tensor, T: int, padding: Padding) -> Tensor:
-    """(B, T) bool, True at real steps, for ``lengths`` (B,) padded on side ``padding``."""
-    steps = torch.arange(T, device=lengths.device)  # (T,)
-    lengths = lengths[:, None]  # (B, 1)
-    return steps < lengths if padding == "post" else steps >= T - lengths
 
 
 def _keras_dense_init(linear: nn.Linear) -> nn.Linear:
@@ -116,12 +110,12 @@ class RecurrentStack(nn.Module):
                 state = state[0]
             return final_hidden(state, self.num_directions)  # (B, D*H)
         B, T, _ = x.shape
-        if lengths is None:
-            mask = x.new_ones(B, T, 1, dtype=torch.bool)
-            count = x.new_full((B, 1), float(T))
-        else:
-            mask = step_mask(lengths, T, self.padding)[:, :, None]  # (B, T, 1)
-            count = lengths[:, None].to(x.dtype)  # (B, 1)
+        mask = make_mask("RecurrentStack", lengths, None, self.padding, B, T, x.device)
+        if mask is None:  # every step is real
+            mask = x.new_ones(B, T, dtype=torch.bool)
+        mask = mask[:, :, None]  # (B, T, 1)
+        # (B, 1) real steps per sequence
+        count = x.new_full((B, 1), float(T)) if lengths is None else lengths[:, None].to(x.dtype)
         mean = (x * mask).sum(1) / count  # (B, D*H)
         if self.pooling == "mean":
             return mean
@@ -192,28 +186,16 @@ class TextClassifier(nn.Module):
         return self.head(out)  # (B, C)
 
 
-def build_model(config: Config) -> nn.Module:
-    """The model of ``config`` (its ``model`` section; text models take the vocabulary size and
-    padding side from ``data``), freshly initialised from the current torch RNG. With
-    ``model.precision="bf16"`` it also checks that the compiled kernels can run (building them
-    on first use) and raises ConfigError naming why not."""
-    cfg = config.model
-    if cfg.backend == "torch" and cfg.mask:
+def check_bf16(model: nn.Module, cfg: ModelConfig) -> None:
+    """With ``model.precision="bf16"``, check that the compiled kernels can run (building them
+    on first use) and raise ConfigError naming why not: said when the model is built rather
+    than at the first training step, where rnnlab.LSTM would raise it."""
+    if cfg.precision != "bf16":
+        return
+    cell = model.stack.layers[0].cells[0]
+    reason = compiled.compiled_unavailable(cell, cell.weight_hh)
+    if reason is not None:
         raise ConfigError(
-            "model.backend='torch' expected model.mask=false (torch layers here "
-            "are for unmasked speed comparisons), got mask=true"
+            f"model.precision='bf16' expected the compiled kernels to run here, got: "
+            f"{reason}. Use model.precision=fp32."
         )
-    if cfg.kind == "sequence":
-        model = SequenceClassifier(cfg)
-    else:
-        model = TextClassifier(cfg, config.data.num_words, padding=config.data.padding)
-    if cfg.precision == "bf16":
-        # Said here rather than at the first training step, where rnnlab.LSTM would raise it.
-        cell = model.stack.layers[0].cells[0]
-        reason = compiled.compiled_unavailable(cell, cell.weight_hh)
-        if reason is not None:
-            raise ConfigError(
-                f"model.precision='bf16' expected the compiled kernels to run here, got: "
-                f"{reason}. Use model.precision=fp32."
-            )
-    return model

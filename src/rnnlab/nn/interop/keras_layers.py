@@ -1,146 +1,37 @@
-"""Copy recurrent layers between rnnlab, ``torch.nn`` and Keras 3, weights and all.
+"""Copy recurrent layers between rnnlab and Keras 3 (``LSTM``, ``GRU``, ``SimpleRNN``).
 
 Shape legend: B batch, T time, I input features, H hidden units, D directions, L layers.
 
-The public entry points are the layer methods ``LSTM.from_torch(m)``, ``lstm.to_torch()`` and
-``LSTM.from_keras(layer)`` (likewise ``GRU`` and ``RNN``); they call the functions here.
-
-Biases. rnnlab keeps one bias per gate, torch two (``b_ih`` and ``b_hh``), which only ever
-appear as a sum, so ``bias = b_ih + b_hh``. The exception is the GRU candidate, whose recurrent
-bias sits inside the reset gate's product: rnnlab's ``GRUCell`` keeps it apart as ``bias_hn``,
-so ``bias = b_ih + [b_hr, b_hz, 0]`` and ``bias_hn = b_hn``. ``to_torch`` writes ``b_ih = bias``
-and ``b_hh = 0`` (GRU: ``b_hh = [0, 0, bias_hn]``). A torch module built with ``bias=False``
-becomes an rnnlab layer whose (trainable) biases start at zero.
-
-Time layout. rnnlab layers are batch first. ``from_torch`` accepts ``batch_first=False``
-modules too: the weights do not depend on the layout, but the converted layer then expects
-(B, T, I) input, so transpose time-major input with ``x.transpose(0, 1)``. ``to_torch`` returns
-a ``batch_first=True`` module.
-
 Keras stores each kernel transposed, (I, G*H) and (H, G*H). Its LSTM gate order i, f, c, o is
-rnnlab's i, f, g, o; its GRU order is z, r, h, which is reordered into rnnlab's r, z, n. Keras
-training-time options with no rnnlab counterpart (``dropout`` and ``recurrent_dropout`` inside
-the layer, ``stateful``, ``unroll``) do not change the weights or the inference output and are
-not carried over.
+rnnlab's i, f, g, o; its GRU order is z, r, h, which is reordered into rnnlab's r, z, n. rnnlab's
+GRU is the torch/cuDNN one, Keras's ``reset_after=True``, whose bias is (2, 3H): an input bias
+and a recurrent bias. Keras training-time options with no rnnlab counterpart (``dropout`` and
+``recurrent_dropout`` inside the layer, ``stateful``, ``unroll``) do not change the weights or
+the inference output and are not carried over.
+
+Keras is an optional dependency, imported by the functions here only. They work on any Keras 3
+backend; the tests compare outputs on the torch backend (``KERAS_BACKEND=torch``).
 """
 
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell, _Cell
+from rnnlab.nn.interop.torch_modules import load_cell
+from rnnlab.nn.layers import _RecurrentLayer
 
-if TYPE_CHECKING:
-    from rnnlab.nn.layers import _RecurrentLayer
+__all__ = ["from_keras", "to_keras"]
 
-__all__ = ["from_torch", "to_torch", "from_keras"]
+Layer = TypeVar("Layer", bound=_RecurrentLayer)
 
-Layer = TypeVar("Layer", bound="_RecurrentLayer")
-
-_TORCH_TYPES: dict[type[_Cell], type[nn.RNNBase]] = {
-    LSTMCell: nn.LSTM,
-    GRUCell: nn.GRU,
-    RNNCell: nn.RNN,
-}
 _KERAS_NAMES = {LSTMCell: "LSTM", GRUCell: "GRU", RNNCell: "SimpleRNN"}
 
 
-# -- torch ------------------------------------------------------------------------------------
-def from_torch(cls: type[Layer], module: nn.RNNBase, backend: str = "auto") -> Layer:
-    """An rnnlab ``cls`` (RNN, LSTM or GRU) that computes what ``module`` computes, on the
-    module's device and dtype, in the module's train/eval mode. See the module docstring for
-    biases and the time layout. Raises TypeError for the wrong module type and ValueError for
-    what rnnlab cannot express (``proj_size > 0``, a ``relu`` RNN)."""
-    name = f"{cls.__name__}.from_torch"
-    torch_type = _TORCH_TYPES[cls.cell_type]
-    if not isinstance(module, torch_type):
-        raise TypeError(
-            f"{name} expected a torch.nn.{torch_type.__name__}, got {type(module).__name__}"
-        )
-    if getattr(module, "proj_size", 0) > 0:
-        raise ValueError(
-            f"{name} expected proj_size=0 (rnnlab LSTMs have no projection), "
-            f"got proj_size={module.proj_size}"
-        )
-    if getattr(module, "nonlinearity", "tanh") != "tanh":
-        raise ValueError(
-            f"{name} expected nonlinearity='tanh' (rnnlab's RNN is tanh only), "
-            f"got {module.nonlinearity!r}"
-        )
-    ref = module.weight_ih_l0
-    layer = cls(
-        module.input_size,
-        module.hidden_size,
-        num_layers=module.num_layers,
-        bidirectional=module.bidirectional,
-        dropout=module.dropout,
-        backend=backend,
-    ).to(device=ref.device, dtype=ref.dtype)
-    for k, cell in enumerate(layer.cells):
-        suffix = _torch_suffix(k, layer.num_directions)
-        w_ih = getattr(module, f"weight_ih{suffix}")  # (G*H, I)
-        w_hh = getattr(module, f"weight_hh{suffix}")  # (G*H, H)
-        zeros = torch.zeros_like(cell.bias)
-        b_ih = getattr(module, f"bias_ih{suffix}") if module.bias else zeros  # (G*H,)
-        b_hh = getattr(module, f"bias_hh{suffix}") if module.bias else zeros  # (G*H,)
-        _load_cell(cell, w_ih, w_hh, b_ih, b_hh)
-    return layer.train(module.training)
-
-
-def to_torch(layer: _RecurrentLayer) -> nn.RNNBase:
-    """A ``batch_first=True`` torch.nn.LSTM / GRU / RNN (tanh) with ``layer``'s weights, device,
-    dtype and train/eval mode: ``b_ih = bias``, ``b_hh = 0`` (GRU: ``[0, 0, bias_hn]``)."""
-    ref = layer.cells[0].weight_ih
-    module = _TORCH_TYPES[type(layer).cell_type](
-        layer.input_size,
-        layer.hidden_size,
-        num_layers=layer.num_layers,
-        bias=True,
-        batch_first=True,
-        # torch warns about dropout on a single layer, where both libraries ignore it
-        dropout=layer.dropout if layer.num_layers > 1 else 0.0,
-        bidirectional=layer.bidirectional,
-        device=ref.device,
-        dtype=ref.dtype,
-    )
-    with torch.no_grad():
-        for k, cell in enumerate(layer.cells):
-            suffix = _torch_suffix(k, layer.num_directions)
-            getattr(module, f"weight_ih{suffix}").copy_(cell.weight_ih)
-            getattr(module, f"weight_hh{suffix}").copy_(cell.weight_hh)
-            getattr(module, f"bias_ih{suffix}").copy_(cell.bias)
-            b_hh = getattr(module, f"bias_hh{suffix}")  # (G*H,)
-            b_hh.zero_()
-            if isinstance(cell, GRUCell):
-                b_hh[2 * cell.hidden_size :].copy_(cell.bias_hn)
-    return module.train(layer.training)
-
-
-def _torch_suffix(k: int, num_directions: int) -> str:
-    """torch's parameter suffix for cell ``k = layer * D + direction``: ``_l1_reverse``."""
-    layer, direction = divmod(k, num_directions)
-    return f"_l{layer}" + ("_reverse" if direction else "")
-
-
-def _load_cell(cell: _Cell, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> None:
-    """Copy torch-layout weights (rows in rnnlab's gate order, two biases) into ``cell``."""
-    H = cell.hidden_size
-    with torch.no_grad():
-        cell.weight_ih.copy_(w_ih)
-        cell.weight_hh.copy_(w_hh)
-        if isinstance(cell, GRUCell):
-            cell.bias.copy_(b_ih)
-            cell.bias[: 2 * H] += b_hh[: 2 * H]  # r and z: the two biases only ever add
-            cell.bias_hn.copy_(b_hh[2 * H :])  # n: stays inside r * (W_hn h + b_hn)
-        else:
-            cell.bias.copy_(b_ih + b_hh)
-
-
-# -- Keras --------------------------------------------------------------------------------------
 def from_keras(cls: type[Layer], source: Any, backend: str = "auto") -> Layer:
     """An rnnlab ``cls`` with the weights of built Keras 3 layers (``LSTM``, ``GRU`` or
     ``SimpleRNN`` for rnnlab's LSTM, GRU, RNN), on the CPU in the Keras weights' dtype.
@@ -178,11 +69,75 @@ def from_keras(cls: type[Layer], source: Any, backend: str = "auto") -> Layer:
     _check_stack(name, stack, directions, [per_layer[0][0] for per_layer in kernels])
     H, D = directions[0][0].units, len(directions[0])
     input_size = kernels[0][0][0].shape[0]
-    layer = cls(input_size, H, len(stack), D == 2, dropout, backend=backend)
+    layer = cls(
+        input_size, H, num_layers=len(stack), bidirectional=D == 2, dropout=dropout, backend=backend
+    )
     layer = layer.to(dtype=kernels[0][0][0].dtype)
     for cell, weights in zip(layer.cells, [w for ws in kernels for w in ws], strict=True):
-        _load_cell(cell, *_keras_to_torch_layout(cell, *weights))
+        load_cell(cell, *_keras_to_torch_layout(cell, *weights))
     return layer
+
+
+def to_keras(layer: _RecurrentLayer, return_sequences: bool = False) -> Any:
+    """Keras 3 layers with ``layer``'s weights, computing what it computes (inference).
+
+    Each rnnlab layer of the stack becomes a Keras ``LSTM``, ``GRU`` (``reset_after=True``, the
+    torch/cuDNN convention rnnlab follows) or ``SimpleRNN`` (for RNN), wrapped in
+    ``Bidirectional(..., merge_mode="concat")`` when ``layer`` is bidirectional, built for
+    (B, T, I) input in the weights' dtype (float32 or float64). A one-layer ``layer`` gives that
+    Keras layer; a stack gives a list of them, every one but the last returning sequences, with
+    ``Dropout(layer.dropout)`` between consecutive ones when ``layer.dropout`` is set: pass the
+    list to ``keras.Sequential`` or call the layers in turn. ``from_keras`` reads any of these
+    back, weights bit for bit.
+
+    ``return_sequences`` is the last Keras layer's: True gives rnnlab's output (B, T, D*H),
+    False (Keras's default) ``final_hidden(state, D)`` (B, D*H), as
+    ``Recurrent(layer, return_sequences)`` does.
+
+    Weights: Keras ``kernel = weight_ih.T`` (I, G*H), ``recurrent_kernel = weight_hh.T``
+    (H, G*H), ``bias = bias``; for GRU the gate blocks are reordered to Keras's z, r, h and the
+    bias is (2, 3H): the input bias ``bias`` and the recurrent bias ``[0, 0, bias_hn]``.
+    """
+    import keras  # optional dependency, only needed here
+
+    name = f"{type(layer).__name__}.to_keras"
+    dtype = layer.cells[0].weight_ih.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{name} expected float32 or float64 weights, got {dtype}")
+    dtype_name = str(dtype).removeprefix("torch.")
+    kind = getattr(keras.layers, _KERAS_NAMES[type(layer).cell_type])
+    options = {"reset_after": True} if type(layer).cell_type is GRUCell else {}
+    D, L = layer.num_directions, layer.num_layers
+    stack = []
+    for n in range(L):
+        sequences = return_sequences or n < L - 1
+        item = kind(layer.hidden_size, return_sequences=sequences, dtype=dtype_name, **options)
+        if D == 2:
+            item = keras.layers.Bidirectional(item, merge_mode="concat", dtype=dtype_name)
+        item.build((None, None, layer.cell(n).input_size))  # (B, T, I)
+        for direction, keras_layer in enumerate(_directions(item)):
+            keras_layer.set_weights(_torch_to_keras_layout(layer.cell(n, direction)))
+        if n > 0 and layer.dropout:
+            stack.append(keras.layers.Dropout(layer.dropout, dtype=dtype_name))
+        stack.append(item)
+    return stack[0] if L == 1 else stack
+
+
+def _torch_to_keras_layout(cell: _Cell) -> list:
+    """``cell``'s weights as Keras stores them: [kernel, recurrent_kernel, bias] (numpy)."""
+    w_ih, w_hh, bias = (p.detach().cpu() for p in (cell.weight_ih, cell.weight_hh, cell.bias))
+    if isinstance(cell, GRUCell):  # rnnlab stacks r, z, n; Keras z, r, h
+        zeros = torch.zeros_like(bias[: 2 * cell.hidden_size])  # (2H,) r and z
+        recurrent_bias = torch.cat([zeros, cell.bias_hn.detach().cpu()])  # (3H,)
+        w_ih, w_hh = _swap_first_blocks(w_ih), _swap_first_blocks(w_hh)
+        bias = torch.stack([_swap_first_blocks(bias), _swap_first_blocks(recurrent_bias)])
+    return [w_ih.T.numpy(), w_hh.T.numpy(), bias.numpy()]
+
+
+def _swap_first_blocks(w: Tensor) -> Tensor:
+    """Swap the first two of three row blocks: r, z, n <-> z, r, n (its own inverse)."""
+    a, b, c = w.chunk(3, dim=0)
+    return torch.cat([b, a, c])
 
 
 def _keras_stack(name: str, keras: Any, source: Any, kind: type) -> tuple[list, float]:
@@ -330,9 +285,5 @@ def _keras_to_torch_layout(
     if not isinstance(cell, GRUCell):
         return w_ih, w_hh, bias, torch.zeros_like(bias)
     b_ih, b_hh = bias  # (3H,) each: Keras's input and recurrent biases
-
-    def rzn(w: Tensor) -> Tensor:  # Keras stacks z, r, h; rnnlab r, z, n
-        z, r, n = w.chunk(3, dim=0)
-        return torch.cat([r, z, n])
-
+    rzn = _swap_first_blocks  # Keras stacks z, r, h; rnnlab r, z, n
     return rzn(w_ih), rzn(w_hh), rzn(b_ih), rzn(b_hh)

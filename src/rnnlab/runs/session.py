@@ -1,20 +1,10 @@
-"""Runs on disk: train a configuration into a run directory, resume it, load it back.
-
-A run directory holds::
-
-    config.json          the resolved configuration
-    run.json             preset, data directory, status ("running", "finished", "interrupted",
-                         "diverged"), argv, versions
-    vocab.json           text models: the word index new reviews are encoded with
-    metrics.jsonl        one line per logged step and per epoch
-    checkpoints/         last.json + last-<step>.safetensors, best.json + best-<step>...
-    learning_curve.png   loss and accuracy against steps
-    report.json          the final numbers (written last: its presence means "finished")
+"""Training a configuration into a run directory, and resuming it.
 
 A new run refuses an existing non-empty directory. If it fails before its first checkpoint, the
 directory is removed; after that it stays, resumable with :func:`resume`, which continues from
-``checkpoints/last`` (also mid-epoch) and, on CPU, ends with the same metrics as an
-uninterrupted run.
+``checkpoints/last`` (also mid-epoch, carry included) and, on CPU, ends with the same metrics as
+an uninterrupted run. The test split is evaluated once, at the end: on the best checkpoint when
+validation was a holdout, else on the final model (whose last validation already was test).
 
 Under data parallelism (``context``, see :mod:`rnnlab.distributed`) every rank trains and
 evaluates its shard and returns the same report; only rank 0 reads and writes the directory.
@@ -37,20 +27,30 @@ import torch
 
 from rnnlab.checkpoint import (
     CheckpointError,
-    atomic_write,
     load_checkpoint,
     load_model_weights,
+    restore_carry,
     restore_optimizer,
     restore_rng,
     versions,
 )
-from rnnlab.config import Config, ConfigError, load_preset
+from rnnlab.config import Config, load_preset
 from rnnlab.distributed import Context
-from rnnlab.models import build_model
+from rnnlab.files import atomic_write
 from rnnlab.plots import plot_learning_curve
-from rnnlab.tasks import TaskData, load_task_data
+from rnnlab.runs.layout import (
+    PathLike,
+    RunError,
+    check_new_out,
+    default_run_dir,
+    json_bytes,
+    read_config,
+    read_json,
+    run_data_dir,
+)
+from rnnlab.tasks import Task, TaskData, get_task
 from rnnlab.train import (
-    Batches,
+    BatchSource,
     Checkpointer,
     DivergenceError,
     MetricsWriter,
@@ -60,73 +60,7 @@ from rnnlab.train import (
     evaluate,
 )
 
-__all__ = ["RunError", "default_run_dir", "load_run", "resume", "train"]
-PathLike = str | os.PathLike[str]
-
-
-class RunError(ValueError):
-    """A run directory is missing, foreign, finished, not writable, or its run failed."""
-
-
-def _json(values: Any) -> bytes:
-    return (json.dumps(values, indent=2) + "\n").encode("utf-8")
-
-
-def default_run_dir(name: str) -> Path:
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text("utf-8"))
-    except FileNotFoundError as exc:
-        raise RunError(f"{path}: expected {what}, got no such file") from exc
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path}: expected {what}, got {type(exc).__name__}: {exc}") from exc
-
-
-def read_config(run_dir: PathLike) -> Config:
-    """The configuration of an existing run directory (a clear error for a foreign folder)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(
-            f"{run_dir}: expected an rnnlab run directory, got "
-            f"{'a file' if run_dir.exists() else 'nothing there'}"
-        )
-    values = read_json(run_dir / "config.json", "an rnnlab run's config.json")
-    try:
-        return Config.from_dict(values)
-    except ConfigError as exc:
-        raise RunError(
-            f"{run_dir / 'config.json'}: expected an rnnlab configuration, got "
-            f"an incompatible one ({exc})"
-        ) from exc
-
-
-def _loaders(
-    config: Config, data: TaskData, context: Context
-) -> tuple[Batches, Batches | None, Batches]:
-    t, masked = config.train, config.model.kind == "text" and config.model.mask
-    trim = config.data.padding if masked and t.bucket else None
-    shard = {"rank": context.rank, "world_size": context.world_size}
-    train = Batches(
-        data.train,
-        t.batch_size,
-        shuffle=True,
-        seed=t.seed,
-        bucket=t.bucket and masked,
-        trim=trim,
-        **shard,
-    )
-    # evaluation does not depend on batching: round its batch up to split evenly
-    eval_size = -(-t.eval_batch_size // context.world_size) * context.world_size
-
-    def plain(split):  # evaluation; masked models: sorted by length, padding trimmed
-        if masked:
-            return Batches(split, eval_size, bucket=True, trim=config.data.padding, **shard)
-        return Batches(split, eval_size, **shard)
-
-    return train, (plain(data.val) if data.val is not None else None), plain(data.test)
+__all__ = ["resume", "train"]
 
 
 def _machine() -> dict[str, Any]:
@@ -153,6 +87,7 @@ class _Session:
         self.run_dir, self.config, self.data_dir = run_dir, config, data_dir
         self.callbacks, self.started, self.context = list(callbacks), started, context
         self.ckpt_dir = run_dir / "checkpoints"
+        self.task: Task = get_task(config)
 
     def run_info(self, status: str, **extra: Any) -> None:
         info = {
@@ -163,11 +98,31 @@ class _Session:
             "versions": versions(),
             **extra,
         }
-        atomic_write(self.run_dir / "run.json", _json(info))
+        atomic_write(self.run_dir / "run.json", json_bytes(info))
+
+    def create(self, data: TaskData) -> None:
+        """Claim the new run directory and write the configuration, artifacts and run.json."""
+        out = self.run_dir
+        created = not out.exists()
+        check_new_out(out, create=True)
+        try:
+            atomic_write(out / "config.json", json_bytes(self.config.to_dict()))
+            for name, value in data.artifacts.items():
+                atomic_write(out / name, json_bytes(value))
+            self.run_info("running")
+        except OSError as exc:
+            shutil.rmtree(out, ignore_errors=True) if created else None
+            raise RunError(f"cannot write into {out}: {type(exc).__name__}: {exc}") from exc
+
+    def _batches(self, data: TaskData) -> tuple[BatchSource, BatchSource | None, BatchSource]:
+        shard = {"rank": self.context.rank, "world_size": self.context.world_size}
+        train = self.task.batches(data.train, training=True, **shard)
+        val = None if data.val is None else self.task.batches(data.val, training=False, **shard)
+        return train, val, self.task.batches(data.test, training=False, **shard)
 
     def execute(self, trainer: Trainer, data: TaskData) -> dict[str, Any]:
         config = self.config
-        train, val, test = _loaders(config, data, self.context)
+        train, val, test = self._batches(data)
         self.fit_base = trainer.state.wall_seconds
         trainer.callbacks = list(self.callbacks)
         if self.context.enabled:  # each rank its own dropout masks
@@ -211,36 +166,44 @@ class _Session:
         with contextlib.suppress(OSError):  # unwritable: the checkpoint itself is intact
             self.run_info(status, error=f"{type(exc).__name__}: {exc}")
 
-    def _test_metrics(self, trainer: Trainer, test: Batches) -> dict[str, Any]:
-        """Test loss and accuracy: of the best checkpoint when validation was a holdout (the
-        epoch was picked without seeing test), otherwise of the final model."""
+    def _test_metrics(self, trainer: Trainer, test: BatchSource) -> dict[str, Any]:
+        """The test split's loss and metrics, evaluated once: of the best checkpoint when
+        validation was a holdout (the epoch was picked without seeing test), otherwise of the
+        final model."""
         config, history = self.config, trainer.state.history
         tag = "best" if config.data.validation == "holdout" else "last"
         if tag == "best" and self.context.on_main((self.ckpt_dir / "best.json").is_file):
             tensors, _ = self.context.on_main(lambda: load_checkpoint(self.ckpt_dir, "best"))
             load_model_weights(trainer.module, tensors, str(self.ckpt_dir / "best.json"))
-        if config.data.validation == "test" and history and "val_accuracy" in history[-1]:
+        if config.data.validation == "test" and history and "val_loss" in history[-1]:
             # the last epoch's validation was this very model on this very split
-            metrics = {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_accuracy"]}
+            last = history[-1]
+            metrics = {
+                k[4:]: v for k, v in last.items() if k.startswith("val_") and k != "val_seconds"
+            }
         else:
-            metrics = evaluate(trainer.module, test, self.context.reduce_hook)
-        return {
-            "test_accuracy": metrics["accuracy"],
-            "test_loss": metrics["loss"],
-            "test_checkpoint": tag,
-        }
+            metrics = evaluate(trainer.module, test.epoch(0), self.task, self.context.reduce_hook)
+        return {**self.task.test_report(metrics), "test_checkpoint": tag}
 
-    def _finish(self, trainer: Trainer, test: Batches, n_train: int) -> dict[str, Any]:
+    def _finish(self, trainer: Trainer, test: BatchSource, n_train: int) -> dict[str, Any]:
         config, state = self.config, trainer.state
         report: dict[str, Any] = {"preset": config.name, "run_dir": str(self.run_dir)}
         if config.run.evaluate_test:
             report.update(self._test_metrics(trainer, test))
         last = state.history[-1] if state.history else {}
+        metric = self.task.selection.metric
         report.update(
-            val_accuracy=last.get("val_accuracy"),
-            best_val_accuracy=state.best_val_accuracy,
-            best_epoch=state.best_epoch,
-            final_train_accuracy=last.get("accuracy"),
+            {
+                f"val_{metric}": last.get(f"val_{metric}"),
+                f"best_val_{metric}": None if state.best is None else state.best["value"],
+                "best_epoch": None if state.best is None else state.best["epoch"],
+                f"final_train_{metric}": last.get(metric),
+            }
+        )
+        report.update(
+            selection=f"val_{metric} ({self.task.selection.mode})",
+            validation=config.data.validation,
+            holdout_seed=config.data.holdout_seed if config.data.validation == "holdout" else None,
             epochs=state.epoch,
             steps=state.step,
             samples=state.samples,
@@ -267,45 +230,13 @@ class _Session:
         ]
         plot_learning_curve(records, self.run_dir / "learning_curve.png", title=self.config.name)
         self.run_info("finished")
-        atomic_write(self.run_dir / "report.json", _json(report))
-
-
-def _prepare_new(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(
-            f"--out {out}: expected a new or empty directory, got an existing "
-            f"{'file' if not out.is_dir() else 'non-empty directory'} (resume a run "
-            "with --resume, or choose another --out)"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / ".write-test", b"")
-        (out / ".write-test").unlink()
-    except OSError as exc:
-        raise RunError(
-            f"--out {out}: expected a writable directory, got {type(exc).__name__}: {exc}"
-        ) from exc
+        atomic_write(self.run_dir / "report.json", json_bytes(report))
 
 
 def _new_run_dir(out: PathLike | None, name: str) -> Path:
     out = Path(out) if out is not None else default_run_dir(name)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        _prepare_new(out)  # raises the explanation before any slow work
+    check_new_out(out)  # the explanation before any slow work
     return out
-
-
-def _create_run_dir(session: _Session, data: TaskData) -> None:
-    out, config = session.run_dir, session.config
-    created = not out.exists()
-    _prepare_new(out)
-    try:
-        atomic_write(out / "config.json", _json(config.to_dict()))
-        if data.word_index is not None:
-            atomic_write(out / "vocab.json", _json(data.word_index))
-        session.run_info("running")
-    except OSError as exc:
-        shutil.rmtree(out, ignore_errors=True) if created else None
-        raise RunError(f"cannot write into {out}: {type(exc).__name__}: {exc}") from exc
 
 
 def train(
@@ -328,12 +259,12 @@ def train(
     )
     context.check_batch_size(config.train.batch_size)
     out = context.on_main(lambda: _new_run_dir(out, config.name))  # one name for all ranks
-    torch.manual_seed(config.train.seed)
-    model = build_model(config)
-    data = load_task_data(config, data_dir)
-    trainer = Trainer(context.wrap(model), config.train, reduce=context.reduce_hook)
     session = _Session(out, config, data_dir, callbacks, started, context)
-    context.on_main(lambda: _create_run_dir(session, data))
+    torch.manual_seed(config.train.seed)
+    model = session.task.build_model()
+    data = session.task.load(data_dir)
+    trainer = Trainer(context.wrap(model), session.task, config.train, reduce=context.reduce_hook)
+    context.on_main(lambda: session.create(data))
     return session.execute(trainer, data)
 
 
@@ -346,8 +277,7 @@ def _read_for_resume(
             f"{run_dir}: expected an unfinished run, got a finished one "
             "(report.json exists); start a new run instead"
         )
-    info = read_json(run_dir / "run.json", "an rnnlab run's run.json")
-    data_dir = data_dir if data_dir is not None else info.get("data_dir")
+    read_json(run_dir / "run.json", "an rnnlab run's run.json")
     ckpt_dir = run_dir / "checkpoints"
     if not (ckpt_dir / "last.json").is_file():
         raise RunError(
@@ -355,7 +285,7 @@ def _read_for_resume(
             "from, got none; start a new run instead"
         )
     tensors, meta = load_checkpoint(ckpt_dir, "last")
-    return config, data_dir, tensors, meta
+    return config, run_data_dir(run_dir, data_dir), tensors, meta
 
 
 def resume(
@@ -372,20 +302,20 @@ def resume(
     config, data_dir, tensors, meta = context.on_main(lambda: _read_for_resume(run_dir, data_dir))
     context.check_batch_size(config.train.batch_size)
     ckpt_dir = run_dir / "checkpoints"
+    session = _Session(run_dir, config, data_dir, callbacks, started, context)
     torch.manual_seed(config.train.seed)
-    model = build_model(config)
+    model = session.task.build_model()
     load_model_weights(model, tensors, str(ckpt_dir / "last.json"))
-    trainer = Trainer(context.wrap(model), config.train, reduce=context.reduce_hook)
+    trainer = Trainer(context.wrap(model), session.task, config.train, reduce=context.reduce_hook)
     try:
         restore_optimizer(trainer.optimizer, tensors, meta)
-        trainer.state = TrainState.from_dict(meta["state"])
+        trainer.state = TrainState.from_dict(meta["state"], carry=restore_carry(tensors))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{ckpt_dir / 'last.json'}: expected optimizer and trainer state "
             f"of this configuration, got {type(exc).__name__}: {exc}"
         ) from exc
-    data = load_task_data(config, data_dir)
-    session = _Session(run_dir, config, data_dir, callbacks, started, context)
+    data = session.task.load(data_dir)
 
     def reopen() -> None:
         _truncate_metrics(run_dir / "metrics.jsonl", trainer.state.step)
@@ -410,24 +340,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         if record.get("step", 0) <= step:
             kept.append(line + "\n")
     atomic_write(path, "".join(kept).encode("utf-8"))
-
-
-def load_run(
-    run_dir: PathLike, checkpoint: str = "best"
-) -> tuple[Config, torch.nn.Module, dict[str, Any]]:
-    """``(config, model in eval mode, checkpoint meta)`` of a run; ``checkpoint`` ``"best"``
-    falls back to ``"last"`` when the run has no best (no validation)."""
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    tag = checkpoint
-    if tag == "best" and not (ckpt_dir / "best.json").is_file():
-        tag = "last"
-    if not (ckpt_dir / f"{tag}.json").is_file():
-        raise RunError(f"{run_dir}: expected a trained run with checkpoints/{tag}.json, got none")
-    model = build_model(config)
-    tensors, meta = load_checkpoint(ckpt_dir, tag)
-    load_model_weights(model, tensors, str(ckpt_dir / f"{tag}.json"))
-    model.eval()
-    meta["tag"] = tag
-    return config, model, meta

@@ -1,0 +1,43 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never a part.
+
+The data goes to a hidden temporary file in the destination's folder, is fsynced, then renamed
+over the destination (``os.replace`` is atomic on POSIX and Windows). On any exception the
+temporary file is removed. Run directories, checkpoints, plots and the data caches all write
+through here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_output", "atomic_write"]
+
+
+@contextmanager
+def atomic_output(dest: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Yield a binary file that becomes ``dest`` only if the ``with`` block succeeds
+    (``handle.name`` is the temporary file's path, so the block may verify what it wrote)."""
+    dest = Path(dest)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)  # reopened by name, so that handle.name is the path
+    tmp = Path(tmp_name)
+    try:
+        with open(tmp, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as handle:
+        handle.write(data)

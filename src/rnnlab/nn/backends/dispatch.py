@@ -1,0 +1,347 @@
+"""The one place that decides what runs a recurrent layer: :func:`scan_layer` and its table.
+
+Shape legend: B batch, T time, I input features, H hidden units, D directions (1 or 2).
+
+A layer of the stack (one or two cells, forwards and backwards) goes through
+:func:`route_layer`, which returns a :class:`Route` (the backend, the kernel of each direction,
+whether the GEMMs take bf16 operands), and :func:`scan_layer` calls the kernels it names. The
+code above (:mod:`rnnlab.nn.layers`) validates, masks and stacks; it never picks a kernel.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from rnnlab.nn.backends import _ext, compiled, fused, reference
+from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Kernel",
+    "Route",
+    "LayerScan",
+    "scan_layer",
+    "route_layer",
+    "resolve_backend",
+    "use_bf16",
+    "needs_backward",
+    "autocast_bf16",
+    "autocast_input",
+]
+
+Backend = Literal["auto", "compiled", "fused", "reference"]
+BACKENDS: tuple[Backend, ...] = ("auto", "compiled", "fused", "reference")
+Kernel = Literal[
+    "reference",
+    "fused.lstm",
+    "fused.gru",
+    "fused.rnn",
+    "compiled.lstm_train",
+    "compiled.lstm_forward",
+    "compiled.lstm_infer",
+    "compiled.lstm_infer_pair",
+    "compiled.gru_train",
+    "compiled.gru_forward",
+]
+State = Tensor | LSTMState
+_FUSED: dict[type[_Cell], Kernel] = {
+    LSTMCell: "fused.lstm",
+    GRUCell: "fused.gru",
+    RNNCell: "fused.rnn",
+}
+_warned_fallback = False
+
+
+@dataclass(frozen=True)
+class Route:
+    """What runs one layer: ``backend`` resolved from the requested one; ``kernels`` one name
+    per direction (forwards, then backwards), or ``("compiled.lstm_infer_pair",)`` when one
+    call runs both; ``bf16`` whether the GEMM operands are rounded to bf16; ``return_gates``
+    whether the reference loop records the gates."""
+
+    backend: Literal["reference", "fused", "compiled"]
+    kernels: tuple[Kernel, ...]
+    bf16: bool = False
+    return_gates: bool = False
+
+
+class LayerScan(NamedTuple):
+    """What :func:`scan_layer` returns: ``output`` (B, T, D*H), both directions concatenated;
+    ``finals`` each direction's final state; ``gates`` per direction the reference loop's
+    records (gate name -> (B, T, H)), or None where gates were not asked for."""
+
+    output: Tensor
+    finals: list[State]
+    gates: list[dict[str, Tensor] | None]
+
+
+def scan_layer(
+    cells: Sequence[_Cell],
+    x: Tensor,
+    states: Sequence[State],
+    mask: Tensor | None,
+    *,
+    backend: Backend = "auto",
+    precision: Literal["fp32", "bf16"] = "fp32",
+    return_gates: bool = False,
+) -> LayerScan:
+    """Run one layer: ``cells`` (forward cell, then the backward one if bidirectional) over x
+    (B, T, I) from ``states`` (each (B, H), an :class:`LSTMState` for LSTM), skipping steps where
+    ``mask`` (B, T) is False (None: every step is real).
+
+    Routing table. The first row whose conditions hold decides; "grad" means autograd will want
+    gradients of the scan (grad mode on and x, a cell's parameter or an initial state requires
+    grad; the module's train/eval mode plays no part), "mask" a ``mask`` that is not None (the
+    layers pass None when every step is real, e.g. all lengths equal T), "compiled runs" means
+    :func:`rnnlab.nn.backends.compiled_unavailable` finds nothing against the cell and x (LSTM
+    or GRU, float32/float64 on the CPU, extension built)::
+
+        backend      call conditions                                 kernel (each direction)
+        -----------  ----------------------------------------------  -------------------------
+        reference    any                                             reference.scan
+        auto         return_gates                                    reference.scan (records)
+        fused,       return_gates                                    ValueError: only the
+          compiled                                                     reference records gates
+        fused        LSTM / GRU / RNN cell                           fused.lstm / .gru / .rnn
+        compiled     compiled cannot run                             RuntimeError: the reason
+                                                                       and the fix
+        auto         compiled cannot run                             fused.lstm / .gru / .rnn
+                                                                       (warns once if the
+                                                                       extension failed to build)
+        compiled,    LSTM, bidirectional, no grad, no mask, float32  compiled.lstm_infer_pair
+          auto                                                         (both in one call)
+                     LSTM, grad                                      compiled.lstm_train
+                     LSTM, no grad, no mask, float32                 compiled.lstm_infer
+                     LSTM, no grad, mask or float64                  compiled.lstm_forward
+                     GRU, grad                                       compiled.gru_train
+                     GRU, no grad                                    compiled.gru_forward
+
+        bf16 GEMM operands (Route.bf16), from the backend chosen above:
+        precision    call conditions                                 bf16
+        -----------  ----------------------------------------------  -------------------------
+        fp32         compiled, LSTM, under                           on
+                       torch.autocast("cpu", dtype=torch.bfloat16)
+        fp32         anything else                                   off
+        bf16         compiled, LSTM, float32                         on
+        bf16         anything else                                   RuntimeError: the reason
+                                                                       and the fix
+
+    bf16 keeps float32 parameters, gates, cell state and outputs (see :func:`use_bf16`).
+    Returns a :class:`LayerScan`; :func:`route_layer` gives the decision without running it.
+    """
+    route = route_layer(
+        cells, x, states, mask, backend=backend, precision=precision, return_gates=return_gates
+    )
+    if route.kernels == ("compiled.lstm_infer_pair",):
+        pair_cells, pair_states = (cells[0], cells[1]), (states[0], states[1])
+        output, finals = compiled.lstm_infer_pair(pair_cells, x, pair_states, bf16=route.bf16)
+        return LayerScan(output, finals, [None, None])
+    outputs, finals, gates = [], [], []
+    for direction, (kernel, cell, state) in enumerate(
+        zip(route.kernels, cells, states, strict=True)
+    ):
+        out, final, records = _run(kernel, route, cell, x, state, mask, reverse=direction == 1)
+        outputs.append(out)  # (B, T, H)
+        finals.append(final)
+        gates.append(records)
+    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)  # (B, T, D*H)
+    return LayerScan(output, finals, gates)
+
+
+def route_layer(
+    cells: Sequence[_Cell],
+    x: Tensor,
+    states: Sequence[State],
+    mask: Tensor | None,
+    *,
+    backend: Backend = "auto",
+    precision: Literal["fp32", "bf16"] = "fp32",
+    return_gates: bool = False,
+) -> Route:
+    """The :class:`Route` that :func:`scan_layer` takes for these arguments (its docstring has
+    the table); raises where the table says so."""
+    chosen = resolve_backend(cells[0], x, backend, return_gates=return_gates)
+    bf16 = use_bf16(cells[0], x, backend=chosen, precision=precision)
+    if chosen == "reference":
+        kernels: tuple[Kernel, ...] = ("reference",) * len(cells)
+    elif chosen == "fused":
+        kernels = tuple(_fused_kernel(cell) for cell in cells)
+    elif _pair_applies(cells, x, states, mask):
+        kernels = ("compiled.lstm_infer_pair",)
+    else:
+        kernels = tuple(
+            _compiled_kernel(cell, x, state, mask)
+            for cell, state in zip(cells, states, strict=True)
+        )
+    return Route(chosen, kernels, bf16, return_gates)
+
+
+def _pair_applies(
+    cells: Sequence[_Cell], x: Tensor, states: Sequence[State], mask: Tensor | None
+) -> bool:
+    """The bidirectional pair kernel's rows of the table: two LSTM cells, unpadded float32
+    inference."""
+    return (
+        len(cells) == 2
+        and all(isinstance(cell, LSTMCell) for cell in cells)
+        and mask is None
+        and x.dtype == torch.float32
+        and not needs_backward(x, cells, states)
+    )
+
+
+def _fused_kernel(cell: _Cell) -> Kernel:
+    """The fused row of the table: the kernel written for the cell's type."""
+    for cell_type, kernel in _FUSED.items():
+        if isinstance(cell, cell_type):
+            return kernel
+    raise TypeError(f"expected an RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
+
+
+def _compiled_kernel(cell: _Cell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
+    """The compiled rows of the table for one direction."""
+    grad = needs_backward(x, [cell], [state])
+    if isinstance(cell, LSTMCell):
+        if grad:
+            return "compiled.lstm_train"
+        if mask is None and x.dtype == torch.float32:
+            return "compiled.lstm_infer"
+        return "compiled.lstm_forward"
+    return "compiled.gru_train" if grad else "compiled.gru_forward"
+
+
+def _run(
+    kernel: Kernel,
+    route: Route,
+    cell: _Cell,
+    x: Tensor,
+    state: State,
+    mask: Tensor | None,
+    *,
+    reverse: bool,
+) -> tuple[Tensor, State, dict[str, Tensor] | None]:
+    """Call ``kernel`` on one direction: (output (B, T, H), final state, gates or None)."""
+    if kernel == "reference":
+        return reference.scan(
+            cell, x, state, mask, reverse=reverse, return_gates=route.return_gates
+        )
+    if kernel == "fused.lstm":
+        out, final = fused.lstm(cell, x, state, mask, reverse=reverse)
+    elif kernel == "fused.gru":
+        out, final = fused.gru(cell, x, state, mask, reverse=reverse)
+    elif kernel == "fused.rnn":
+        out, final = fused.rnn(cell, x, state, mask, reverse=reverse)
+    elif kernel == "compiled.lstm_train":
+        out, final = compiled.lstm_train(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
+    elif kernel == "compiled.lstm_forward":
+        out, final = compiled.lstm_forward(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
+    elif kernel == "compiled.lstm_infer":
+        out, final = compiled.lstm_infer(cell, x, state, reverse=reverse, bf16=route.bf16)
+    elif kernel == "compiled.gru_train":
+        out, final = compiled.gru_train(cell, x, state, mask, reverse=reverse)
+    elif kernel == "compiled.gru_forward":
+        out, final = compiled.gru_forward(cell, x, state, mask, reverse=reverse)
+    else:
+        raise AssertionError(f"no single-direction kernel named {kernel!r}")
+    return out, final, None
+
+
+def resolve_backend(
+    cell: _Cell, x: Tensor, requested: Backend, *, return_gates: bool = False
+) -> Literal["reference", "fused", "compiled"]:
+    """The backend the table's first rows give ``requested`` for ``cell`` on ``x``: "reference"
+    when asked for or when gates are (only it records them), else "compiled" where the C++
+    kernels can run and "fused" (pure torch) where they cannot. A forced backend that cannot
+    honour the call raises, naming the cause and the fix; "auto" warns once if the extension
+    failed to build, and then uses "fused"."""
+    global _warned_fallback
+    if requested not in BACKENDS:
+        raise ValueError(f"expected backend in {BACKENDS}, got {requested!r}")
+    if requested == "reference":
+        return "reference"
+    if return_gates:
+        if requested != "auto":
+            raise ValueError(
+                f"{type(cell).__name__.removesuffix('Cell')}(backend={requested!r}) cannot "
+                "return per-step gates: only the reference loop records them. Use "
+                "backend='auto' or 'reference' to inspect gates."
+            )
+        return "reference"
+    if requested == "fused":
+        return "fused"
+    reason = compiled.compiled_unavailable(cell, x)
+    if reason is None:
+        return "compiled"
+    if requested == "compiled":
+        raise RuntimeError(
+            f"backend='compiled' cannot run here: {reason}. Use backend='auto' (falls back to "
+            "the pure-torch fused path) or backend='fused'."
+        )
+    if _ext.build_failed() and not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"rnnlab: using the slower pure-torch fused path because {reason}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return "fused"
+
+
+def use_bf16(
+    cell: _Cell,
+    x: Tensor,
+    *,
+    backend: Literal["reference", "fused", "compiled"],
+    precision: Literal["fp32", "bf16"],
+) -> bool:
+    """Whether the LSTM kernels run their GEMMs in bf16: with ``precision="bf16"``, or under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)`` where the compiled kernels run.
+
+    bf16 mode keeps float32 master weights, gates, cell state c and outputs: only the GEMM
+    operands (x, h, the weights, the backward's gate gradients) are rounded to bf16, and oneDNN
+    accumulates in fp32 on avx512_bf16. Asking for it (``precision="bf16"``) where the compiled
+    kernels do not run raises, naming the cause; autocast there falls back to float32."""
+    if precision == "fp32":
+        return backend == "compiled" and isinstance(cell, LSTMCell) and autocast_bf16()
+    if backend == "compiled" and isinstance(cell, LSTMCell) and x.dtype == torch.float32:
+        return True
+    why = compiled.compiled_unavailable(cell, x) if backend != "reference" else None
+    if why is None and backend == "compiled":
+        why = f"bf16 mode takes float32 input and weights, got {x.dtype}"
+    why = why or f"this call uses backend {backend!r}"
+    raise RuntimeError(
+        f"precision='bf16' runs the LSTM's GEMMs in bf16 on the compiled kernels only "
+        f"(float32 parameters, CPU), but {why}. Use backend='auto' or 'compiled' where the "
+        "extension builds, or precision='fp32'."
+    )
+
+
+def needs_backward(x: Tensor, cells: Sequence[_Cell], states: Sequence[State]) -> bool:
+    """Whether autograd will want gradients of this scan: of x, the cells' weights or the
+    initial states. Otherwise the compiled kernels skip saving what a backward pass needs."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [x, *(p for cell in cells for p in cell.parameters())]
+    for state in states:
+        tensors += list(state) if isinstance(state, LSTMState) else [state]
+    return any(t.requires_grad for t in tensors)
+
+
+def autocast_bf16() -> bool:
+    """Whether ``torch.autocast("cpu", dtype=torch.bfloat16)`` is active."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def autocast_input(x: Tensor, cell: _Cell) -> Tensor:
+    """Under CPU autocast a layer's input may arrive in bf16 (from an autocast Linear); the
+    recurrent layers keep float32 weights and state, so such input is cast up to them."""
+    if x.dtype == torch.bfloat16 and cell.weight_hh.dtype == torch.float32 and autocast_bf16():
+        return x.float()
+    return x

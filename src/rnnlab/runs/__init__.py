@@ -1,0 +1,18 @@
+"""Runs on disk: train a configuration into a run directory (:func:`train`), resume it
+(:func:`resume`), load it back (:func:`load_run`). :mod:`~rnnlab.runs.layout` describes the
+directory; :mod:`~rnnlab.runs.session` trains; :mod:`~rnnlab.runs.load` reads a trained run."""
+
+from rnnlab.runs.layout import RunError, default_run_dir, read_config, run_data_dir
+from rnnlab.runs.load import load_run, load_run_data
+from rnnlab.runs.session import resume, train
+
+__all__ = [
+    "RunError",
+    "default_run_dir",
+    "load_run",
+    "load_run_data",
+    "read_config",
+    "resume",
+    "run_data_dir",
+    "train",
+]

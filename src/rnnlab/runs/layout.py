@@ -1,0 +1,106 @@
+"""The run directory: its layout, and reading what a run left there.
+
+A run directory holds::
+
+    config.json          the resolved configuration
+    run.json             preset, data directory, status ("running", "finished", "interrupted",
+                         "diverged"), argv, versions
+    <artifacts>          what the task keeps beside the weights (text: vocab.json, the word
+                         index new reviews are encoded with)
+    metrics.jsonl        one line per logged step and per epoch
+    checkpoints/         last.json + last-<step>.safetensors, best.json + best-<step>...
+    learning_curve.png   loss and the first metric against steps
+    report.json          the final numbers (written last: its presence means "finished")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rnnlab.config import Config, ConfigError
+from rnnlab.files import atomic_write
+
+__all__ = [
+    "RunError",
+    "check_new_out",
+    "default_run_dir",
+    "json_bytes",
+    "read_config",
+    "read_json",
+    "run_data_dir",
+]
+PathLike = str | os.PathLike[str]
+
+
+class RunError(ValueError):
+    """A run directory is missing, foreign, finished, not writable, or its run failed."""
+
+
+def json_bytes(values: Any) -> bytes:
+    return (json.dumps(values, indent=2) + "\n").encode("utf-8")
+
+
+def default_run_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_new_out(out: Path, create: bool = False) -> None:
+    """``out`` must be new or an empty directory (the ``--out`` of a fresh run); with
+    ``create``, make it and check that it is writable."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(
+            f"--out {out}: expected a new or empty directory, got an existing "
+            f"{'file' if not out.is_dir() else 'non-empty directory'} (resume a run "
+            "with --resume, or choose another --out)"
+        )
+    if not create:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / ".write-test", b"")
+        (out / ".write-test").unlink()
+    except OSError as exc:
+        raise RunError(
+            f"--out {out}: expected a writable directory, got {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise RunError(f"{path}: expected {what}, got no such file") from exc
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: expected {what}, got {type(exc).__name__}: {exc}") from exc
+
+
+def read_config(run_dir: PathLike) -> Config:
+    """The configuration of an existing run directory (a clear error for a foreign folder)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(
+            f"{run_dir}: expected an rnnlab run directory, got "
+            f"{'a file' if run_dir.exists() else 'nothing there'}"
+        )
+    values = read_json(run_dir / "config.json", "an rnnlab run's config.json")
+    try:
+        return Config.from_dict(values)
+    except ConfigError as exc:
+        raise RunError(
+            f"{run_dir / 'config.json'}: expected an rnnlab configuration, got "
+            f"an incompatible one ({exc})"
+        ) from exc
+
+
+def run_data_dir(run_dir: PathLike, data_dir: PathLike | None = None) -> PathLike | None:
+    """``data_dir`` if given, else the data directory the run was trained on (run.json)."""
+    if data_dir is not None:
+        return data_dir
+    info = Path(run_dir) / "run.json"
+    if not info.is_file():
+        return None
+    return read_json(info, "an rnnlab run's run.json").get("data_dir")

@@ -1,0 +1,287 @@
+"""The routing table of rnnlab.nn.backends.scan_layer, one test per row: which kernel ran.
+
+Every kernel function is wrapped to record its name (and its ``bf16`` argument) before the
+layer runs, so these tests fail if a call ends up in another kernel than the table says.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import rnnlab
+from compiled_kernels import require_compiled_kernels
+from rnnlab.nn.backends import (
+    _ext,
+    compiled,
+    compiled_unavailable,
+    dispatch,
+    fused,
+    reference,
+    route_layer,
+    scan_layer,
+)
+
+KERNELS = {  # kernel name in the table -> (module, function)
+    "reference": (reference, "scan"),
+    "fused.lstm": (fused, "lstm"),
+    "fused.gru": (fused, "gru"),
+    "fused.rnn": (fused, "rnn"),
+    "compiled.lstm_train": (compiled, "lstm_train"),
+    "compiled.lstm_forward": (compiled, "lstm_forward"),
+    "compiled.lstm_infer": (compiled, "lstm_infer"),
+    "compiled.lstm_infer_pair": (compiled, "lstm_infer_pair"),
+    "compiled.gru_train": (compiled, "gru_train"),
+    "compiled.gru_forward": (compiled, "gru_forward"),
+}
+SRC = Path(rnnlab.__file__).parent
+
+
+@pytest.fixture
+def ran(monkeypatch) -> list[tuple[str, bool]]:
+    """(kernel name, bf16 argument) of every kernel call, in order."""
+    calls: list[tuple[str, bool]] = []
+    for name, (module, attr) in KERNELS.items():
+        monkeypatch.setattr(module, attr, recorder(name, getattr(module, attr), calls))
+    return calls
+
+
+def recorder(name: str, kernel, calls: list[tuple[str, bool]]):
+    """``kernel``, appending (name, bf16) to ``calls`` on every call."""
+
+    def record(*args, **kwargs):
+        calls.append((name, kwargs.get("bf16", False)))
+        return kernel(*args, **kwargs)
+
+    return record
+
+
+@pytest.fixture
+def ext():
+    return require_compiled_kernels()
+
+
+def names(calls: list[tuple[str, bool]]) -> list[str]:
+    return [name for name, _ in calls]
+
+
+def call(layer, x, grad: bool = False, **kwargs):
+    """Run ``layer`` on x with grad mode on or off."""
+    with torch.set_grad_enabled(grad):
+        return layer(x, **kwargs)
+
+
+X = torch.randn(3, 4, 2)  # (B, T, I)
+LENGTHS = dict(lengths=torch.tensor([4, 2, 3]), padding="pre")
+
+
+def test_compiled_kernels_build_in_ci() -> None:
+    """Fails when CI is set and the extension cannot build; skips with the reason elsewhere."""
+    ext = require_compiled_kernels()
+    assert all(hasattr(ext, name) for name in ("lstm_forward", "lstm_infer_pair", "gru_backward"))
+
+
+def test_the_docstring_table_names_every_kernel() -> None:
+    doc = scan_layer.__doc__
+    assert all(name.split(".")[-1] in doc for name in KERNELS)
+    assert set(KERNELS) == set(dispatch.Kernel.__args__)
+
+
+# -- reference and return_gates -------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [rnnlab.LSTM, rnnlab.GRU, rnnlab.RNN])
+@pytest.mark.parametrize("grad", [False, True])
+def test_reference_backend_runs_the_loop(ran, cls, grad: bool) -> None:
+    call(cls(2, 3, num_layers=2, bidirectional=True, backend="reference"), X, grad)
+    assert names(ran) == ["reference"] * 4
+
+
+def test_auto_with_return_gates_runs_the_loop(ran) -> None:
+    out, _, gates = call(rnnlab.LSTM(2, 3, bidirectional=True), X, return_gates=True)
+    assert names(ran) == ["reference"] * 2
+    assert set(gates[0][1]) == {"i", "f", "g", "o", "c", "h"}
+
+
+@pytest.mark.parametrize("backend", ["fused", "compiled"])
+def test_forced_fast_backend_with_return_gates_raises(ran, backend: str) -> None:
+    with pytest.raises(ValueError, match=rf"LSTM\(backend='{backend}'\) cannot return per-step"):
+        call(rnnlab.LSTM(2, 3, backend=backend), X, return_gates=True)
+    assert ran == []
+
+
+# -- fused ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls, kernel", [(rnnlab.LSTM, "fused.lstm"), (rnnlab.GRU, "fused.gru")])
+@pytest.mark.parametrize("grad", [False, True])
+def test_fused_backend_runs_the_fused_kernel(ran, cls, kernel: str, grad: bool) -> None:
+    call(cls(2, 3, bidirectional=True, backend="fused"), X, grad, **LENGTHS)
+    assert names(ran) == [kernel] * 2
+
+
+def test_auto_runs_fused_where_compiled_cannot(ran) -> None:
+    call(rnnlab.RNN(2, 3, num_layers=2), X)  # no compiled RNN kernel
+    layer = rnnlab.LSTM(2, 3).half()
+    assert layer.resolve_backend(x=X.half()) == "fused"  # float16: no compiled kernel
+    assert names(ran) == ["fused.rnn"] * 2
+
+
+def test_auto_without_the_extension_runs_fused(ran, monkeypatch) -> None:
+    monkeypatch.setattr(_ext, "_tried", False)
+    monkeypatch.setattr(_ext, "_module", None)
+    monkeypatch.setattr(_ext, "_reason", None)  # restored afterwards, like the two above
+    monkeypatch.setenv("RNNLAB_NO_EXTENSION", "1")
+    call(rnnlab.LSTM(2, 3), X)
+    call(rnnlab.GRU(2, 3), X, grad=True)
+    assert names(ran) == ["fused.lstm", "fused.gru"]
+    with pytest.raises(RuntimeError, match="disabled by RNNLAB_NO_EXTENSION"):
+        call(rnnlab.LSTM(2, 3, backend="compiled"), X)
+
+
+def test_auto_warns_once_when_the_build_failed(ran, monkeypatch) -> None:
+    monkeypatch.setattr(_ext, "_tried", True)
+    monkeypatch.setattr(_ext, "_module", None)
+    monkeypatch.setattr(_ext, "_build_failed", True)
+    monkeypatch.setattr(_ext, "_reason", "building the extension failed: boom")
+    monkeypatch.setattr(dispatch, "_warned_fallback", False)
+    with pytest.warns(RuntimeWarning, match="fused path because building the extension failed"):
+        call(rnnlab.LSTM(2, 3), X)
+    call(rnnlab.LSTM(2, 3), X)  # no second warning (pytest's filter would turn it into one)
+    assert names(ran) == ["fused.lstm"] * 2
+
+
+def test_forced_compiled_that_cannot_run_names_the_cause(ran) -> None:
+    with pytest.raises(RuntimeError, match="cover LSTM and GRU cells, not RNNCell.*backend='auto'"):
+        call(rnnlab.RNN(2, 3, backend="compiled"), X)
+    with pytest.raises(
+        RuntimeError, match="need float32 or float64 input.*got input torch.float16"
+    ):
+        call(rnnlab.LSTM(2, 3, backend="compiled").half(), X.half())
+    assert ran == []
+
+
+# -- compiled -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["auto", "compiled"])
+def test_bidirectional_lstm_inference_runs_the_pair_kernel(ext, ran, backend: str) -> None:
+    layer = rnnlab.LSTM(2, 3, num_layers=2, bidirectional=True, dropout=0.5, backend=backend)
+    call(layer.train(), X)  # train mode under no_grad: still inference kernels
+    assert ran == [("compiled.lstm_infer_pair", False)] * 2
+
+
+def test_lstm_with_grad_runs_the_training_kernel(ext, ran) -> None:
+    call(rnnlab.LSTM(2, 3, bidirectional=True), X, grad=True)
+    call(rnnlab.LSTM(2, 3), X, grad=True, **LENGTHS)
+    assert names(ran) == ["compiled.lstm_train"] * 3
+
+
+def test_frozen_lstm_under_grad_mode_runs_inference_kernels(ext, ran) -> None:
+    """ "grad" is whether autograd wants gradients of the scan, not the grad mode alone."""
+    layer = rnnlab.LSTM(2, 3, bidirectional=True).requires_grad_(False)
+    call(layer, X, grad=True)
+    call(layer, X.clone().requires_grad_(True), grad=True)
+    assert names(ran) == ["compiled.lstm_infer_pair", "compiled.lstm_train", "compiled.lstm_train"]
+
+
+def test_unpadded_float32_lstm_inference_runs_lstm_infer(ext, ran) -> None:
+    call(rnnlab.LSTM(2, 3, num_layers=2), X)
+    assert names(ran) == ["compiled.lstm_infer"] * 2
+
+
+def test_masked_or_float64_lstm_inference_runs_lstm_forward(ext, ran) -> None:
+    call(rnnlab.LSTM(2, 3, bidirectional=True), X, **LENGTHS)
+    call(rnnlab.LSTM(2, 3, bidirectional=True).double(), X.double())
+    call(rnnlab.LSTM(2, 3), X, mask=torch.rand(3, 4) < 0.5)
+    assert names(ran) == ["compiled.lstm_forward"] * 5
+
+
+@pytest.mark.parametrize(
+    "grad, kernel", [(True, "compiled.gru_train"), (False, "compiled.gru_forward")]
+)
+def test_gru_runs_its_compiled_kernels(ext, ran, grad: bool, kernel: str) -> None:
+    call(rnnlab.GRU(2, 3, bidirectional=True), X, grad)  # no pair kernel for GRU
+    call(rnnlab.GRU(2, 3).double(), X.double(), grad, **LENGTHS)
+    assert names(ran) == [kernel] * 3
+
+
+# -- bf16 -----------------------------------------------------------------------------------------
+def test_precision_bf16_runs_compiled_lstm_kernels_in_bf16(ext, ran) -> None:
+    layer = rnnlab.LSTM(2, 4, bidirectional=True, precision="bf16")
+    call(layer, X)
+    call(layer, X, grad=True)
+    assert ran == [("compiled.lstm_infer_pair", True)] + [("compiled.lstm_train", True)] * 2
+
+
+def test_autocast_runs_compiled_lstm_in_bf16_and_nothing_else(ext, ran) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        call(rnnlab.LSTM(2, 4), X.bfloat16())  # bf16 input is cast up to the float32 weights
+        call(rnnlab.GRU(2, 4), X)
+        call(rnnlab.LSTM(2, 4, backend="fused"), X)
+    assert ran == [("compiled.lstm_infer", True), ("compiled.gru_forward", False)] + [
+        ("fused.lstm", False)
+    ]
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_precision_bf16_where_compiled_does_not_run_raises(ran, backend: str) -> None:
+    layer = rnnlab.LSTM(2, 4, backend=backend, precision="bf16")
+    # the cause: why the compiled kernels cannot run, else that this call does not use them
+    why = compiled_unavailable(layer.cell(0), X) if backend == "fused" else None
+    why = why or f"this call uses backend '{backend}'"
+    with pytest.raises(RuntimeError, match=f"but {re.escape(why)}"):
+        call(layer, X)
+    with pytest.raises(RuntimeError, match="precision='bf16' runs the LSTM's GEMMs in bf16"):
+        call(rnnlab.LSTM(2, 4, precision="bf16"), X, return_gates=True)
+    assert ran == []
+
+
+def test_precision_bf16_on_float64_names_the_dtype(ext) -> None:
+    layer = rnnlab.LSTM(2, 4, precision="bf16").double()
+    with pytest.raises(RuntimeError, match="bf16 mode takes float32 input and weights, got torch"):
+        call(layer, X.double())
+
+
+# -- the decision without running it --------------------------------------------------------------
+def test_route_layer_and_resolve_backend_report_the_decision(ext) -> None:
+    layer = rnnlab.LSTM(2, 3, bidirectional=True)
+    states = [rnnlab.LSTMState(torch.zeros(3, 3), torch.zeros(3, 3))] * 2
+    with torch.no_grad():
+        route = route_layer(list(layer.cells), X, states, None, backend="auto")
+    assert route == dispatch.Route("compiled", ("compiled.lstm_infer_pair",), False, False)
+    assert layer.resolve_backend(x=X) == "compiled"
+    assert rnnlab.GRU(2, 3).resolve_backend(x=X) == "compiled"
+    assert rnnlab.RNN(2, 3).resolve_backend(x=X) == "fused"
+    assert layer.resolve_backend(return_gates=True) == "reference"
+
+
+# -- the dependency rules the table relies on ----------------------------------------------------
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+    return found
+
+
+def test_fused_is_pure_torch_and_layers_pick_no_kernel() -> None:
+    """fused.py never touches the C++ kernels; layers.py never imports interop (interop imports
+    it) and reaches the backends only through the dispatcher."""
+    fused_imports = imported_modules(SRC / "nn" / "backends" / "fused.py")
+    assert not any("compiled" in m or "_ext" in m for m in fused_imports), fused_imports
+    layers = SRC / "nn" / "layers.py"
+    layer_imports = imported_modules(layers)
+    assert not any("interop" in m for m in layer_imports), layer_imports
+    backend_imports = {m for m in layer_imports if m.startswith("rnnlab.nn.backends")}
+    allowed = {"rnnlab.nn.backends", "rnnlab.nn.backends.BACKENDS", "rnnlab.nn.backends.Backend"}
+    assert backend_imports <= allowed, backend_imports
+    used = {
+        node.attr
+        for node in ast.walk(ast.parse(layers.read_text()))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "backends"
+    }
+    assert used == {"scan_layer", "resolve_backend", "autocast_input"}, used
