@@ -18,7 +18,8 @@ wheel=$(ls "$tmp"/dist/rnnlab-*.whl)
 ls "$tmp"/dist/rnnlab-*.tar.gz >/dev/null
 echo "wheel: $(basename "$wheel"), $(du -k "$wheel" | cut -f1) KiB"
 
-# The files a user needs beside the code: presets, data samples, the kernels' sources.
+# The files a user needs beside the code: presets, data samples, the kernels' sources, the
+# pages of `rnnlab serve`.
 "$PYTHON" - "$wheel" <<'PY'
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
@@ -28,6 +29,8 @@ want = {
     "kernel sources": [n for n in names if n.startswith("rnnlab/nn/backends/_ext/")
                        and n.endswith((".cpp", ".h"))],
     "python modules": [n for n in names if n.endswith(".py")],
+    "serve pages": [n for n in names if n.startswith("rnnlab/serve/static/")
+                    and n.endswith((".html", ".js", ".css"))],
 }
 missing = [what for what, found in want.items() if not found]
 print("wheel holds: " + ", ".join(f"{len(found)} {what}" for what, found in want.items()))

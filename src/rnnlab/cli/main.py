@@ -30,6 +30,7 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "build-kernels": ("rnnlab.cli.kernels", "compile the C++ LSTM/GRU kernels now (once)"),
     "info": ("rnnlab.cli.info", "versions, CPU capabilities and the backend rnnlab picks"),
     "export": ("rnnlab.export", "export a trained run to ONNX"),
+    "serve": ("rnnlab.serve", "watch trained runs think, live in the browser"),
 }
 
 # Verbs that train or run models, for which glibc keeps freed memory for reuse (rnnlab.allocator;

@@ -1,0 +1,240 @@
+"""The one place where ``rnnlab serve`` touches models: every call into the model code goes
+through :class:`ServedRun`, which asks the run's task (:mod:`rnnlab.tasks`: ``example``,
+``prefix_probabilities``, ``label_names``, ``read_artifacts``) and records gates with
+:func:`rnnlab.inspect.trace.record_gates`. The web layer (:mod:`rnnlab.serve.app`) only sees plain
+dicts and lists, so adding language models (issue 12) changes this file alone.
+
+Shape legend: T time (word positions or image rows), H hidden units, C classes.
+
+What the web layer calls, and what the coordinator rewires:
+
+* :func:`load_served_run` -- load a run once (config, model in eval mode, vocabulary) and
+  :meth:`ServedRun.warm_up` it;
+* :attr:`ServedRun.kind` -- "text", "image" (later "lm"): which page and which analyses;
+* :meth:`ServedRun.describe` -- what the pages need to know about a run (kind, classes, layers);
+* :meth:`ServedRun.classify` -- text or a 28-row image -> the final prediction and the class
+  probabilities had the input ended after each token or row;
+* :meth:`ServedRun.trace` -- the same plus every recorded gate (T, H) of one layer/direction and
+  each unit's activity;
+* :meth:`ServedRun.generate` and :meth:`ServedRun.score` -- language models; no run kind has them
+  yet, so they raise :class:`UnsupportedError` (answered 400 naming the run's kind).
+
+Models are not thread-safe here (:func:`rnnlab.inspect.trace.record_gates` switches the layers to
+their reference loop while it records), so every model call holds the run's ``lock``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rnnlab.inspect.trace import activity, record_gates, recurrent_layers
+from rnnlab.runs import load_run
+from rnnlab.tasks import Example, PredictError, Task, get_task
+from rnnlab.tasks.image import IMAGE_ROWS, light_background
+
+__all__ = ["InputError", "ServedRun", "UnsupportedError", "load_served_run"]
+
+PathLike = str | os.PathLike[str]
+
+
+class InputError(ValueError):
+    """An input the model cannot read; ``field`` names the request field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnsupportedError(ValueError):
+    """An analysis the run's kind of model does not offer (e.g. generate on a classifier)."""
+
+
+def _rounded(values: np.ndarray, digits: int = 4) -> list:
+    """numpy -> nested lists of floats, NaN as None (JSON has no NaN)."""
+    out = np.round(values.astype(np.float64), digits)
+    return np.where(np.isnan(out), None, out).tolist()
+
+
+@dataclass
+class ServedRun:
+    """A run loaded once for serving: its task (:mod:`rnnlab.tasks`, which encodes inputs and
+    computes the prefix predictions) and the task's artifacts (a text run's vocabulary). ``kind``
+    is "text" (review classifier), "image" (digit classifier) or, later, "lm" (language model)."""
+
+    name: str
+    run_dir: Path
+    config: Any
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    task: Task
+    artifacts: dict[str, Any]
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return "text" if self.config.model.kind == "text" else "image"
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.task.label_names()
+
+    def describe(self) -> dict[str, Any]:
+        """What a page needs to draw controls: kind, cell, layers, directions, hidden sizes,
+        class names, the image size (image runs) and the checkpoint served."""
+        m = self.config.model
+        out = {
+            "name": self.name,
+            "kind": self.kind,
+            "cell": m.cell,
+            "layers": len(m.hidden_sizes),
+            "directions": 2 if m.bidirectional else 1,
+            "hidden_sizes": list(m.hidden_sizes),
+            "classes": self.class_names,
+            "checkpoint": self.meta["tag"],
+            "step": self.meta["state"]["step"],
+            "analyses": ["classify", "trace"],
+        }
+        if self.kind == "image":
+            out["image_shape"] = [IMAGE_ROWS, m.input_size]
+        return out
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def _example(self, text: str | None, image: np.ndarray | None, invert: str) -> Example:
+        """The request's input as the model reads it; exactly one of ``text`` or ``image``, the
+        one matching the run's kind."""
+        if self.kind == "text":
+            if text is None:
+                raise InputError(
+                    "text", f"run {self.name!r} is a text model: expected 'text', got an image"
+                )
+            try:
+                return self.task.example(text, self.artifacts)
+            except PredictError as exc:
+                raise InputError("text", str(exc)) from exc
+        if image is None:
+            raise InputError(
+                "image", f"run {self.name!r} is an image model: expected 'image' or 'png', got text"
+            )
+        shape = (IMAGE_ROWS, self.config.model.input_size)
+        if image.shape != shape:
+            raise InputError("image", f"expected a {shape[0]}x{shape[1]} image, got {image.shape}")
+        if invert == "always" or (invert == "auto" and light_background(image)):
+            image = 1.0 - image  # MNIST is light on dark
+        return self.task.example((image, None), self.artifacts)
+
+    def _prediction(self, example: Example) -> dict[str, Any]:
+        probabilities = self.task.prefix_probabilities(self.model, example)  # (T, C)
+        steps = np.flatnonzero(example.real)
+        final = probabilities[steps[-1]]  # (C,)
+        best = int(np.argmax(final))
+        out = {
+            "label": best,
+            "label_name": self.class_names[best],
+            "probability": float(final[best]),
+            "probabilities": _rounded(final, 6),
+            "classes": self.class_names,
+            "steps": [example.labels[k] for k in steps],
+            "step_probabilities": _rounded(probabilities[steps]),  # (n, C), real steps only
+        }
+        if example.oov is not None:
+            out["oov"] = [bool(example.oov[k]) for k in steps]
+        if example.image is not None:
+            out["image"] = _rounded(example.image, 3)  # as read, after any inversion
+        return out
+
+    # -- analyses -----------------------------------------------------------------------------
+
+    def classify(
+        self, text: str | None = None, image: np.ndarray | None = None, invert: str = "auto"
+    ) -> dict[str, Any]:
+        """The prediction for ``text`` (text runs) or a (28, I) ``image`` in [0, 1] (image
+        runs), and ``step_probabilities`` (n, C): the prediction had the input ended after each
+        of its n real steps (``steps`` names them: words, or ``row k``)."""
+        example = self._example(text, image, invert)
+        with self.lock:
+            return self._prediction(example)
+
+    def trace(
+        self,
+        text: str | None = None,
+        image: np.ndarray | None = None,
+        invert: str = "auto",
+        layer: int = 0,
+        direction: int = 0,
+    ) -> dict[str, Any]:
+        """:meth:`classify` plus ``gates``: name -> (n, H) over the real steps of ``layer`` in
+        ``direction`` (LSTM i, f, g, o, c, h; GRU r, z, n, h; RNN h), ``activity`` (H,) (the
+        spread of each unit's c or h) and ``top_units``, most active first."""
+        example = self._example(text, image, invert)
+        layers = len(self.config.model.hidden_sizes)
+        if not 0 <= layer < layers:
+            raise InputError("layer", f"expected 0..{layers - 1}, got {layer}")
+        directions = 2 if self.config.model.bidirectional else 1
+        if not 0 <= direction < directions:
+            raise InputError("direction", f"expected 0..{directions - 1}, got {direction}")
+        with self.lock:
+            out = self._prediction(example)
+            gates = record_gates(self.model, example.inputs, layer, direction)  # name -> (T, H)
+        real = example.real
+        act = activity(gates, real)  # (H,)
+        out.update(
+            layer=layer,
+            direction=direction,
+            cell=self.config.model.cell,
+            gates={name: _rounded(value[real]) for name, value in gates.items()},
+            activity=_rounded(act, 6),
+            top_units=[int(u) for u in np.argsort(-act, kind="stable")],
+        )
+        return out
+
+    def generate(
+        self, prompt: str, max_tokens: int, temperature: float, top_k: int, unit: int
+    ) -> Iterator[dict[str, Any]]:
+        """Language models: an iterator of one dict per generated token ``{"token", "id",
+        "probability", "top": [{"token", "probability"}] (the 5 likeliest), "value": the
+        ``unit``'s cell state after it}``, stepping the carried state (never re-reading the
+        prompt). It should take the lock per step, not for the whole stream. No served kind
+        generates yet (issue 12)."""
+        raise UnsupportedError(
+            f"run {self.name!r} is a {self.kind} classifier: generate expects a language model run"
+        )
+
+    def score(self, text: str) -> dict[str, Any]:
+        """Language models: per-token log-probabilities of ``text`` (``{"tokens",
+        "logprobs", "total"}``). No served kind scores yet (issue 12)."""
+        raise UnsupportedError(
+            f"run {self.name!r} is a {self.kind} classifier: score expects a language model run"
+        )
+
+    def warm_up(self) -> None:
+        """Run one input through both paths (the model's own and the recording one), so the
+        first request does not pay for building the compiled kernels (which can take a minute
+        the first time on a machine)."""
+        if self.kind == "text":
+            vocab = self.artifacts["vocab.json"]
+            word = min(vocab, key=vocab.get)  # the most frequent word
+            self.trace(text=word)
+        else:
+            self.trace(image=np.zeros((IMAGE_ROWS, self.config.model.input_size), np.float32))
+
+
+def load_served_run(run_dir: PathLike, name: str, checkpoint: str = "best") -> ServedRun:
+    """Load ``run_dir``'s ``checkpoint`` once (see :func:`rnnlab.runs.load_run`) and warm it up
+    (:meth:`ServedRun.warm_up`); a run whose layers record no gates (``model.backend='torch'``)
+    is refused here, before serving."""
+    run_dir = Path(run_dir)
+    config, model, meta = load_run(run_dir, checkpoint)
+    recurrent_layers(model)  # InspectError now rather than on the first trace
+    task = get_task(config)
+    served = ServedRun(name, run_dir, config, model, meta, task, task.read_artifacts(run_dir))
+    served.warm_up()
+    return served
