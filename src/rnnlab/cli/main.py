@@ -38,7 +38,7 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
 _RETAIN_MEMORY_VERBS = ("train", "evaluate", "predict", "experiment")
 # Verbs that run models: the kernels are built before them (rnnlab.cli.kernels), announced, so
 # no epoch's time includes the compiler.
-_MODEL_VERBS = ("train", "evaluate", "predict", "inspect", "experiment")
+_MODEL_VERBS = ("train", "evaluate", "predict", "inspect", "experiment", "serve")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
