@@ -176,7 +176,8 @@ class Vocabulary:
             raise ValueError(f"decode expected ids in [0, {len(self)}), got {exc}") from exc
         if self.level == "char":
             return "".join(tokens)
-        return " ".join(tokens).replace(f" {EOS} ", "\n").replace(EOS, "\n")
+        lines = " ".join(tokens).split(EOS)  # "a b <eos> c" -> ["a b ", " c"]
+        return "\n".join(line.strip(" ") for line in lines)
 
     # -- checks and storage ---------------------------------------------------------------------
     def check_size(self, expected: int, what: str = "the model") -> None:

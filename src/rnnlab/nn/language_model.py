@@ -188,7 +188,8 @@ class LanguageModel(nn.Module):
         with self._evaluating():
             for t0 in range(0, inputs.shape[1], SCORE_CHUNK):
                 logits, state = self(inputs[:, t0 : t0 + SCORE_CHUNK], state)  # (B, t, V)
-                logp = torch.log_softmax(logits.float(), dim=-1)  # (B, t, V)
+                wide = torch.promote_types(logits.dtype, torch.float32)  # bf16 -> fp32
+                logp = torch.log_softmax(logits, dim=-1, dtype=wide)  # (B, t, V)
                 target = targets[:, t0 : t0 + SCORE_CHUNK].unsqueeze(-1)  # (B, t, 1)
                 pieces.append(logp.gather(-1, target).squeeze(-1))  # (B, t)
         scores = torch.cat(pieces, dim=1)[:, max(context.shape[1] - 1, 0) :]  # (B, T or T - 1)
@@ -281,7 +282,7 @@ def sample_next(
     """Draw one token id from (V,) ``logits``: divided by ``temperature``, then kept to the
     ``top_k`` largest, then to the nucleus of mass ``top_p``; see :meth:`LanguageModel.generate`.
     """
-    logits = logits.float() / temperature  # (V,)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # (V,)
     if top_k is not None and top_k < logits.shape[0]:
         kth = torch.topk(logits, top_k).values[-1]  # the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))  # (V,)
