@@ -194,3 +194,13 @@ def test_imdb_sample_splits_are_fixed_and_disjoint():
     assert len(words.vocab) == 5000 and words.vocab.tokenizer == "imdb"
     assert np.count_nonzero(words.train == words.vocab.eos_id) == 2500
     assert words.train.dtype == np.int16
+
+
+@pytest.mark.slow
+def test_full_imdb_splits(shared_data):
+    """75,000 training reviews (train + unsup), the 25,000 test reviews halved, one line each."""
+    corpus = load_corpus("imdb", "word", data_dir=shared_data / "imdb", max_vocab=10000)
+    eos = corpus.vocab.eos_id
+    lines = [np.count_nonzero(corpus.split(s) == eos) for s in ("train", "valid", "test")]
+    assert lines == [75_000, 12_500, 12_500]
+    assert corpus.source == "imdb" and len(corpus.vocab) == 10000

@@ -134,13 +134,13 @@ def load_corpus(
             max_size=max_vocab,
             min_count=min_count,
         )
-    table = vocab.lookup(names)  # provisional id -> final id
-    literal_unk = np.array([t == UNK for t in names], dtype=bool)
     dtype = np.uint8 if len(vocab) <= 256 else np.int16 if len(vocab) <= 32768 else np.int32
+    table = vocab.lookup(names).astype(dtype)  # provisional id -> final id
+    literal_unk = np.array([t == UNK for t in names], dtype=bool)
     ids, unknown = {}, {}
     for split in SPLITS:
         provisional = streams[split]
-        ids[split] = table[provisional].astype(dtype)
+        ids[split] = table[provisional]
         unknown[split] = int(np.count_nonzero((ids[split] == 0) & ~literal_unk[provisional]))
     return Corpus(vocab, ids["train"], ids["valid"], ids["test"], unknown, name)
 

@@ -92,12 +92,12 @@ class LanguageModel(nn.Module):
                 f"(the decoder reuses the (V, E) embedding), got hidden_size={hidden_size}, "
                 f"embedding_dim={embedding_dim}"
             )
-        self.vocab_size, self.embedding_dim, self.hidden_size = (
-            vocab_size,
-            embedding_dim,
-            hidden_size,
-        )
-        self.num_layers, self.cell, self.tie_weights = num_layers, cell, bool(tie_weights)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.cell = cell
+        self.tie_weights = bool(tie_weights)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.drop = nn.Dropout(dropout)
         self.rnn = CELLS[cell](
