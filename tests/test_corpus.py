@@ -78,6 +78,19 @@ def test_vocabulary_json_round_trip_and_encoding():
     assert Vocabulary.from_json(words.to_json().encode()).decode([2, 1, 3]) == "sky\nfrench"
 
 
+def test_vocabulary_save_and_load(tmp_path):
+    vocab = Vocabulary.build({"sky": 2, "français": 1}, "whitespace")
+    path = vocab.save(tmp_path / "run" / "vocab.json")
+    assert Vocabulary.load(path) == vocab and not list(path.parent.glob(".*.part"))
+    (tmp_path / "model.json").write_text('{"format": "rnnlab.run"}')
+    with pytest.raises(
+        DataError, match=r"model.json: expected format 'rnnlab.vocabulary', got 'rnnlab.run'"
+    ):
+        Vocabulary.load(tmp_path / "model.json")
+    with pytest.raises(DataError, match="absent.json: expected a vocabulary JSON file"):
+        Vocabulary.load(tmp_path / "absent.json")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -45,6 +45,24 @@ def test_generation_steps_match_full_forward(cell, monkeypatch):
     torch.testing.assert_close(torch.stack(seen), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_generation_in_float32_on_the_default_backend_matches_full_forward():
+    """The same in float32, the dtype users train in (compiled kernels for the LSTM)."""
+    torch.manual_seed(0)
+    model = LanguageModel(50, 16, 32, 2)
+    prompt = torch.randint(0, 50, (9,))
+    tokens = torch.tensor(list(model.generate(prompt, 8, top_k=1)))
+    full, _ = model(torch.cat([prompt, tokens[:-1]])[None])  # (1, 16, V)
+    assert torch.equal(full[0, 8:].argmax(-1), tokens)
+    state, stepped = None, []
+    with torch.no_grad():
+        logits, state = model(prompt[None])  # (1, 9, V)
+        stepped.append(logits[0, -1])
+        for token in tokens[:-1]:
+            logits, state = model(token.view(1, 1), state)  # (1, 1, V)
+            stepped.append(logits[0, -1])
+    torch.testing.assert_close(torch.stack(stepped), full[0, 8:].detach(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_windowed_stateful_forward_equals_one_pass(cell):
     """Window by window with the state carried (and detached) = one forward over the stream."""

@@ -24,14 +24,17 @@ For word tokenisers, text becomes tokens line by line, and every line that a new
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from rnnlab.data.errors import DataError
+from rnnlab.data.paths import atomic_output
 from rnnlab.data.text import tokenize as imdb_tokenize
 
 UNK = "<unk>"
@@ -200,6 +203,23 @@ class Vocabulary:
             "tokens": list(self.tokens),
         }
         return json.dumps(doc, ensure_ascii=False, indent=1)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_json` to ``path`` atomically (a reader never sees half a file)."""
+        path = Path(path)
+        with atomic_output(path) as handle:
+            handle.write(self.to_json().encode("utf-8") + b"\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Vocabulary:
+        """The vocabulary saved at ``path``; :class:`DataError` naming it if it is not one."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: expected a vocabulary JSON file, got {exc}") from exc
+        return cls.from_json(data, source=str(path))
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "vocabulary JSON") -> Vocabulary:
