@@ -121,6 +121,11 @@ def test_given_vocabulary_is_used_not_rebuilt(tmp_path):
     first = load_corpus(write_layout(tmp_path / "one"), "word")
     second = load_corpus(write_layout(tmp_path / "two", train="z z z\n"), "word", vocab=first.vocab)
     assert second.vocab is first.vocab and second.unknown["train"] == 3
+    imdb_words = Vocabulary.build({"sky": 1}, "imdb")  # a file read with an IMDB model's vocab
+    third = load_corpus(
+        write_layout(tmp_path / "three", train="The SKY\nsky\n"), "word", vocab=imdb_words
+    )
+    assert third.train.tolist() == [0, 2, 1, 2, 1]  # lower-cased, still one <eos> per line
 
 
 @pytest.mark.parametrize(

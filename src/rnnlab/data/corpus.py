@@ -218,9 +218,8 @@ def _imdb_documents(
         "valid": [test[i] for i in order[:half]],
         "test": [test[i] for i in order[half:]],
     }
-    if level == "char":
-        return {k: [imdb_line(t) + "\n" for t in v] for k, v in split_docs.items()}
-    return split_docs
+    end = "\n" if level == "char" else ""  # word level: one line, so one <eos>
+    return {k: [imdb_line(t) + end for t in v] for k, v in split_docs.items()}
 
 
 def imdb_line(review: str) -> str:
@@ -240,8 +239,8 @@ def _provisional(
     tokenised once; the vocabulary maps ``names`` to final ids later.
 
     Characters: the provisional id is the code point (``names`` covers 0..max). Words: ids in
-    order of first appearance. Word documents end with ``<eos>`` (IMDB reviews) or get one per
-    line (files).
+    order of first appearance, every line of a document ending with ``<eos>`` (an IMDB review
+    is one line).
     """
     if LEVELS[tokenizer] == "char":
         streams = {
@@ -257,8 +256,7 @@ def _provisional(
     for split, texts in docs.items():
         parts = []
         for text in texts:
-            line = imdb_line(text) if tokenizer == "imdb" else text
-            tokens = tokenize_text(line, tokenizer, end_lines=True)
+            tokens = tokenize_text(text, tokenizer, end_lines=True)
             parts.append(np.fromiter((index.setdefault(t, len(index)) for t in tokens), np.int32))
         streams[split] = np.concatenate(parts)
     return streams, list(index)
