@@ -9,6 +9,9 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU wheel of torch 2.13.0; a looser pin would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# The C++ kernels, compiled now (announced, about 40 s) rather than inside the first epoch.
+	# Where they cannot run (no AVX-512, no compiler) it says why; training then uses the fused path.
+	$(VENV)/bin/rnnlab build-kernels || true
 	touch $@
 
 .PHONY: demo test lint

@@ -55,3 +55,27 @@ def test_benchmarks_folder_runs_the_same_suite(tmp_path) -> None:
         [sys.executable, str(script), "--workloads", "Z"], capture_output=True, text=True
     )
     assert done.returncode != 0 and "expected workloads from" in done.stderr + done.stdout
+
+
+def test_onnxruntime_rows_are_inference_only_and_run_the_exported_model() -> None:
+    import numpy as np
+    import pytest
+    import torch
+
+    pytest.importorskip("onnxruntime")
+    from rnnlab.bench.onnx_runner import OnnxRunner, _config
+    from rnnlab.bench.workloads import WORKLOADS, make_batch
+    from rnnlab.models import build_model
+
+    w = WORKLOADS["A"]
+    x, _ = make_batch(w)
+    runner = OnnxRunner(w, x)
+    torch.manual_seed(0)  # the runner's model: the workload as an rnnlab classifier
+    with torch.no_grad():
+        want = build_model(_config(w)).eval()(x).numpy()
+    np.testing.assert_allclose(runner.model(*runner.feeds), want, rtol=0, atol=1e-5)
+
+    report = run_benchmarks(["A"], ("torch", "onnxruntime"), ("train", "infer"), 1, 0.1, False)
+    rows = {(r["impl"], r["mode"]) for r in report["results"]}
+    assert ("onnxruntime", "infer") in rows and ("onnxruntime", "train") not in rows
+    assert report["environment"]["onnxruntime"] is not None

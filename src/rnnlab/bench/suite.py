@@ -22,6 +22,7 @@ import torch
 
 import rnnlab
 from rnnlab.bench.keras_models import KerasRunner, keras_unavailable
+from rnnlab.bench.onnx_runner import OnnxRunner, onnxruntime_unavailable
 from rnnlab.bench.workloads import WORKLOADS, Workload, build_model, loss_fn, lstm_flops, make_batch
 from rnnlab.nn.backends import _ext, _gemm
 
@@ -34,7 +35,9 @@ DEFAULT_IMPLS = (
     "rnnlab-reference",
     "torch",
     "keras-torch",
+    "onnxruntime",
 )
+INFER_ONLY = ("onnxruntime",)  # exported graphs: inference rows only
 GRU_IMPLS = ("rnnlab-gru", "torch-gru")
 GRU_WORKLOADS = ("A", "C")  # GRU rows where the models have a GRU counterpart
 BASELINE = {"rnnlab-gru": "torch-gru", "torch-gru": "torch"}
@@ -64,7 +67,15 @@ def environment() -> dict:
         "keras": keras_version,
         "rnnlab": rnnlab.__version__,
         "compiled_kernels": _ext.unavailable_reason() or "available",
+        "onnxruntime": _version("onnxruntime"),
     }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return __import__(package).__version__
+    except ModuleNotFoundError:
+        return None
 
 
 def _time(fn: Callable[[], None], inner: int) -> float:
@@ -134,6 +145,8 @@ def _runner(w: Workload, impl: str):
     x, y = make_batch(w)
     if impl == "keras-torch":
         return KerasRunner(w, x, y)
+    if impl == "onnxruntime":
+        return OnnxRunner(w, x)
     return _TorchRunner(w, impl, x, y)
 
 
@@ -159,6 +172,9 @@ def run_benchmarks(
     if "keras-torch" in impls and (reason := keras_unavailable()) is not None:
         skipped["keras-torch"] = reason
         impls = tuple(i for i in impls if i != "keras-torch")
+    if "onnxruntime" in impls and (reason := onnxruntime_unavailable()) is not None:
+        skipped["onnxruntime"] = reason
+        impls = tuple(i for i in impls if i != "onnxruntime")
     shapes = {"2048^3": (2048, 2048, 2048)}
     for name in workloads:
         w = WORKLOADS[name]
@@ -179,7 +195,8 @@ def run_benchmarks(
             runners[impl] = _runner(w, impl)
         for mode in modes:
             per_call = {}
-            for impl, r in runners.items():  # warm up: lazy builds, allocator, optimizer state
+            active = {i: r for i, r in runners.items() if mode == "infer" or i not in INFER_ONLY}
+            for impl, r in active.items():  # warm up: lazy builds, allocator, optimizer state
                 fn = getattr(r, mode)
                 fn()
                 per_call[impl] = _time(fn, 1)
@@ -187,10 +204,10 @@ def run_benchmarks(
                 i: min(repeats, max(3, int(budget_s / max(t, 1e-9)))) for i, t in per_call.items()
             }
             inner = {i: max(1, int(0.05 / max(t, 1e-9))) for i, t in per_call.items()}
-            times: dict[str, list[float]] = {i: [] for i in runners}
+            times: dict[str, list[float]] = {i: [] for i in active}
             for k in range(repeats):
                 say(f"{name} {mode}: repeat {k + 1}/{repeats}")
-                for impl, r in runners.items():
+                for impl, r in active.items():
                     if k < reps[impl]:
                         times[impl].append(_time(getattr(r, mode), inner[impl]))
             for impl, ts in times.items():
@@ -231,6 +248,8 @@ def run_benchmarks(
     if memory:
         for name in [n for n in workloads if n in ("C", "E")]:
             for impl in _impls_for(WORKLOADS[name], impls):
+                if impl in INFER_ONLY:
+                    continue  # a training step's memory; exported graphs only infer
                 if impl in ("rnnlab-reference", "keras-torch") and name == "E":
                     continue  # minutes per step at 784 steps; not the comparison asked for
                 say(f"{name}: peak memory of {impl}")

@@ -27,11 +27,17 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "bench": ("rnnlab.bench", "benchmark rnnlab against torch.nn and Keras"),
     "inspect": ("rnnlab.inspect", "draw a trained LSTM's gates and cell states"),
     "experiment": ("rnnlab.experiments", "run the long-range dependency experiment"),
+    "build-kernels": ("rnnlab.cli.kernels", "compile the C++ LSTM/GRU kernels now (once)"),
+    "info": ("rnnlab.cli.info", "versions, CPU capabilities and the backend rnnlab picks"),
+    "export": ("rnnlab.export", "export a trained run to ONNX"),
 }
 
 # Verbs that train or run models, for which glibc keeps freed memory for reuse (rnnlab.allocator;
 # RNNLAB_RETAIN_MEMORY=0 turns it off). bench decides with its own --retain-memory flag.
 _RETAIN_MEMORY_VERBS = ("train", "evaluate", "predict", "experiment")
+# Verbs that run models: the kernels are built before them (rnnlab.cli.kernels), announced, so
+# no epoch's time includes the compiler.
+_MODEL_VERBS = ("train", "evaluate", "predict", "inspect", "experiment")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -226,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _RETAIN_MEMORY_VERBS and retention_wanted():
         retain_freed_memory()  # rnnlab.allocator: no page faults on every step's fresh tensors
+    if argv and argv[0] in _MODEL_VERBS and not {"-h", "--help"} & set(argv):
+        from rnnlab.cli.kernels import ensure_kernels
+
+        ensure_kernels(sys.stderr)
     if argv and argv[0] in PLUGIN_VERBS:
         return _plugin(argv[0], argv[1:])
     args = build_parser().parse_args(argv)

@@ -1,0 +1,213 @@
+"""The ONNX graph of rnnlab's classifiers, written node by node from the model's weights.
+
+Shape legend: B batch, T time, I input features, E embedding size, H hidden units,
+D directions, C classes. Both B and T are dynamic axes of the graph.
+
+Why a graph of our own rather than ``torch.onnx.export``: tracing rnnlab's time loop unrolls T
+into the graph; an export-time twin on ``torch.nn.LSTM`` exports the ONNX ``LSTM`` op with a
+dynamic T but has no way to say "skip the padding of each row" (rnnlab's masked text models,
+padded on either side), and the TorchScript exporter that handles packed sequences is
+deprecated. ONNX's own ``LSTM`` / ``GRU`` / ``RNN`` ops take a ``sequence_lens`` input that
+means exactly rnnlab's ``lengths`` with post padding (padded steps leave the state alone, the
+backward direction starts at each row's last real step), so the graph is:
+
+    ids (B, T) --Gather--> (B, T, E)          x (B, T, I) --[MatMul + Add: projection]-->
+    [pre padding: GatherElements turns each row to post padding]
+    --> Transpose (T, B, F) --> LSTM/GRU/RNN op per layer (D directions, sequence_lens)
+    --> pooling: last = Y_h (D, B, H); mean / max / meanmax over the real steps
+    --> MatMul + Add: logits (B, C)
+
+Weights are re-ordered into ONNX's gate order: LSTM i, o, f, c (rnnlab i, f, g, o); GRU z, r, h
+(rnnlab r, z, n) with ``linear_before_reset=1``, which is rnnlab's (and torch's) candidate
+``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnlab.models import SequenceClassifier, TextClassifier
+from rnnlab.nn.cells import GRUCell, LSTMCell
+from rnnlab.nn.layers import _RecurrentLayer
+
+__all__ = ["classifier_graph"]
+
+# ONNX gate order, as indices of rnnlab's H-row blocks
+_GATE_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}
+
+
+class _Graph:
+    """Nodes and initializers under construction, with fresh names."""
+
+    def __init__(self) -> None:
+        from onnx import helper
+
+        self.helper = helper
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self.count = 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def const(self, stem: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = self.name(stem)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> Any:
+        outputs = [self.name(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(self.helper.make_node(op_type, inputs, outputs, **attrs))
+        return outputs[0] if n_out == 1 else outputs
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
+def _reorder(rows: torch.Tensor, kind: str, H: int) -> torch.Tensor:
+    """(G*H, ...) rows in rnnlab's gate order -> ONNX's."""
+    return torch.cat([rows[k * H : (k + 1) * H] for k in _GATE_ORDER[kind]])
+
+
+def _recurrent(g: _Graph, layer: _RecurrentLayer, x: str, seq_lens: str) -> tuple[str, str]:
+    """One rnnlab layer (one level, D directions) as one ONNX op. x (T, B, F) -> Y (T, B, D*H)
+    and Y_h (D, B, H)."""
+    cell = layer.cells[0]
+    kind = "LSTM" if isinstance(cell, LSTMCell) else "GRU" if isinstance(cell, GRUCell) else "RNN"
+    if layer.num_layers != 1:
+        raise ValueError(f"ONNX export expected single-level layers, got {layer.num_layers}")
+    H = layer.hidden_size
+    W, R, B = [], [], []
+    for c in layer.cells:  # direction 0 (forward), then 1 (reverse)
+        W.append(_reorder(c.weight_ih, kind, H))  # (G*H, F)
+        R.append(_reorder(c.weight_hh, kind, H))  # (G*H, H)
+        b_rec = torch.zeros_like(c.bias)  # (G*H,)
+        if kind == "GRU":
+            b_rec[2 * H :] = c.bias_hn  # the candidate's recurrent bias, inside r * (...)
+        B.append(torch.cat([_reorder(c.bias, kind, H), _reorder(b_rec, kind, H)]))  # (2*G*H,)
+    D = layer.num_directions
+    attrs: dict[str, Any] = {
+        "hidden_size": H,
+        "direction": "bidirectional" if D == 2 else "forward",
+    }
+    if kind == "GRU":
+        attrs["linear_before_reset"] = 1
+    inputs = [
+        x,
+        g.const("W", _np(torch.stack(W))),  # (D, G*H, F)
+        g.const("R", _np(torch.stack(R))),  # (D, G*H, H)
+        g.const("B", _np(torch.stack(B))),  # (D, 2*G*H)
+        seq_lens,
+    ]
+    Y, Y_h = g.op(kind, inputs, n_out=2, **attrs)[:2]  # (T, D, B, H), (D, B, H)
+    Y = g.op("Transpose", [Y], perm=[0, 2, 1, 3])  # (T, B, D, H)
+    shape = g.const("shape", np.array([0, 0, -1], dtype=np.int64))
+    return g.op("Reshape", [Y, shape]), Y_h  # (T, B, D*H), (D, B, H)
+
+
+def _to_post_padding(g: _Graph, x: str, lengths: str) -> str:
+    """x (B, T, F) padded in front -> the same rows with their real steps first: row b's step t
+    is its step (t + T - length_b) mod T."""
+    zero, one = g.const("zero", np.array(0, np.int64)), g.const("one", np.array(1, np.int64))
+    T = g.op("Gather", [g.op("Shape", [x]), one], axis=0)  # ()
+    steps = g.op("Range", [zero, T, one])  # (T,)
+    shift = g.op("Sub", [T, lengths])  # (B,)
+    axis1 = g.const("axis1", np.array([1], np.int64))
+    index = g.op("Mod", [g.op("Add", [g.op("Unsqueeze", [shift, axis1]), steps]), T])  # (B, T)
+    index = g.op("Unsqueeze", [index, g.const("axis2", np.array([2], np.int64))])  # (B, T, 1)
+    index = g.op("Expand", [index, g.op("Shape", [x])])  # (B, T, F)
+    return g.op("GatherElements", [x, index], axis=1)
+
+
+def _pool(g: _Graph, pooling: str, Y: str, Y_h: str, lengths: str | None) -> str:
+    """The reduction over time of rnnlab's RecurrentStack: Y (T, B, D*H) -> (B, F)."""
+    if pooling == "last":
+        h = g.op("Transpose", [Y_h], perm=[1, 0, 2])  # (B, D, H)
+        return g.op("Reshape", [h, g.const("shape", np.array([0, -1], np.int64))])  # (B, D*H)
+    axis0 = g.const("axis0", np.array([0], np.int64))
+    if lengths is None:
+        mask = None
+        count = g.op("Cast", [g.op("Shape", [Y], start=0, end=1)], to=1)  # (1,) float: T
+    else:
+        zero, one = g.const("zero", np.array(0, np.int64)), g.const("one", np.array(1, np.int64))
+        T = g.op("Shape", [Y], start=0, end=1)  # (1,)
+        steps = g.op("Range", [zero, g.op("Squeeze", [T, axis0]), one])  # (T,)
+        steps = g.op("Unsqueeze", [steps, g.const("axis1", np.array([1], np.int64))])  # (T, 1)
+        mask = g.op("Less", [steps, lengths])  # (T, B) real steps, post padding
+        mask = g.op("Unsqueeze", [mask, g.const("axis2", np.array([2], np.int64))])  # (T, B, 1)
+        count = g.op("Unsqueeze", [g.op("Cast", [lengths], to=1), axis0])  # (1, B)
+        count = g.op("Transpose", [count])  # (B, 1)
+    parts = []
+    if pooling in ("mean", "meanmax"):
+        masked = Y if mask is None else g.op("Mul", [Y, g.op("Cast", [mask], to=1)])
+        total = g.op("ReduceSum", [masked, axis0], keepdims=0)  # (B, D*H)
+        parts.append(g.op("Div", [total, count]))
+    if pooling in ("max", "meanmax"):
+        masked = Y
+        if mask is not None:
+            low = g.const("neg_inf", np.array(-np.inf, np.float32))
+            masked = g.op("Where", [mask, Y, low])
+        parts.append(g.op("ReduceMax", [masked, axis0], keepdims=0))  # (B, D*H)
+    return parts[0] if len(parts) == 1 else g.op("Concat", parts, axis=-1)
+
+
+def _linear(g: _Graph, x: str, linear: nn.Linear) -> str:
+    """x (..., in) -> (..., out)."""
+    w = g.const("weight", _np(linear.weight.T))  # (in, out)
+    return g.op("Add", [g.op("MatMul", [x, w]), g.const("bias", _np(linear.bias))])
+
+
+def classifier_graph(model: nn.Module, opset: int) -> Any:
+    """The ``onnx.ModelProto`` of a :class:`~rnnlab.models.SequenceClassifier` (input ``x``
+    (B, T, I) float32) or :class:`~rnnlab.models.TextClassifier` (inputs ``ids`` (B, T) int64
+    and ``lengths`` (B,) int64, 1..T, read only by masked models); output ``logits`` (B, C).
+    The model's semantics are rnnlab's in eval mode: dropout off, padding on the model's side."""
+    from onnx import TensorProto, helper
+
+    g, stack = _Graph(), model.stack
+    lengths = seq_lens = None
+    if isinstance(model, TextClassifier):
+        inputs = [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"]),
+            helper.make_tensor_value_info("lengths", TensorProto.INT64, ["B"]),
+        ]
+        x = g.op("Gather", [g.const("embedding", _np(model.embedding.weight)), "ids"])  # (B,T,E)
+        if model.mask:
+            lengths = "lengths"
+            if stack.padding == "pre":
+                x = _to_post_padding(g, x, lengths)
+            seq_lens = g.op("Cast", [lengths], to=TensorProto.INT32)
+    elif isinstance(model, SequenceClassifier):
+        inputs = [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", model.input_size])
+        ]
+        x = "x"
+        if model.projection is not None:
+            x = _linear(g, x, model.projection)  # (B, T, P)
+    else:
+        raise TypeError(
+            f"classifier_graph expected a SequenceClassifier or TextClassifier, got "
+            f"{type(model).__name__}"
+        )
+    if stack.torch_backend:
+        raise ValueError("ONNX export expected rnnlab layers, got model.backend='torch'")
+    x = g.op("Transpose", [x], perm=[1, 0, 2])  # (T, B, F)
+    Y_h = ""
+    for layer in stack.layers:
+        x, Y_h = _recurrent(g, layer, x, seq_lens or "")
+    pooled = _pool(g, stack.pooling, x, Y_h, lengths)  # (B, F)
+    logits = _linear(g, pooled, model.head)
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
+    output = helper.make_tensor_value_info(
+        "logits", TensorProto.FLOAT, ["B", model.head.out_features]
+    )
+    graph = helper.make_graph(g.nodes, "rnnlab", inputs, [output], g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

@@ -1,0 +1,47 @@
+"""The ``rnnlab export`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str]) -> int:
+    """``rnnlab export RUN --format onnx [--out FILE] [--checkpoint best|last]``."""
+    from rnnlab.export.api import DEFAULT_OPSET
+
+    p = argparse.ArgumentParser(
+        prog="rnnlab export",
+        description="Write a trained run's model as an ONNX file with dynamic batch and length "
+        "axes (and a sidecar FILE.json with the versions and opset).",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["onnx"], default="onnx", dest="fmt")
+    p.add_argument("--out", help="file to write (default RUN_DIR/model.onnx)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"default {DEFAULT_OPSET}")
+    args = p.parse_args(argv)
+    from rnnlab.checkpoint import CheckpointError
+    from rnnlab.config import ConfigError
+    from rnnlab.export.api import ExportError, export_run
+    from rnnlab.run import RunError
+
+    try:
+        import onnx  # noqa: F401
+    except ModuleNotFoundError:
+        print(
+            "rnnlab export: error: expected the onnx package, got none installed "
+            "(pip install 'rnnlab[export]')",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result = export_run(args.run_dir, args.fmt, args.out, args.checkpoint, args.opset)
+    except (ExportError, RunError, CheckpointError, ConfigError, OSError) as exc:
+        print(f"rnnlab export: error: {exc}", file=sys.stderr)
+        return 2
+    inputs = result.metadata["inputs"]
+    print(f"wrote {result.path} (opset {result.metadata['opset']}, inputs {inputs})")
+    return 0
