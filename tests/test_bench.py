@@ -65,7 +65,7 @@ def test_onnxruntime_rows_are_inference_only_and_run_the_exported_model() -> Non
     pytest.importorskip("onnxruntime")
     from rnnlab.bench.onnx_runner import OnnxRunner, _config
     from rnnlab.bench.workloads import WORKLOADS, make_batch
-    from rnnlab.models import build_model
+    from rnnlab.tasks import build_model
 
     w = WORKLOADS["A"]
     x, _ = make_batch(w)

@@ -13,7 +13,7 @@ import torch
 
 from rnnlab.cli import main
 from rnnlab.config import load_preset
-from rnnlab.models import build_model
+from rnnlab.tasks import build_model
 from tiny import SMALL_MNIST_CLI, cli_sets
 
 onnx = pytest.importorskip("onnx")
@@ -102,7 +102,7 @@ def _train(tmp_path: Path, preset: str, *argv: str) -> Path:
 
 def _agree(run: Path, runner, inputs: tuple[torch.Tensor, ...]) -> None:
     """rnnlab's and onnxruntime's logits on real test examples: within 1e-5, same classes."""
-    from rnnlab.run import load_run
+    from rnnlab.runs import load_run
 
     _, model, _ = load_run(run)
     with torch.no_grad():
@@ -113,7 +113,7 @@ def _agree(run: Path, runner, inputs: tuple[torch.Tensor, ...]) -> None:
 
 
 def test_trained_image_run_exports_and_agrees_on_real_test_images(tmp_path, capsys):
-    from rnnlab.tasks import load_task_data
+    from rnnlab.tasks import get_task
 
     run = _train(tmp_path, "mnist-sample", *SMALL_MNIST_CLI, "--set", "train.epochs=1")
     assert main(["export", str(run), "--format", "onnx"]) == 0
@@ -123,12 +123,12 @@ def test_trained_image_run_exports_and_agrees_on_real_test_images(tmp_path, caps
     assert runner.metadata["opset"] == "18" and runner.metadata["torch"] == torch.__version__
     sidecar = json.loads((run / "model.onnx.json").read_text())
     assert sidecar == runner.metadata
-    test = load_task_data(load_preset("mnist-sample")).test
+    test = get_task(load_preset("mnist-sample")).load().test
     _agree(run, runner, (test.inputs[0][:500],))
 
 
 def test_trained_masked_text_run_agrees_on_real_test_reviews(tmp_path):
-    from rnnlab.tasks import load_task_data
+    from rnnlab.tasks import get_task
 
     sets = cli_sets(
         "model.embedding_dim=8",
@@ -146,7 +146,7 @@ def test_trained_masked_text_run_agrees_on_real_test_reviews(tmp_path):
     out = tmp_path / "text.onnx"
     assert main(["export", str(run), "--out", str(out)]) == 0
     config = load_preset("imdb-sample", [s for s in sets if s != "--set"])
-    ids, lengths = load_task_data(config).test.inputs
+    ids, lengths = get_task(config).load().test.inputs
     _agree(run, load_onnx(out), (ids[:500], lengths[:500]))
 
 

@@ -52,7 +52,7 @@ class OnnxRunner:
 
     def __init__(self, w: Workload, x: torch.Tensor) -> None:
         from rnnlab.export import export_model, load_onnx
-        from rnnlab.models import build_model
+        from rnnlab.tasks import build_model
 
         torch.manual_seed(0)
         model = build_model(_config(w))

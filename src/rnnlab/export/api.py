@@ -156,7 +156,7 @@ def _rnnlab_version() -> str:
 
 def _read_run(run_dir: Path, checkpoint: str) -> tuple[Any, nn.Module, dict[str, Any]]:
     """``(config, model, meta)`` of a run: the one place that knows where runs are read."""
-    from rnnlab.run import load_run
+    from rnnlab.runs import load_run
 
     return load_run(run_dir, checkpoint)
 

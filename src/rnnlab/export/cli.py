@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     from rnnlab.checkpoint import CheckpointError
     from rnnlab.config import ConfigError
     from rnnlab.export.api import ExportError, export_run
-    from rnnlab.run import RunError
+    from rnnlab.runs import RunError
 
     try:
         import onnx  # noqa: F401
