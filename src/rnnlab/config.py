@@ -17,6 +17,7 @@ configuration (:meth:`Config.to_dict`) is saved as JSON with every run and every
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -46,6 +47,26 @@ __all__ = [
 
 class ConfigError(ValueError):
     """An unknown preset or key, or a value of the wrong type or out of range."""
+
+
+# Every int setting is a count, a size or a seed that torch and numpy take as a 64-bit integer.
+INT_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _check_numbers(section: object) -> None:
+    """The one finiteness and range check of every section: each float setting is finite (inf
+    and nan, e.g. ``train.lr=inf`` or ``1e400``, mean no setting), each int fits in 64 bits."""
+    label = type(section).__name__.removesuffix("Config").lower()
+    for f in fields(section):  # type: ignore[arg-type]
+        value = getattr(section, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{label}.{f.name}: expected a finite number, got {v}")
+            if isinstance(v, int) and not INT_RANGE[0] <= v <= INT_RANGE[1]:
+                raise ConfigError(
+                    f"{label}.{f.name}: expected an int that fits in 64 bits, got {v}"
+                )
 
 
 def _positive(section: object, *names: str) -> None:
@@ -83,7 +104,10 @@ class DataConfig:
     punctuation: bool = True  # false drops punctuation tokens: Keras's IMDB encoding has none
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         _positive(self, "num_words", "maxlen", "holdout")
+        if self.holdout_seed < 0:
+            raise ConfigError(f"data.holdout_seed: expected an int >= 0, got {self.holdout_seed}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +143,7 @@ class ModelConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         _positive(self, "input_size", "embedding_dim", "num_classes")
         if self.precision == "bf16" and self.cell != "lstm":
             raise ConfigError(
@@ -166,9 +191,24 @@ class TrainConfig:
     label_smoothing: float = 0.0
     bucket: bool = False  # group batches by length and trim padding (masked text models)
     seed: int = 0
+    # Divergence: stop when the loss stays above divergence_factor times the first step's loss
+    # for divergence_window steps in a row (0: only a non-finite loss stops a run).
+    divergence_factor: float = 10.0
+    divergence_window: int = 50
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         _positive(self, "epochs", "batch_size", "eval_batch_size", "step_epochs", "patience")
+        if self.seed < 0:
+            raise ConfigError(f"train.seed: expected an int >= 0, got {self.seed}")
+        if self.divergence_window < 0:
+            raise ConfigError(
+                f"train.divergence_window: expected >= 0, got {self.divergence_window}"
+            )
+        if self.divergence_factor and self.divergence_factor <= 1:
+            raise ConfigError(
+                f"train.divergence_factor: expected 0 (off) or > 1, got {self.divergence_factor}"
+            )
         for name in ("lr", "gamma"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name}: expected > 0, got {getattr(self, name)}")
@@ -192,6 +232,7 @@ class RunConfig:
     evaluate_test: bool = True  # evaluate the test split at the end, into report.json
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         for name in ("log_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"run.{name}: expected >= 0, got {getattr(self, name)}")
@@ -252,6 +293,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, int) and abs(value) >= 1e308:
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
         value = float(value) if ok else value
     else:
         ok = isinstance(value, tp)

@@ -1,0 +1,55 @@
+"""Issue 15, reliability: every case of its "Why", each by a test that failed on the old main.
+
+Settings refuse non-finite numbers; checkpoints and run directories are written so that a
+crash, a divergence, a second writer or an edited file cannot make a run lie about itself."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rnnlab.config import ConfigError, DataConfig, TrainConfig, load_preset
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.lr=inf",
+        "train.lr=1e400",
+        "train.clip_grad_norm=inf",
+        "train.gamma=inf",
+        "train.min_lr_ratio=inf",
+        "train.weight_decay=nan",
+        "train.momentum=-inf",
+        "model.forget_bias=inf",
+        "model.dropout=nan",
+        "train.divergence_factor=inf",
+    ],
+)
+def test_settings_refuse_inf_and_nan(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}: expected a finite number, got (-?inf|nan)"):
+        load_preset("mnist-sample", [override])
+
+
+def test_the_finite_check_covers_sections_built_in_python():
+    with pytest.raises(ConfigError, match="train.lr: expected a finite number, got inf"):
+        TrainConfig(lr=math.inf)
+    with pytest.raises(ConfigError, match="data.holdout_seed: expected an int >= 0, got -1"):
+        DataConfig(holdout_seed=-1)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.seed=-1", "train.seed: expected an int >= 0, got -1"),
+        ("data.maxlen=99999999999999999999999", "data.maxlen: expected an int that fits in 64"),
+        ("train.lr=1" + "0" * 400, "train.lr: expected a finite number, got 1000"),
+        ("train.divergence_factor=0.5", "train.divergence_factor: expected 0 .off. or > 1"),
+        ("train.divergence_window=-1", "train.divergence_window: expected >= 0, got -1"),
+    ],
+)
+def test_absurd_numbers_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_preset("mnist-sample", [override])
