@@ -6,6 +6,8 @@ crash, a divergence, a second writer or an edited file cannot make a run lie abo
 from __future__ import annotations
 
 import math
+import os
+import stat
 
 import pytest
 
@@ -53,3 +55,15 @@ def test_the_finite_check_covers_sections_built_in_python():
 def test_absurd_numbers_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         load_preset("mnist-sample", [override])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask(tmp_path, umask):
+    from rnnlab.files import atomic_write
+
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
