@@ -5,9 +5,12 @@ crash, a divergence, a second writer or an edited file cannot make a run lie abo
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +70,59 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+
+
+TINY = [
+    "model.projection=8",
+    "model.hidden_sizes=[8]",
+    "train.epochs=2",
+    "train.batch_size=500",
+    "run.log_every=5",
+    "run.checkpoint_every=5",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished tiny mnist-sample run (40 steps); tests copy it before changing it."""
+    from rnnlab.runs import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return out, train("mnist-sample", out, overrides=TINY)
+
+
+def _copy(run: Path, dest: Path, unfinished: bool = False) -> Path:
+    shutil.copytree(run, dest)
+    if unfinished:
+        (dest / "report.json").unlink()
+    return dest
+
+
+def test_edited_checkpoint_metadata_is_refused_by_its_digest(tiny_run, tmp_path):
+    from rnnlab.checkpoint import CheckpointError, load_checkpoint
+    from rnnlab.runs import resume
+
+    run = _copy(tiny_run[0], tmp_path / "run", unfinished=True)
+    lines_before = (run / "metrics.jsonl").read_text()
+    meta_path = run / "checkpoints" / "last.json"
+    meta = json.loads(meta_path.read_text())
+    meta["state"]["step"] = 3
+    meta_path.write_text(json.dumps(meta))
+    expected = rf"{meta_path.absolute()}: expected metadata with sha256 \w+, got \w+; .* changed"
+    with pytest.raises(CheckpointError, match=expected):
+        load_checkpoint(run / "checkpoints", "last")
+    with pytest.raises(CheckpointError, match="use the other checkpoint"):
+        resume(run)
+    assert (run / "metrics.jsonl").read_text() == lines_before  # no logged line deleted
+
+
+def test_damaged_tensors_are_named_by_full_path(tiny_run, tmp_path):
+    from rnnlab.checkpoint import CheckpointError, load_checkpoint
+
+    run = _copy(tiny_run[0], tmp_path / "run")
+    tensors = next((run / "checkpoints").glob("best-*.safetensors"))
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 1
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{tensors.absolute()}: expected sha256 .*restore"):
+        load_checkpoint(run / "checkpoints", "best")
