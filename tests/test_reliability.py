@@ -10,11 +10,18 @@ import math
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from rnnlab.config import ConfigError, DataConfig, TrainConfig, load_preset
+from tiny import cli_sets
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.mark.parametrize(
@@ -126,3 +133,193 @@ def test_damaged_tensors_are_named_by_full_path(tiny_run, tmp_path):
     tensors.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=rf"{tensors.absolute()}: expected sha256 .*restore"):
         load_checkpoint(run / "checkpoints", "best")
+
+
+class _Poison:
+    """Makes the weights NaN at ``step`` (before that step's checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, trainer, logs):
+        if logs["step"] == self.step:
+            with torch.no_grad():
+                trainer.module.head.bias.fill_(math.nan)
+
+
+def test_non_finite_weights_never_replace_a_finite_checkpoint(tmp_path):
+    from rnnlab.checkpoint import load_checkpoint
+    from rnnlab.runs import RunError, train
+
+    out = tmp_path / "run"
+    last = (out / "checkpoints" / "last.json").absolute()
+    expected = (
+        rf"weights became non-finite \(head.bias\) by step 10.*was not written over.*"
+        rf"last good \(finite\) checkpoint is kept: {last} \(step 5\)"
+    )
+    with pytest.raises(RunError, match=expected):
+        train("mnist-sample", out, overrides=TINY, callbacks=[_Poison(10)])
+    tensors, meta = load_checkpoint(out / "checkpoints", "last")
+    assert meta["state"]["step"] == 5
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))
+    assert json.loads((out / "run.json").read_text())["status"] == "diverged"
+
+
+def test_a_finite_but_exploding_loss_stops_the_run(tmp_path):
+    from rnnlab.runs import RunError, train
+
+    out = tmp_path / "run"
+    settings = [*TINY, "train.lr=1e6", "train.divergence_window=5"]
+    with pytest.raises(RunError, match=r"has stayed above .* for 5 steps.*step \d+\)"):
+        train("mnist-sample", out, overrides=settings)
+    assert not (out / "report.json").exists()
+
+
+def _rewrite(run: Path, tag: str, change) -> None:
+    """Write checkpoint ``tag`` of ``run`` again with ``change(model)`` applied to its weights,
+    through the library (so the digests are right)."""
+    from rnnlab.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+    from rnnlab.runs import load_run
+    from rnnlab.train import make_optimizer
+
+    config, model, _ = load_run(run, tag)
+    tensors, meta = load_checkpoint(run / "checkpoints", tag)
+    optimizer = make_optimizer(model, config.train)
+    restore_optimizer(optimizer, tensors, meta)
+    with torch.no_grad():
+        change(model)
+    save_checkpoint(run / "checkpoints", tag, model, optimizer, meta["state"], meta["config"])
+
+
+def _overflowing(model) -> None:
+    """Finite weights whose logits overflow: every gate saturates open (h near 1), the head's
+    weights near float32's largest value."""
+    for p in model.parameters():
+        p.fill_(1e3)
+    model.head.weight.fill_(3e38)
+    model.head.bias.fill_(3e38)
+
+
+def test_evaluate_and_predict_refuse_non_finite_outputs(tiny_run, tmp_path):
+    from rnnlab.checkpoint import CheckpointError
+    from rnnlab.cli import main
+    from rnnlab.predict import PredictError, evaluate_run, predict_images
+    from rnnlab.runs import RunError
+
+    image = tmp_path / "digit.npy"
+    np.save(image, np.zeros((28, 28), dtype=np.float32))
+    huge = _copy(tiny_run[0], tmp_path / "huge")
+    _rewrite(huge, "best", _overflowing)
+    with pytest.raises(RunError, match=r"expected finite figures from checkpoint best, got loss"):
+        evaluate_run(huge)
+    with pytest.raises(PredictError, match=r"input 1: expected finite probabilities"):
+        predict_images(huge, [image])
+    nan = _copy(tiny_run[0], tmp_path / "nan")
+    _rewrite(nan, "best", lambda m: m.head.bias.fill_(math.nan))
+    with pytest.raises(CheckpointError, match=r"best.json: expected finite weights, got non"):
+        evaluate_run(nan)
+    assert main(["evaluate", str(nan), "--json"]) == 2
+    assert main(["predict", str(huge), "--image", str(image)]) == 2
+
+
+def test_the_checkpoint_config_wins_over_an_edited_config_json(tiny_run, tmp_path, capsys):
+    from rnnlab.cli import main
+    from rnnlab.predict import evaluate_run
+    from rnnlab.runs import RunWarning
+
+    run = _copy(tiny_run[0], tmp_path / "run")
+    before = evaluate_run(run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["pooling"] = "mean"
+    config["train"]["lr"] = 0.5
+    (run / "config.json").write_text(json.dumps(config))
+    path = (run / "config.json").absolute()
+    with pytest.warns(RunWarning, match=rf"{path} differs .* \(model.pooling, train.lr\); using"):
+        after = evaluate_run(run)
+    assert after == before
+    assert main(["evaluate", str(run)]) == 0
+    assert "rnnlab evaluate: warning: " in capsys.readouterr().err
+
+
+_HOLD = """
+import sys
+from pathlib import Path
+from rnnlab.runs.lock import RunLock
+RunLock.acquire(Path(sys.argv[1]))
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def _hold_lock(run: Path) -> subprocess.Popen:
+    """Another process holding ``run``'s lock until its stdin closes."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(run)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tiny_run, tmp_path):
+    from rnnlab.runs import RunError, resume, train
+
+    run = _copy(tiny_run[0], tmp_path / "run", unfinished=True)
+    holder = _hold_lock(run)
+    try:
+        expected = rf"expected no other process writing this run, got PID {holder.pid} holding"
+        with pytest.raises(RunError, match=expected):
+            resume(run)
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        other = _hold_lock(fresh)
+        with pytest.raises(RunError, match=rf"got PID {other.pid} holding"):
+            train("mnist-sample", fresh, overrides=TINY)
+        other.communicate("", timeout=60)
+    finally:
+        holder.communicate("", timeout=60)  # its end releases the lock
+    report = resume(run)  # now the run is ours
+    assert report["steps"] == tiny_run[1]["steps"]
+
+
+def test_an_abandoned_claim_is_reused_and_anything_else_refused(tmp_path):
+    from rnnlab.runs import RunError, train
+    from rnnlab.runs.lock import LOCK_NAME
+
+    out = tmp_path / "run"  # what a run killed during data loading or before step 5 leaves
+    (out / "checkpoints").mkdir(parents=True)
+    for name in (LOCK_NAME, "config.json", "run.json", "metrics.jsonl", ".run.json.1a2b.tmp"):
+        (out / name).write_text("{}")
+    (out / "checkpoints" / "last-00000005.safetensors").write_bytes(b"cut short")
+    train("mnist-sample", out, overrides=[*TINY, "train.epochs=1"])
+    assert (out / "report.json").is_file() and not (out / ".run.json.1a2b.tmp").exists()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / LOCK_NAME).write_text("")
+    (foreign / "thesis.tex").write_text("mine")
+    with pytest.raises(RunError, match="expected a new or empty directory, got an existing non"):
+        train("mnist-sample", foreign, overrides=TINY)
+    assert (foreign / "thesis.tex").read_text() == "mine"
+
+
+def test_two_concurrent_trains_of_one_out_have_one_winner(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    args = ["train", "mnist-sample", "--out", str(out), "--threads", "1", "--no-progress"]
+    command = [sys.executable, "-m", "rnnlab", *args, *cli_sets(*TINY, "train.epochs=1")]
+    procs = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "got PID" in loser or "got an existing non-empty directory" in loser
+    assert json.loads((out / "report.json").read_text())["steps"] == 20

@@ -34,6 +34,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from rnnlab.faults import fault_point
 from rnnlab.files import atomic_write
 
 __all__ = [
@@ -98,8 +99,10 @@ def save_checkpoint(
     state: dict[str, Any],
     config: dict[str, Any],
     carry: tuple[Tensor, ...] | None = None,
+    artifacts: dict[str, str] | None = None,
 ) -> Path:
-    """Save checkpoint ``tag`` into ``folder``; returns the path of ``TAG.json``."""
+    """Save checkpoint ``tag`` into ``folder``; returns the path of ``TAG.json``.
+    ``artifacts``: the sha256 of each file the run keeps beside the weights (``vocab.json``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -117,6 +120,7 @@ def save_checkpoint(
     data = safetensors.torch.save(tensors)
     name = f"{tag}-{state['step']:08d}.safetensors"
     atomic_write(folder / name, data)
+    fault_point("checkpoint-tensors")
     meta: dict[str, Any] = {
         "format": FORMAT,
         "tensors": name,
@@ -124,6 +128,7 @@ def save_checkpoint(
         "state": state,
         "optimizer": {"param_groups": opt["param_groups"], "scalars": optimizer_scalars},
         "config": config,
+        "artifacts": artifacts or {},
         "versions": versions(),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": sys.argv,
@@ -131,6 +136,7 @@ def save_checkpoint(
     meta["meta_sha256"] = meta_digest(meta)
     meta_path = folder / f"{tag}.json"
     atomic_write(meta_path, _json_bytes(meta))
+    fault_point("checkpoint-meta")
     for old in folder.glob(f"{tag}-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from rnnlab.files import atomic_write
 
 __all__ = [
     "RunError",
+    "RunWarning",
     "check_new_out",
     "default_run_dir",
     "json_bytes",
@@ -40,6 +41,10 @@ class RunError(ValueError):
     """A run directory is missing, foreign, finished, not writable, or its run failed."""
 
 
+class RunWarning(UserWarning):
+    """A run directory disagrees with itself (e.g. an edited config.json); the checkpoint wins."""
+
+
 def json_bytes(values: Any) -> bytes:
     return (json.dumps(values, indent=2) + "\n").encode("utf-8")
 
@@ -49,9 +54,11 @@ def default_run_dir(name: str) -> Path:
 
 
 def check_new_out(out: Path, create: bool = False) -> None:
-    """``out`` must be new or an empty directory (the ``--out`` of a fresh run); with
-    ``create``, make it and check that it is writable."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    """``out`` must be new or an empty directory (the ``--out`` of a fresh run), or hold an
+    rnnlab claim (``.rnnlab.lock``: :func:`rnnlab.runs.lock.claim_new_run_dir` decides whether
+    it was abandoned); with ``create``, make it and check that it is writable."""
+    claimed = (out / ".rnnlab.lock").is_file()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not claimed)):
         raise RunError(
             f"--out {out}: expected a new or empty directory, got an existing "
             f"{'file' if not out.is_dir() else 'non-empty directory'} (resume a run "
