@@ -93,6 +93,12 @@ def read_config(run_dir: PathLike) -> Config:
             f"{run_dir}: expected an rnnlab run directory, got "
             f"{'a file' if run_dir.exists() else 'nothing there'}"
         )
+    if (run_dir / ".rnnlab.lock").is_file() and not (run_dir / "config.json").is_file():
+        raise RunError(
+            f"{run_dir.absolute()}: expected an rnnlab run, got only the claim of a run that "
+            "stopped before writing anything; start it again with `rnnlab train PRESET --out "
+            f"{run_dir}` (the directory is reused)"
+        )
     values = read_json(run_dir / "config.json", "an rnnlab run's config.json")
     try:
         return Config.from_dict(values)
