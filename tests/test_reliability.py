@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import stat
 import subprocess
@@ -323,3 +324,83 @@ def test_two_concurrent_trains_of_one_out_have_one_winner(tmp_path):
     loser = next(err for code, err in results if code == 2)
     assert "got PID" in loser or "got an existing non-empty directory" in loser
     assert json.loads((out / "report.json").read_text())["steps"] == 20
+
+
+def test_a_data_dir_is_never_silently_ignored(tiny_run, tmp_path, capsys):
+    from rnnlab.cli import main
+    from rnnlab.predict import evaluate_run
+    from rnnlab.runs import RunError, train
+
+    out = tmp_path / "run"
+    with pytest.raises(RunError, match=r"expected no --data-dir for a run that reads the sample"):
+        train("mnist-sample", out, data_dir=tmp_path, overrides=TINY)
+    with pytest.raises(RunError, match=r"--data-dir .*nope: expected an existing directory"):
+        train("mnist-sample", out, data_dir=tmp_path / "nope", overrides=TINY)
+    assert not out.exists()
+    with pytest.raises(RunError, match=r"--data-dir .*nope: expected an existing directory"):
+        evaluate_run(tiny_run[0], data_dir=tmp_path / "nope")
+    assert main(["evaluate", str(tiny_run[0]), "--data-dir", str(tmp_path / "nope")]) == 2
+    assert "expected an existing directory, got nothing there" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def imdb_run(tmp_path_factory):
+    from rnnlab.runs import train
+
+    out = tmp_path_factory.mktemp("runs") / "imdb"
+    settings = ["model.embedding_dim=8", "model.hidden_sizes=[8]", "data.maxlen=20"]
+    train("imdb-sample", out, overrides=[*settings, "train.epochs=1", "data.num_words=2000"])
+    return out
+
+
+def test_predict_file_answers_good_lines_and_numbers_bad_ones(imdb_run, tmp_path, capsys):
+    from rnnlab.cli import main
+
+    reviews = tmp_path / "reviews.txt"
+    long = " ".join(["a wonderful moving film with great acting"] * 10)
+    reviews.write_text(f"a great film\n\nterrible acting\n\nqqqzx vvvwq\n{long}\n")
+    assert main(["predict", str(imdb_run), "--file", str(reviews)]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 3  # lines 1, 3 and 6 answered
+    assert f"error: {reviews} line 5: expected at least one known word" in captured.err
+    assert f"note: {reviews} line 6 is longer than the model reads" in captured.err
+    assert "1 of 4 inputs failed" in captured.err
+    assert main(["predict", str(imdb_run), "--file", str(reviews), "--json"]) == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["line"] for x in lines] == [1, 3, 5, 6]
+    assert "error" in lines[2] and "label" not in lines[2]
+    assert [x.get("truncated") for x in lines] == [False, False, None, True]
+
+
+def test_npy_pickles_and_object_arrays_are_refused_without_unsafe_advice(tiny_run, tmp_path):
+    from rnnlab.predict import PredictError, predict_images
+
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    pickled = tmp_path / "pickled.npy"
+    pickled.write_bytes(pickle.dumps([1, 2]))
+    for path, message in [
+        (objects, "expected a .npy array of numbers, got an object array"),
+        (pickled, r"expected a .npy file \(starting with .*\), got other bytes"),
+    ]:
+        with pytest.raises(PredictError, match=message) as caught:
+            predict_images(tiny_run[0], [path])
+        assert "allow_pickle" not in str(caught.value)
+        assert "never unpickles" in str(caught.value)
+
+
+def test_run_directory_files_follow_the_umask(tmp_path):
+    from rnnlab.runs import train
+
+    out = tmp_path / "run"
+    old = os.umask(0o027)
+    try:
+        train("mnist-sample", out, overrides=[*TINY, "train.epochs=1"])
+    finally:
+        os.umask(old)
+    modes = {
+        str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode)
+        for p in out.rglob("*")
+        if p.is_file()
+    }
+    assert len(modes) >= 8 and set(modes.values()) == {0o640}, modes

@@ -13,7 +13,14 @@ from rnnlab.runs.load import read_run_artifacts
 from rnnlab.tasks import PredictError, get_task
 from rnnlab.train import evaluate
 
-__all__ = ["PredictError", "evaluate_run", "predict_inputs", "predict_images", "predict_texts"]
+__all__ = [
+    "PredictError",
+    "evaluate_run",
+    "predict_each",
+    "predict_images",
+    "predict_inputs",
+    "predict_texts",
+]
 PathLike = str | os.PathLike[str]
 
 
@@ -56,6 +63,26 @@ _WRONG_KIND = {
 }
 
 
+def _open(run_dir: PathLike, checkpoint: str, input_kind: str | None):
+    """``(task, model, meta, artifacts)`` of a run for predicting ``input_kind`` inputs."""
+    config, model, meta = load_run(run_dir, checkpoint)
+    task = get_task(config)
+    if input_kind is not None and task.input_kind != input_kind:
+        raise PredictError(f"{run_dir}: {_WRONG_KIND[input_kind]}")
+    return task, model, meta, read_run_artifacts(run_dir, task, meta)
+
+
+def _checked(results: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    for k, result in enumerate(results):
+        if not all(math.isfinite(p) for p in result.get("probabilities", ())):
+            raise PredictError(
+                f"input {k + 1}: expected finite probabilities from checkpoint {meta['tag']}, "
+                f"got {result['probabilities']} (the model's outputs overflow: train again "
+                "with a lower train.lr)"
+            )
+    return results
+
+
 def predict_inputs(
     run_dir: PathLike,
     raw: Sequence[Any],
@@ -65,21 +92,37 @@ def predict_inputs(
 ) -> list[dict[str, Any]]:
     """Run a run's model on raw inputs (what its task's ``prepare`` takes, with ``options``);
     one result per input. ``input_kind`` ("text", "image"): refuse a run whose task takes
-    another kind of input."""
-    config, model, meta = load_run(run_dir, checkpoint)
-    task = get_task(config)
-    if input_kind is not None and task.input_kind != input_kind:
-        raise PredictError(f"{run_dir}: {_WRONG_KIND[input_kind]}")
-    prepared = task.prepare(list(raw), read_run_artifacts(run_dir, task, meta), **options)
-    results = task.predict(model, prepared)
-    for k, result in enumerate(results):
-        if not all(math.isfinite(p) for p in result.get("probabilities", ())):
-            raise PredictError(
-                f"input {k + 1}: expected finite probabilities from checkpoint {meta['tag']}, "
-                f"got {result['probabilities']} (the model's outputs overflow: train again "
-                "with a lower train.lr)"
-            )
-    return results
+    another kind of input. One bad input fails the call (see :func:`predict_each`)."""
+    task, model, meta, artifacts = _open(run_dir, checkpoint, input_kind)
+    prepared = task.prepare(list(raw), artifacts, **options)
+    return _checked(task.predict(model, prepared), meta)
+
+
+def predict_each(
+    run_dir: PathLike,
+    raw: Sequence[Any],
+    checkpoint: str = "best",
+    input_kind: str | None = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """As :func:`predict_inputs`, but an input the model cannot take does not fail the others:
+    its result is ``{"input": ..., "error": "expected ..., got ..."}``. Errors about the run
+    itself (no checkpoint, non-finite outputs) still raise."""
+    task, model, meta, artifacts = _open(run_dir, checkpoint, input_kind)
+    results: list[dict[str, Any] | None] = [None] * len(raw)
+    good = []
+    for k, item in enumerate(raw):
+        try:
+            task.prepare([item], artifacts, **options)
+            good.append(k)
+        except PredictError as exc:  # reported as this input's result, not swallowed
+            message = str(exc).removeprefix("review 1: ")
+            results[k] = {"input": item if isinstance(item, str) else str(item), "error": message}
+    if good:
+        prepared = task.prepare([raw[k] for k in good], artifacts, **options)
+        for k, result in zip(good, _checked(task.predict(model, prepared), meta), strict=True):
+            results[k] = result
+    return [r for r in results if r is not None]
 
 
 def predict_texts(

@@ -108,7 +108,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="classify reviews or images with a trained run",
-        description="Print the label and its probability for each input.",
+        description="Print the label and its probability for each input. An input the "
+        "model cannot take is reported (by its line number for --file) and the others are "
+        "still answered; the exit status is then 1.",
     )
     p.add_argument("run_dir")
     src = p.add_mutually_exclusive_group(required=True)

@@ -109,6 +109,30 @@ def read_config(run_dir: PathLike) -> Config:
         ) from exc
 
 
+def check_data_dir(config: Config, data_dir: PathLike | None) -> None:
+    """A ``--data-dir`` must exist and be read: a preset on the package's sample
+    (``data.sample``) or on a ``data.path`` folder reads no data directory, so one given there
+    is refused rather than ignored (it would be recorded in run.json yet unused)."""
+    if data_dir is None:
+        return
+    path = Path(data_dir)
+    if not path.is_dir():
+        found = "a file" if path.exists() else "nothing there"
+        raise RunError(f"--data-dir {path}: expected an existing directory, got {found}")
+    d = config.data
+    if d.sample or d.path:
+        what = (
+            "the sample shipped in the package (data.sample=true)"
+            if d.sample
+            else f"data.path={d.path!r}"
+        )
+        raise RunError(
+            f"--data-dir {path}: expected no --data-dir for a run that reads {what}, got one; "
+            "drop --data-dir, or train a preset that reads a data directory (e.g. "
+            f"--set data.sample=false)"
+        )
+
+
 def run_data_dir(run_dir: PathLike, data_dir: PathLike | None = None) -> PathLike | None:
     """``data_dir`` if given, else the data directory the run was trained on (run.json)."""
     if data_dir is not None:

@@ -21,7 +21,14 @@ from torch import nn
 
 from rnnlab.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from rnnlab.config import Config, ConfigError
-from rnnlab.runs.layout import PathLike, RunError, RunWarning, read_config, run_data_dir
+from rnnlab.runs.layout import (
+    PathLike,
+    RunError,
+    RunWarning,
+    check_data_dir,
+    read_config,
+    run_data_dir,
+)
 from rnnlab.tasks import Task, TaskData, get_task
 
 __all__ = [
@@ -144,5 +151,7 @@ def load_run_data(
     """A run's task and its splits, from ``data_dir`` or by default the data the run was
     trained on; ``config`` (default: the run's config.json) is best the checkpoint's, from
     :func:`load_run`."""
-    task = get_task(config if config is not None else read_config(run_dir))
+    config = config if config is not None else read_config(run_dir)
+    check_data_dir(config, data_dir)
+    task = get_task(config)
     return task, task.load(run_data_dir(run_dir, data_dir))

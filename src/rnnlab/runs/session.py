@@ -42,6 +42,7 @@ from rnnlab.plots import plot_learning_curve
 from rnnlab.runs.layout import (
     PathLike,
     RunError,
+    check_data_dir,
     check_new_out,
     default_run_dir,
     json_bytes,
@@ -291,6 +292,7 @@ def train(
         load_preset(config, overrides) if isinstance(config, str) else config.override(overrides)
     )
     context.check_batch_size(config.train.batch_size)
+    check_data_dir(config, data_dir)
     out = context.on_main(lambda: _new_run_dir(out, config.name))  # one name for all ranks
     session = _Session(out, config, data_dir, callbacks, started, context)
     context.on_main(session.claim)
@@ -332,6 +334,7 @@ def _read_for_resume(
         )
     tensors, meta = load_checkpoint(ckpt_dir, "last")
     config = checkpoint_config(run_dir, meta, (ckpt_dir / "last.json").absolute())
+    check_data_dir(config, data_dir)
     return config, run_data_dir(run_dir, data_dir), tensors, meta
 
 
