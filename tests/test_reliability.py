@@ -61,6 +61,7 @@ def test_the_finite_check_covers_sections_built_in_python():
         ("train.lr=1" + "0" * 400, "train.lr: expected a finite number, got 1000"),
         ("train.divergence_factor=0.5", "train.divergence_factor: expected 0 .off. or > 1"),
         ("train.divergence_window=-1", "train.divergence_window: expected >= 0, got -1"),
+        ("model.hidden_sizes=[100000]", r"model: expected at most 2,147,483,648 parameters"),
     ],
 )
 def test_absurd_numbers_are_refused(override, message):

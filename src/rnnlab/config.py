@@ -51,6 +51,7 @@ class ConfigError(ValueError):
 
 # Every int setting is a count, a size or a seed that torch and numpy take as a 64-bit integer.
 INT_RANGE = (-(2**63), 2**63 - 1)
+MAX_PARAMETERS = 2**31  # 8 GiB of float32 weights: beyond it, a size is a typo, not a model
 
 
 def _check_numbers(section: object) -> None:
@@ -249,6 +250,28 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        if self.parameter_bound() > MAX_PARAMETERS:
+            m = self.model
+            raise ConfigError(
+                f"model: expected at most {MAX_PARAMETERS:,} parameters (8 GiB of float32), got "
+                f"about {self.parameter_bound():,} (model.hidden_sizes={list(m.hidden_sizes)}, "
+                f"model.embedding_dim={m.embedding_dim}, data.num_words={self.data.num_words})"
+            )
+
+    def parameter_bound(self) -> int:
+        """An upper bound of the model's parameter count, to refuse absurd sizes before any
+        memory is allocated (the task's model may have fewer)."""
+        m = self.model
+        gates, dirs = {"lstm": 4, "gru": 3, "rnn": 1}[m.cell], 2 if m.bidirectional else 1
+        width = m.projection or m.input_size
+        total = width * (m.input_size + 1) + self.data.num_words * m.embedding_dim
+        width = max(width, m.embedding_dim)
+        for h in m.hidden_sizes:
+            total += dirs * gates * h * (width + h + 2)
+            width = dirs * h
+        return total + 2 * width * (m.num_classes + 1)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (tuples become lists)."""
         return dataclasses.asdict(self)
@@ -313,7 +336,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     if unknown:
         where = prefix.rstrip(".") or "the top level"
         raise ConfigError(
-            f"unknown key {prefix + unknown[0]!r} in {where}: expected one of {sorted(known)}"
+            f"unknown key {prefix + unknown[0]!r} in {where}: expected one of {sorted(known)}, "
+            f"got {prefix + unknown[0]!r}"
         )
     kwargs = {}
     for name, value in values.items():
@@ -350,14 +374,15 @@ def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
             continue
         if len(parts) != 2 or parts[0] not in SECTIONS:
             raise ConfigError(
-                f"override {key!r}: expected section.key with a section in {sorted(SECTIONS)}"
+                f"override {key!r}: expected section.key with a section in {sorted(SECTIONS)}, "
+                f"got {key!r}"
             )
         section, name = parts
         section_keys = {f.name for f in fields(SECTIONS[section])}
         if name not in section_keys:
             raise ConfigError(
                 f"override {key!r}: unknown key; expected one of "
-                f"{', '.join(section + '.' + k for k in sorted(section_keys))}"
+                f"{', '.join(section + '.' + k for k in sorted(section_keys))}, got {key!r}"
             )
         values[section][name] = value
     return Config.from_dict(values)

@@ -89,8 +89,11 @@ def _load_npy(path: Path) -> np.ndarray:
             f"{path}: expected a .npy array of numbers, got an object array (pickled data); "
             "rnnlab never unpickles input files: save the pixels as a uint8 or float array"
         ) from None
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
-        raise PredictError(f"{path}: expected a .npy array of numbers, got dtype {image.dtype}")
+    real = (np.integer, np.floating, np.bool_)
+    if not any(np.issubdtype(image.dtype, kind) for kind in real):
+        raise PredictError(
+            f"{path}: expected a .npy array of real numbers, got dtype {image.dtype}"
+        )
     return image
 
 
