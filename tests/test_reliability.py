@@ -157,7 +157,7 @@ def test_non_finite_weights_never_replace_a_finite_checkpoint(tmp_path):
     last = (out / "checkpoints" / "last.json").absolute()
     expected = (
         rf"weights became non-finite \(head.bias\) by step 10.*was not written over.*"
-        rf"last good \(finite\) checkpoint is kept: {last} \(step 5\)"
+        rf"last checkpoint \(finite weights\) is kept: {last} \(step 5\)"
     )
     with pytest.raises(RunError, match=expected):
         train("mnist-sample", out, overrides=TINY, callbacks=[_Poison(10)])

@@ -182,7 +182,7 @@ class _Session:
             step = json.loads(last.read_text("utf-8"))["state"]["step"]
         except (OSError, ValueError, KeyError, TypeError):
             step = "?"
-        hint = f"The last good (finite) checkpoint is kept: {last} (step {step}); "
+        hint = f"The last checkpoint (finite weights) is kept: {last} (step {step}); "
         if diverged:
             return hint + (
                 f"`rnnlab train --resume {self.run_dir.absolute()}` would continue with the "
