@@ -1,7 +1,9 @@
 """Training a configuration into a run directory, and resuming it.
 
-A new run refuses an existing non-empty directory. If it fails before its first checkpoint, the
-directory is removed; after that it stays, resumable with :func:`resume`, which continues from
+A new run refuses an existing non-empty directory (one a killed run left before its first
+checkpoint excepted: it is reused) and holds the run's lock (:mod:`rnnlab.runs.lock`) until it
+ends, as :func:`resume` does. If it fails before its first checkpoint, the directory is
+removed; after that it stays, resumable with :func:`resume`, which continues from
 ``checkpoints/last`` (also mid-epoch, carry included) and, on CPU, ends with the same metrics as
 an uninterrupted run. The test split is evaluated once, at the end: on the best checkpoint when
 validation was a holdout, else on the final model (whose last validation already was test).
@@ -284,7 +286,8 @@ def train(
     """Train a preset name or configuration into a new run directory; returns report.json.
 
     ``callbacks`` (e.g. :class:`rnnlab.train.ProgressBar`) are added to the run's own metrics
-    writer and checkpointer. Data and model are prepared before the directory is created.
+    writer and checkpointer. The directory is claimed first (made and locked, see
+    :mod:`rnnlab.runs.lock`); a run that fails before its first checkpoint removes it.
     ``context``: this process's place in a data-parallel run (default: a single process).
     """
     started, context = time.perf_counter(), context or Context()
