@@ -160,10 +160,16 @@ def test_bad_runs_and_paths_are_refused(tmp_path, capsys):
     assert "expected a trained run with checkpoints/last.json" in capsys.readouterr().err
     (run / "last.json").rename(run / "checkpoints" / "last.json")
     foreign = json.loads((run / "config.json").read_text())
-    foreign["model"]["hidden_sizes"] = [7]  # the checkpoint's tensors no longer fit
+    foreign["model"]["hidden_sizes"] = [7]  # the checkpoint's own configuration wins
     (run / "config.json").write_text(json.dumps(foreign))
+    assert main(["export", str(run), "--checkpoint", "last"]) == 0
+    assert "rnnlab export: warning: " in capsys.readouterr().err
+    meta = json.loads((run / "checkpoints" / "last.json").read_text())
+    meta["config"]["model"]["hidden_sizes"] = [7]  # covered by the checkpoint's sha256
+    (run / "checkpoints" / "last.json").write_text(json.dumps(meta))
+    (run / "model.onnx").unlink()
     assert main(["export", str(run), "--checkpoint", "last"]) == 2
-    assert "error:" in capsys.readouterr().err
+    assert "expected metadata with sha256" in capsys.readouterr().err
     assert not (run / "model.onnx").exists()
 
 

@@ -143,13 +143,23 @@ def test_checkpoint_of_another_architecture_is_refused(mnist_run, tmp_path):
     out, _ = mnist_run
     import shutil
 
+    from rnnlab.checkpoint import load_model_weights
+    from rnnlab.runs import RunWarning
+    from rnnlab.tasks import get_task
+
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     config = json.loads((copy / "config.json").read_text())
     config["model"]["hidden_sizes"] = [32]
     (copy / "config.json").write_text(json.dumps(config))
+    # the checkpoint's own configuration is used; the edited copy is only reported (issue 15)
+    with pytest.warns(RunWarning, match=r"config.json differs .* \(model.hidden_sizes\)"):
+        loaded, _, _ = load_run(copy)
+    assert loaded.model.hidden_sizes == (16,)
+    other = get_task(loaded.override(["model.hidden_sizes=[32]"])).build_model()
+    tensors, _ = load_checkpoint(copy / "checkpoints", "best")
     with pytest.raises(CheckpointError, match="expected the parameters of this architecture"):
-        load_run(copy)
+        load_model_weights(other, tensors, "best.json")
 
 
 class _Poison:

@@ -8,7 +8,9 @@ A checkpoint ``TAG`` (``last`` or ``best``) in a folder is two files:
   (``carry.<k>``, see :class:`rnnlab.train.TrainState`);
 * ``TAG.json``: the name and sha256 of that tensor file, the optimizer's other state (param
   groups), the trainer state (step, epoch, batch, running sums, history), the resolved
-  configuration, library versions and the time.
+  configuration, library versions and the time, and ``meta_sha256``: the sha256 of all of that
+  in canonical JSON (:func:`meta_digest`), so that an edited ``state.step`` is refused like an
+  edited tensor. Checkpoints of format ``rnnlab-checkpoint/1`` (before the digest) still load.
 
 The tensor file is written first under a new name, then ``TAG.json`` is replaced atomically
 (temporary file, fsync, ``os.replace``), then older tensor files of the tag are removed. A
@@ -32,12 +34,14 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from rnnlab.faults import fault_point
 from rnnlab.files import atomic_write
 
 __all__ = [
     "CheckpointError",
     "load_checkpoint",
     "load_model_weights",
+    "meta_digest",
     "restore_carry",
     "restore_optimizer",
     "restore_rng",
@@ -62,8 +66,29 @@ def versions() -> dict[str, str]:
     }
 
 
+FORMAT = "rnnlab-checkpoint/2"
+_FORMATS = ("rnnlab-checkpoint/1", FORMAT)  # /1: no meta_sha256
+
+
 def _json_bytes(values: Any) -> bytes:
     return (json.dumps(values, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of a checkpoint's metadata without its ``meta_sha256``, as canonical JSON (sorted
+    keys, no spaces; JSON floats read back to the same value, so the digest survives a round
+    trip through the file)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _damaged(path: Path) -> str:
+    return (
+        f"; {path.absolute()} was changed or damaged after rnnlab wrote it: restore the run "
+        "directory from a copy, use the other checkpoint (--checkpoint best or last), or train "
+        "a new run"
+    )
 
 
 def save_checkpoint(
@@ -74,8 +99,10 @@ def save_checkpoint(
     state: dict[str, Any],
     config: dict[str, Any],
     carry: tuple[Tensor, ...] | None = None,
+    artifacts: dict[str, str] | None = None,
 ) -> Path:
-    """Save checkpoint ``tag`` into ``folder``; returns the path of ``TAG.json``."""
+    """Save checkpoint ``tag`` into ``folder``; returns the path of ``TAG.json``.
+    ``artifacts``: the sha256 of each file the run keeps beside the weights (``vocab.json``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -93,19 +120,23 @@ def save_checkpoint(
     data = safetensors.torch.save(tensors)
     name = f"{tag}-{state['step']:08d}.safetensors"
     atomic_write(folder / name, data)
-    meta = {
-        "format": "rnnlab-checkpoint/1",
+    fault_point("checkpoint-tensors")
+    meta: dict[str, Any] = {
+        "format": FORMAT,
         "tensors": name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "state": state,
         "optimizer": {"param_groups": opt["param_groups"], "scalars": optimizer_scalars},
         "config": config,
+        "artifacts": artifacts or {},
         "versions": versions(),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": sys.argv,
     }
+    meta["meta_sha256"] = meta_digest(meta)
     meta_path = folder / f"{tag}.json"
     atomic_write(meta_path, _json_bytes(meta))
+    fault_point("checkpoint-meta")
     for old in folder.glob(f"{tag}-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -113,21 +144,35 @@ def save_checkpoint(
 
 
 def load_checkpoint(folder: Path, tag: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """``(tensors, meta)`` of checkpoint ``tag`` in ``folder``, verified by sha256."""
-    meta_path = Path(folder) / f"{tag}.json"
+    """``(tensors, meta)`` of checkpoint ``tag`` in ``folder``; the metadata and the tensors
+    are verified by their sha256 (errors name the file by its full path and what to do)."""
+    meta_path = (Path(folder) / f"{tag}.json").absolute()
     if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path}: expected a checkpoint, got no such file")
+        raise CheckpointError(
+            f"{meta_path}: expected a checkpoint, got no such file (train the run, or use "
+            "--checkpoint last)"
+        )
     try:
         meta = json.loads(meta_path.read_text("utf-8"))
-        data = (Path(folder) / meta["tensors"]).read_bytes()
+        if not isinstance(meta, dict) or meta.get("format") not in _FORMATS:
+            raise ValueError(f"format {_FORMATS}, got {str(meta)[:80]}")
+        tensor_path = meta_path.parent / meta["tensors"]
+        data = tensor_path.read_bytes()
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
-            f"{meta_path}: expected a readable rnnlab checkpoint, got {type(exc).__name__}: {exc}"
+            f"{meta_path}: expected a readable rnnlab checkpoint, got {type(exc).__name__}: "
+            f"{exc}{_damaged(meta_path)}"
         ) from exc
+    if meta["format"] != _FORMATS[0] and meta.get("meta_sha256") != meta_digest(meta):
+        raise CheckpointError(
+            f"{meta_path}: expected metadata with sha256 {meta.get('meta_sha256')}, got "
+            f"{meta_digest(meta)}{_damaged(meta_path)}"
+        )
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta.get("sha256"):
         raise CheckpointError(
-            f"{meta['tensors']}: expected sha256 {meta.get('sha256')}, got {digest}"
+            f"{tensor_path}: expected sha256 {meta.get('sha256')}, got {digest}"
+            f"{_damaged(tensor_path)}"
         )
     return safetensors.torch.load(data), meta
 

@@ -17,6 +17,7 @@ configuration (:meth:`Config.to_dict`) is saved as JSON with every run and every
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -46,6 +47,27 @@ __all__ = [
 
 class ConfigError(ValueError):
     """An unknown preset or key, or a value of the wrong type or out of range."""
+
+
+# Every int setting is a count, a size or a seed that torch and numpy take as a 64-bit integer.
+INT_RANGE = (-(2**63), 2**63 - 1)
+MAX_PARAMETERS = 2**31  # 8 GiB of float32 weights: beyond it, a size is a typo, not a model
+
+
+def _check_numbers(section: object) -> None:
+    """The one finiteness and range check of every section: each float setting is finite (inf
+    and nan, e.g. ``train.lr=inf`` or ``1e400``, mean no setting), each int fits in 64 bits."""
+    label = type(section).__name__.removesuffix("Config").lower()
+    for f in fields(section):  # type: ignore[arg-type]
+        value = getattr(section, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{label}.{f.name}: expected a finite number, got {v}")
+            if isinstance(v, int) and not INT_RANGE[0] <= v <= INT_RANGE[1]:
+                raise ConfigError(
+                    f"{label}.{f.name}: expected an int that fits in 64 bits, got {v}"
+                )
 
 
 def _positive(section: object, *names: str) -> None:
@@ -83,7 +105,10 @@ class DataConfig:
     punctuation: bool = True  # false drops punctuation tokens: Keras's IMDB encoding has none
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         _positive(self, "num_words", "maxlen", "holdout")
+        if self.holdout_seed < 0:
+            raise ConfigError(f"data.holdout_seed: expected an int >= 0, got {self.holdout_seed}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +144,7 @@ class ModelConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         _positive(self, "input_size", "embedding_dim", "num_classes")
         if self.precision == "bf16" and self.cell != "lstm":
             raise ConfigError(
@@ -166,9 +192,24 @@ class TrainConfig:
     label_smoothing: float = 0.0
     bucket: bool = False  # group batches by length and trim padding (masked text models)
     seed: int = 0
+    # Divergence: stop when the loss stays above divergence_factor times the first step's loss
+    # for divergence_window steps in a row (0: only a non-finite loss stops a run).
+    divergence_factor: float = 10.0
+    divergence_window: int = 50
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         _positive(self, "epochs", "batch_size", "eval_batch_size", "step_epochs", "patience")
+        if self.seed < 0:
+            raise ConfigError(f"train.seed: expected an int >= 0, got {self.seed}")
+        if self.divergence_window < 0:
+            raise ConfigError(
+                f"train.divergence_window: expected >= 0, got {self.divergence_window}"
+            )
+        if self.divergence_factor and self.divergence_factor <= 1:
+            raise ConfigError(
+                f"train.divergence_factor: expected 0 (off) or > 1, got {self.divergence_factor}"
+            )
         for name in ("lr", "gamma"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name}: expected > 0, got {getattr(self, name)}")
@@ -192,6 +233,7 @@ class RunConfig:
     evaluate_test: bool = True  # evaluate the test split at the end, into report.json
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         for name in ("log_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"run.{name}: expected >= 0, got {getattr(self, name)}")
@@ -207,6 +249,28 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.parameter_bound() > MAX_PARAMETERS:
+            m = self.model
+            raise ConfigError(
+                f"model: expected at most {MAX_PARAMETERS:,} parameters (8 GiB of float32), got "
+                f"about {self.parameter_bound():,} (model.hidden_sizes={list(m.hidden_sizes)}, "
+                f"model.embedding_dim={m.embedding_dim}, data.num_words={self.data.num_words})"
+            )
+
+    def parameter_bound(self) -> int:
+        """An upper bound of the model's parameter count, to refuse absurd sizes before any
+        memory is allocated (the task's model may have fewer)."""
+        m = self.model
+        gates, dirs = {"lstm": 4, "gru": 3, "rnn": 1}[m.cell], 2 if m.bidirectional else 1
+        width = m.projection or m.input_size
+        total = width * (m.input_size + 1) + self.data.num_words * m.embedding_dim
+        width = max(width, m.embedding_dim)
+        for h in m.hidden_sizes:
+            total += dirs * gates * h * (width + h + 2)
+            width = dirs * h
+        return total + 2 * width * (m.num_classes + 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (tuples become lists)."""
@@ -252,6 +316,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, int) and abs(value) >= 1e308:
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
         value = float(value) if ok else value
     else:
         ok = isinstance(value, tp)
@@ -270,7 +336,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     if unknown:
         where = prefix.rstrip(".") or "the top level"
         raise ConfigError(
-            f"unknown key {prefix + unknown[0]!r} in {where}: expected one of {sorted(known)}"
+            f"unknown key {prefix + unknown[0]!r} in {where}: expected one of {sorted(known)}, "
+            f"got {prefix + unknown[0]!r}"
         )
     kwargs = {}
     for name, value in values.items():
@@ -307,14 +374,15 @@ def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
             continue
         if len(parts) != 2 or parts[0] not in SECTIONS:
             raise ConfigError(
-                f"override {key!r}: expected section.key with a section in {sorted(SECTIONS)}"
+                f"override {key!r}: expected section.key with a section in {sorted(SECTIONS)}, "
+                f"got {key!r}"
             )
         section, name = parts
         section_keys = {f.name for f in fields(SECTIONS[section])}
         if name not in section_keys:
             raise ConfigError(
                 f"override {key!r}: unknown key; expected one of "
-                f"{', '.join(section + '.' + k for k in sorted(section_keys))}"
+                f"{', '.join(section + '.' + k for k in sorted(section_keys))}, got {key!r}"
             )
         values[section][name] = value
     return Config.from_dict(values)

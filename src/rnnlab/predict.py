@@ -3,15 +3,24 @@ hooks (reviews for text runs, image files for image runs)."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from rnnlab.runs import RunError, load_run, load_run_data, read_config
+from rnnlab.runs import RunError, load_run, load_run_data
+from rnnlab.runs.load import read_run_artifacts
 from rnnlab.tasks import PredictError, get_task
 from rnnlab.train import evaluate
 
-__all__ = ["PredictError", "evaluate_run", "predict_inputs", "predict_images", "predict_texts"]
+__all__ = [
+    "PredictError",
+    "evaluate_run",
+    "predict_each",
+    "predict_images",
+    "predict_inputs",
+    "predict_texts",
+]
 PathLike = str | os.PathLike[str]
 
 
@@ -25,12 +34,19 @@ def evaluate_run(
     "train"), from ``data_dir`` or by default the data the run was trained on."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"evaluate_run expected split 'test', 'val' or 'train', got {split!r}")
-    _, model, meta = load_run(run_dir, checkpoint)
-    task, data = load_run_data(run_dir, data_dir)
+    config, model, meta = load_run(run_dir, checkpoint)
+    task, data = load_run_data(run_dir, data_dir, config)
     examples = {"test": data.test, "val": data.val, "train": data.train}[split]
     if examples is None:
         raise RunError(f"{run_dir}: expected a validation split, got data.validation='none'")
     metrics = evaluate(model, task.batches(examples, training=False).epoch(0), task)
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise RunError(
+            f"{run_dir}: expected finite figures from checkpoint {meta['tag']}, got "
+            f"{', '.join(f'{k} {v}' for k, v in bad.items())} on {split} (the model's outputs "
+            "overflow: train again with a lower train.lr)"
+        )
     return {
         "run": str(run_dir),
         "checkpoint": meta["tag"],
@@ -41,15 +57,72 @@ def evaluate_run(
     }
 
 
+_WRONG_KIND = {
+    "text": "--text expected a text model, got an image model (use --image)",
+    "image": "--image expected an image model, got a text model (use --text or --file)",
+}
+
+
+def _open(run_dir: PathLike, checkpoint: str, input_kind: str | None):
+    """``(task, model, meta, artifacts)`` of a run for predicting ``input_kind`` inputs."""
+    config, model, meta = load_run(run_dir, checkpoint)
+    task = get_task(config)
+    if input_kind is not None and task.input_kind != input_kind:
+        raise PredictError(f"{run_dir}: {_WRONG_KIND[input_kind]}")
+    return task, model, meta, read_run_artifacts(run_dir, task, meta)
+
+
+def _checked(results: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    for k, result in enumerate(results):
+        if not all(math.isfinite(p) for p in result.get("probabilities", ())):
+            raise PredictError(
+                f"input {k + 1}: expected finite probabilities from checkpoint {meta['tag']}, "
+                f"got {result['probabilities']} (the model's outputs overflow: train again "
+                "with a lower train.lr)"
+            )
+    return results
+
+
 def predict_inputs(
-    run_dir: PathLike, raw: Sequence[Any], checkpoint: str = "best", **options: Any
+    run_dir: PathLike,
+    raw: Sequence[Any],
+    checkpoint: str = "best",
+    input_kind: str | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Run a run's model on raw inputs (what its task's ``prepare`` takes, with ``options``);
-    one result per input."""
-    config, model, _ = load_run(run_dir, checkpoint)
-    task = get_task(config)
-    prepared = task.prepare(list(raw), task.read_artifacts(run_dir), **options)
-    return task.predict(model, prepared)
+    one result per input. ``input_kind`` ("text", "image"): refuse a run whose task takes
+    another kind of input. One bad input fails the call (see :func:`predict_each`)."""
+    task, model, meta, artifacts = _open(run_dir, checkpoint, input_kind)
+    prepared = task.prepare(list(raw), artifacts, **options)
+    return _checked(task.predict(model, prepared), meta)
+
+
+def predict_each(
+    run_dir: PathLike,
+    raw: Sequence[Any],
+    checkpoint: str = "best",
+    input_kind: str | None = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """As :func:`predict_inputs`, but an input the model cannot take does not fail the others:
+    its result is ``{"input": ..., "error": "expected ..., got ..."}``. Errors about the run
+    itself (no checkpoint, non-finite outputs) still raise."""
+    task, model, meta, artifacts = _open(run_dir, checkpoint, input_kind)
+    results: list[dict[str, Any] | None] = [None] * len(raw)
+    good = []
+    for k, item in enumerate(raw):
+        try:
+            task.prepare([item], artifacts, **options)
+            good.append(k)
+        except PredictError as exc:  # reported as this input's result, not swallowed
+            message = str(exc).removeprefix("review 1: ")
+            results[k] = {"input": item if isinstance(item, str) else str(item), "error": message}
+    if good:
+        prepared = task.prepare([raw[k] for k in good], artifacts, **options)
+        for k, result in zip(good, _checked(task.predict(model, prepared), meta), strict=True):
+            results[k] = result
+    return [r for r in results if r is not None]
 
 
 def predict_texts(
@@ -57,11 +130,7 @@ def predict_texts(
 ) -> list[dict[str, Any]]:
     """Classify reviews with a text run, encoded exactly as its training data was; each result
     says whether the review was ``truncated`` to the run's ``data.maxlen`` words."""
-    if get_task(read_config(run_dir)).input_kind != "text":
-        raise PredictError(
-            f"{run_dir}: --text expected a text model, got an image model (use --image)"
-        )
-    return predict_inputs(run_dir, texts, checkpoint)
+    return predict_inputs(run_dir, texts, checkpoint, "text")
 
 
 def predict_images(
@@ -69,8 +138,4 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Classify image files with an image run; ``invert`` as in
     :meth:`rnnlab.tasks.ImageClassification.prepare`."""
-    if get_task(read_config(run_dir)).input_kind != "image":
-        raise PredictError(
-            f"{run_dir}: --image expected an image model, got a text model (use --text or --file)"
-        )
-    return predict_inputs(run_dir, paths, checkpoint, invert=invert)
+    return predict_inputs(run_dir, paths, checkpoint, "image", invert=invert)

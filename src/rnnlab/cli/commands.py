@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rnnlab import distributed
 from rnnlab.config import Config, load_preset
-from rnnlab.predict import PredictError, predict_images, predict_texts
+from rnnlab.predict import PredictError, predict_each
 from rnnlab.runs import RunError, default_run_dir, read_config, resume, train
 from rnnlab.runs.layout import check_new_out
 from rnnlab.train import ConsoleLogger, ProgressBar
@@ -144,7 +144,9 @@ def _launch(args: argparse.Namespace, config: Config, out: Path) -> int:
     return 0
 
 
-def _read_reviews(path: str) -> list[str]:
+def _read_reviews(path: str) -> list[tuple[int, str]]:
+    """``(line number, review)`` for each non-blank line of ``path`` (numbered as an editor
+    numbers them, blank lines included)."""
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -156,25 +158,54 @@ def _read_reviews(path: str) -> list[str]:
         raise PredictError(f"{path}: expected a readable text file, got {exc}") from exc
     if "\x00" in text:
         raise PredictError(f"{path}: expected text, got binary data (NUL bytes)")
-    reviews = [line for line in text.splitlines() if line.strip()]
+    reviews = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not reviews:
         raise PredictError(f"{path}: expected at least one non-empty line, got none")
     return reviews
 
 
-def predict_command(args: argparse.Namespace) -> int:
-    """``rnnlab predict``: one line (or JSON object) per input."""
+def _predict_inputs(args: argparse.Namespace) -> tuple[list, list[str], dict, str]:
+    """``(raw inputs, a label naming each, prepare options, input kind)`` from the flags."""
     if args.image:
-        results = predict_images(args.run_dir, args.image, args.checkpoint, args.invert)
-    else:
-        texts = args.text if args.text else _read_reviews(args.file)
-        results = predict_texts(args.run_dir, texts, args.checkpoint)
-    for r in results:
+        return list(args.image), list(args.image), {"invert": args.invert}, "image"
+    if args.text:
+        return list(args.text), [f"--text {k + 1}" for k in range(len(args.text))], {}, "text"
+    numbered = _read_reviews(args.file)
+    labels = [f"{args.file} line {n}" for n, _ in numbered]
+    return [text for _, text in numbered], labels, {}, "text"
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``rnnlab predict``: one line (or JSON object) per input. An input the model cannot take
+    is reported on stderr by its flag or line number (with ``"error"`` in ``--json``) and the
+    others are still answered; then the exit status is 1. A review longer than the model reads
+    (``data.maxlen``) gets a note on stderr (``"truncated": true`` in ``--json``)."""
+    raw, labels, options, kind = _predict_inputs(args)
+    results = predict_each(args.run_dir, raw, args.checkpoint, kind, **options)
+    failed = 0
+    for label, r in zip(labels, results, strict=True):
+        if args.file:
+            r = {"line": int(label.rsplit(" ", 1)[1]), **r}
+        if "error" in r:
+            failed += 1
+            print(f"rnnlab predict: error: {label}: {r['error']}", file=sys.stderr)
+        elif r.get("truncated"):
+            print(
+                f"rnnlab predict: note: {label} is longer than the model reads: only "
+                "data.maxlen words of it were used (truncated)",
+                file=sys.stderr,
+            )
         if args.json:
             print(json.dumps(r))
-        else:
+        elif "error" not in r:
             shown = r["input"] if len(r["input"]) <= 60 else r["input"][:57] + "..."
             print(f"{r['label_name']}\t{r['probability']:.4f}\t{shown}")
+    if failed:
+        print(
+            f"rnnlab predict: {failed} of {len(results)} inputs failed (see above)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

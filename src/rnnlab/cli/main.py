@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 
 from rnnlab.allocator import retain_freed_memory, retention_wanted
@@ -108,7 +109,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="classify reviews or images with a trained run",
-        description="Print the label and its probability for each input.",
+        description="Print the label and its probability for each input. An input the "
+        "model cannot take is reported (by its line number for --file) and the others are "
+        "still answered; the exit status is then 1.",
     )
     p.add_argument("run_dir")
     src = p.add_mutually_exclusive_group(required=True)
@@ -228,6 +231,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DataError, CheckpointError, RunError, PredictError, OSError
 
 
+def _warning_printer(verb: str):
+    """A ``warnings.showwarning`` that prints a run's warnings as one line on stderr."""
+    from rnnlab.runs import RunWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, RunWarning):
+            print(f"rnnlab {verb}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -238,10 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ensure_kernels(sys.stderr)
     if argv and argv[0] in PLUGIN_VERBS:
-        return _plugin(argv[0], argv[1:])
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(argv[0])
+            return _plugin(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(args.verb)
+            return args.func(args)
     except _user_errors() as exc:
         rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
         who = f"rnnlab {args.verb}" + (f" (rank {rank})" if rank != "0" else "")

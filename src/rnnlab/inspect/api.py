@@ -35,6 +35,7 @@ from rnnlab.inspect.trace import (
     saturation,
 )
 from rnnlab.runs import load_run
+from rnnlab.runs.load import read_run_artifacts
 from rnnlab.tasks import get_task
 
 __all__ = ["InspectResult", "inspect_run"]
@@ -155,7 +156,8 @@ def inspect_run(
                 f'{run_dir}: a text model expected --text "...", got '
                 f"{'--image/--index' if text is None else 'also --image/--index'}"
             )
-        example = text_example(config, task.read_artifacts(run_dir)["vocab.json"], text)
+        vocab = read_run_artifacts(run_dir, task, meta)["vocab.json"]
+        example = text_example(config, vocab, text)
     else:
         if text is not None:
             raise InspectError(

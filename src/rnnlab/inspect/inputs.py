@@ -38,7 +38,7 @@ def text_example(config: Config, word_index: dict[str, int], text: str) -> Examp
 
 def test_split(config: Config, run_dir: PathLike, data_dir: PathLike | None = None) -> Split:
     """The run's test split, from ``data_dir`` or by default the folder it was trained on."""
-    return load_run_data(run_dir, data_dir)[1].test
+    return load_run_data(run_dir, data_dir, config)[1].test
 
 
 def first_examples(config: Config, split: Split, count: int) -> tuple[tuple[Tensor, ...], Tensor]:

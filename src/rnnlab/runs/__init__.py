@@ -2,12 +2,13 @@
 (:func:`resume`), load it back (:func:`load_run`). :mod:`~rnnlab.runs.layout` describes the
 directory; :mod:`~rnnlab.runs.session` trains; :mod:`~rnnlab.runs.load` reads a trained run."""
 
-from rnnlab.runs.layout import RunError, default_run_dir, read_config, run_data_dir
+from rnnlab.runs.layout import RunError, RunWarning, default_run_dir, read_config, run_data_dir
 from rnnlab.runs.load import load_run, load_run_data
 from rnnlab.runs.session import resume, train
 
 __all__ = [
     "RunError",
+    "RunWarning",
     "default_run_dir",
     "load_run",
     "load_run_data",

@@ -26,6 +26,7 @@ from rnnlab.files import atomic_write
 
 __all__ = [
     "RunError",
+    "RunWarning",
     "check_new_out",
     "default_run_dir",
     "json_bytes",
@@ -40,6 +41,10 @@ class RunError(ValueError):
     """A run directory is missing, foreign, finished, not writable, or its run failed."""
 
 
+class RunWarning(UserWarning):
+    """A run directory disagrees with itself (e.g. an edited config.json); the checkpoint wins."""
+
+
 def json_bytes(values: Any) -> bytes:
     return (json.dumps(values, indent=2) + "\n").encode("utf-8")
 
@@ -49,9 +54,11 @@ def default_run_dir(name: str) -> Path:
 
 
 def check_new_out(out: Path, create: bool = False) -> None:
-    """``out`` must be new or an empty directory (the ``--out`` of a fresh run); with
-    ``create``, make it and check that it is writable."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    """``out`` must be new or an empty directory (the ``--out`` of a fresh run), or hold an
+    rnnlab claim (``.rnnlab.lock``: :func:`rnnlab.runs.lock.claim_new_run_dir` decides whether
+    it was abandoned); with ``create``, make it and check that it is writable."""
+    claimed = (out / ".rnnlab.lock").is_file()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not claimed)):
         raise RunError(
             f"--out {out}: expected a new or empty directory, got an existing "
             f"{'file' if not out.is_dir() else 'non-empty directory'} (resume a run "
@@ -86,6 +93,12 @@ def read_config(run_dir: PathLike) -> Config:
             f"{run_dir}: expected an rnnlab run directory, got "
             f"{'a file' if run_dir.exists() else 'nothing there'}"
         )
+    if (run_dir / ".rnnlab.lock").is_file() and not (run_dir / "config.json").is_file():
+        raise RunError(
+            f"{run_dir.absolute()}: expected an rnnlab run, got only the claim of a run that "
+            "stopped before writing anything; start it again with `rnnlab train PRESET --out "
+            f"{run_dir}` (the directory is reused)"
+        )
     values = read_json(run_dir / "config.json", "an rnnlab run's config.json")
     try:
         return Config.from_dict(values)
@@ -94,6 +107,30 @@ def read_config(run_dir: PathLike) -> Config:
             f"{run_dir / 'config.json'}: expected an rnnlab configuration, got "
             f"an incompatible one ({exc})"
         ) from exc
+
+
+def check_data_dir(config: Config, data_dir: PathLike | None) -> None:
+    """A ``--data-dir`` must exist and be read: a preset on the package's sample
+    (``data.sample``) or on a ``data.path`` folder reads no data directory, so one given there
+    is refused rather than ignored (it would be recorded in run.json yet unused)."""
+    if data_dir is None:
+        return
+    path = Path(data_dir)
+    if not path.is_dir():
+        found = "a file" if path.exists() else "nothing there"
+        raise RunError(f"--data-dir {path}: expected an existing directory, got {found}")
+    d = config.data
+    if d.sample or d.path:
+        what = (
+            "the sample shipped in the package (data.sample=true)"
+            if d.sample
+            else f"data.path={d.path!r}"
+        )
+        raise RunError(
+            f"--data-dir {path}: expected no --data-dir for a run that reads {what}, got one; "
+            "drop --data-dir, or train a preset that reads a data directory (e.g. "
+            f"--set data.sample=false)"
+        )
 
 
 def run_data_dir(run_dir: PathLike, data_dir: PathLike | None = None) -> PathLike | None:

@@ -1,7 +1,9 @@
 """Training a configuration into a run directory, and resuming it.
 
-A new run refuses an existing non-empty directory. If it fails before its first checkpoint, the
-directory is removed; after that it stays, resumable with :func:`resume`, which continues from
+A new run refuses an existing non-empty directory (one a killed run left before its first
+checkpoint excepted: it is reused) and holds the run's lock (:mod:`rnnlab.runs.lock`) until it
+ends, as :func:`resume` does. If it fails before its first checkpoint, the directory is
+removed; after that it stays, resumable with :func:`resume`, which continues from
 ``checkpoints/last`` (also mid-epoch, carry included) and, on CPU, ends with the same metrics as
 an uninterrupted run. The test split is evaluated once, at the end: on the best checkpoint when
 validation was a holdout, else on the final model (whose last validation already was test).
@@ -36,11 +38,13 @@ from rnnlab.checkpoint import (
 )
 from rnnlab.config import Config, load_preset
 from rnnlab.distributed import Context
+from rnnlab.faults import fault_point
 from rnnlab.files import atomic_write
 from rnnlab.plots import plot_learning_curve
 from rnnlab.runs.layout import (
     PathLike,
     RunError,
+    check_data_dir,
     check_new_out,
     default_run_dir,
     json_bytes,
@@ -48,6 +52,8 @@ from rnnlab.runs.layout import (
     read_json,
     run_data_dir,
 )
+from rnnlab.runs.load import artifact_digests, checkpoint_config
+from rnnlab.runs.lock import RunLock, claim_new_run_dir
 from rnnlab.tasks import Task, TaskData, get_task
 from rnnlab.train import (
     BatchSource,
@@ -88,6 +94,7 @@ class _Session:
         self.callbacks, self.started, self.context = list(callbacks), started, context
         self.ckpt_dir = run_dir / "checkpoints"
         self.task: Task = get_task(config)
+        self.lock: RunLock | None = None  # held by rank 0 from claim or resume to the end
 
     def run_info(self, status: str, **extra: Any) -> None:
         info = {
@@ -100,18 +107,33 @@ class _Session:
         }
         atomic_write(self.run_dir / "run.json", json_bytes(info))
 
+    def claim(self) -> None:
+        """Claim the new run directory (:mod:`rnnlab.runs.lock`): made, locked, empty."""
+        self.lock = claim_new_run_dir(self.run_dir, self.task.artifact_names)
+        fault_point("claimed")
+
+    def lock_existing(self) -> None:
+        """Lock an existing run directory for this process (resume)."""
+        self.lock = RunLock.acquire(self.run_dir)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def abandon(self) -> None:
+        """A fresh run that failed before its first checkpoint: remove its directory."""
+        if self.context.is_main and not (self.ckpt_dir / "last.json").is_file():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
     def create(self, data: TaskData) -> None:
-        """Claim the new run directory and write the configuration, artifacts and run.json."""
+        """Write the configuration, artifacts and run.json into the claimed run directory."""
         out = self.run_dir
-        created = not out.exists()
-        check_new_out(out, create=True)
         try:
             atomic_write(out / "config.json", json_bytes(self.config.to_dict()))
             for name, value in data.artifacts.items():
                 atomic_write(out / name, json_bytes(value))
             self.run_info("running")
         except OSError as exc:
-            shutil.rmtree(out, ignore_errors=True) if created else None
             raise RunError(f"cannot write into {out}: {type(exc).__name__}: {exc}") from exc
 
     def _batches(self, data: TaskData) -> tuple[BatchSource, BatchSource | None, BatchSource]:
@@ -130,13 +152,18 @@ class _Session:
         if self.context.is_main:
             trainer.callbacks += [
                 MetricsWriter(self.run_dir / "metrics.jsonl", config.run.log_every),
-                Checkpointer(self.ckpt_dir, config.to_dict(), config.run.checkpoint_every),
+                Checkpointer(
+                    self.ckpt_dir,
+                    config.to_dict(),
+                    config.run.checkpoint_every,
+                    artifact_digests(data.artifacts),
+                ),
             ]
         try:
             trainer.fit(train, val)
         except DivergenceError as exc:
             self._fail("diverged", exc)
-            raise RunError(f"{exc}. {self._resume_hint()}") from exc
+            raise RunError(f"{exc}. {self._resume_hint(diverged=True)}") from exc
         except OSError as exc:
             self._fail("interrupted", exc)
             raise RunError(
@@ -149,13 +176,21 @@ class _Session:
             raise
         return self._finish(trainer, test, len(data.train))
 
-    def _resume_hint(self) -> str:
-        if (self.ckpt_dir / "last.json").is_file():
-            return (
-                f"The last good checkpoint is kept: continue with "
-                f"`rnnlab train --resume {self.run_dir}`."
+    def _resume_hint(self, diverged: bool = False) -> str:
+        last = (self.ckpt_dir / "last.json").absolute()
+        if not last.is_file():
+            return "No checkpoint had been written; the run directory was removed."
+        try:
+            step = json.loads(last.read_text("utf-8"))["state"]["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            step = "?"
+        hint = f"The last checkpoint (finite weights) is kept: {last} (step {step}); "
+        if diverged:
+            return hint + (
+                f"`rnnlab train --resume {self.run_dir.absolute()}` would continue with the "
+                "same settings; start a new run with a lower train.lr or a train.clip_grad_norm."
             )
-        return "No checkpoint had been written; the run directory was removed."
+        return hint + f"continue with `rnnlab train --resume {self.run_dir.absolute()}`."
 
     def _fail(self, status: str, exc: BaseException) -> None:
         if not self.context.is_main:
@@ -230,6 +265,7 @@ class _Session:
         ]
         plot_learning_curve(records, self.run_dir / "learning_curve.png", title=self.config.name)
         self.run_info("finished")
+        fault_point("report")
         atomic_write(self.run_dir / "report.json", json_bytes(report))
 
 
@@ -250,7 +286,8 @@ def train(
     """Train a preset name or configuration into a new run directory; returns report.json.
 
     ``callbacks`` (e.g. :class:`rnnlab.train.ProgressBar`) are added to the run's own metrics
-    writer and checkpointer. Data and model are prepared before the directory is created.
+    writer and checkpointer. The directory is claimed first (made and locked, see
+    :mod:`rnnlab.runs.lock`); a run that fails before its first checkpoint removes it.
     ``context``: this process's place in a data-parallel run (default: a single process).
     """
     started, context = time.perf_counter(), context or Context()
@@ -258,20 +295,33 @@ def train(
         load_preset(config, overrides) if isinstance(config, str) else config.override(overrides)
     )
     context.check_batch_size(config.train.batch_size)
+    check_data_dir(config, data_dir)
     out = context.on_main(lambda: _new_run_dir(out, config.name))  # one name for all ranks
     session = _Session(out, config, data_dir, callbacks, started, context)
-    torch.manual_seed(config.train.seed)
-    model = session.task.build_model()
-    data = session.task.load(data_dir)
-    trainer = Trainer(context.wrap(model), session.task, config.train, reduce=context.reduce_hook)
-    context.on_main(lambda: session.create(data))
-    return session.execute(trainer, data)
+    context.on_main(session.claim)
+    try:
+        try:
+            torch.manual_seed(config.train.seed)
+            model = session.task.build_model()
+            fault_point("data-load")
+            data = session.task.load(data_dir)
+            trainer = Trainer(
+                context.wrap(model), session.task, config.train, reduce=context.reduce_hook
+            )
+            context.on_main(lambda: session.create(data))
+        except BaseException:
+            session.abandon()  # nothing to resume: the directory goes, claim and all
+            raise
+        return session.execute(trainer, data)
+    finally:
+        session.release()
 
 
 def _read_for_resume(
-    run_dir: Path, data_dir: PathLike | None
+    run_dir: Path, data_dir: PathLike | None, locks: list[RunLock]
 ) -> tuple[Config, PathLike | None, dict[str, torch.Tensor], dict[str, Any]]:
-    config = read_config(run_dir)
+    read_config(run_dir)  # a clear error for a foreign folder
+    locks.append(RunLock.acquire(run_dir))  # one writer: held until the run ends
     if (run_dir / "report.json").is_file():
         raise RunError(
             f"{run_dir}: expected an unfinished run, got a finished one "
@@ -281,10 +331,13 @@ def _read_for_resume(
     ckpt_dir = run_dir / "checkpoints"
     if not (ckpt_dir / "last.json").is_file():
         raise RunError(
-            f"{run_dir}: expected a checkpoint in checkpoints/last.json to resume "
-            "from, got none; start a new run instead"
+            f"{run_dir}: expected a checkpoint in {(ckpt_dir / 'last.json').absolute()} to "
+            "resume from, got none (the run stopped before its first checkpoint); start it "
+            f"again with `rnnlab train PRESET --out {run_dir}` (the directory is reused)"
         )
     tensors, meta = load_checkpoint(ckpt_dir, "last")
+    config = checkpoint_config(run_dir, meta, (ckpt_dir / "last.json").absolute())
+    check_data_dir(config, data_dir)
     return config, run_data_dir(run_dir, data_dir), tensors, meta
 
 
@@ -299,7 +352,25 @@ def resume(
     run had; rank 0 reads the directory and sends the others what they need."""
     started, context = time.perf_counter(), context or Context()
     run_dir = Path(run_dir)
-    config, data_dir, tensors, meta = context.on_main(lambda: _read_for_resume(run_dir, data_dir))
+    locks: list[RunLock] = []  # rank 0's lock on the run directory
+    try:
+        read = context.on_main(lambda: _read_for_resume(run_dir, data_dir, locks))
+        return _resume(run_dir, *read, callbacks, started, context)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _resume(
+    run_dir: Path,
+    config: Config,
+    data_dir: PathLike | None,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    callbacks: Sequence[Any],
+    started: float,
+    context: Context,
+) -> dict[str, Any]:
     context.check_batch_size(config.train.batch_size)
     ckpt_dir = run_dir / "checkpoints"
     session = _Session(run_dir, config, data_dir, callbacks, started, context)
@@ -315,6 +386,7 @@ def resume(
             f"{ckpt_dir / 'last.json'}: expected optimizer and trainer state "
             f"of this configuration, got {type(exc).__name__}: {exc}"
         ) from exc
+    fault_point("data-load")
     data = session.task.load(data_dir)
 
     def reopen() -> None:

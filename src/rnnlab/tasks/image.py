@@ -44,11 +44,13 @@ def load_image(path: PathLike, size: tuple[int, int] = (IMAGE_ROWS, IMAGE_ROWS))
         )
     try:
         if path.suffix.lower() == ".npy":
-            image = np.load(path, allow_pickle=False)
+            image = _load_npy(path)
         else:
             import matplotlib.image
 
             image = matplotlib.image.imread(str(path))
+    except PredictError:
+        raise
     except (OSError, ValueError, SyntaxError) as exc:
         raise PredictError(
             f"{path}: expected a PNG or .npy image, got {type(exc).__name__}: {exc}"
@@ -64,6 +66,33 @@ def load_image(path: PathLike, size: tuple[int, int] = (IMAGE_ROWS, IMAGE_ROWS))
         raise PredictError(
             f"{path}: expected pixel values in [0, 1] (or uint8), got "
             f"[{image.min()}, {image.max()}]"
+        )
+    return image
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A .npy file of numbers; anything else (other bytes, pickled data, an object array) is
+    refused without unpickling it, and without numpy's advice to load it unsafely."""
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic != b"\x93NUMPY":
+        raise PredictError(
+            f"{path}: expected a .npy file (starting with \\x93NUMPY), got other bytes "
+            f"({magic!r}...); rnnlab never unpickles input files"
+        )
+    try:
+        image = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" not in str(exc) and "Object arrays" not in str(exc):
+            raise
+        raise PredictError(
+            f"{path}: expected a .npy array of numbers, got an object array (pickled data); "
+            "rnnlab never unpickles input files: save the pixels as a uint8 or float array"
+        ) from None
+    real = (np.integer, np.floating, np.bool_)
+    if not any(np.issubdtype(image.dtype, kind) for kind in real):
+        raise PredictError(
+            f"{path}: expected a .npy array of real numbers, got dtype {image.dtype}"
         )
     return image
 

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rnnlab.checkpoint import save_checkpoint
+from rnnlab.train.loop import DivergenceError
 
 __all__ = ["Checkpointer", "ConsoleLogger", "MetricsWriter", "ProgressBar", "RankDropoutSeed"]
 
@@ -43,12 +44,33 @@ class MetricsWriter:
 class Checkpointer:
     """Saves ``last`` every ``every`` steps inside an epoch and at each epoch end, and ``best``
     whenever the task's selection metric improves on validation. ``config`` is the resolved
-    configuration, saved in each checkpoint."""
+    configuration, saved in each checkpoint, with ``artifacts`` (file name -> sha256)."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], every: int = 0) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: dict[str, Any],
+        every: int = 0,
+        artifacts: dict[str, str] | None = None,
+    ) -> None:
         self.folder, self.config, self.every = Path(folder), config, every
+        self.artifacts = artifacts
 
     def save(self, trainer: Any, tag: str) -> Path:
+        """Checkpoint ``tag``, after checking the weights are finite: a non-finite model raises
+        DivergenceError and the previous (finite) checkpoint stays."""
+        bad = [
+            name
+            for name, value in trainer.module.state_dict().items()
+            if value.is_floating_point() and not torch.isfinite(value).all()
+        ]
+        if bad:
+            kept = (self.folder / f"{tag}.json").absolute()
+            raise DivergenceError(
+                f"the weights became non-finite ({bad[0]}{' ...' if len(bad) > 1 else ''}) by "
+                f"step {trainer.state.step}; checkpoint {tag!r} was not written over "
+                f"({kept if kept.is_file() else 'none had been written'})"
+            )
         return save_checkpoint(
             self.folder,
             tag,
@@ -57,6 +79,7 @@ class Checkpointer:
             trainer.state.to_dict(),
             self.config,
             carry=trainer.state.carry,
+            artifacts=self.artifacts,
         )
 
     def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rnnlab.config import TrainConfig
+from rnnlab.faults import fault_point
 from rnnlab.train.objective import Batch, BatchLoss, BatchSource, Carry, Objective
 from rnnlab.train.schedule import learning_rate, make_optimizer
 
@@ -28,7 +29,9 @@ __all__ = ["TrainState", "Trainer", "DivergenceError", "evaluate", "fit"]
 
 
 class DivergenceError(FloatingPointError):
-    """The loss or the gradient became NaN or infinite; the weights were not updated."""
+    """The loss, the gradient or the weights became NaN or infinite, or the loss stayed far
+    above its start (``train.divergence_factor`` for ``train.divergence_window`` steps); the
+    weights were not updated and no checkpoint was written from them."""
 
 
 def _zero_sums() -> dict[str, float]:
@@ -58,6 +61,8 @@ class TrainState:
     plateau: dict[str, float] = field(
         default_factory=lambda: {"best": math.inf, "bad": 0, "scale": 1.0}
     )
+    # the first step's loss and how many steps in a row the loss has been far above it
+    divergence: dict[str, Any] = field(default_factory=lambda: {"start": None, "above": 0})
     carry: Carry | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,6 +122,7 @@ def evaluate(
             n += out.count  # stand-ins (see Batches) count for nothing
             _add(sums, out.sums)
             carry = out.carry
+            fault_point("evaluate")
     finally:
         model.train(was_training)
     loss_sum, n, sums = _reduced(reduce, loss_sum, n, sums)
@@ -224,10 +230,12 @@ class Trainer:
                 "were not updated (try a lower train.lr or "
                 "train.clip_grad_norm)"
             )
+        self._watch_divergence(loss_value, where)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = cfg.clip_grad_norm or math.inf
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        fault_point("step")
         if not math.isfinite(grad_norm):
             raise DivergenceError(
                 f"gradient norm became {grad_norm} at {where}; the weights "
@@ -251,6 +259,27 @@ class Trainer:
             "lr": lr,
             "grad_norm": grad_norm,
         }
+
+    def _watch_divergence(self, loss: float, where: str) -> None:
+        """Raise DivergenceError once the loss has stayed above ``divergence_factor`` times the
+        first step's loss for ``divergence_window`` steps in a row (a finite but exploding run,
+        e.g. ``train.lr=1e6``, whose loss reaches 1e7)."""
+        cfg, watch = self.config, self.state.divergence
+        if not (cfg.divergence_factor and cfg.divergence_window):
+            return
+        if watch["start"] is None:
+            watch["start"] = loss
+            return
+        limit = cfg.divergence_factor * watch["start"]
+        watch["above"] = watch["above"] + 1 if watch["start"] > 0 and loss > limit else 0
+        if watch["above"] >= cfg.divergence_window:
+            raise DivergenceError(
+                f"training loss {loss:.4g} at {where} has stayed above {limit:.4g} "
+                f"(train.divergence_factor={cfg.divergence_factor:g} times the first step's "
+                f"loss {watch['start']:.4g}) for {watch['above']} steps "
+                f"(train.divergence_window); the weights were not updated (try a lower "
+                "train.lr or train.clip_grad_norm)"
+            )
 
     def _end_epoch(self, epoch: int, val: BatchSource | None) -> dict[str, Any]:
         cfg, state = self.config, self.state

@@ -40,6 +40,8 @@ from types import ModuleType
 
 import torch
 
+from rnnlab.faults import fault_point
+
 __all__ = [
     "BUILD_MESSAGE",
     "build",
@@ -242,6 +244,7 @@ def _compile(report: Report | None) -> ModuleType:
 
     folder = build_directory()
     with _build_lock(lock_path(), _wait_s(), report):
+        fault_point("kernel-build")  # a test hook (rnnlab.faults); nothing when unset
         # FileBaton's lock from a torch build that was killed: under our lock nobody builds.
         (folder / "lock").unlink(missing_ok=True)
         if is_built():

@@ -1,0 +1,295 @@
+"""A recurrent language model: embedding, a stack of rnnlab recurrent layers, a decoder.
+
+Shape legend: B batch, T time, E embedding size, H hidden units, L layers, V vocabulary size.
+
+The model owns its generation (as nanoGPT's ``GPT.generate`` does): :meth:`LanguageModel.generate`
+runs the prompt once and then feeds one token at a time, carrying the recurrent state, so a
+token costs one step whatever the length of the text before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from rnnlab.nn.cells import LSTMState
+from rnnlab.nn.layers import GRU, LSTM, RNN
+
+__all__ = [
+    "LanguageModel",
+    "State",
+    "detach_state",
+    "check_sampling",
+    "sample_next",
+    "MAX_NEW_TOKENS",
+]
+
+State = Tensor | LSTMState  # (L, B, H), or an LSTMState of two such
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+MAX_NEW_TOKENS = 100_000  # generate() refuses more: a typo should not run for hours
+SCORE_CHUNK = 1024  # score() runs long texts in pieces of this many steps, carrying the state
+
+
+def detach_state(state: State) -> State:
+    """The state cut from the graph that made it: truncated BPTT between windows (the
+    ``repackage_hidden`` of PyTorch's word_language_model example)."""
+    if isinstance(state, LSTMState):
+        return LSTMState(state.h.detach(), state.c.detach())
+    return state.detach()
+
+
+class LanguageModel(nn.Module):
+    """Next-token model: ``Embedding -> dropout -> RNN/LSTM/GRU stack -> dropout -> Linear``.
+
+    ``logits[b, t]`` scores the token that follows ``ids[b, :t + 1]`` (given the initial state).
+
+    Args:
+        vocab_size: V, the number of token ids.
+        embedding_dim: E.
+        hidden_size: H of every recurrent layer.
+        num_layers: L, stacked in one :class:`rnnlab.nn.LSTM` / ``GRU`` / ``RNN``.
+        cell: ``"lstm"``, ``"gru"`` or ``"rnn"`` (tanh).
+        dropout: applied to the embeddings, between recurrent layers and to the last layer's
+            outputs, in training (as in Zaremba et al. 2014 and PyTorch's example).
+        tie_weights: the decoder uses the embedding matrix as its weight (Press & Wolf 2017,
+            Inan et al. 2017); needs ``hidden_size == embedding_dim``.
+        backend: passed to the recurrent layer (``"auto"`` picks the fastest that can run).
+
+    Initialisation as PyTorch's example: embedding and decoder weights uniform in [-0.1, 0.1],
+    decoder bias zero; the recurrent layer keeps its own (LSTM forget bias 1, Jozefowicz et al.
+    2015).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        dropout: float = 0.0,
+        tie_weights: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("embedding_dim", embedding_dim),
+            ("hidden_size", hidden_size),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LanguageModel expected a positive int {name}, got {value!r}")
+        if cell not in CELLS:
+            raise ValueError(f"LanguageModel expected cell in {tuple(CELLS)}, got {cell!r}")
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LanguageModel expected dropout in [0, 1), got {dropout!r}")
+        if tie_weights and hidden_size != embedding_dim:
+            raise ValueError(
+                "LanguageModel with tie_weights=True expected hidden_size == embedding_dim "
+                f"(the decoder reuses the (V, E) embedding), got hidden_size={hidden_size}, "
+                f"embedding_dim={embedding_dim}"
+            )
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.cell = cell
+        self.tie_weights = bool(tie_weights)
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.drop = nn.Dropout(dropout)
+        self.rnn = CELLS[cell](
+            embedding_dim, hidden_size, num_layers, dropout=dropout, backend=backend
+        )
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if self.tie_weights:
+            self.decoder.weight = self.embedding.weight
+        else:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def extra_repr(self) -> str:
+        return f"cell={self.cell!r}, tie_weights={self.tie_weights}"
+
+    def init_state(self, batch_size: int) -> State:
+        """Zeros for ``batch_size`` streams: (L, B, H), for LSTM an ``LSTMState`` of two such."""
+        weight = self.decoder.weight
+        h = weight.new_zeros(self.num_layers, batch_size, self.hidden_size)  # (L, B, H)
+        return LSTMState(h, torch.zeros_like(h)) if self.cell == "lstm" else h
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Logits of the next token at every position, and the state after the last one.
+
+        Args:
+            ids: (B, T) integer token ids in [0, V).
+            state: the state to start from (e.g. the last window's, detached); zeros if None.
+
+        Returns:
+            ``(logits, state)``: logits (B, T, V); state shaped as :meth:`init_state`'s.
+        """
+        if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(
+                f"LanguageModel expected integer ids of shape (B, T), got {ids.dtype} "
+                f"{tuple(ids.shape)}"
+            )
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise ValueError(
+                f"LanguageModel expected ids in [0, {self.vocab_size}), got values from "
+                f"{int(ids.min())} to {int(ids.max())}"
+            )
+        x = self.drop(self.embedding(ids))  # (B, T, E)
+        out, state = self.rnn(x, state)  # (B, T, H), state
+        logits = self.decoder(self.drop(out))  # (B, T, V)
+        return logits, state
+
+    # -- using a trained model ------------------------------------------------------------------
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode (no dropout) and no autograd inside; the previous mode restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def score(self, ids: Sequence[int] | Tensor, context: Sequence[int] | Tensor = ()) -> Tensor:
+        """Log-probability of each token of ``ids`` given the tokens before it.
+
+        Args:
+            ids: (T,) or (B, T) token ids.
+            context: (C,) or (B, C) ids read before ``ids`` and not scored (e.g. ``[<eos>]``, so
+                the first word is scored as the start of a line). Without it the first token has
+                nothing to be predicted from, and only tokens 1..T-1 are scored.
+
+        Returns:
+            float (T,) or (B, T) natural-log probabilities, (T - 1,) or (B, T - 1) without a
+            context. Perplexity is ``exp(-mean)``, bits per token ``-mean / ln 2``. Long texts
+            run in pieces of :data:`SCORE_CHUNK` steps, carrying the state.
+        """
+        device = self.decoder.weight.device
+        ids = torch.as_tensor(ids, dtype=torch.long, device=device)
+        single = ids.dim() == 1
+        ids = ids.unsqueeze(0) if single else ids  # (B, T)
+        context = torch.as_tensor(context, dtype=torch.long, device=device)
+        if ids.dim() != 2 or context.dim() > 2 or ids.shape[1] + context.shape[-1] < 2:
+            raise ValueError(
+                "LanguageModel.score expected (T,) or (B, T) ids, with T >= 2 when there is no "
+                f"context, got ids {tuple(ids.shape)} and context {tuple(context.shape)}"
+            )
+        context = context.reshape(1, -1).expand(ids.shape[0], -1) if context.dim() < 2 else context
+        full = torch.cat([context, ids], dim=1)  # (B, C + T)
+        inputs, targets = full[:, :-1], full[:, 1:]  # (B, C + T - 1) each
+        pieces, state = [], None
+        with self._evaluating():
+            for t0 in range(0, inputs.shape[1], SCORE_CHUNK):
+                logits, state = self(inputs[:, t0 : t0 + SCORE_CHUNK], state)  # (B, t, V)
+                wide = torch.promote_types(logits.dtype, torch.float32)  # bf16 -> fp32
+                logp = torch.log_softmax(logits, dim=-1, dtype=wide)  # (B, t, V)
+                target = targets[:, t0 : t0 + SCORE_CHUNK].unsqueeze(-1)  # (B, t, 1)
+                pieces.append(logp.gather(-1, target).squeeze(-1))  # (B, t)
+        scores = torch.cat(pieces, dim=1)[:, max(context.shape[1] - 1, 0) :]  # (B, T or T - 1)
+        return scores[0] if single else scores
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int] | Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        """Yield ``max_new_tokens`` sampled token ids, one at a time, as each is drawn.
+
+        The prompt runs through the model once; then each drawn token is fed alone with the
+        carried state (never the prefix again), in eval mode without autograd. The arguments
+        are checked here, before the first token, so a caller can fail before streaming.
+
+        Args:
+            prompt_ids: (P,) ids, P >= 1 (what the text so far encodes to).
+            max_new_tokens: 0..:data:`MAX_NEW_TOKENS`.
+            temperature: > 0; logits are divided by it (< 1 sharper, > 1 flatter).
+            top_k: draw only among the k most likely tokens (>= 1; ``top_k=1`` is greedy
+                decoding); None: all. Larger than V means all.
+            top_p: nucleus sampling (Holtzman et al. 2020): draw among the fewest most likely
+                tokens whose probabilities sum to at least p, 0 < p <= 1; None: all.
+            seed: seeds a private generator so the same call gives the same text; None uses
+                torch's global generator.
+        """
+        prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.decoder.weight.device)
+        if prompt.dim() != 1 or prompt.shape[0] < 1:
+            raise ValueError(
+                f"generate expected a non-empty (P,) prompt, got shape {tuple(prompt.shape)}"
+            )
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise ValueError(f"generate expected an int max_new_tokens, got {max_new_tokens!r}")
+        if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(
+                f"generate expected 0 <= max_new_tokens <= {MAX_NEW_TOKENS}, got {max_new_tokens}"
+            )
+        check_sampling(temperature, top_k, top_p)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=prompt.device).manual_seed(int(seed))
+        return self._generate(prompt, max_new_tokens, temperature, top_k, top_p, generator)
+
+    def _generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        generator: torch.Generator | None,
+    ) -> Iterator[int]:
+        """The sampling loop of :meth:`generate` (arguments already checked)."""
+        with self._evaluating():
+            logits, state = self(prompt.unsqueeze(0))  # (1, P, V): the prompt, once
+            for k in range(max_new_tokens):
+                token = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
+                yield token
+                if k + 1 < max_new_tokens:  # no step for a token nobody will follow
+                    step = torch.tensor([[token]], device=prompt.device)  # (1, 1)
+                    logits, state = self(step, state)  # (1, 1, V)
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise ValueError, saying what was expected, for sampling settings that cannot work."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"expected a number temperature, got {temperature!r}")
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"expected temperature > 0 (finite), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"expected top_k >= 1 (an int) or None, got {top_k!r}")
+    if top_p is not None and (
+        isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1
+    ):
+        raise ValueError(f"expected top_p in (0, 1] or None, got {top_p!r}")
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Draw one token id from (V,) ``logits``: divided by ``temperature``, then kept to the
+    ``top_k`` largest, then to the nucleus of mass ``top_p``; see :meth:`LanguageModel.generate`.
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # (V,)
+    if top_k is not None and top_k < logits.shape[0]:
+        kth = torch.topk(logits, top_k).values[-1]  # the k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))  # (V,)
+    if top_p is not None and top_p < 1:
+        probs, order = torch.sort(torch.softmax(logits, dim=-1), descending=True)  # (V,) each
+        before = torch.cumsum(probs, dim=0) - probs  # mass of the more likely tokens
+        drop = order[before >= top_p]  # the first token always stays (before = 0)
+        logits = logits.index_fill(0, drop, float("-inf"))  # (V,)
+    probs = torch.softmax(logits, dim=-1)  # (V,)
+    return int(torch.multinomial(probs, 1, generator=generator))
