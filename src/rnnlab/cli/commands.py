@@ -43,6 +43,9 @@ def train_command(args: argparse.Namespace) -> int:
         return 0
     if report.get("test_accuracy") is not None:
         print(f"Testing Accuracy: {report['test_accuracy']:.4f}")
+    for figure in ("bpc", "perplexity"):  # language models
+        if report.get(f"test_{figure}") is not None:
+            print(f"Test {figure}: {report[f'test_{figure}']:.4f}")
     best = report["selection"].split()[0]  # e.g. "val_accuracy"
     if report.get(f"best_{best}") is not None:
         shown = best.replace("accuracy", "acc")

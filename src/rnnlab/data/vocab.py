@@ -34,8 +34,8 @@ from typing import NamedTuple
 import numpy as np
 
 from rnnlab.data.errors import DataError
-from rnnlab.data.paths import atomic_output
 from rnnlab.data.text import tokenize as imdb_tokenize
+from rnnlab.files import atomic_output
 
 UNK = "<unk>"
 EOS = "<eos>"
@@ -207,6 +207,7 @@ class Vocabulary:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (a reader never sees half a file)."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as handle:
             handle.write(self.to_json().encode("utf-8") + b"\n")
         return path

@@ -30,8 +30,11 @@ def load_run(
         tag = "last"
     if not (ckpt_dir / f"{tag}.json").is_file():
         raise RunError(f"{run_dir}: expected a trained run with checkpoints/{tag}.json, got none")
-    model = get_task(config).build_model()
+    task = get_task(config)
+    task.bind_run(run_dir)
+    model = task.build_model()
     tensors, meta = load_checkpoint(ckpt_dir, tag)
+    task.check_weights(tensors, str(ckpt_dir / f"{tag}.json"))
     load_model_weights(model, tensors, str(ckpt_dir / f"{tag}.json"))
     model.eval()
     meta["tag"] = tag
@@ -42,4 +45,5 @@ def load_run_data(run_dir: PathLike, data_dir: PathLike | None = None) -> tuple[
     """A run's task and its splits, from ``data_dir`` or by default the data the run was
     trained on."""
     task = get_task(read_config(run_dir))
+    task.bind_run(run_dir)
     return task, task.load(run_data_dir(run_dir, data_dir))

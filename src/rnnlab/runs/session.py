@@ -260,9 +260,9 @@ def train(
     context.check_batch_size(config.train.batch_size)
     out = context.on_main(lambda: _new_run_dir(out, config.name))  # one name for all ranks
     session = _Session(out, config, data_dir, callbacks, started, context)
+    data = session.task.load(data_dir)  # first: a language model's size is its vocabulary's
     torch.manual_seed(config.train.seed)
     model = session.task.build_model()
-    data = session.task.load(data_dir)
     trainer = Trainer(context.wrap(model), session.task, config.train, reduce=context.reduce_hook)
     context.on_main(lambda: session.create(data))
     return session.execute(trainer, data)
@@ -303,8 +303,10 @@ def resume(
     context.check_batch_size(config.train.batch_size)
     ckpt_dir = run_dir / "checkpoints"
     session = _Session(run_dir, config, data_dir, callbacks, started, context)
+    session.task.bind_run(run_dir)  # what sizes the model beyond the config (an LM's vocabulary)
     torch.manual_seed(config.train.seed)
     model = session.task.build_model()
+    session.task.check_weights(tensors, str(ckpt_dir / "last.json"))
     load_model_weights(model, tensors, str(ckpt_dir / "last.json"))
     trainer = Trainer(context.wrap(model), session.task, config.train, reduce=context.reduce_hook)
     try:
