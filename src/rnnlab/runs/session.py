@@ -205,6 +205,7 @@ class _Session:
             validation=config.data.validation,
             holdout_seed=config.data.holdout_seed if config.data.validation == "holdout" else None,
             epochs=state.epoch,
+            stopped=state.stopped,  # "time_limit" when train.time_limit ended the run
             steps=state.step,
             samples=state.samples,
             train_examples=n_train,
