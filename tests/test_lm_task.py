@@ -283,3 +283,38 @@ def test_binary_corpus_is_refused(tmp_path):
     )
     assert out.returncode == 2 and "expected UTF-8 text, got a NUL byte" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_public_name():
+    import rnnlab
+    from rnnlab.nn.language_model import LanguageModel
+
+    assert rnnlab.LanguageModel is LanguageModel
+
+
+def test_text_features_by_hand():
+    from rnnlab.inspect.language import text_features
+
+    f = text_features(list('a "b" (c)\n<i>'))
+    #                  a _ " b " _ ( c ) \n < i >
+    assert f["quote"].tolist() == [0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert f["brackets"].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]
+    assert f["html_tag"].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
+    assert f["line_position"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 1, 2]
+    assert "comment" not in f  # constant in this text: nothing to correlate with
+
+
+def test_inspect_language_model(tiny_run, tmp_path):
+    out = tmp_path / "inspect"
+    text = 'the cat said "the dog ran" (quietly) to the park.\nthe mat "sat" (a dog).'
+    done = _rnnlab("inspect", str(tiny_run), "--text", text, "--find-units", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "quote" in done.stdout and "r = " in done.stdout
+    page = (out / "tokens.html").read_text()
+    assert page.count('class="tok"') == len(text)  # one per character
+    assert page.count("<br>") == 5 * len(text)  # the top-5 next characters under each
+    found = json.loads((out / "units.json").read_text())
+    assert {row["feature"] for row in found} >= {"quote", "brackets", "line_position"}
+    assert all(-1.0 <= row["r"] <= 1.0 for row in found)
+    bad = _rnnlab("inspect", str(tiny_run), "--index", "3")
+    assert bad.returncode == 2 and "expected --text" in bad.stderr
