@@ -318,3 +318,8 @@ def test_inspect_language_model(tiny_run, tmp_path):
     assert all(-1.0 <= row["r"] <= 1.0 for row in found)
     bad = _rnnlab("inspect", str(tiny_run), "--index", "3")
     assert bad.returncode == 2 and "expected --text" in bad.stderr
+
+
+def test_predict_on_a_language_model_points_to_score(tiny_run):
+    out = _rnnlab("predict", str(tiny_run), "--text", "the cat")
+    assert out.returncode == 2 and "use `rnnlab score` or `rnnlab generate`" in out.stderr

@@ -167,6 +167,11 @@ def _read_reviews(path: str) -> list[str]:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``rnnlab predict``: one line (or JSON object) per input."""
+    if read_config(args.run_dir).model.kind == "lm":
+        raise PredictError(
+            f"{args.run_dir}: predict expected a classifier run, got a language model (use "
+            "`rnnlab score` or `rnnlab generate`)"
+        )
     if args.image:
         results = predict_images(args.run_dir, args.image, args.checkpoint, args.invert)
     else:
