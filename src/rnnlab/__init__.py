@@ -4,7 +4,8 @@ The cells (:mod:`rnnlab.nn.cells`) are the readable reference; the layers
 (:mod:`rnnlab.nn.layers`) stack them over time, batch first, and pick a backend
 (:mod:`rnnlab.nn.backends`), which shares the same parameters. :mod:`rnnlab.nn.interop` converts
 layers from and to torch.nn and Keras (``LSTM.from_torch``, ``.to_torch()``,
-``LSTM.from_keras``); :func:`summary` tabulates a model as Keras's ``model.summary()`` does.
+``LSTM.from_keras``); :class:`LanguageModel` is a next-token model over them with its own
+``generate`` and ``score``; :func:`summary` tabulates a model as Keras's ``model.summary()`` does.
 Above the network library: models (:mod:`rnnlab.models`), tasks (:mod:`rnnlab.tasks`), the
 task-agnostic trainer (:mod:`rnnlab.train`), run directories (:mod:`rnnlab.runs`), the CLI.
 
@@ -17,6 +18,7 @@ and ``imdb-seed`` presets reproduce.
 
 from rnnlab.nn.blocks import Recurrent, final_hidden
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnlab.nn.language_model import LanguageModel
 from rnnlab.nn.layers import GRU, LSTM, RNN
 
 # Binds the name rnnlab.nn.summary to the function; the module stays importable by its full path
@@ -34,6 +36,7 @@ __all__ = [
     "LSTM",
     "GRU",
     "Recurrent",
+    "LanguageModel",
     "final_hidden",
     "summary",
     "print_summary",

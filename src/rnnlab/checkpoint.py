@@ -105,7 +105,7 @@ def save_checkpoint(
     ``artifacts``: the sha256 of each file the run keeps beside the weights (``vocab.json``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = _unshared({f"model.{k}": v for k, v in model.state_dict().items()})
     opt = optimizer.state_dict()
     optimizer_scalars: dict[str, dict[str, Any]] = {}
     for index, values in opt["state"].items():
@@ -141,6 +141,20 @@ def save_checkpoint(
         if old.name != name:
             old.unlink(missing_ok=True)
     return meta_path
+
+
+def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous detached tensors, a copy for each one sharing memory with an earlier one
+    (tied weights, e.g. a language model's decoder and embedding: safetensors stores each
+    name once; loading both names back into a tied module gives the same values)."""
+    seen: set[int] = set()
+    out = {}
+    for name, value in tensors.items():
+        value = value.detach().contiguous()
+        ptr = value.untyped_storage().data_ptr()
+        out[name] = value.clone() if ptr in seen else value
+        seen.add(ptr)
+    return out
 
 
 def load_checkpoint(folder: Path, tag: str) -> tuple[dict[str, Tensor], dict[str, Any]]:

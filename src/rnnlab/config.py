@@ -83,7 +83,9 @@ class DataConfig:
     """Where examples come from and how they become tensors.
 
     ``dataset``: ``"mnist"`` (images read row by row: 28 steps of 28 pixels; any dataset in the
-    MNIST IDX layout via ``path``) or ``"imdb"`` (reviews as word ids, Keras's encoding).
+    MNIST IDX layout via ``path``) or ``"imdb"`` (reviews as word ids, Keras's encoding; for a
+    language model, ``model.kind = "lm"``, the review text as one token stream, or any text
+    file or folder via ``path``: see :func:`rnnlab.data.corpus.load_corpus`).
     ``validation``: ``"test"`` evaluates on the test split every epoch (as the tutorial's
     experiments do; the seed presets), ``"holdout"`` holds out ``holdout`` training examples
     drawn with ``holdout_seed`` (the best checkpoint is then picked without seeing test, and
@@ -103,12 +105,20 @@ class DataConfig:
     padding: Literal["pre", "post"] = "pre"
     truncating: Literal["pre", "post"] = "pre"
     punctuation: bool = True  # false drops punctuation tokens: Keras's IMDB encoding has none
+    # language models (model.kind = "lm")
+    level: Literal["char", "word"] = "char"
+    max_vocab: int = 0  # at most this many ids, <unk> and <eos> included (0: every token)
+    bptt: int = 35  # steps per window of truncated backpropagation through time
+    eval_tokens: int = 0  # validate and test on the first N tokens of each split (0: all)
 
     def __post_init__(self) -> None:
         _check_numbers(self)
-        _positive(self, "num_words", "maxlen", "holdout")
+        _positive(self, "num_words", "maxlen", "holdout", "bptt")
         if self.holdout_seed < 0:
             raise ConfigError(f"data.holdout_seed: expected an int >= 0, got {self.holdout_seed}")
+        for name in ("max_vocab", "eval_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name}: expected >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -127,7 +137,7 @@ class ModelConfig:
     input projection, embedding and head stay float32.
     """
 
-    kind: Literal["sequence", "text"] = "sequence"
+    kind: Literal["sequence", "text", "lm"] = "sequence"
     cell: Literal["lstm", "gru", "rnn"] = "lstm"
     input_size: int = 28  # sequence models: features per step
     projection: int = 0  # sequence models: Linear input -> projection before the RNN (0: none)
@@ -142,6 +152,7 @@ class ModelConfig:
     num_classes: int = 10
     backend: Literal["auto", "fused", "reference", "torch"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
+    tie_weights: bool = False  # language models: decoder = embedding (Press & Wolf 2017)
 
     def __post_init__(self) -> None:
         _check_numbers(self)
@@ -173,7 +184,10 @@ class TrainConfig:
     """Optimisation; see :func:`rnnlab.train.fit`. ``lr_schedule``: ``"none"``, ``"cosine"``
     (per step, to ``lr * min_lr_ratio`` after a linear warm-up of ``warmup_steps``), ``"step"``
     (times ``gamma`` every ``step_epochs``) or ``"plateau"`` (times ``gamma`` when validation
-    loss has not improved for ``patience`` epochs)."""
+    loss has not improved for ``patience`` epochs; ``patience=1``, ``gamma=0.25`` with SGD is
+    the anneal-on-plateau of PyTorch's word_language_model example). ``time_limit``: stop after
+    this many seconds of training (0: none), cleanly: the epoch so far is closed, validated,
+    checkpointed and the run reported, for CPU users who train to a budget."""
 
     epochs: int = 2
     batch_size: int = 128
@@ -196,6 +210,7 @@ class TrainConfig:
     # for divergence_window steps in a row (0: only a non-finite loss stops a run).
     divergence_factor: float = 10.0
     divergence_window: int = 50
+    time_limit: float = 0.0  # seconds of training (0: none)
 
     def __post_init__(self) -> None:
         _check_numbers(self)
@@ -213,7 +228,13 @@ class TrainConfig:
         for name in ("lr", "gamma"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name}: expected > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "clip_grad_norm", "warmup_steps", "min_lr_ratio"):
+        for name in (
+            "weight_decay",
+            "clip_grad_norm",
+            "warmup_steps",
+            "min_lr_ratio",
+            "time_limit",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: expected >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -43,6 +43,9 @@ def train_command(args: argparse.Namespace) -> int:
         return 0
     if report.get("test_accuracy") is not None:
         print(f"Testing Accuracy: {report['test_accuracy']:.4f}")
+    for figure in ("bpc", "perplexity"):  # language models
+        if report.get(f"test_{figure}") is not None:
+            print(f"Test {figure}: {report[f'test_{figure}']:.4f}")
     best = report["selection"].split()[0]  # e.g. "val_accuracy"
     if report.get(f"best_{best}") is not None:
         shown = best.replace("accuracy", "acc")
@@ -180,6 +183,11 @@ def predict_command(args: argparse.Namespace) -> int:
     is reported on stderr by its flag or line number (with ``"error"`` in ``--json``) and the
     others are still answered; then the exit status is 1. A review longer than the model reads
     (``data.maxlen``) gets a note on stderr (``"truncated": true`` in ``--json``)."""
+    if read_config(args.run_dir).model.kind == "lm":
+        raise PredictError(
+            f"{args.run_dir}: predict expected a classifier run, got a language model (use "
+            "`rnnlab score` or `rnnlab generate`)"
+        )
     raw, labels, options, kind = _predict_inputs(args)
     results = predict_each(args.run_dir, raw, args.checkpoint, kind, **options)
     failed = 0

@@ -39,7 +39,16 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
 _RETAIN_MEMORY_VERBS = ("train", "evaluate", "predict", "experiment")
 # Verbs that run models: the kernels are built before them (rnnlab.cli.kernels), announced, so
 # no epoch's time includes the compiler.
-_MODEL_VERBS = ("train", "evaluate", "predict", "inspect", "experiment", "serve")
+_MODEL_VERBS = (
+    "train",
+    "evaluate",
+    "predict",
+    "inspect",
+    "experiment",
+    "serve",
+    "generate",
+    "score",
+)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +104,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="evaluate a run's checkpoint on a split",
-        description="Loss and accuracy of RUN_DIR's checkpoint on a data split.",
+        description="Loss and the task's metrics (accuracy; bpc or perplexity for a language "
+        "model) of RUN_DIR's checkpoint on a data split.",
     )
     p.add_argument("run_dir")
     p.add_argument("--data-dir", help="data root (default: the one the run was trained on)")
@@ -147,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    from rnnlab.cli.lm import add_generate, add_score
+
+    add_generate(sub)
+    add_score(sub)
     p = sub.add_parser(
         "summary",
         help="print a preset's model as a Keras-style table",

@@ -58,10 +58,13 @@ def register_hook(fmt: str, model_type: type, hook: Callable[[nn.Module, int], A
 def _hook(fmt: str, model: nn.Module) -> Callable[[nn.Module, int], Any]:
     if not _HOOKS["onnx"]:  # the built-in hooks, registered on first use (onnx is imported then)
         from rnnlab.export.classifier import classifier_graph
+        from rnnlab.export.language_model import language_model_graph
         from rnnlab.models import SequenceClassifier, TextClassifier
+        from rnnlab.nn.language_model import LanguageModel
 
         register_hook("onnx", SequenceClassifier, classifier_graph)
         register_hook("onnx", TextClassifier, classifier_graph)
+        register_hook("onnx", LanguageModel, language_model_graph)
     if fmt not in _HOOKS:
         raise ExportError(f"expected a format in {sorted(_HOOKS)}, got {fmt!r}")
     for model_type, hook in _HOOKS[fmt].items():

@@ -12,12 +12,14 @@ Modules by concern: :mod:`~rnnlab.inspect.trace` (recording gates, statistics),
 
 from rnnlab.inspect.api import InspectResult, inspect_run
 from rnnlab.inspect.cli import main
+from rnnlab.inspect.language import inspect_language_model
 from rnnlab.inspect.trace import InspectError, Trace, record_gates, saturation
 
 __all__ = [
     "InspectError",
     "InspectResult",
     "Trace",
+    "inspect_language_model",
     "inspect_run",
     "main",
     "record_gates",

@@ -149,6 +149,11 @@ def inspect_run(
         raise InspectError(f"top expected a positive int, got {top!r}")
     task = get_task(config)
     kind = task.input_kind
+    if kind == "stream":
+        raise InspectError(
+            f"{run_dir}: expected a classifier run, got a language model (use "
+            "rnnlab.inspect.inspect_language_model)"
+        )
     names = task.label_names()
     if kind == "text":
         if text is None or image is not None or index is not None:

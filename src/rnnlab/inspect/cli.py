@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="gate saturation over the first N test examples instead of the input "
         "alone (Karpathy et al. 2015 use the test set)",
     )
+    p.add_argument(
+        "--find-units",
+        action="store_true",
+        help="language models: rank units by their correlation with text features (inside "
+        "quotes, brackets, an HTML tag or a /* comment */, position in the line) over --text",
+    )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--data-dir", help="data root for --index (default: the run's own)")
     p.set_defaults(func=inspect_command)
@@ -60,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def inspect_command(args: argparse.Namespace) -> int:
     from rnnlab.inspect.api import inspect_run
+    from rnnlab.runs import read_config
+
+    if read_config(args.run_dir).model.kind == "lm":
+        return _inspect_language_model(args)
+    if args.find_units:
+        raise ValueError("--find-units expected a language-model run, got a classifier")
 
     result = inspect_run(
         args.run_dir,
@@ -85,6 +97,37 @@ def inspect_command(args: argparse.Namespace) -> int:
     )
     print(f"units drawn ({s['units_by']}): {' '.join(map(str, s['units']))}")
     for _, path in sorted(result.files.items()):
+        print(f"  {path}")
+    return 0
+
+
+def _inspect_language_model(args: argparse.Namespace) -> int:
+    from rnnlab.inspect.language import inspect_language_model
+
+    if args.text is None or args.image is not None or args.index is not None:
+        raise ValueError('a language model expected --text "...", got none or --image/--index')
+    s = inspect_language_model(
+        args.run_dir,
+        args.out,
+        text=args.text,
+        units=args.units,
+        layer=args.layer,
+        top=args.top,
+        mode=args.mode,
+        checkpoint=args.checkpoint,
+        find=args.find_units,
+    )
+    print(f"{s['cell'].upper()} language model, layer {s['layer']}, {s['steps']} tokens read")
+    print(f"units drawn ({s['units_by']}): {' '.join(map(str, s['units'][:16]))}")
+    if args.find_units:
+        if not s["found_units"]:
+            print("no feature varies in this text: give a longer --text with quotes, brackets...")
+        for row in s["found_units"]:
+            print(
+                f"  {row['feature']:<14} layer {row['layer']} {row['state']} unit "
+                f"{row['unit']:<4} r = {row['r']:+.3f}"
+            )
+    for _, path in sorted(s["written"].items()):
         print(f"  {path}")
     return 0
 

@@ -128,7 +128,10 @@ def load_run(
         )
     tensors, meta = load_checkpoint(ckpt_dir, tag)
     config = checkpoint_config(run_dir, meta, where)
-    model = get_task(config).build_model()
+    task = get_task(config)
+    task.bind_run(run_dir)
+    model = task.build_model()
+    task.check_weights(tensors, str(where))
     load_model_weights(model, tensors, str(where))
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not _finite(v)]
     if bad:
@@ -154,4 +157,5 @@ def load_run_data(
     config = config if config is not None else read_config(run_dir)
     check_data_dir(config, data_dir)
     task = get_task(config)
+    task.bind_run(run_dir)
     return task, task.load(run_data_dir(run_dir, data_dir))

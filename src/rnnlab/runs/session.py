@@ -240,6 +240,7 @@ class _Session:
             validation=config.data.validation,
             holdout_seed=config.data.holdout_seed if config.data.validation == "holdout" else None,
             epochs=state.epoch,
+            stopped=state.stopped,  # "time_limit" when train.time_limit ended the run
             steps=state.step,
             samples=state.samples,
             train_examples=n_train,
@@ -301,10 +302,10 @@ def train(
     context.on_main(session.claim)
     try:
         try:
+            fault_point("data-load")
+            data = session.task.load(data_dir)  # first: a language model's size is its vocabulary's
             torch.manual_seed(config.train.seed)
             model = session.task.build_model()
-            fault_point("data-load")
-            data = session.task.load(data_dir)
             trainer = Trainer(
                 context.wrap(model), session.task, config.train, reduce=context.reduce_hook
             )
@@ -374,8 +375,10 @@ def _resume(
     context.check_batch_size(config.train.batch_size)
     ckpt_dir = run_dir / "checkpoints"
     session = _Session(run_dir, config, data_dir, callbacks, started, context)
+    session.task.bind_run(run_dir)  # what sizes the model beyond the config (an LM's vocabulary)
     torch.manual_seed(config.train.seed)
     model = session.task.build_model()
+    session.task.check_weights(tensors, str(ckpt_dir / "last.json"))
     load_model_weights(model, tensors, str(ckpt_dir / "last.json"))
     trainer = Trainer(context.wrap(model), session.task, config.train, reduce=context.reduce_hook)
     try:

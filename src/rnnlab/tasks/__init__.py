@@ -13,12 +13,14 @@ from torch import nn
 from rnnlab.config import Config, ConfigError
 from rnnlab.tasks.base import Example, MetricSpec, PredictError, Prepared, Task, TaskData
 from rnnlab.tasks.image import ImageClassification
+from rnnlab.tasks.language_model import LanguageModelTask
 from rnnlab.tasks.text import TextClassification
 
 __all__ = [
     "TASKS",
     "Example",
     "ImageClassification",
+    "LanguageModelTask",
     "MetricSpec",
     "Prepared",
     "PredictError",
@@ -32,6 +34,7 @@ __all__ = [
 TASKS: dict[str, type[Task]] = {
     "sequence": ImageClassification,
     "text": TextClassification,
+    "lm": LanguageModelTask,
 }
 
 

@@ -6,7 +6,7 @@ A task is built from a configuration (``Task(config)``) and provides:
 * its data: :meth:`Task.load` -> :class:`TaskData` (train, validation, test, and the
   artifacts a run directory keeps, e.g. a text task's ``vocab.json``); a validation split
   carved from training data uses ``data.holdout_seed`` (:func:`carve_holdout`);
-* its model: :meth:`Task.build_model`;
+* its model: :meth:`Task.build_model` (after :meth:`Task.bind_run` for a run on disk);
 * its batches: :meth:`Task.batches` (shuffled examples, or contiguous streams for a stateful
   task; sharded per rank for data parallelism);
 * its loss and metric sums per batch, and what "best" means: :meth:`Task.batch_loss`,
@@ -171,6 +171,15 @@ class Task(ABC):
         return {f"test_{k}": v for k, v in metrics.items()}
 
     # run-directory artifacts
+    def bind_run(self, run_dir: PathLike) -> None:  # noqa: B027 (optional hook)
+        """Take from a run directory what building its model needs beyond the configuration
+        (a language model: its vocabulary, hence its size). Called before :meth:`build_model`
+        when a run is loaded or resumed."""
+
+    def check_weights(self, tensors: dict[str, Tensor], where: str) -> None:  # noqa: B027
+        """Raise a clear error when a checkpoint's tensors cannot be this run's model (before
+        the generic shape check, which names only the first parameter that differs)."""
+
     def read_artifacts(self, run_dir: PathLike) -> dict[str, Any]:
         """The artifacts :meth:`load` produced, read back from a run directory."""
         values = {}

@@ -153,7 +153,11 @@ class ProgressBar:
             self.bar.close()
 
 
-_SHORT = {"accuracy": "acc"}  # Keras's abbreviation in progress bars and epoch lines
+_SHORT = {"accuracy": "acc", "perplexity": "ppl", "tokens_per_second": "tok/s"}  # Keras-like
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4f}"
 
 
 def _metric_names(record: dict[str, Any]) -> list[str]:
@@ -168,9 +172,10 @@ def format_epoch(record: dict[str, Any], epochs: int) -> str:
     names = _metric_names(record)
     line = f"Epoch {record['epoch']}/{epochs} - {record['seconds']:.0f}s "
     line += f"{record['ms_per_step']:.0f}ms/step - "
-    line += " - ".join(f"{_SHORT.get(k, k)}: {record[k]:.4f}" for k in names)
+    line += " - ".join(f"{_SHORT.get(k, k)}: {_number(record[k])}" for k in names)
     if "val_loss" in record:
-        line += "".join(f" - val_{_SHORT.get(k, k)}: {record['val_' + k]:.4f}" for k in names)
+        shown = [k for k in names if "val_" + k in record]  # not a training speed
+        line += "".join(f" - val_{_SHORT.get(k, k)}: {_number(record['val_' + k])}" for k in shown)
         line += f" ({record['val_seconds']:.0f}s)"
     return line
 

@@ -47,6 +47,7 @@ class TrainState:
     ``epoch`` epochs are complete and ``batch`` batches of the next one are done; ``sums`` hold
     that epoch's running loss sum, count and the task's metric numerators so far. ``best`` is
     ``{"metric": "val_accuracy", "value": ..., "epoch": ...}`` once validation has run.
+    ``stopped`` is ``"time_limit"`` once ``train.time_limit`` ended the run early.
     """
 
     epoch: int = 0
@@ -64,6 +65,7 @@ class TrainState:
     # the first step's loss and how many steps in a row the loss has been far above it
     divergence: dict[str, Any] = field(default_factory=lambda: {"start": None, "above": 0})
     carry: Carry | None = None
+    stopped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON part (``carry`` is left out: checkpoints store it as tensors)."""
@@ -174,7 +176,11 @@ class Trainer:
 
     def fit(self, train: BatchSource, val: BatchSource | None = None) -> TrainState:
         """Train until ``config.epochs`` epochs are complete, from wherever ``state`` stands.
-        The carry starts each epoch at None and is detached after every step."""
+        The carry starts each epoch at None and is detached after every step.
+
+        With ``config.time_limit`` (seconds of training, as ``state.train_seconds`` counts
+        them), the step that reaches it is the last: the epoch so far ends there as a whole
+        one does (record, validation, callbacks) and ``state.stopped`` says why."""
         cfg, state = self.config, self.state
         self.num_batches, self.world_size = len(train), train.world_size
         total_steps = cfg.epochs * self.num_batches
@@ -184,7 +190,7 @@ class Trainer:
             state.wall_seconds = wall_base + time.perf_counter() - wall_start
 
         self._emit("on_train_begin")
-        for epoch in range(state.epoch, cfg.epochs):
+        for epoch in range(state.epoch, cfg.epochs if state.stopped is None else 0):
             self.model.train()
             if state.batch == 0:
                 state.carry = None
@@ -198,12 +204,23 @@ class Trainer:
                 state.sums["seconds"] += seconds
                 tick()
                 self._emit("on_step_end", logs)
+                if cfg.time_limit and self._out_of_time():
+                    state.stopped = "time_limit"  # a run resumed before the epoch closed
+                    break  # stops again after its first step
                 started = time.perf_counter()
             record = self._end_epoch(epoch, val)
             tick()
             self._emit("on_epoch_end", record)
+            if state.stopped is not None:
+                break
         self._emit("on_train_end")
         return state
+
+    def _out_of_time(self) -> bool:
+        """Whether ``train.time_limit`` is reached; under data parallelism, on any rank (all
+        ranks stop at the same step)."""
+        over = float(self.state.train_seconds >= self.config.time_limit)
+        return (over if self.reduce is None else self.reduce([over])[0]) > 0
 
     def _loss(self, out: BatchLoss) -> tuple[Tensor, float, float, dict[str, float]]:
         """``(loss to backpropagate, global mean loss, global count, global sums)``."""
@@ -310,6 +327,8 @@ class Trainer:
                     plateau["scale"] *= cfg.gamma
                     plateau["bad"] = 0
         record["improved"] = state.best is not None and state.best["epoch"] == epoch + 1
+        if state.stopped is not None:
+            record["stopped"] = state.stopped
         state.history.append(record)
         state.epoch, state.batch = epoch + 1, 0
         state.sums = _zero_sums()

@@ -1,0 +1,265 @@
+"""Inspecting a language model (Karpathy, Johnson & Fei-Fei 2015, "Visualizing and Understanding
+Recurrent Networks"): each token coloured by one unit's cell state c or hidden state h, the
+top-5 next-token predictions at every position, and units ranked by their correlation with
+simple text features.
+
+Shape legend: T time (tokens read), H hidden units, V vocabulary, L layers.
+
+The features (:func:`text_features`), one value per token, the state after reading it:
+
+* ``quote``: inside double quotes (after an opening quote, until the closing one);
+* ``brackets``: inside parentheses or square or curly brackets (nesting depth > 0);
+* ``line_position``: tokens since the last newline (or ``<eos>``), the start of a line being 0;
+* ``html_tag``: inside ``< ... >``;
+* ``comment``: inside ``/* ... */``.
+
+A feature that never changes in the text is left out (it has no correlation to speak of).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rnnlab.checkpoint import versions
+from rnnlab.inspect.api import MARKER, _check_out, _json_bytes, _publish
+from rnnlab.inspect.html import _SCRIPT, _STYLE, GATE, MODE_NAMES, NEGATIVE, POSITIVE, colour
+from rnnlab.inspect.html import modes as colour_modes
+from rnnlab.inspect.trace import InspectError, Trace, activity, pick_units
+from rnnlab.runs import load_run
+from rnnlab.tasks import LanguageModelTask, get_task
+
+__all__ = ["find_units", "inspect_language_model", "record_language_model", "text_features"]
+
+PathLike = str | os.PathLike[str]
+TOP_PREDICTIONS = 5
+SHOWN = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5"}  # visible stand-ins for blank characters
+
+
+@torch.no_grad()
+def record_language_model(model: Any, ids: torch.Tensor) -> tuple[list[dict], np.ndarray]:
+    """Run a :class:`rnnlab.LanguageModel` on (1, T) ``ids`` through the reference loop with
+    its gates recorded: ``(gates, log_probs)``, ``gates[layer]`` name -> (T, H) numpy (LSTM:
+    i, f, g, o, c, h), ``log_probs`` (T, V) of the next token after each position."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = model.embedding(ids)  # (1, T, E)
+        out, _, trace = model.rnn(x, return_gates=True)  # (1, T, H), per layer and direction
+        logits = model.decoder(out)  # (1, T, V)
+    finally:
+        model.train(was_training)
+    gates = [{k: v[0].numpy() for k, v in layer[0].items()} for layer in trace]  # (T, H) each
+    return gates, torch.log_softmax(logits[0].double(), dim=-1).numpy()
+
+
+def text_features(labels: list[str]) -> dict[str, np.ndarray]:
+    """(T,) values of each feature of the module docstring after reading each token of
+    ``labels`` (characters or words; a word moves the features by the characters it holds)."""
+    names = ("quote", "brackets", "line_position", "html_tag", "comment")
+    out = {name: np.zeros(len(labels)) for name in names}
+    quote, depth, column, tag, comment, previous = False, 0, 0, False, False, ""
+    for t, token in enumerate(labels):
+        column = 0 if token in ("\n", "<eos>") else column + 1
+        for ch in "" if token == "<eos>" else token:
+            if ch == '"':
+                quote = not quote
+            elif ch in "([{":
+                depth += 1
+            elif ch in ")]}":
+                depth = max(0, depth - 1)
+            elif ch in "<>":
+                tag = ch == "<"
+            elif ch == "*" and previous == "/":
+                comment = True
+            elif ch == "/" and previous == "*":
+                comment = False
+            previous = ch
+        values = (quote, depth > 0, max(column - 1, 0), tag, comment)
+        for name, value in zip(names, values, strict=True):
+            out[name][t] = value
+    return {k: v for k, v in out.items() if v.std() > 0}
+
+
+def find_units(
+    gates: list[dict], features: dict[str, np.ndarray], best: int = 3
+) -> list[dict[str, Any]]:
+    """Per feature, the ``best`` units (of every layer, by c and by h) whose values over the
+    text correlate most with it (Pearson r, by |r|), most correlated first."""
+    found = []
+    for name, feature in features.items():
+        f = (feature - feature.mean()) / feature.std()  # (T,)
+        rows = []
+        for layer, layer_gates in enumerate(gates):
+            for state in ("c", "h"):
+                if state not in layer_gates:
+                    continue
+                values = layer_gates[state]  # (T, H)
+                std = values.std(axis=0)  # (H,)
+                r = (f @ (values - values.mean(axis=0))) / (len(f) * np.maximum(std, 1e-12))
+                r[std < 1e-9] = 0.0  # a unit that never moves correlates with nothing
+                for unit in np.argsort(-np.abs(r), kind="stable")[:best]:
+                    rows.append((abs(r[unit]), layer, state, int(unit), float(r[unit])))
+        for _, layer, state, unit, r in sorted(rows, reverse=True)[:best]:
+            found.append({"feature": name, "layer": layer, "state": state, "unit": unit, "r": r})
+    return found
+
+
+def _label(token: str) -> str:
+    return "".join(SHOWN.get(ch, ch) for ch in token)
+
+
+def render_language_page(
+    trace: Trace, top: list[list[tuple[str, float]]], unit: int, mode: str, heading: str
+) -> str:
+    """The token page: tokens coloured by ``mode`` (c, h or f) of ``unit``, the picker of
+    :mod:`rnnlab.inspect.html`, and under each token its top-5 next-token predictions."""
+    spec = colour_modes(trace)
+    if mode not in spec:
+        raise InspectError(f"--mode expected one of {sorted(spec)}, got {mode!r}")
+    real = np.flatnonzero(trace.real)
+    act = activity(trace.gates, trace.real)  # (H,)
+    tokens = []
+    for k, t in enumerate(real):
+        s = spec[mode]
+        raw = s["values"][k] if s["kind"] == "gate" else s["values"][k][unit]
+        v = raw if s["kind"] == "gate" else raw / s["scale"][unit]
+        label = trace.labels[t]
+        tip = f"after {label!r}: " + ", ".join(f"{w!r} {p:.3f}" for w, p in top[t])
+        preds = "".join(f"{html.escape(_label(w))} {p:.2f}<br>" for w, p in top[t])
+        css = "w oov" if trace.extra["oov"][t] else "w"
+        tokens.append(
+            f'<span class="tok" data-i="{k}" data-value="{raw:.4f}" title="{html.escape(tip)}">'
+            f'<span class="{css}" style="background:{colour(float(v), s["kind"])}">'
+            f'{html.escape(_label(label))}</span><span class="p">{preds}</span></span>'
+        )
+    options_mode = "".join(
+        f'<option value="{m}"{" selected" if m == mode else ""}>{MODE_NAMES[m]}</option>'
+        for m in spec
+    )
+    options_unit = "".join(
+        f'<option value="{u}"{" selected" if u == unit else ""}>unit {u} '
+        f"(activity {act[u]:.3f})</option>"
+        for u in np.argsort(-act, kind="stable")
+    )
+    data = {
+        "positive": ",".join(map(str, POSITIVE)),
+        "negative": ",".join(map(str, NEGATIVE)),
+        "gate": ",".join(map(str, GATE)),
+        "modes": {
+            m: {
+                "kind": s["kind"],
+                "values": np.round(s["values"], 4).tolist(),
+                **({"scale": np.round(s["scale"], 6).tolist()} if "scale" in s else {}),
+            }
+            for m, s in spec.items()
+        },
+    }
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>rnnlab inspect: {html.escape(heading)}</title>
+<style>{_STYLE} .p {{ text-align: left; }}</style>
+</head>
+<body>
+<h1>{html.escape(heading)}</h1>
+<p class="meta">Each token is coloured by the chosen unit after reading it; under it, the
+model's five most likely next tokens and their probabilities. {len(real)} tokens read.</p>
+<div id="controls">
+<label>Colour by <select id="mode">{options_mode}</select></label>
+<label>Unit <select id="unit">{options_unit}</select></label>
+</div>
+<p class="legend"><span style="background:{colour(1.0, "unit")}"></span> positive
+<span style="background:{colour(-1.0, "unit")}"></span> negative (scaled by the unit's largest
+|value| in this text) &nbsp; <span style="background:{colour(1.0, "gate")}"></span> mean forget
+gate near 1</p>
+<div id="text">{"".join(tokens)}</div>
+<script type="application/json" id="inspect-data">{payload}</script>
+<script>{_SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+def inspect_language_model(
+    run_dir: PathLike,
+    out: PathLike | None = None,
+    *,
+    text: str,
+    units: list[int] | None = None,
+    layer: int = 0,
+    top: int = 16,
+    mode: str | None = None,
+    checkpoint: str = "best",
+    find: bool = False,
+) -> dict[str, Any]:
+    """Run a language-model run on ``text`` with its gates recorded and write into ``out``
+    (default ``RUN_DIR/inspect``) ``tokens.html`` (coloured by ``units[0]``, default the most
+    active unit of ``layer``) and ``inspect.json``; with ``find``, also ``units.json``, the
+    units best correlated with each text feature (:func:`find_units`). Returns inspect.json."""
+    config, model, meta = load_run(run_dir, checkpoint)
+    task = get_task(config)
+    if not isinstance(task, LanguageModelTask):
+        raise InspectError(f"{run_dir}: expected a language-model run, got {config.model.kind!r}")
+    out = Path(out) if out is not None else Path(run_dir) / "inspect"
+    _check_out(out)
+    task.bind_run(run_dir)
+    example = task.example(text, {})
+    gates, logp = record_language_model(model, example.inputs[0])  # [(T, H)], (T, V)
+    if not 0 <= layer < len(gates):
+        raise InspectError(f"--layer expected 0..{len(gates) - 1}, got {layer}")
+    vocab = task.vocab
+    assert vocab is not None, "bind_run sets the vocabulary"
+    best = np.argsort(-logp, axis=1, kind="stable")[:, :TOP_PREDICTIONS]  # (T, 5)
+    top_k = [
+        [(vocab.tokens[i], float(np.exp(logp[t, i]))) for i in row] for t, row in enumerate(best)
+    ]
+    real = example.real
+    trace = Trace(
+        "text",
+        config.model.cell,
+        layer,
+        0,
+        gates[layer],
+        real,
+        example.labels,
+        np.zeros((len(real), 1)),
+        ["next"],
+        extra={"oov": example.oov},
+    )
+    chosen = pick_units(gates[layer], real, units, top)
+    mode = mode or ("c" if "c" in gates[layer] else "h")
+    heading = f"{config.model.cell.upper()} language model, layer {layer}"
+    page = render_language_page(trace, top_k, chosen[0], mode, heading)
+    files = {"tokens.html": page.encode("utf-8")}
+    summary: dict[str, Any] = {
+        "run": str(run_dir),
+        "checkpoint": meta["tag"],
+        "step": meta["state"]["step"],
+        "kind": config.model.kind,
+        "cell": config.model.cell,
+        "layer": layer,
+        "input": text,
+        "steps": int(real.sum()),
+        "units": chosen,
+        "units_by": "given" if units is not None else "activity (std over steps of c, or h)",
+    }
+    if find:
+        features = text_features([example.labels[t] for t in np.flatnonzero(real)])
+        shown = [{k: v[real] for k, v in g.items()} for g in gates]
+        summary["features"] = sorted(features)
+        summary["found_units"] = find_units(shown, features)
+        files["units.json"] = _json_bytes(summary["found_units"])
+    summary["files"] = sorted([*files, MARKER])
+    summary["versions"] = versions()
+    files[MARKER] = _json_bytes(summary)
+    summary["written"] = {name: str(path) for name, path in _publish(files, out).items()}
+    return summary
