@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rnnlab.data.errors import DataError
-from rnnlab.data.paths import atomic_output
+from rnnlab.files import atomic_output
 from rnnlab.data.text import tokenize as imdb_tokenize
 
 UNK = "<unk>"
