@@ -72,7 +72,13 @@ def _add_context_parser(sub: Any) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0)")
     p.add_argument("--cells", nargs="+", choices=["rnn", "lstm", "gru"], help="cells to compare")
     p.add_argument("--steps", type=int, help="training steps per model (default 3000)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a busy machine a second thread spins in "
+        "barriers; measured 0.4 s a step with 1 thread, 2-7 s with 2, at load 12 on 2 cores)",
+    )
     p.set_defaults(func=context_command)
 
 
