@@ -178,10 +178,12 @@ def test_probe_ranks_the_preferred_word_first():
     vocab, probe = _probe()
     perfect = probe.evaluate(_preferring(vocab, probe, within=None))
     assert all(v["accuracy"] == 1.0 for v in perfect.values())
+    assert all(v["gain"] > 4.0 for v in perfect.values())  # logit 5 against 0, V = 27
     # a model that always says "french" is right for one country in three, exactly chance
     blind = probe.evaluate(lambda ids: _preferring(vocab, probe, 0)(ids[:, :0]))
     assert all(v["accuracy"] == pytest.approx(1 / 3) for v in blind.values())
     assert all(v["probability"] == pytest.approx(1 / 3) for v in blind.values())
+    assert all(v["gain"] == pytest.approx(0.0, abs=1e-6) for v in blind.values())
     # one that looks 10 tokens back: the country is 6 + n tokens before the blank
     short = probe.evaluate(_preferring(vocab, probe, within=10))
     assert short["0"]["accuracy"] == 1.0 and short["2"]["accuracy"] == 1.0
@@ -234,7 +236,10 @@ def test_command_runs_quick_on_the_sample(tmp_path, capsys, monkeypatch):
     argv = ["context", "--quick", "--sample", "--cells", "lstm", "--steps", "2", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "[1/1] lstm seed 0" in printed and "| distractor words n | LSTM acc (prob) |" in printed
+    assert (
+        "[1/1] lstm seed 0" in printed
+        and "| distractor words n | LSTM acc (prob, gain) |" in printed
+    )
     assert json.loads((out / "results.json").read_text())["config"]["steps"] == 2
 
 

@@ -63,7 +63,7 @@ def _add_context_parser(sub: Any) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="small models (128 units, 5,000 words), 400 steps, 500 test targets: under 10 "
+        help="small models (128 units, 5,000 words), 1,200 steps, 1,000 test targets: under 10 "
         "minutes on 2 idle CPU cores",
     )
     p.add_argument("--sample", action="store_true", help="the IMDB sample shipped with rnnlab")

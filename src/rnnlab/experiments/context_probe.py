@@ -169,26 +169,39 @@ class ClozeProbe:
     def evaluate(
         self, next_logits: Callable[[Tensor], Tensor], chunk: int = 256
     ) -> dict[str, dict[str, float]]:
-        """Per distance n (a string key, for JSON): ``accuracy`` (the right language ranked
-        first among the candidates) and ``probability`` (its probability renormalised over the
-        candidates), each averaged over every example of every template.
+        """Per distance n (a string key, for JSON), averaged over every example of every
+        template: ``accuracy`` (the right language ranked first among the candidates),
+        ``probability`` (its probability renormalised over the candidates; chance 1/C), and
+        ``gain``: how much more log-probability (nats) a language gets after its own country
+        than after the other countries, with the same distractor (0 for a model that ignores
+        the country; it shows a country's pull before it is strong enough to win the ranking).
 
         ``next_logits`` maps (N, T) ids to the (N, V) logits of the token after each row, run
         from the zero state (e.g. :func:`rnnlab.experiments.context.final_logits` of a model in
         eval mode)."""
+        C = len(self.pairs)
         out = {}
         for n, per_template in self.examples.items():
-            correct, prob, total = 0.0, 0.0, 0
+            accuracy, probability, gain = [], [], []
             for ids in per_template:
-                for r0 in range(0, len(ids), chunk):
-                    logits = next_logits(ids[r0 : r0 + chunk])  # (N', V)
-                    scores = logits[:, self.candidates].float()  # (N', C)
-                    answers = self.answers[r0 : r0 + chunk]  # (N',)
-                    correct += (scores.argmax(-1) == answers).sum().item()
-                    share = torch.softmax(scores, dim=-1)  # over the candidates only
-                    prob += share.gather(1, answers[:, None]).sum().item()
-                    total += len(answers)
-            out[str(n)] = {"accuracy": correct / total, "probability": prob / total}
+                logp = torch.cat(
+                    [
+                        torch.log_softmax(next_logits(ids[r0 : r0 + chunk]).float(), dim=-1)
+                        for r0 in range(0, len(ids), chunk)
+                    ]
+                )[:, self.candidates]  # (N, C): log p of each candidate language
+                accuracy.append((logp.argmax(-1) == self.answers).float().mean())
+                share = torch.softmax(logp, dim=-1)  # over the candidates only
+                probability.append(share.gather(1, self.answers[:, None]).mean())
+                grid = logp.reshape(-1, C, C)  # (spans, country, language)
+                own = grid.diagonal(dim1=1, dim2=2)  # (spans, C): language after its country
+                others = (grid.sum(dim=1) - own) / (C - 1)  # after the other countries
+                gain.append((own - others).mean())
+            out[str(n)] = {
+                "accuracy": torch.stack(accuracy).mean().item(),
+                "probability": torch.stack(probability).mean().item(),
+                "gain": torch.stack(gain).mean().item(),
+            }
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -72,20 +72,23 @@ def format_cloze_table(results: ContextResults) -> str:
     distractor length n, per cell."""
     cells = list(results.table)
     lines = [
-        "| distractor words n | " + " | ".join(f"{NAMES[c]} acc (prob)" for c in cells) + " |",
+        "| distractor words n | "
+        + " | ".join(f"{NAMES[c]} acc (prob, gain)" for c in cells)
+        + " |",
         "|---:|" + "---:|" * len(cells),
     ]
     for n in results.table[cells[0]]["cloze"]:
-        entries = [
-            f"{results.table[c]['cloze'][n]['accuracy']:.3f} "
-            f"({results.table[c]['cloze'][n]['probability']:.3f})"
-            for c in cells
-        ]
+        entries = []
+        for c in cells:
+            e = results.table[c]["cloze"][n]
+            entries.append(f"{e['accuracy']:.3f} ({e['probability']:.3f}, {e['gain']:+.3f})")
         lines.append(f"| {n} | " + " | ".join(entries) + " |")
     p = results.probe
     lines.append("")
     lines.append(
-        f"chance = 1/{len(p['pairs'])} = {p['chance']:.3f} (for both columns); "
+        f"chance = 1/{len(p['pairs'])} = {p['chance']:.3f} for acc and prob (the right "
+        "language's share of the candidates' probability), 0 for gain (nats more for a "
+        "language after its own country than after the others); "
         f"{p['examples_per_distance']} examples per n ({p['spans']} spans x "
         f"{len(p['pairs'])} countries x {len(p['templates'])} templates); languages: "
         + ", ".join(lang for _, lang in p["pairs"])
