@@ -18,6 +18,7 @@ from rnnlab.experiments.context import (
     ContextConfig,
     context_use,
     final_logits,
+    other_text,
     run_context,
     sample_positions,
     stateful_losses,
@@ -81,12 +82,30 @@ def test_window_from_the_row_start_equals_the_stateful_loss():
     torch.testing.assert_close(final_logits(model, rows[:, :5]), logits[:, -1])
 
 
+def test_a_prefix_of_the_real_words_before_the_window_is_a_longer_window():
+    model = _model("lstm")
+    rows = torch.randint(0, 50, (3, 40))
+    positions = torch.tensor([[0, 30], [1, 25], [2, 39]])
+    k, w = 4, 6
+    prefix = torch.stack([rows[r, t - k - w : t - k] for r, t in positions.tolist()])  # (P, W)
+    torch.testing.assert_close(
+        window_losses(model, rows, positions, k, prefix=prefix),
+        window_losses(model, rows, positions, k + w),
+    )
+    other = other_text(rows, positions, 5, seed=0)
+    assert other.shape == (3, 5)
+    for (r, _), span in zip(positions.tolist(), other.tolist(), strict=True):
+        starts = [s for s in range(36) if rows[(r + 1) % 3, s : s + 5].tolist() == span]
+        starts += [s for s in range(36) if rows[(r + 2) % 3, s : s + 5].tolist() == span]
+        assert starts  # words from another row
+
+
 def test_k_all_equals_the_ordinary_stateful_test_loss():
     """With every target sampled (k = 1 only needs one token before), the "all" entry is the
     mean of the ordinary stateful evaluation, and test_loss is that of one forward pass."""
     model = _model("lstm")
     rows = torch.randint(0, 50, (4, 26))
-    config = ContextConfig(contexts=(1,), positions=10_000)
+    config = ContextConfig(contexts=(1,), positions=10_000, replaced_words=0)
     result = context_use(model, rows, config)
     with torch.no_grad():
         logits, _ = model(rows[:, :-1])
@@ -204,6 +223,7 @@ def test_run_measures_every_cell_and_writes_the_files(tmp_path, sample_corpus):
     assert [r["cell"] for r in results.runs] == ["rnn", "lstm", "gru"]
     for row in results.table.values():
         assert list(row["context_loss"]) == ["1", "2", "5", "all"]
+        assert list(row["context_loss_replaced"]) == ["1", "2", "5", "all"]
         assert list(row["cloze"]) == ["0", "3"]
         assert all(0 <= v["accuracy"] <= 1 for v in row["cloze"].values())
         assert row["context_loss"]["all"]["minus_all"] == 0.0 and row["test_loss"] > 0
@@ -223,6 +243,7 @@ def test_run_measures_every_cell_and_writes_the_files(tmp_path, sample_corpus):
     table = format_table(results)
     assert "| context k | RNN loss (vs all) | LSTM loss (vs all) | GRU loss (vs all) |" in table
     assert "stops gaining" in table and "chance = 1/" in table
+    assert "after 100 words of other test text" in table
     assert paths["table"].read_text().strip() == table
 
 
@@ -245,7 +266,13 @@ def test_command_runs_quick_on_the_sample(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize(
     "bad",
-    [{"cells": ("lstm", "tcn")}, {"contexts": (0, 5)}, {"distances": ()}, {"steps": 0}],
+    [
+        {"cells": ("lstm", "tcn")},
+        {"contexts": (0, 5)},
+        {"distances": ()},
+        {"steps": 0},
+        {"replaced_words": -1},
+    ],
 )
 def test_config_refuses_bad_values(bad):
     with pytest.raises(ValueError, match="ContextConfig expected"):

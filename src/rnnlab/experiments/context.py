@@ -16,7 +16,12 @@ IMDB reviews and measures two things on the test reviews:
   drawn from the rows (each with at least ``max(contexts)`` tokens before it in its row), the
   model is run again from the zero state over only the ``k`` tokens before the target, for each
   ``k`` in ``contexts``; ``"all"`` is the stateful loss at the same targets. Differences between
-  ``k`` and ``"all"`` are paired (the same targets), so their standard errors are small.
+  ``k`` and ``"all"`` are paired (the same targets), so their standard errors are small. A model
+  trained statefully meets the zero state only at the start of its stream, so part of what a
+  reset window costs may be the reset itself; with ``replaced_words`` > 0 every window is also
+  measured after that many words of other test text (from another row) in place of the words
+  before it, as Khandelwal et al.'s "replace" perturbation of the distant context does
+  (``context_loss_replaced``).
 * **The cloze probe**: see :mod:`rnnlab.experiments.context_probe`.
 
 Training is stateful truncated BPTT over the training stream cut into ``batch_size`` rows
@@ -91,6 +96,7 @@ class ContextConfig:
     position_seed: int = 1234
     window_chunk: int = 512
     saturation_nats: float = 0.01
+    replaced_words: int = 100  # also measure with this many words of other text first; 0: not
     distances: tuple[int, ...] = (0, 5, 10, 20, 50, 100, 200)
     spans: int = 20
     probe_seed: int = 4321
@@ -130,6 +136,14 @@ class ContextConfig:
         if any(not isinstance(n, int) or n < 0 for n in self.distances) or not self.distances:
             raise ValueError(
                 f"ContextConfig expected distances to be ints >= 0, got {self.distances}"
+            )
+        if isinstance(self.replaced_words, bool) or not isinstance(self.replaced_words, int):
+            raise ValueError(
+                f"ContextConfig expected an int replaced_words >= 0, got {self.replaced_words!r}"
+            )
+        if self.replaced_words < 0:
+            raise ValueError(
+                f"ContextConfig expected an int replaced_words >= 0, got {self.replaced_words}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ContextConfig expected dropout in [0, 1), got {self.dropout}")
@@ -261,16 +275,24 @@ def sample_positions(rows: Tensor, count: int, min_context: int, seed: int) -> T
 
 @torch.no_grad()
 def window_losses(
-    model: LanguageModel, rows: Tensor, positions: Tensor, k: int, chunk: int = 512
+    model: LanguageModel,
+    rows: Tensor,
+    positions: Tensor,
+    k: int,
+    chunk: int = 512,
+    prefix: Tensor | None = None,
 ) -> Tensor:
     """(P,) cross-entropy of the target at each ``(row, t)`` of ``positions`` when the model
-    reads only ``rows[row, t - k : t]`` from the zero state."""
+    reads only ``rows[row, t - k : t]`` from the zero state; with (P, W) ``prefix``, it reads
+    those W ids first (other text in place of the words before the window)."""
     r, t = positions[:, 0], positions[:, 1]  # (P,) each
     offsets = torch.arange(-k, 0)  # (K,)
     out = []
     for p0 in range(0, len(positions), chunk):
         rr, tt = r[p0 : p0 + chunk], t[p0 : p0 + chunk]
         ids = rows[rr[:, None], tt[:, None] + offsets].long()  # (P', K)
+        if prefix is not None:
+            ids = torch.cat([prefix[p0 : p0 + chunk].long(), ids], dim=1)  # (P', W + K)
         logits = final_logits(model, ids)  # (P', V)
         out.append(nn.functional.cross_entropy(logits, rows[rr, tt].long(), reduction="none"))
     return torch.cat(out)  # (P,)
@@ -283,9 +305,45 @@ def context_use(model: LanguageModel, rows: Tensor, config: ContextConfig) -> di
     full = stateful_losses(model, rows)  # (B, L - 1)
     positions = sample_positions(rows, c.positions, max(c.contexts), c.position_seed)
     at_all = full[positions[:, 0], positions[:, 1] - 1]  # (P,)
+    result = {
+        "test_loss": full.mean().item(),
+        "test_targets": full.numel(),
+        "positions": len(positions),
+        "context_loss": _losses_by_k(model, rows, positions, at_all, config, None),
+    }
+    if c.replaced_words:
+        prefix = other_text(rows, positions, c.replaced_words, c.position_seed + 1)
+        result["context_loss_replaced"] = _losses_by_k(
+            model, rows, positions, at_all, config, prefix
+        )
+    return result
+
+
+def other_text(rows: Tensor, positions: Tensor, words: int, seed: int) -> Tensor:
+    """(P, W) ids: for each target, ``words`` consecutive ids from a random place in another
+    row (the same row when there is only one), to read in place of the words before a window."""
+    B, L = rows.shape
+    if words >= L:
+        raise ValueError(f"other_text expected rows longer than {words} ids, got {L}")
+    g = torch.Generator().manual_seed(seed)
+    P = len(positions)
+    shift = torch.randint(1, B, (P,), generator=g) if B > 1 else torch.zeros(P, dtype=torch.long)
+    row = (positions[:, 0] + shift) % B  # (P,)
+    start = torch.randint(0, L - words, (P,), generator=g)  # (P,)
+    return rows[row[:, None], start[:, None] + torch.arange(words)]  # (P, W)
+
+
+def _losses_by_k(
+    model: LanguageModel,
+    rows: Tensor,
+    positions: Tensor,
+    at_all: Tensor,
+    config: ContextConfig,
+    prefix: Tensor | None,
+) -> dict[str, dict[str, float]]:
     losses: dict[str, dict[str, float]] = {}
-    for k in sorted(c.contexts):
-        loss = window_losses(model, rows, positions, k, c.window_chunk)  # (P,)
+    for k in sorted(config.contexts):
+        loss = window_losses(model, rows, positions, k, config.window_chunk, prefix)  # (P,)
         diff = loss - at_all
         losses[str(k)] = {
             "loss": loss.mean().item(),
@@ -293,12 +351,7 @@ def context_use(model: LanguageModel, rows: Tensor, config: ContextConfig) -> di
             "minus_all_se": (diff.std() / math.sqrt(len(diff))).item() if len(diff) > 1 else 0.0,
         }
     losses["all"] = {"loss": at_all.mean().item(), "minus_all": 0.0, "minus_all_se": 0.0}
-    return {
-        "test_loss": full.mean().item(),
-        "test_targets": full.numel(),
-        "positions": len(positions),
-        "context_loss": losses,
-    }
+    return losses
 
 
 def stops_gaining(context_loss: dict[str, dict[str, float]], tolerance: float) -> int | None:
@@ -350,14 +403,7 @@ def summarize(config: ContextConfig, runs: list[dict[str, Any]]) -> dict[str, di
         rows = [r for r in runs if r["cell"] == cell]
         if not rows:
             continue
-        keys = list(rows[0]["context_loss"])
-        ctx = {
-            k: {
-                f: mean([r["context_loss"][k][f] for r in rows])
-                for f in ("loss", "minus_all", "minus_all_se")
-            }
-            for k in keys
-        }
+        ctx = _mean_losses(rows, "context_loss")
         cloze = {
             n: {
                 f: mean([r["cloze"][n][f] for r in rows])
@@ -371,9 +417,27 @@ def summarize(config: ContextConfig, runs: list[dict[str, Any]]) -> dict[str, di
             "test_perplexity": math.exp(mean([r["test_loss"] for r in rows])),
             "context_loss": ctx,
             "stops_gaining": stops_gaining(ctx, config.saturation_nats),
+            **_replaced_summary(rows, config),
             "cloze": cloze,
         }
     return table
+
+
+def _mean_losses(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    fields = ("loss", "minus_all", "minus_all_se")
+    return {
+        k: {f: sum(r[key][k][f] for r in rows) / len(rows) for f in fields} for k in rows[0][key]
+    }
+
+
+def _replaced_summary(rows: list[dict[str, Any]], config: ContextConfig) -> dict[str, Any]:
+    if "context_loss_replaced" not in rows[0]:
+        return {}
+    ctx = _mean_losses(rows, "context_loss_replaced")
+    return {
+        "context_loss_replaced": ctx,
+        "stops_gaining_replaced": stops_gaining(ctx, config.saturation_nats),
+    }
 
 
 def run_context(

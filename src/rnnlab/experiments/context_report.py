@@ -30,19 +30,21 @@ def _k_order(keys: list[str]) -> list[str]:
     return sorted((k for k in keys if k != "all"), key=int) + ["all"]
 
 
-def format_context_table(results: ContextResults) -> str:
+def format_context_table(results: ContextResults, key: str = "context_loss") -> str:
     """Test loss (nats) with only the last k tokens visible, per cell (mean over seeds), the
-    difference to "all" in brackets, then where each cell stops gaining."""
+    difference to "all" in brackets, then where each cell stops gaining. ``key``:
+    ``"context_loss"`` (zero state before the window) or ``"context_loss_replaced"`` (other
+    text before it)."""
     cells = list(results.table)
     lines = [
         "| context k | " + " | ".join(f"{NAMES[c]} loss (vs all)" for c in cells) + " |",
         "|---:|" + "---:|" * len(cells),
     ]
-    first = results.table[cells[0]]["context_loss"]
+    first = results.table[cells[0]][key]
     for k in _k_order(list(first)):
         entries = []
         for c in cells:
-            e = results.table[c]["context_loss"][k]
+            e = results.table[c][key][k]
             entries.append(
                 f"{e['loss']:.3f}" if k == "all" else f"{e['loss']:.3f} ({e['minus_all']:+.3f})"
             )
@@ -58,7 +60,7 @@ def format_context_table(results: ContextResults) -> str:
     lines.append("")
     tol = results.config.saturation_nats
     for c in cells:
-        k = results.table[c]["stops_gaining"]
+        k = results.table[c][key.replace("context_loss", "stops_gaining")]
         where = f"k = {k}" if k is not None else "beyond the longest k measured"
         lines.append(
             f"{NAMES[c]} stops gaining at {where} (every longer context within {tol:g} nats "
@@ -98,9 +100,17 @@ def format_cloze_table(results: ContextResults) -> str:
 
 def format_table(results: ContextResults) -> str:
     """Both tables, with headings."""
+    replaced = ""
+    if "context_loss_replaced" in next(iter(results.table.values())):
+        replaced = (
+            f"\n\nThe same, after {results.config.replaced_words} words of other test text in "
+            "place of the words before the window (no reset artefact)\n\n"
+            + format_context_table(results, "context_loss_replaced")
+        )
     return (
-        "Context use: test loss when the model sees only the last k tokens\n\n"
+        "Context use: test loss when the model sees only the last k tokens (state reset)\n\n"
         + format_context_table(results)
+        + replaced
         + "\n\nCloze probe: the country's language ranked first among the candidates\n\n"
         + format_cloze_table(results)
     )
@@ -123,28 +133,35 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _line(ax: Any, cell: str, xs: list[float], ys: list[float]) -> None:
+def _line(
+    ax: Any, cell: str, xs: list[float], ys: list[float], dashed: bool = False, label: str = ""
+) -> None:
     marker, line, width = STYLES[cell]
     ax.plot(
         xs,
         ys,
         marker=marker,
-        linestyle=line,
+        linestyle="--" if dashed else line,
         color=COLOURS[cell],
-        label=NAMES[cell],
+        label=NAMES[cell] + label,
+        alpha=0.55 if dashed else 1.0,
         linewidth=width,
         markersize=4 + width,
     )
 
 
 def plot_context(results: ContextResults) -> bytes:
-    """PNG bytes: test loss against the context length k (log scale), one line per cell, each
-    cell's full-context ("all") loss drawn as a dotted line of its colour."""
+    """PNG bytes: test loss against the context length k (log scale), one line per cell (state
+    reset before the window; dashed and faint: other text read first), each cell's
+    full-context ("all") loss drawn as a dotted line of its colour."""
     fig, ax = _figure()
     ks: list[int] = []
     for cell, row in results.table.items():
         ks = [int(k) for k in _k_order(list(row["context_loss"]))[:-1]]
         _line(ax, cell, ks, [row["context_loss"][str(k)]["loss"] for k in ks])
+        if "context_loss_replaced" in row:
+            ys = [row["context_loss_replaced"][str(k)]["loss"] for k in ks]
+            _line(ax, cell, ks, ys, dashed=True, label=" (other text first)")
         ax.axhline(row["context_loss"]["all"]["loss"], color=COLOURS[cell], linestyle=":")
     ax.set_xscale("log")
     ax.minorticks_off()
