@@ -141,7 +141,7 @@ def _line(
         xs,
         ys,
         marker=marker,
-        linestyle="--" if dashed else line,
+        linestyle="-." if dashed else line,
         color=COLOURS[cell],
         label=NAMES[cell] + label,
         alpha=0.55 if dashed else 1.0,
@@ -152,7 +152,7 @@ def _line(
 
 def plot_context(results: ContextResults) -> bytes:
     """PNG bytes: test loss against the context length k (log scale), one line per cell (state
-    reset before the window; dashed and faint: other text read first), each cell's
+    reset before the window; dash-dotted and faint: other text read first), each cell's
     full-context ("all") loss drawn as a dotted line of its colour."""
     fig, ax = _figure()
     ks: list[int] = []
