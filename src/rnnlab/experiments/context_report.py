@@ -195,6 +195,7 @@ def plot_cloze(results: ContextResults) -> bytes:
     ax.set_xticks(ns)
     ax.set_xticklabels([str(n) for n in ns])
     ax.set_ylim(0, 1.03)
+    ax.set_xlim(-0.3, max(ns) * 1.15 if ns else 1)  # symlog leaves a decade of nothing below 0
     ax.set_xlabel("distractor words between the country and the blank")
     ax.set_ylabel("accuracy (right language ranked first)")
     ax.set_title('"I grew up in France ... I speak fluent ___"', fontsize=10)
