@@ -14,12 +14,11 @@ from rnnlab.data.corpus import load_corpus
 from rnnlab.data.streams import batchify
 from rnnlab.data.vocab import Vocabulary
 from rnnlab.experiments import main
-from rnnlab.experiments.context import (
-    ContextConfig,
+from rnnlab.experiments.context import ContextConfig, run_context
+from rnnlab.experiments.context_measure import (
     context_use,
     final_logits,
     other_text,
-    run_context,
     sample_positions,
     stateful_losses,
     stops_gaining,

@@ -177,8 +177,8 @@ class ClozeProbe:
         the country; it shows a country's pull before it is strong enough to win the ranking).
 
         ``next_logits`` maps (N, T) ids to the (N, V) logits of the token after each row, run
-        from the zero state (e.g. :func:`rnnlab.experiments.context.final_logits` of a model in
-        eval mode)."""
+        from the zero state (e.g. :func:`rnnlab.experiments.context_measure.final_logits` of a
+        model in eval mode)."""
         C = len(self.pairs)
         out = {}
         for n, per_template in self.examples.items():
