@@ -34,8 +34,9 @@ from typing import NamedTuple
 import numpy as np
 
 from rnnlab.data.errors import DataError
-from rnnlab.files import atomic_output
+from rnnlab.data.paths import ensure_writable_dir
 from rnnlab.data.text import tokenize as imdb_tokenize
+from rnnlab.files import atomic_output
 
 UNK = "<unk>"
 EOS = "<eos>"
@@ -205,8 +206,10 @@ class Vocabulary:
         return json.dumps(doc, ensure_ascii=False, indent=1)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`to_json` to ``path`` atomically (a reader never sees half a file)."""
+        """Write :meth:`to_json` to ``path`` atomically (a reader never sees half a file),
+        creating its folder if needed."""
         path = Path(path)
+        ensure_writable_dir(path.parent)
         with atomic_output(path) as handle:
             handle.write(self.to_json().encode("utf-8") + b"\n")
         return path
