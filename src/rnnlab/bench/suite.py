@@ -22,6 +22,7 @@ import torch
 
 import rnnlab
 from rnnlab.bench.keras_models import KerasRunner, keras_unavailable
+from rnnlab.bench.lm_models import LM_IMPLS, LMRunner
 from rnnlab.bench.onnx_runner import OnnxRunner, onnxruntime_unavailable
 from rnnlab.bench.workloads import WORKLOADS, Workload, build_model, loss_fn, lstm_flops, make_batch
 from rnnlab.nn.backends import _ext, _gemm
@@ -135,6 +136,8 @@ class _TorchRunner:
 
 
 def _impls_for(w: Workload, impls: tuple[str, ...]) -> list[str]:
+    if w.language_model:  # whole language-model steps: no Keras or ONNX counterpart here
+        return [i for i in impls if i in LM_IMPLS]
     chosen = list(impls)
     if w.name in GRU_WORKLOADS and not w.bidirectional:
         chosen += [i for i in GRU_IMPLS if i not in chosen]
@@ -142,6 +145,8 @@ def _impls_for(w: Workload, impls: tuple[str, ...]) -> list[str]:
 
 
 def _runner(w: Workload, impl: str):
+    if w.language_model:
+        return LMRunner(w, impl)
     x, y = make_batch(w)
     if impl == "keras-torch":
         return KerasRunner(w, x, y)

@@ -7,6 +7,9 @@ Shape legend: B batch, T time, I input features, H hidden units.
     C  batch 64, 200 steps, Embedding(20000, 128) -> LSTM 128 -> Linear 1
     D  as C, bidirectional
     E  batch 32, 784 steps, 1 input -> LSTM 128 -> Linear 10 (pixel-by-pixel MNIST)
+    F  char LM: batch 64, bptt 128, Embedding(100, 64) -> 2 x LSTM 512 -> Linear 100 (issue 12)
+    G  word LM: batch 20, bptt 35, Embedding(10000, 650) -> 2 x LSTM 650 -> Linear 10000 tied
+       (Zaremba et al. 2014's medium model); F and G are built by :mod:`rnnlab.bench.lm_models`
 
 Every model is built the same way from a list of recurrent layers, so implementations differ
 only in the recurrent layer: rnnlab (a backend), torch.nn.LSTM/GRU, or Keras 3 on torch.
@@ -36,6 +39,8 @@ class Workload:
     hidden: tuple[int, ...]  # H of each stacked recurrent layer
     bidirectional: bool
     classes: int  # 1: binary cross-entropy on a logit, else cross-entropy
+    language_model: bool = False  # next-token loss at every step, decoder to ``vocab`` (F, G)
+    tied: bool = False  # the decoder reuses the embedding matrix (language models)
 
     def recurrent_shapes(self) -> list[tuple[int, int]]:
         """(I, H) of every recurrent layer, in order."""
@@ -54,6 +59,10 @@ WORKLOADS = {
     "C": Workload("C", 64, 200, 20000, 128, None, (128,), False, 1),
     "D": Workload("D", 64, 200, 20000, 128, None, (128,), True, 1),
     "E": Workload("E", 32, 784, None, 1, None, (128,), False, 10),
+    "F": Workload("F", 64, 128, 100, 64, None, (512, 512), False, 100, language_model=True),
+    "G": Workload(
+        "G", 20, 35, 10000, 650, None, (650, 650), False, 10000, language_model=True, tied=True
+    ),
 }
 
 

@@ -205,7 +205,8 @@ class Vocabulary:
         return json.dumps(doc, ensure_ascii=False, indent=1)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`to_json` to ``path`` atomically (a reader never sees half a file)."""
+        """Write :meth:`to_json` to ``path`` atomically (a reader never sees half a file),
+        creating its folder if needed."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as handle:

@@ -1,0 +1,103 @@
+"""Language-model workloads F and G (issue 12): one whole training step of a word or character
+language model, rnnlab against the same model on torch.nn.LSTM and nn.Linear.
+
+Shape legend: B batch, T time (bptt), E embedding size, H hidden units, V vocabulary size.
+
+    F  char LM: batch 64, bptt 128, V = 100, Embedding 64 -> 2 x LSTM 512 -> Linear 100
+    G  word LM: batch 20, bptt 35, V = 10,000, Embedding 650 -> 2 x LSTM 650 -> Linear 10,000
+       tied to the embedding (Zaremba et al. 2014's medium model, without its dropout)
+
+A training step is everything: embedding, recurrent layers, decoder, softmax cross-entropy over
+every position, backward, and an Adam step. rnnlab's model is
+:class:`rnnlab.nn.language_model.LanguageModel`
+(backend "auto"; ``rnnlab-bf16`` sets ``model.rnn.precision = "bf16"``) whose decoder and loss
+run through :func:`rnnlab.nn.decoder_loss.decoder_cross_entropy` (oneDNN GEMMs; bf16 operands
+with fp32 accumulation in bf16 mode). The torch model is ``nn.Embedding -> nn.LSTM(num_layers=2)
+-> nn.Linear`` with ``nn.functional.cross_entropy``; both without dropout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from rnnlab.nn.decoder_loss import decoder_cross_entropy
+from rnnlab.nn.language_model import LanguageModel
+
+__all__ = ["LM_IMPLS", "LMRunner", "TorchLanguageModel", "build_language_model", "make_lm_batch"]
+
+LM_IMPLS = ("rnnlab", "rnnlab-bf16", "rnnlab-fused", "torch")
+
+
+class TorchLanguageModel(nn.Module):
+    """``nn.Embedding -> nn.LSTM (batch first) -> nn.Linear``, optionally tied."""
+
+    def __init__(self, vocab: int, embed: int, hidden: int, layers: int, tied: bool) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, embed)
+        self.rnn = nn.LSTM(embed, hidden, layers, batch_first=True)
+        self.decoder = nn.Linear(hidden, vocab)
+        if tied:
+            self.decoder.weight = self.embedding.weight
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        out, _ = self.rnn(self.embedding(x))  # (B, T, H)
+        logits = self.decoder(out)  # (B, T, V)
+        return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+class _RnnlabLM(nn.Module):
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        m = self.model
+        out, _ = m.rnn(m.embedding(x))  # (B, T, H)
+        bf16 = m.rnn.precision == "bf16"
+        return decoder_cross_entropy(
+            out.flatten(0, 1), m.decoder.weight, m.decoder.bias, y.flatten(), bf16=bf16
+        )
+
+
+def build_language_model(w, impl: str) -> nn.Module:
+    """A module with ``loss(x, y)`` for workload ``w`` and ``impl`` (one of :data:`LM_IMPLS`)."""
+    layers, H = len(w.hidden), w.hidden[0]
+    backend = {"rnnlab": "auto", "rnnlab-bf16": "auto", "rnnlab-fused": "fused"}
+    if impl == "torch":
+        return TorchLanguageModel(w.vocab, w.inputs, H, layers, w.tied)
+    if impl not in backend:
+        raise ValueError(f"expected a language-model implementation in {LM_IMPLS}, got {impl!r}")
+    model = LanguageModel(
+        w.vocab, w.inputs, H, layers, cell="lstm", tie_weights=w.tied, backend=backend[impl]
+    )
+    if impl == "rnnlab-bf16":
+        model.rnn.precision = "bf16"
+    return _RnnlabLM(model)
+
+
+def make_lm_batch(w, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Random (B, T) input ids and (B, T) target ids."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, w.vocab, (w.batch, w.steps), generator=g)
+    return x, torch.randint(0, w.vocab, (w.batch, w.steps), generator=g)
+
+
+class LMRunner:
+    """``train()`` = loss over every position, backward, Adam step; ``infer()`` = the loss
+    under no_grad (the decoder and softmax are part of inference for a language model)."""
+
+    def __init__(self, w, impl: str) -> None:
+        torch.manual_seed(0)
+        self.model = build_language_model(w, impl)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.x, self.y = make_lm_batch(w)
+
+    def train(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.model.loss(self.x, self.y).backward()
+        self.opt.step()
+
+    def infer(self) -> None:
+        with torch.no_grad():
+            self.model.loss(self.x, self.y)

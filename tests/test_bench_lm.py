@@ -1,0 +1,153 @@
+"""Bench workloads F and G (language models) and the decoder + cross-entropy fast path."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from rnnlab.bench import main
+from rnnlab.bench.lm_models import LMRunner, build_language_model
+from rnnlab.bench.workloads import WORKLOADS
+from rnnlab.nn.backends.compiled import compiled_unavailable
+from rnnlab.nn.cells import LSTMCell
+from rnnlab.nn.decoder_loss import decoder_cross_entropy
+from rnnlab.nn.layers import LSTM
+
+
+def _bf16_unavailable() -> str | None:
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return "no AVX-512"
+    return compiled_unavailable(LSTMCell(4, 4), torch.zeros(1, 1, 4))
+
+
+def _inputs(N=48, H=24, V=70, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, H, generator=g, dtype=torch.float64).float().requires_grad_()
+    weight = (0.3 * torch.randn(V, H, generator=g)).requires_grad_()
+    bias = torch.randn(V, generator=g).requires_grad_()
+    targets = torch.randint(0, V, (N,), generator=g)
+    return hidden, weight, bias, targets
+
+
+def _reference(hidden, weight, bias, targets):
+    return nn.functional.cross_entropy(nn.functional.linear(hidden, weight, bias), targets)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_decoder_loss_matches_linear_then_cross_entropy_in_fp32(with_bias):
+    hidden, weight, bias, targets = _inputs()
+    bias = bias if with_bias else None
+    params = [p for p in (hidden, weight, bias) if p is not None]
+    expected = _reference(hidden, weight, bias, targets)
+    got = decoder_cross_entropy(hidden, weight, bias, targets)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    for a, b in zip(
+        torch.autograd.grad(got, params), torch.autograd.grad(expected, params), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_loss_in_bf16_is_within_bf16_rounding_of_fp32():
+    hidden, weight, bias, targets = _inputs(N=200, H=64, V=500, seed=1)
+    expected = _reference(hidden, weight, bias, targets)
+    got = decoder_cross_entropy(hidden, weight, bias, targets, bf16=True)
+    assert abs(got.item() - expected.item()) < 2e-3 * expected.item()
+    grads = torch.autograd.grad(got, (hidden, weight, bias))
+    for a, b in zip(grads, torch.autograd.grad(expected, (hidden, weight, bias)), strict=True):
+        assert a.dtype == torch.float32
+        assert (a - b).abs().max() <= 2e-2 * b.abs().max()  # bf16 keeps 8 bits of mantissa
+
+
+def test_decoder_loss_gradcheck_in_float64():
+    hidden, weight, bias, targets = _inputs(N=6, H=4, V=7)
+    args = [t.detach().double().requires_grad_() for t in (hidden, weight, bias)]
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: decoder_cross_entropy(h, w, b, targets), args, eps=1e-6, atol=1e-5
+    )
+
+
+def test_decoder_loss_refuses_mismatched_shapes():
+    hidden, weight, bias, targets = _inputs()
+    with pytest.raises(ValueError, match=r"expected hidden \(N, H\) and weight \(V, H\)"):
+        decoder_cross_entropy(hidden, weight[:, :3], bias, targets)
+    with pytest.raises(ValueError, match="expected integer targets of shape"):
+        decoder_cross_entropy(hidden, weight, bias, targets[:3])
+    with pytest.raises(ValueError, match="expected bias of shape"):
+        decoder_cross_entropy(hidden, weight, bias[:3], targets)
+
+
+def test_workloads_f_and_g_are_the_issues_models():
+    f, g = WORKLOADS["F"], WORKLOADS["G"]
+    assert (f.batch, f.steps, f.vocab, f.inputs, f.hidden, f.tied) == (
+        64,
+        128,
+        100,
+        64,
+        (512, 512),
+        False,
+    )
+    assert (g.batch, g.steps, g.vocab, g.inputs, g.hidden, g.tied) == (
+        20,
+        35,
+        10000,
+        650,
+        (650, 650),
+        True,
+    )
+    # Zaremba et al. 2014's medium model, tied: 10000 x 650 + 2 LSTM layers + decoder bias
+    lstm = 2 * 4 * 650 * (650 + 650 + 1)
+    for impl in ("rnnlab", "torch"):
+        model = build_language_model(g, impl)
+        count = sum(p.numel() for p in model.parameters())
+        torch_extra_bias = 2 * 4 * 650 if impl == "torch" else 0  # torch has b_ih and b_hh
+        assert count == 10000 * 650 + lstm + torch_extra_bias + 10000
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_rnnlab_and_torch_models_compute_the_same_loss(tied):
+    """The bench compares the same model: with torch's weights copied into rnnlab's, the losses
+    and the embedding's gradients agree."""
+    w = dataclasses.replace(
+        WORKLOADS["G"], batch=3, steps=6, vocab=40, inputs=16, hidden=(16, 16), tied=tied
+    )
+    torch_model = build_language_model(w, "torch")
+    ours = build_language_model(w, "rnnlab")
+    ours.model.rnn = LSTM.from_torch(torch_model.rnn)
+    ours.model.embedding.weight.data.copy_(torch_model.embedding.weight.data)
+    if not tied:
+        ours.model.decoder.weight.data.copy_(torch_model.decoder.weight.data)
+    ours.model.decoder.bias.data.copy_(torch_model.decoder.bias.data)
+    x, y = torch.randint(0, 40, (3, 6)), torch.randint(0, 40, (3, 6))
+    a, b = ours.loss(x, y), torch_model.loss(x, y)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    ga = torch.autograd.grad(a, ours.model.embedding.weight)[0]
+    gb = torch.autograd.grad(b, torch_model.embedding.weight)[0]
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(_bf16_unavailable() is not None, reason="bf16 needs the compiled kernels")
+def test_bf16_runner_trains_with_bf16_recurrent_and_decoder_gemms():
+    w = dataclasses.replace(WORKLOADS["G"], batch=2, steps=4, vocab=30, inputs=8, hidden=(8, 8))
+    runner = LMRunner(w, "rnnlab-bf16")
+    assert runner.model.model.rnn.precision == "bf16"
+    before = runner.model.model.embedding.weight.detach().clone()
+    runner.train()
+    assert not torch.equal(before, runner.model.model.embedding.weight)
+
+
+def test_bench_runs_a_language_model_workload_against_torch(tmp_path, monkeypatch):
+    tiny = dataclasses.replace(
+        WORKLOADS["G"], batch=2, steps=5, vocab=50, inputs=16, hidden=(16, 16)
+    )
+    monkeypatch.setitem(WORKLOADS, "G", tiny)
+    out = tmp_path / "bench.json"
+    argv = ["--workloads", "G", "--impls", "rnnlab,torch,keras-torch,onnxruntime", "--quick"]
+    assert main([*argv, "--modes", "train", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {r["impl"]: r for r in report["results"]}
+    assert set(rows) == {"rnnlab", "torch"}  # no Keras or ONNX language models
+    assert rows["torch"]["ratio_vs_torch_lstm"] == 1.0 and rows["rnnlab"]["ratio_vs_torch_lstm"] > 0
