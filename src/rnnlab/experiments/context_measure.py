@@ -11,7 +11,8 @@ state or after other text.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -19,8 +20,17 @@ from torch import Tensor, nn
 from rnnlab.data.streams import windows
 from rnnlab.nn.language_model import LanguageModel
 
-if TYPE_CHECKING:  # the config module imports this one
-    from rnnlab.experiments.context import ContextConfig
+
+class ContextSettings(Protocol):
+    """What the measurements read of :class:`rnnlab.experiments.context.ContextConfig` (a
+    protocol, so this module need not import the one that imports it)."""
+
+    contexts: Sequence[int]
+    positions: int
+    position_seed: int
+    window_chunk: int
+    replaced_words: int
+
 
 __all__ = [
     "context_use",
@@ -101,7 +111,7 @@ def window_losses(
     return torch.cat(out)  # (P,)
 
 
-def context_use(model: LanguageModel, rows: Tensor, config: ContextConfig) -> dict[str, Any]:
+def context_use(model: LanguageModel, rows: Tensor, config: ContextSettings) -> dict[str, Any]:
     """The stateful ``test_loss`` over every target of ``rows``, and per context length (and
     ``"all"``) the mean loss at the sampled targets with the paired difference to ``"all"``."""
     c = config
@@ -141,7 +151,7 @@ def _losses_by_k(
     rows: Tensor,
     positions: Tensor,
     at_all: Tensor,
-    config: ContextConfig,
+    config: ContextSettings,
     prefix: Tensor | None,
 ) -> dict[str, dict[str, float]]:
     losses: dict[str, dict[str, float]] = {}
@@ -159,7 +169,8 @@ def _losses_by_k(
 
 def stops_gaining(context_loss: dict[str, dict[str, float]], tolerance: float) -> int | None:
     """The smallest k from which on every longer context is within ``tolerance`` nats or two
-    standard errors of ``"all"`` (see :class:`ContextConfig`); None if even the longest is not."""
+    standard errors of ``"all"`` (see :class:`~rnnlab.experiments.context.ContextConfig`); None
+    if even the longest is not."""
     ks = sorted(int(k) for k in context_loss if k != "all")
     found = None
     for k in reversed(ks):
