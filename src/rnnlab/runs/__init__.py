@@ -4,7 +4,8 @@ directory; :mod:`~rnnlab.runs.session` trains; :mod:`~rnnlab.runs.load` reads a 
 
 from rnnlab.runs.layout import RunError, RunWarning, default_run_dir, read_config, run_data_dir
 from rnnlab.runs.load import load_run, load_run_data
-from rnnlab.runs.session import resume, train
+from rnnlab.runs.resume import resume
+from rnnlab.runs.session import train
 
 __all__ = [
     "RunError",

@@ -1,4 +1,5 @@
-"""Training a configuration into a run directory, and resuming it.
+"""Training a configuration into a run directory (:func:`train`; resuming it:
+:mod:`rnnlab.runs.resume`).
 
 A new run refuses an existing non-empty directory (one a killed run left before its first
 checkpoint excepted: it is reused) and holds the run's lock (:mod:`rnnlab.runs.lock`) until it
@@ -28,12 +29,8 @@ from typing import Any
 import torch
 
 from rnnlab.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     load_model_weights,
-    restore_carry,
-    restore_optimizer,
-    restore_rng,
     versions,
 )
 from rnnlab.config import Config, load_preset
@@ -48,11 +45,8 @@ from rnnlab.runs.layout import (
     check_new_out,
     default_run_dir,
     json_bytes,
-    read_config,
-    read_json,
-    run_data_dir,
 )
-from rnnlab.runs.load import artifact_digests, checkpoint_config
+from rnnlab.runs.load import artifact_digests
 from rnnlab.runs.lock import RunLock, claim_new_run_dir
 from rnnlab.tasks import Task, TaskData, get_task
 from rnnlab.train import (
@@ -62,11 +56,10 @@ from rnnlab.train import (
     MetricsWriter,
     RankDropoutSeed,
     Trainer,
-    TrainState,
     evaluate,
 )
 
-__all__ = ["resume", "train"]
+__all__ = ["train"]
 
 
 def _machine() -> dict[str, Any]:
@@ -78,7 +71,7 @@ def _machine() -> dict[str, Any]:
     }
 
 
-class _Session:
+class RunSession:
     """One invocation of :func:`train` or :func:`resume` on a run directory."""
 
     def __init__(
@@ -298,7 +291,7 @@ def train(
     context.check_batch_size(config.train.batch_size)
     check_data_dir(config, data_dir)
     out = context.on_main(lambda: _new_run_dir(out, config.name))  # one name for all ranks
-    session = _Session(out, config, data_dir, callbacks, started, context)
+    session = RunSession(out, config, data_dir, callbacks, started, context)
     context.on_main(session.claim)
     try:
         try:
@@ -316,102 +309,3 @@ def train(
         return session.execute(trainer, data)
     finally:
         session.release()
-
-
-def _read_for_resume(
-    run_dir: Path, data_dir: PathLike | None, locks: list[RunLock]
-) -> tuple[Config, PathLike | None, dict[str, torch.Tensor], dict[str, Any]]:
-    read_config(run_dir)  # a clear error for a foreign folder
-    locks.append(RunLock.acquire(run_dir))  # one writer: held until the run ends
-    if (run_dir / "report.json").is_file():
-        raise RunError(
-            f"{run_dir}: expected an unfinished run, got a finished one "
-            "(report.json exists); start a new run instead"
-        )
-    read_json(run_dir / "run.json", "an rnnlab run's run.json")
-    ckpt_dir = run_dir / "checkpoints"
-    if not (ckpt_dir / "last.json").is_file():
-        raise RunError(
-            f"{run_dir}: expected a checkpoint in {(ckpt_dir / 'last.json').absolute()} to "
-            "resume from, got none (the run stopped before its first checkpoint); start it "
-            f"again with `rnnlab train PRESET --out {run_dir}` (the directory is reused)"
-        )
-    tensors, meta = load_checkpoint(ckpt_dir, "last")
-    config = checkpoint_config(run_dir, meta, (ckpt_dir / "last.json").absolute())
-    check_data_dir(config, data_dir)
-    return config, run_data_dir(run_dir, data_dir), tensors, meta
-
-
-def resume(
-    run_dir: PathLike,
-    data_dir: PathLike | None = None,
-    callbacks: Sequence[Any] = (),
-    context: Context | None = None,
-) -> dict[str, Any]:
-    """Continue an interrupted run from ``checkpoints/last``; returns report.json. The
-    checkpoint holds the global position, so ``context`` may have another world size than the
-    run had; rank 0 reads the directory and sends the others what they need."""
-    started, context = time.perf_counter(), context or Context()
-    run_dir = Path(run_dir)
-    locks: list[RunLock] = []  # rank 0's lock on the run directory
-    try:
-        read = context.on_main(lambda: _read_for_resume(run_dir, data_dir, locks))
-        return _resume(run_dir, *read, callbacks, started, context)
-    finally:
-        for lock in locks:
-            lock.release()
-
-
-def _resume(
-    run_dir: Path,
-    config: Config,
-    data_dir: PathLike | None,
-    tensors: dict[str, torch.Tensor],
-    meta: dict[str, Any],
-    callbacks: Sequence[Any],
-    started: float,
-    context: Context,
-) -> dict[str, Any]:
-    context.check_batch_size(config.train.batch_size)
-    ckpt_dir = run_dir / "checkpoints"
-    session = _Session(run_dir, config, data_dir, callbacks, started, context)
-    session.task.bind_run(run_dir)  # what sizes the model beyond the config (an LM's vocabulary)
-    torch.manual_seed(config.train.seed)
-    model = session.task.build_model()
-    session.task.check_weights(tensors, str(ckpt_dir / "last.json"))
-    load_model_weights(model, tensors, str(ckpt_dir / "last.json"))
-    trainer = Trainer(context.wrap(model), session.task, config.train, reduce=context.reduce_hook)
-    try:
-        restore_optimizer(trainer.optimizer, tensors, meta)
-        trainer.state = TrainState.from_dict(meta["state"], carry=restore_carry(tensors))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{ckpt_dir / 'last.json'}: expected optimizer and trainer state "
-            f"of this configuration, got {type(exc).__name__}: {exc}"
-        ) from exc
-    fault_point("data-load")
-    data = session.task.load(data_dir)
-
-    def reopen() -> None:
-        _truncate_metrics(run_dir / "metrics.jsonl", trainer.state.step)
-        session.run_info("running")
-
-    context.on_main(reopen)
-    restore_rng(tensors)  # last: nothing above may draw from the RNG the run continues with
-    return session.execute(trainer, data)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the lines logged up to the checkpoint's ``step`` (later ones will be logged again);
-    a line cut short by a kill is dropped too."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text("utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("step", 0) <= step:
-            kept.append(line + "\n")
-    atomic_write(path, "".join(kept).encode("utf-8"))
