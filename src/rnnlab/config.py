@@ -17,14 +17,21 @@ configuration (:meth:`Config.to_dict`) is saved as JSON with every run and every
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
-import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
+
+from rnnlab.config_values import (
+    MAX_PARAMETERS,
+    ConfigError,
+    check_numbers,
+    parse_override,
+    positive,
+    strict_dataclass,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,39 +50,6 @@ __all__ = [
     "load_preset",
     "parse_override",
 ]
-
-
-class ConfigError(ValueError):
-    """An unknown preset or key, or a value of the wrong type or out of range."""
-
-
-# Every int setting is a count, a size or a seed that torch and numpy take as a 64-bit integer.
-INT_RANGE = (-(2**63), 2**63 - 1)
-MAX_PARAMETERS = 2**31  # 8 GiB of float32 weights: beyond it, a size is a typo, not a model
-
-
-def _check_numbers(section: object) -> None:
-    """The one finiteness and range check of every section: each float setting is finite (inf
-    and nan, e.g. ``train.lr=inf`` or ``1e400``, mean no setting), each int fits in 64 bits."""
-    label = type(section).__name__.removesuffix("Config").lower()
-    for f in fields(section):  # type: ignore[arg-type]
-        value = getattr(section, f.name)
-        values = value if isinstance(value, tuple) else (value,)
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{label}.{f.name}: expected a finite number, got {v}")
-            if isinstance(v, int) and not INT_RANGE[0] <= v <= INT_RANGE[1]:
-                raise ConfigError(
-                    f"{label}.{f.name}: expected an int that fits in 64 bits, got {v}"
-                )
-
-
-def _positive(section: object, *names: str) -> None:
-    label = type(section).__name__.removesuffix("Config").lower()
-    for name in names:
-        value = getattr(section, name)
-        if isinstance(value, int) and value < 1:
-            raise ConfigError(f"{label}.{name}: expected a positive int, got {value}")
 
 
 @dataclass(frozen=True)
@@ -112,8 +86,8 @@ class DataConfig:
     eval_tokens: int = 0  # validate and test on the first N tokens of each split (0: all)
 
     def __post_init__(self) -> None:
-        _check_numbers(self)
-        _positive(self, "num_words", "maxlen", "holdout", "bptt")
+        check_numbers(self)
+        positive(self, "num_words", "maxlen", "holdout", "bptt")
         if self.holdout_seed < 0:
             raise ConfigError(f"data.holdout_seed: expected an int >= 0, got {self.holdout_seed}")
         for name in ("max_vocab", "eval_tokens"):
@@ -155,8 +129,8 @@ class ModelConfig:
     tie_weights: bool = False  # language models: decoder = embedding (Press & Wolf 2017)
 
     def __post_init__(self) -> None:
-        _check_numbers(self)
-        _positive(self, "input_size", "embedding_dim", "num_classes")
+        check_numbers(self)
+        positive(self, "input_size", "embedding_dim", "num_classes")
         if self.precision == "bf16" and self.cell != "lstm":
             raise ConfigError(
                 f"model.precision='bf16' expected model.cell='lstm' (only rnnlab.LSTM has a "
@@ -213,8 +187,8 @@ class TrainConfig:
     time_limit: float = 0.0  # seconds of training (0: none)
 
     def __post_init__(self) -> None:
-        _check_numbers(self)
-        _positive(self, "epochs", "batch_size", "eval_batch_size", "step_epochs", "patience")
+        check_numbers(self)
+        positive(self, "epochs", "batch_size", "eval_batch_size", "step_epochs", "patience")
         if self.seed < 0:
             raise ConfigError(f"train.seed: expected an int >= 0, got {self.seed}")
         if self.divergence_window < 0:
@@ -254,7 +228,7 @@ class RunConfig:
     evaluate_test: bool = True  # evaluate the test split at the end, into report.json
 
     def __post_init__(self) -> None:
-        _check_numbers(self)
+        check_numbers(self)
         for name in ("log_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"run.{name}: expected >= 0, got {getattr(self, name)}")
@@ -300,7 +274,7 @@ class Config:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Config:
         """The inverse of :meth:`to_dict`; refuses unknown keys and wrong types."""
-        return _build(cls, values, "")
+        return strict_dataclass(cls, values, "")
 
     def override(self, assignments: Iterable[str]) -> Config:
         """A copy with ``section.key=value`` assignments applied (see :func:`apply_overrides`)."""
@@ -308,80 +282,6 @@ class Config:
 
 
 SECTIONS = {k: v for k, v in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(v)}
-
-
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if get_origin(tp) is tuple:
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """``value`` checked against the annotation ``tp`` (int, float, bool, str, Literal, tuple)."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        return tuple(_coerce(get_args(tp)[0], v, key) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        raise AssertionError(f"{key}: unions are not used in configs")
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and isinstance(value, int) and abs(value) >= 1e308:
-            raise ConfigError(f"{key}: expected a finite number, got {value}")
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, tp)
-    if not ok:
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    """Instantiate dataclass ``cls`` from a (possibly partial) mapping, strictly."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a table, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = prefix.rstrip(".") or "the top level"
-        raise ConfigError(
-            f"unknown key {prefix + unknown[0]!r} in {where}: expected one of {sorted(known)}, "
-            f"got {prefix + unknown[0]!r}"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(tp, value, prefix + name)
-    return cls(**kwargs)
-
-
-def parse_override(assignment: str) -> tuple[str, Any]:
-    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``. Values are TOML literals (numbers,
-    ``true``/``false``, ``[1, 2]``, quoted strings); anything else is taken as a bare string."""
-    key, sep, raw = assignment.partition("=")
-    key, raw = key.strip(), raw.strip()
-    if not sep or not key:
-        raise ConfigError(f"override: expected section.key=value, got {assignment!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
 
 
 def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
