@@ -93,6 +93,11 @@ def test_the_same_seed_gives_the_same_text_and_h_can_colour(client):
     body = {"prompt": "", "max_tokens": 6, "seed": 11, "state": "h", "unit": 9}
     first, second = stream(client, body), stream(client, body)
     assert first == second
+    every = stream(client, {**body, "every_unit": True})
+    for (_, plain), (_, full) in zip(first[:-1], every[:-1], strict=True):
+        assert len(full["values"]) == 10
+        assert full["values"][9] == pytest.approx(plain["value"], abs=1e-4)
+        assert "values" not in plain
     assert all(-1 <= data["value"] <= 1 for name, data in first if name == "token")  # tanh
     assert [d["id"] for _, d in stream(client, {**body, "seed": 12})[:-1]] != [
         d["id"] for _, d in first[:-1]

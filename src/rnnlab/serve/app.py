@@ -212,6 +212,7 @@ def create_app(
             layer=body.layer,
             state=body.state,
             seed=body.seed,
+            every_unit=body.every_unit,
         )
         first = await work(next, tokens, _END)  # errors before the stream starts are 4xx
 

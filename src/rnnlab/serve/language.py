@@ -50,12 +50,11 @@ class LanguageInputError(ValueError):
         self.field = field
 
 
-def _unit_value(state: State, layer: int, unit: int, which: str) -> float:
-    """``which`` ("c" or "h") of ``unit`` in ``layer`` of a batch-of-one state (L, 1, H)."""
+def _layer_values(state: State, layer: int, which: str) -> torch.Tensor:
+    """(H,): ``which`` ("c" or "h") of ``layer`` in a batch-of-one state (L, 1, H)."""
     if not isinstance(state, LSTMState):
-        return float(state[layer, 0, unit])  # GRU and RNN carry h only
-    values = state.c if which == "c" else state.h  # (L, 1, H)
-    return float(values[layer, 0, unit])
+        return state[layer, 0]  # GRU and RNN carry h only
+    return (state.c if which == "c" else state.h)[layer, 0]
 
 
 def check_generation(
@@ -106,12 +105,15 @@ def generate_tokens(
     unit: int,
     state: str,
     seed: int | None,
+    every_unit: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """One dict per drawn token: ``token`` (its text, see
     :meth:`~rnnlab.tasks.LanguageModelTask.piece`), ``id``, ``probability`` (the model's, at
     temperature 1), ``top`` (the :data:`TOP` likeliest ``{"token", "probability"}``) and
-    ``value`` (``state`` of ``unit`` in ``layer`` after reading the token). Arguments are
-    checked by the caller (:func:`check_generation`, :func:`prompt_ids`)."""
+    ``value`` (``state`` of ``unit`` in ``layer`` after reading the token) and, with
+    ``every_unit``, ``values`` (H,): every unit's, so a page can recolour by another unit
+    without generating again. Arguments are checked by the caller (:func:`check_generation`,
+    :func:`prompt_ids`)."""
     vocab = task.vocab
     assert vocab is not None, "read_artifacts binds the vocabulary"
     device = model.decoder.weight.device
@@ -125,8 +127,8 @@ def generate_tokens(
             probs = torch.softmax(last.double(), dim=-1)  # (V,)
             best = torch.topk(probs, min(TOP, probs.shape[0]))
             logits, carried = model(torch.tensor([[token]], device=device), carried)  # (1, 1, V)
-            value = _unit_value(carried, layer, unit, state)
-        yield {
+            values = _layer_values(carried, layer, state).double()  # (H,)
+        item: dict[str, Any] = {
             "token": task.piece(token),
             "id": token,
             "probability": round(float(probs[token]), 6),
@@ -134,8 +136,11 @@ def generate_tokens(
                 {"token": task.piece(int(i)), "probability": round(float(p), 6)}
                 for p, i in zip(best.values, best.indices, strict=True)
             ],
-            "value": round(value, 5),
+            "value": round(float(values[unit]), 5),
         }
+        if every_unit:
+            item["values"] = np.round(values.numpy(), 4).tolist()
+        yield item
 
 
 def score_text(

@@ -220,12 +220,14 @@ class ServedRun:
         layer: int = 0,
         state: str | None = None,
         seed: int | None = None,
+        every_unit: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Language models: an iterator of one dict per generated token ``{"token", "id",
         "probability", "top": [{"token", "probability"}] (the 5 likeliest), "value": the
         ``state`` ("c", the default for LSTMs, or "h") of ``unit`` in ``layer`` after it}``,
         stepping the carried state (never re-reading the prompt) and taking the lock per step.
-        ``top_k`` 0 samples from the whole vocabulary; ``seed`` makes the draw repeatable.
+        ``top_k`` 0 samples from the whole vocabulary; ``seed`` makes the draw repeatable;
+        ``every_unit`` adds ``values``, every unit's value of ``layer`` (H,).
         Everything is checked here, before the first token (:class:`InputError` naming the
         field)."""
         model = self._language_model("generate")
@@ -247,6 +249,7 @@ class ServedRun:
             unit,
             state,
             seed,
+            every_unit,
         )
 
     def score(self, text: str) -> dict[str, Any]:

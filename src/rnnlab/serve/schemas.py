@@ -77,6 +77,9 @@ class GenerateRequest(_Body):
     seed: int | None = Field(
         None, ge=0, lt=2**63, description="seeds the draw: the same request, the same text"
     )
+    every_unit: bool = Field(
+        False, description="also stream every unit's value of the layer (to recolour by any)"
+    )
 
 
 class ScoreRequest(_Body):
