@@ -2,7 +2,8 @@
 through :class:`ServedRun`, which asks the run's task (:mod:`rnnlab.tasks`: ``example``,
 ``prefix_probabilities``, ``label_names``, ``read_artifacts``) and records gates with
 :func:`rnnlab.inspect.trace.record_gates`. The web layer (:mod:`rnnlab.serve.app`) only sees plain
-dicts and lists, so adding language models (issue 12) changes this file alone.
+dicts and lists. Language models (``model.kind = "lm"``) are served through
+:mod:`rnnlab.serve.language`.
 
 Shape legend: T time (word positions or image rows), H hidden units, C classes.
 
