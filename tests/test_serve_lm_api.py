@@ -194,3 +194,21 @@ def test_a_slow_step_ends_the_stream_with_an_error_event(runs, monkeypatch):
     names = [block.split("\n")[0] for block in text.strip().split("\n\n")]
     assert names == ["event: token", "event: token", "event: error"]
     assert "within 0.5 s" in text
+
+
+def test_a_gru_language_model_colours_by_h_and_refuses_c(tmp_path):
+    from serve_runs import LM_SETTINGS, make_run
+
+    run_dir = make_run(tmp_path / "gru", "charlm-sample", [*LM_SETTINGS, "model.cell=gru"])
+    served = load_served_run(run_dir, "gru")
+    client = TestClient(create_app([served]))
+    body = {"prompt": "the", "max_tokens": 4, "unit": 2, "seed": 1}
+    with client.stream("POST", "/api/runs/gru/generate", json=body) as response:
+        assert response.status_code == 200
+        text = "".join(response.iter_text())
+    ids = [json.loads(b.split("\n")[1][6:])["id"] for b in text.strip().split("\n\n")[:-1]]
+    prompt = served.task.start_context() + served.task.encode("the")[0].tolist()
+    assert ids == list(served.model.generate(prompt, 4, seed=1))
+    refused = client.post("/api/runs/gru/generate", json={**body, "state": "c"})
+    assert refused.status_code == 422 and ("body", "state") in field_of(refused)
+    assert "has no cell state c" in refused.text
