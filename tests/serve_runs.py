@@ -19,12 +19,15 @@ import torch
 
 from rnnlab.checkpoint import save_checkpoint
 from rnnlab.config import load_preset
-from rnnlab.tasks import build_model
+from rnnlab.data.vocab import Vocabulary
+from rnnlab.tasks import build_model, get_task
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 TEXT_SETTINGS = ["model.embedding_dim=8", "model.hidden_sizes=[8]", "data.maxlen=60"]
 IMAGE_SETTINGS = ["model.projection=16", "model.hidden_sizes=[12]"]
+LM_SETTINGS = ["model.embedding_dim=8", "model.hidden_sizes=[10]"]
+CHARACTERS = "\n etaoinshrdlucmfwypvbgk.,\"'()"  # the character vocabulary, after <unk>
 _WORD_LIST = (
     "the a and of to is was it film movie this that not but good great wonderful loved bad "
     "awful boring slow acting story ending minute hour first last every i very at all , ."
@@ -38,8 +41,15 @@ def make_run(folder: Path, preset: str, settings: list[str], seed: int = 0) -> P
     checkpoints/last, metrics.jsonl, run.json, report.json) with an untrained model."""
     config = load_preset(preset, settings)
     torch.manual_seed(seed)
-    model = build_model(config)
     folder.mkdir(parents=True)
+    if config.model.kind == "lm":
+        vocab = Vocabulary("chars", ("<unk>", *CHARACTERS))
+        (folder / "vocab.json").write_text(vocab.to_json(), "utf-8")
+        task = get_task(config)
+        task.bind_run(folder)
+        model = task.build_model()
+    else:
+        model = build_model(config)
     (folder / "config.json").write_text(json.dumps(config.to_dict()), "utf-8")
     if config.model.kind == "text":
         vocab = {word: rank for rank, word in enumerate(WORDS, start=1)}
@@ -57,12 +67,14 @@ def make_run(folder: Path, preset: str, settings: list[str], seed: int = 0) -> P
     return folder
 
 
-def make_runs(root: Path) -> tuple[Path, Path]:
-    """A text run (imdb-sample, LSTM of 8 units, bidirectional) and an image run (mnist-sample,
-    LSTM of 12 units) under ``root``."""
+def make_runs(root: Path) -> tuple[Path, Path, Path]:
+    """A text run (imdb-sample, LSTM of 8 units, bidirectional), an image run (mnist-sample,
+    LSTM of 12 units) and a character language model (charlm-sample, LSTM of 10 units over
+    :data:`CHARACTERS`) under ``root``."""
     return (
         make_run(root / "reviews", "imdb-sample", TEXT_SETTINGS),
         make_run(root / "digits", "mnist-sample", IMAGE_SETTINGS),
+        make_run(root / "chars", "charlm-sample", LM_SETTINGS),
     )
 
 

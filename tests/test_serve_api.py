@@ -28,7 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    text_dir, image_dir = make_runs(tmp_path_factory.mktemp("serve"))
+    text_dir, image_dir, _ = make_runs(tmp_path_factory.mktemp("serve"))
     return [load_served_run(text_dir, "reviews"), load_served_run(image_dir, "digits")]
 
 
@@ -362,7 +362,7 @@ def test_create_app_refuses_no_runs_and_repeated_names(runs):
 
 
 def test_generate_streams_each_token_as_a_server_sent_event(runs, monkeypatch):
-    def fake(self, prompt, max_tokens, temperature, top_k, unit):  # the shape issue 12 fills in
+    def fake(self, prompt, max_tokens, temperature, top_k, unit, **options):  # a stand-in model
         for k in range(max_tokens):
             yield {"token": prompt[k % len(prompt)], "id": k, "probability": 0.5, "value": 0.1}
 

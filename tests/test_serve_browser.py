@@ -3,6 +3,9 @@ through Selenium, against a real server on 127.0.0.1. Typing a review updates th
 the token colours; a stroke drawn with pointer events (mouse and touch) brings the digit
 probabilities; every page's screenshot is not blank.
 
+A language model's page streams generated tokens, coloured by the chosen unit, with their
+top-5 alternatives under the pointer.
+
 Without chromium, chromedriver or selenium these tests skip, except under CI (CI=true), where
 they fail: CI installs all three (ci/chromium.sh, the dev extra).
 """
@@ -49,7 +52,17 @@ WAIT = 60  # seconds: a loaded CI machine is slow, but a broken page never gets 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process, url = start_server(*map(str, make_runs(tmp_path_factory.mktemp("serve"))))
+    reviews, digits, _ = make_runs(tmp_path_factory.mktemp("serve"))
+    process, url = start_server(str(reviews), str(digits))  # no language model
+    yield url
+    code, _, err = stop_server(process)
+    assert code == 0, err
+
+
+@pytest.fixture(scope="module")
+def lm_server(tmp_path_factory):
+    reviews, _, chars = make_runs(tmp_path_factory.mktemp("serve-lm"))
+    process, url = start_server(str(chars), str(reviews))
     yield url
     code, _, err = stop_server(process)
     assert code == 0, err
@@ -222,4 +235,64 @@ def test_language_model_page_is_hidden_without_one(server, browser):
     browser.get(server + "lm")
     wait_for(browser, lambda d: d.find_element(By.ID, "none").is_displayed(), "the notice")
     assert not browser.find_element(By.ID, "lm-ui").is_displayed()
+    not_blank(browser, "lm-none")
+
+
+def _streamed(driver) -> list[dict]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#stream .tok'))"
+        ".map(function (t) { return {text: t.textContent, value: t.getAttribute('data-value'),"
+        " colour: t.style.backgroundColor}; });"
+    )
+
+
+def test_generation_streams_in_coloured_with_alternatives_on_hover(lm_server, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(lm_server)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#list li")) == 2, "runs")
+    assert "char vocabulary of 31 tokens" in browser.find_element(By.ID, "list").text
+    link = browser.find_element(By.CSS_SELECTOR, "nav a[data-page=lm]")
+    assert link.is_displayed()  # a language model is served: its page is in the navigation
+    link.click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "lm-ui").is_displayed(), "the LM page")
+    assert not browser.find_element(By.ID, "none").is_displayed()
+    units = Select(browser.find_element(By.ID, "unit"))
+    assert len(units.options) == 10  # the run's 10 units
+    units.select_by_value("4")
+    for name, value in (("max-tokens", "400"), ("temperature", "1.2"), ("seed", "7")):
+        box = browser.find_element(By.ID, name)
+        box.clear()
+        box.send_keys(value)
+    browser.execute_script(  # the token count each time the page changes
+        "window.counts = []; new MutationObserver(function () {"
+        " window.counts.push(document.querySelectorAll('#stream .tok').length); })"
+        ".observe(document.getElementById('stream'), {childList: true});"
+    )
+    browser.find_element(By.ID, "go").click()
+    wait_for(browser, lambda d: "done" in d.find_element(By.ID, "status").text, "done")
+    assert len(_streamed(browser)) == 400
+    counts = browser.execute_script("return window.counts;")
+    assert len({c for c in counts if 0 < c < 400}) > 3, counts  # streamed, not all at once
+    tokens = _streamed(browser)
+    colours = [t["colour"] for t in tokens]
+    assert all(re.match(r"rgba?\((214, 39, 40|31, 119, 180)", c) for c in colours), colours[:3]
+    assert len(set(colours)) > 10  # unit 4's cell state moves along the text
+    assert browser.find_element(By.CSS_SELECTOR, "#stream .prompt").text == "This movie was"
+
+    units.select_by_value("7")  # another unit recolours the same text, no new generation
+    wait_for(browser, lambda d: [t["colour"] for t in _streamed(d)] != colours, "recoloured")
+    assert [t["text"] for t in _streamed(browser)] == [t["text"] for t in tokens]
+
+    ActionChains(browser).move_to_element(
+        browser.find_elements(By.CSS_SELECTOR, "#stream .tok")[5]
+    ).perform()
+    wait_for(browser, lambda d: "token 6" in d.find_element(By.ID, "hover-token").text, "hover")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#alternatives .alt")
+    assert len(rows) == 5
+    probabilities = [float(r.text.split()[-1]) for r in rows]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1
+    assert "drawn:" in browser.find_element(By.ID, "alternatives").text
     not_blank(browser, "lm")

@@ -29,7 +29,11 @@ def test_serves_then_stops_cleanly_on_ctrl_c(run_dirs):
     try:
         assert url.startswith("http://127.0.0.1:")
         runs = httpx.get(url + "api/runs", timeout=30).json()["runs"]
-        assert [r["name"] for r in runs] == ["reviews", "digits"]
+        assert [(r["name"], r["kind"]) for r in runs] == [
+            ("reviews", "text"),
+            ("digits", "image"),
+            ("chars", "lm"),
+        ]
         answer = httpx.post(url + "api/runs/0/classify", json={"text": REVIEW}, timeout=30)
         assert answer.status_code == 200 and answer.json()["label_name"] in ("negative", "positive")
         other_host = httpx.get(url + "api/runs", headers={"host": "rebind.example"}, timeout=30)
@@ -51,6 +55,7 @@ def test_load_of_32_concurrent_clients_has_no_errors(run_dirs, capsys):
         ("api/runs/reviews/trace", {"text": REVIEW}),
         ("api/runs/digits/classify", {"image": image.tolist()}),
         ("api/runs/digits/trace", {"image": image.tolist()}),
+        ("api/runs/chars/generate", {"prompt": "the film", "max_tokens": 20}),
     ]
     start = threading.Barrier(CLIENTS)
 
@@ -62,7 +67,10 @@ def test_load_of_32_concurrent_clients_has_no_errors(run_dirs, capsys):
                 path, body = requests[(k + i) % len(requests)]
                 began = time.perf_counter()
                 try:
-                    status: int | str = session.post(path, json=body).status_code
+                    response = session.post(path, json=body)
+                    status: int | str = response.status_code
+                    if path.endswith("generate") and "event: done" not in response.text:
+                        status = "no done event"
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 out.append((time.perf_counter() - began, status))

@@ -160,7 +160,7 @@ def create_app(
 
     @app.get("/api/runs", tags=["api"])
     async def list_runs() -> dict[str, Any]:
-        """The served runs, in command-line order: index, name, kind ("text", "image", later
+        """The served runs, in command-line order: index, name, kind ("text", "image" or
         "lm"), cell, layers, directions, hidden sizes, class names."""
         return {"runs": [{"index": k, **r.describe()} for k, r in enumerate(runs)]}
 
@@ -197,12 +197,22 @@ def create_app(
     @app.post("/api/runs/{run}/generate", tags=["api"])
     async def generate(run: str, body: GenerateRequest) -> StreamingResponse:
         """Language models: a stream of server-sent events, ``event: token`` with
-        ``{"token", "id", "probability", "top", "value"}`` per generated token, then
-        ``event: done``. Other runs answer 400."""
+        ``{"token", "id", "probability", "top", "value"}`` per generated token (``top``: the 5
+        likeliest tokens; ``value``: the chosen unit's c or h after it), then ``event: done``.
+        Bad settings answer 4xx before the stream starts; other runs answer 400."""
         served = lookup(run)
         check_text("prompt", body.prompt)
         tokens = await work(
-            served.generate, body.prompt, body.max_tokens, body.temperature, body.top_k, body.unit
+            served.generate,
+            body.prompt,
+            body.max_tokens,
+            body.temperature,
+            body.top_k,
+            body.unit,
+            layer=body.layer,
+            state=body.state,
+            seed=body.seed,
+            every_unit=body.every_unit,
         )
         first = await work(next, tokens, _END)  # errors before the stream starts are 4xx
 
@@ -224,7 +234,8 @@ def create_app(
 
     @app.post("/api/runs/{run}/score", tags=["api"])
     async def score(run: str, body: ScoreRequest) -> dict[str, Any]:
-        """Language models: per-token log-probabilities of ``text``. Other runs answer 400."""
+        """Language models: per-token log-probabilities of ``text``, the mean loss and bpc or
+        perplexity (``figure`` says which). Other runs answer 400."""
         served = lookup(run)
         check_text("text", body.text)
         return await work(served.score, body.text)

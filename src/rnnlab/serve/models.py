@@ -2,7 +2,8 @@
 through :class:`ServedRun`, which asks the run's task (:mod:`rnnlab.tasks`: ``example``,
 ``prefix_probabilities``, ``label_names``, ``read_artifacts``) and records gates with
 :func:`rnnlab.inspect.trace.record_gates`. The web layer (:mod:`rnnlab.serve.app`) only sees plain
-dicts and lists, so adding language models (issue 12) changes this file alone.
+dicts and lists. Language models (``model.kind = "lm"``) are served through
+:mod:`rnnlab.serve.language`.
 
 Shape legend: T time (word positions or image rows), H hidden units, C classes.
 
@@ -10,17 +11,19 @@ What the web layer calls, and what the coordinator rewires:
 
 * :func:`load_served_run` -- load a run once (config, model in eval mode, vocabulary) and
   :meth:`ServedRun.warm_up` it;
-* :attr:`ServedRun.kind` -- "text", "image" (later "lm"): which page and which analyses;
+* :attr:`ServedRun.kind` -- "text", "image" or "lm": which page and which analyses;
 * :meth:`ServedRun.describe` -- what the pages need to know about a run (kind, classes, layers);
 * :meth:`ServedRun.classify` -- text or a 28-row image -> the final prediction and the class
   probabilities had the input ended after each token or row;
 * :meth:`ServedRun.trace` -- the same plus every recorded gate (T, H) of one layer/direction and
   each unit's activity;
-* :meth:`ServedRun.generate` and :meth:`ServedRun.score` -- language models; no run kind has them
-  yet, so they raise :class:`UnsupportedError` (answered 400 naming the run's kind).
+* :meth:`ServedRun.generate` and :meth:`ServedRun.score` -- language models (the steps are in
+  :mod:`rnnlab.serve.language`); classifiers raise :class:`UnsupportedError` for them, and
+  language models for classify and trace (answered 400 naming the run's kind).
 
 Models are not thread-safe here (:func:`rnnlab.inspect.trace.record_gates` switches the layers to
-their reference loop while it records), so every model call holds the run's ``lock``.
+their reference loop while it records), so every model call holds the run's ``lock``; a
+generation takes it per token, so other requests interleave with a long stream.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 
 from rnnlab.inspect.trace import activity, record_gates, recurrent_layers
 from rnnlab.runs import load_run
+from rnnlab.serve import language
 from rnnlab.tasks import Example, PredictError, Task, get_task
 from rnnlab.tasks.image import IMAGE_ROWS, light_background
 
@@ -66,8 +70,9 @@ def _rounded(values: np.ndarray, digits: int = 4) -> list:
 @dataclass
 class ServedRun:
     """A run loaded once for serving: its task (:mod:`rnnlab.tasks`, which encodes inputs and
-    computes the prefix predictions) and the task's artifacts (a text run's vocabulary). ``kind``
-    is "text" (review classifier), "image" (digit classifier) or, later, "lm" (language model)."""
+    computes the prefix predictions) and the task's artifacts (a text run's or a language model's
+    vocabulary). ``kind`` is "text" (review classifier), "image" (digit classifier) or "lm"
+    (language model)."""
 
     name: str
     run_dir: Path
@@ -80,15 +85,16 @@ class ServedRun:
 
     @property
     def kind(self) -> str:
-        return "text" if self.config.model.kind == "text" else "image"
+        return {"text": "text", "lm": "lm"}.get(self.config.model.kind, "image")
 
     @property
     def class_names(self) -> list[str]:
-        return self.task.label_names()
+        return [] if self.kind == "lm" else self.task.label_names()
 
     def describe(self) -> dict[str, Any]:
         """What a page needs to draw controls: kind, cell, layers, directions, hidden sizes,
-        class names, the image size (image runs) and the checkpoint served."""
+        class names, the image size (image runs), the vocabulary (language models: its
+        ``level``, ``size`` and ``figure``, bpc or perplexity) and the checkpoint served."""
         m = self.config.model
         out = {
             "name": self.name,
@@ -100,10 +106,13 @@ class ServedRun:
             "classes": self.class_names,
             "checkpoint": self.meta["tag"],
             "step": self.meta["state"]["step"],
-            "analyses": ["classify", "trace"],
+            "analyses": ["generate", "score"] if self.kind == "lm" else ["classify", "trace"],
         }
         if self.kind == "image":
             out["image_shape"] = [IMAGE_ROWS, m.input_size]
+        if self.kind == "lm":
+            vocab = self.artifacts["vocab.json"]
+            out.update(level=vocab.level, vocab_size=len(vocab), figure=self.task.figure)
         return out
 
     # -- inputs -------------------------------------------------------------------------------
@@ -111,6 +120,11 @@ class ServedRun:
     def _example(self, text: str | None, image: np.ndarray | None, invert: str) -> Example:
         """The request's input as the model reads it; exactly one of ``text`` or ``image``, the
         one matching the run's kind."""
+        if self.kind == "lm":
+            raise UnsupportedError(
+                f"run {self.name!r} is a language model: classify and trace expect a "
+                "classifier run (use generate or score)"
+            )
         if self.kind == "text":
             if text is None:
                 raise InputError(
@@ -197,29 +211,74 @@ class ServedRun:
         return out
 
     def generate(
-        self, prompt: str, max_tokens: int, temperature: float, top_k: int, unit: int
+        self,
+        prompt: str,
+        max_tokens: int,
+        temperature: float,
+        top_k: int,
+        unit: int,
+        *,
+        layer: int = 0,
+        state: str | None = None,
+        seed: int | None = None,
+        every_unit: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Language models: an iterator of one dict per generated token ``{"token", "id",
         "probability", "top": [{"token", "probability"}] (the 5 likeliest), "value": the
-        ``unit``'s cell state after it}``, stepping the carried state (never re-reading the
-        prompt). It should take the lock per step, not for the whole stream. No served kind
-        generates yet (issue 12)."""
-        raise UnsupportedError(
-            f"run {self.name!r} is a {self.kind} classifier: generate expects a language model run"
+        ``state`` ("c", the default for LSTMs, or "h") of ``unit`` in ``layer`` after it}``,
+        stepping the carried state (never re-reading the prompt) and taking the lock per step.
+        ``top_k`` 0 samples from the whole vocabulary; ``seed`` makes the draw repeatable;
+        ``every_unit`` adds ``values``, every unit's value of ``layer`` (H,).
+        Everything is checked here, before the first token (:class:`InputError` naming the
+        field)."""
+        model = self._language_model("generate")
+        state = state or ("c" if model.cell == "lstm" else "h")
+        try:
+            language.check_generation(model, temperature, top_k, layer, unit, state)
+            ids = language.prompt_ids(self.task, prompt)  # type: ignore[arg-type]
+        except language.LanguageInputError as exc:
+            raise InputError(exc.field, str(exc)) from exc
+        return language.generate_tokens(
+            self.task,  # type: ignore[arg-type]
+            model,
+            self.lock,
+            ids,
+            max_tokens,
+            temperature,
+            top_k,
+            layer,
+            unit,
+            state,
+            seed,
+            every_unit,
         )
 
     def score(self, text: str) -> dict[str, Any]:
-        """Language models: per-token log-probabilities of ``text`` (``{"tokens",
-        "logprobs", "total"}``). No served kind scores yet (issue 12)."""
-        raise UnsupportedError(
-            f"run {self.name!r} is a {self.kind} classifier: score expects a language model run"
-        )
+        """Language models: ``text``'s ``tokens`` and their natural-log probabilities
+        (``log_probs``, each given the text before it and the start of a line), the mean
+        ``loss``, ``bpc`` (characters) or ``perplexity`` (words) (``figure`` says which),
+        ``count`` and the ``unknown`` tokens."""
+        model = self._language_model("score")
+        try:
+            return language.score_text(self.task, model, self.lock, text)  # type: ignore[arg-type]
+        except language.LanguageInputError as exc:
+            raise InputError(exc.field, str(exc)) from exc
+
+    def _language_model(self, analysis: str) -> Any:
+        if self.kind != "lm":
+            raise UnsupportedError(
+                f"run {self.name!r} is a {self.kind} classifier: {analysis} expects a language "
+                "model run"
+            )
+        return self.model
 
     def warm_up(self) -> None:
         """Run one input through both paths (the model's own and the recording one), so the
         first request does not pay for building the compiled kernels (which can take a minute
         the first time on a machine)."""
-        if self.kind == "text":
+        if self.kind == "lm":
+            language.warm_up(self.model, self.lock)
+        elif self.kind == "text":
             vocab = self.artifacts["vocab.json"]
             word = min(vocab, key=vocab.get)  # the most frequent word
             self.trace(text=word)
@@ -229,11 +288,12 @@ class ServedRun:
 
 def load_served_run(run_dir: PathLike, name: str, checkpoint: str = "best") -> ServedRun:
     """Load ``run_dir``'s ``checkpoint`` once (see :func:`rnnlab.runs.load_run`) and warm it up
-    (:meth:`ServedRun.warm_up`); a run whose layers record no gates (``model.backend='torch'``)
-    is refused here, before serving."""
+    (:meth:`ServedRun.warm_up`); a classifier whose layers record no gates
+    (``model.backend='torch'``) is refused here, before serving."""
     run_dir = Path(run_dir)
     config, model, meta = load_run(run_dir, checkpoint)
-    recurrent_layers(model)  # InspectError now rather than on the first trace
+    if config.model.kind != "lm":
+        recurrent_layers(model)  # InspectError now rather than on the first trace
     task = get_task(config)
     served = ServedRun(name, run_dir, config, model, meta, task, task.read_artifacts(run_dir))
     served.warm_up()

@@ -70,6 +70,16 @@ class GenerateRequest(_Body):
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="softmax temperature")
     top_k: int = Field(0, ge=0, le=1000, description="sample from the k likeliest; 0 all")
     unit: int = Field(0, ge=0, description="unit whose value colours each token")
+    layer: int = Field(0, ge=0, description="stacked layer of that unit, 0 first")
+    state: Literal["c", "h"] | None = Field(
+        None, description="the unit's cell state c or hidden state h; default c (LSTM) or h"
+    )
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="seeds the draw: the same request, the same text"
+    )
+    every_unit: bool = Field(
+        False, description="also stream every unit's value of the layer (to recolour by any)"
+    )
 
 
 class ScoreRequest(_Body):

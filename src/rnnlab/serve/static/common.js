@@ -101,6 +101,6 @@ var rnnlab = (function () {
     }
   }
 
-  return { api: api, debounce: debounce, start: start, runPicker: runPicker, colour: colour,
+  return { api: api, describeError: describeError, debounce: debounce, start: start, runPicker: runPicker, colour: colour,
            scales: scales, heatmap: heatmap, SIGMOID: SIGMOID };
 })();

@@ -11,7 +11,9 @@
       li.appendChild(a);
       li.appendChild(document.createTextNode(
         ": " + r.kind + " " + r.cell.toUpperCase() + ", " + r.layers + " layer(s) of " +
-        r.hidden_sizes.join("/") + " units, classes " + r.classes.join(", ") +
+        r.hidden_sizes.join("/") + " units, " + (r.kind === "lm" ?
+          r.level + " vocabulary of " + r.vocab_size + " tokens" :
+          "classes " + r.classes.join(", ")) +
         " (checkpoint " + r.checkpoint + ", step " + r.step + ")"));
       list.appendChild(li);
     });
