@@ -27,7 +27,7 @@ __all__ = ["PLUGIN_VERBS", "build_parser", "main"]
 PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "bench": ("rnnlab.bench", "benchmark rnnlab against torch.nn and Keras"),
     "inspect": ("rnnlab.inspect", "draw a trained LSTM's gates and cell states"),
-    "experiment": ("rnnlab.experiments", "run the long-range dependency experiment"),
+    "experiment": ("rnnlab.experiments", "run the long-range and context experiments"),
     "build-kernels": ("rnnlab.cli.kernels", "compile the C++ LSTM/GRU kernels now (once)"),
     "info": ("rnnlab.cli.info", "versions, CPU capabilities and the backend rnnlab picks"),
     "export": ("rnnlab.export", "export a trained run to ONNX"),
