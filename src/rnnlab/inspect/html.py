@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+from typing import Any
 
 import numpy as np
 
@@ -133,29 +134,7 @@ def render_text_page(
             f"{html.escape(labels[k])}</span>"
             f'<span class="p">{probs[k][shown]:.2f}{"" if best == shown else "*"}</span></span>'
         )
-    options_mode = "".join(
-        f'<option value="{m}"{" selected" if m == mode else ""}>{MODE_NAMES[m]}</option>'
-        for m in spec
-    )
-    options_unit = "".join(
-        f'<option value="{u}"{" selected" if u == unit else ""}>unit {u} '
-        f"(activity {act[u]:.3f})</option>"
-        for u in order
-    )
-    data = {
-        "positive": ",".join(map(str, POSITIVE)),
-        "negative": ",".join(map(str, NEGATIVE)),
-        "gate": ",".join(map(str, GATE)),
-        "modes": {
-            m: {
-                "kind": s["kind"],
-                "values": np.round(s["values"], 4).tolist(),
-                **({"scale": np.round(s["scale"], 6).tolist()} if "scale" in s else {}),
-            }
-            for m, s in spec.items()
-        },
-    }
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    options_mode, options_unit, payload = picker(spec, mode, unit, act, order)
     final = int(np.argmax(trace.final_probabilities))
     heading = title or (f"{trace.cell.upper()} layer {trace.layer}, direction {trace.direction}")
     return f"""<!DOCTYPE html>
@@ -188,3 +167,35 @@ def render_text_page(
 </body>
 </html>
 """
+
+
+def picker(
+    spec: dict[str, dict[str, Any]], mode: str, unit: int, act: np.ndarray, order: Any
+) -> tuple[str, str, str]:
+    """The page's controls and data, shared by the classifier and language-model pages:
+    ``(mode <option>s, unit <option>s in ``order`` with their activity, the JSON payload the
+    page's script recolours tokens from)``."""
+    options_mode = "".join(
+        f'<option value="{m}"{" selected" if m == mode else ""}>{MODE_NAMES[m]}</option>'
+        for m in spec
+    )
+    options_unit = "".join(
+        f'<option value="{u}"{" selected" if u == unit else ""}>unit {u} '
+        f"(activity {act[u]:.3f})</option>"
+        for u in order
+    )
+    data = {
+        "positive": ",".join(map(str, POSITIVE)),
+        "negative": ",".join(map(str, NEGATIVE)),
+        "gate": ",".join(map(str, GATE)),
+        "modes": {
+            m: {
+                "kind": s["kind"],
+                "values": np.round(s["values"], 4).tolist(),
+                **({"scale": np.round(s["scale"], 6).tolist()} if "scale" in s else {}),
+            }
+            for m, s in spec.items()
+        },
+    }
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    return options_mode, options_unit, payload

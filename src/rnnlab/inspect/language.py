@@ -19,7 +19,6 @@ A feature that never changes in the text is left out (it has no correlation to s
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 
 from rnnlab.checkpoint import versions
 from rnnlab.inspect.api import MARKER, _check_out, _json_bytes, _publish
-from rnnlab.inspect.html import _SCRIPT, _STYLE, GATE, MODE_NAMES, NEGATIVE, POSITIVE, colour
+from rnnlab.inspect.html import _SCRIPT, _STYLE, colour, picker
 from rnnlab.inspect.html import modes as colour_modes
 from rnnlab.inspect.trace import InspectError, Trace, activity, pick_units
 from rnnlab.runs import load_run
@@ -139,29 +138,8 @@ def render_language_page(
             f'<span class="{css}" style="background:{colour(float(v), s["kind"])}">'
             f'{html.escape(_label(label))}</span><span class="p">{preds}</span></span>'
         )
-    options_mode = "".join(
-        f'<option value="{m}"{" selected" if m == mode else ""}>{MODE_NAMES[m]}</option>'
-        for m in spec
-    )
-    options_unit = "".join(
-        f'<option value="{u}"{" selected" if u == unit else ""}>unit {u} '
-        f"(activity {act[u]:.3f})</option>"
-        for u in np.argsort(-act, kind="stable")
-    )
-    data = {
-        "positive": ",".join(map(str, POSITIVE)),
-        "negative": ",".join(map(str, NEGATIVE)),
-        "gate": ",".join(map(str, GATE)),
-        "modes": {
-            m: {
-                "kind": s["kind"],
-                "values": np.round(s["values"], 4).tolist(),
-                **({"scale": np.round(s["scale"], 6).tolist()} if "scale" in s else {}),
-            }
-            for m, s in spec.items()
-        },
-    }
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    order = np.argsort(-act, kind="stable")
+    options_mode, options_unit, payload = picker(spec, mode, unit, act, order)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
