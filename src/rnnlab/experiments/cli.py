@@ -120,10 +120,7 @@ def long_range_command(args: argparse.Namespace) -> int:
         changes["steps"] = args.steps
     config = LongRangeConfig.quick(**changes) if args.quick else LongRangeConfig(**changes)
     out = Path(args.out or ("runs/long-range-quick" if args.quick else "runs/long-range"))
-    _check_writable(out)
-    if args.threads < 1:
-        raise ValueError(f"--threads expected a positive int, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    _prepare(out, args.threads)
     runs = len(config.gaps) * len(config.seeds) * len(config.cells)
     print(
         f"Noisy recall: {runs} models (gaps {list(config.gaps)}, seeds {list(config.seeds)}, "
@@ -131,13 +128,7 @@ def long_range_command(args: argparse.Namespace) -> int:
         flush=True,
     )
     results = run_long_range(config, progress=_print_progress)
-    machine = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        }
-    }
+    machine = _machine()
     paths = write_results(results, out, extra=machine)
     print()
     print(format_table(results))
@@ -187,10 +178,7 @@ def context_command(args: argparse.Namespace) -> int:
     changes["data_dir"] = args.data_dir
     config = ContextConfig.quick(**changes) if args.quick else ContextConfig(**changes)
     out = Path(args.out or ("runs/context-quick" if args.quick else "runs/context"))
-    _check_writable(out)
-    if args.threads < 1:
-        raise ValueError(f"--threads expected a positive int, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    _prepare(out, args.threads)
     runs = len(config.seeds) * len(config.cells)
     print(
         f"Context use: {runs} word-level language models ({config.steps} steps of "
@@ -199,14 +187,7 @@ def context_command(args: argparse.Namespace) -> int:
         flush=True,
     )
     results = run_context(config, progress=_print_context_progress)
-    machine = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(),
-        }
-    }
+    machine = _machine(load_average=True)
     paths = write_results(results, out, extra=machine)
     print()
     print(format_table(results))
@@ -228,3 +209,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rnnlab experiment {args.experiment}: interrupted", file=sys.stderr)
         return 130
+
+
+def _prepare(out: Path, threads: int) -> None:
+    """Refuse an unwritable ``--out`` or a bad ``--threads`` before any slow work, then use
+    ``threads`` torch threads."""
+    import torch
+
+    _check_writable(out)
+    if threads < 1:
+        raise ValueError(f"--threads expected a positive int, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def _machine(load_average: bool = False) -> dict[str, dict[str, object]]:
+    """Where an experiment ran, for its results.json (with the load average if asked)."""
+    import torch
+
+    machine: dict[str, object] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if load_average:
+        machine["load_average"] = os.getloadavg()
+    return {"machine": machine}
