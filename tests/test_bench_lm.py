@@ -12,6 +12,7 @@ from torch import nn
 from rnnlab.bench import main
 from rnnlab.bench.lm_models import LMRunner, build_language_model
 from rnnlab.bench.workloads import WORKLOADS
+from rnnlab.nn import decoder_loss
 from rnnlab.nn.backends.compiled import compiled_unavailable
 from rnnlab.nn.cells import LSTMCell
 from rnnlab.nn.decoder_loss import decoder_cross_entropy
@@ -37,8 +38,20 @@ def _reference(hidden, weight, bias, targets):
     return nn.functional.cross_entropy(nn.functional.linear(hidden, weight, bias), targets)
 
 
+@pytest.fixture(params=["compiled", "torch ops"])
+def softmax_path(request, monkeypatch):
+    """Both implementations of the fused softmax: the C++ kernel and the torch-op fallback."""
+    if request.param == "compiled":
+        if decoder_loss._softmax_kernel() is None:
+            pytest.skip("the compiled extension does not run here")
+    else:
+        monkeypatch.setattr(decoder_loss, "_softmax_kernel", lambda: None)
+    return request.param
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_decoder_loss_matches_linear_then_cross_entropy_in_fp32(with_bias):
+@pytest.mark.parametrize("upstream", [1.0, -2.5])
+def test_decoder_loss_matches_linear_then_cross_entropy_in_fp32(with_bias, upstream, softmax_path):
     hidden, weight, bias, targets = _inputs()
     bias = bias if with_bias else None
     params = [p for p in (hidden, weight, bias) if p is not None]
@@ -46,9 +59,23 @@ def test_decoder_loss_matches_linear_then_cross_entropy_in_fp32(with_bias):
     got = decoder_cross_entropy(hidden, weight, bias, targets)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     for a, b in zip(
-        torch.autograd.grad(got, params), torch.autograd.grad(expected, params), strict=True
+        torch.autograd.grad(got * upstream, params),
+        torch.autograd.grad(expected * upstream, params),
+        strict=True,
     ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_loss_is_stable_for_extreme_logits(softmax_path):
+    # Logits of +-1e4 overflow a naive exp; the loss of a confident right answer is ~0 and of a
+    # confident wrong one is the logit gap, exactly as cross_entropy says.
+    hidden = torch.tensor([[1.0], [1.0]], requires_grad=True)
+    weight = torch.tensor([[1e4], [-1e4], [0.0]])
+    targets = torch.tensor([0, 1])
+    got = decoder_cross_entropy(hidden, weight, None, targets)
+    expected = nn.functional.cross_entropy(hidden @ weight.t(), targets)
+    torch.testing.assert_close(got, expected)
+    assert got.item() == pytest.approx(1e4, rel=1e-6)
 
 
 def test_decoder_loss_in_bf16_is_within_bf16_rounding_of_fp32():

@@ -14,8 +14,12 @@ and its gradients, with the three GEMMs (forward, d hidden = G W, d weight = G^T
 bf16 operands with fp32 accumulation (oneDNN, avx512_bf16 / AMX) while the softmax, the loss,
 the bias and every returned gradient stay float32, like the LSTM's bf16 mode
 (:func:`rnnlab.nn.backends.compiled.use_bf16`). In float32 it is the same computation as
-``cross_entropy(linear(hidden, weight, bias), targets)``, keeping only the probabilities
-(N, V) for the backward instead of logits and log-probabilities.
+``cross_entropy(linear(hidden, weight, bias), targets)``. The forward leaves in the logits'
+memory the gradient itself, ``(softmax - onehot) / N``, and the bias gradient (its column
+sums); the backward only scales them by the loss's gradient and runs the two GEMMs. Where the
+compiled extension runs, that softmax is one C++ kernel (``backends/_ext/decoder.cpp``: two
+passes over each row instead of ATen's six or so); elsewhere the same computation runs as
+torch ops.
 
 The backward is not itself differentiable (no double backward).
 """
@@ -27,7 +31,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnlab.nn.backends import _ext
+
 __all__ = ["decoder_cross_entropy"]
+
+
+def _softmax_kernel():
+    """The compiled in-place softmax cross-entropy (``_ext/decoder.cpp``), or None where the
+    extension cannot run (then the same computation runs as torch ops)."""
+    module = _ext.load()
+    return getattr(module, "softmax_xent_", None) if module is not None else None
+
+
+def _softmax_xent_(logits: Tensor, targets: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Overwrites float32 ``logits`` (N, V) with ``scale * (softmax - onehot(targets))``; returns
+    the summed loss (a scalar) and the column sums of the new contents (V,) (the bias
+    gradient)."""
+    kernel = _softmax_kernel() if logits.dtype == torch.float32 else None
+    if kernel is not None:
+        loss_sum, bias_grad = kernel(logits, targets, scale)
+        return loss_sum.to(logits.dtype), bias_grad
+    lse = torch.logsumexp(logits, dim=-1)  # (N,)
+    loss_sum = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+    grad = logits.sub_(lse[:, None]).exp_().mul_(scale)  # (N, V), in the logits' memory
+    grad[torch.arange(grad.shape[0], device=grad.device), targets] -= scale
+    return loss_sum, grad.sum(0)
 
 
 class _DecoderCrossEntropy(torch.autograd.Function):
@@ -35,29 +63,38 @@ class _DecoderCrossEntropy(torch.autograd.Function):
     def forward(
         ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, bf16: bool
     ) -> Tensor:
+        N = hidden.shape[0]
         dtype = torch.bfloat16 if bf16 else hidden.dtype
         h, w = hidden.to(dtype), weight.to(dtype)  # GEMM operands: (N, H), (V, H)
-        logits = torch.mm(h, w.t()).to(hidden.dtype)  # (N, V), accumulated in fp32
-        if bias is not None:
-            logits += bias
-        lse = torch.logsumexp(logits, dim=-1)  # (N,)
-        loss = (lse - logits.gather(1, targets[:, None]).squeeze(1)).mean()
-        probs = logits.sub_(lse[:, None]).exp_()  # (N, V) softmax, in the logits' memory
-        ctx.save_for_backward(h, w, probs, targets)
-        ctx.has_bias = bias is not None
+        if bias is not None and not bf16:
+            logits = torch.addmm(bias, h, w.t())  # (N, V), the bias added by the GEMM
+        else:
+            logits = torch.mm(h, w.t()).to(hidden.dtype)  # (N, V), accumulated in fp32
+            if bias is not None:
+                logits += bias
+        # The gradient for a loss gradient of 1, in the logits' memory; backward scales it.
+        loss_sum, bias_grad = _softmax_xent_(logits, targets, 1.0 / N)
+        ctx.save_for_backward(h, w, logits)
+        ctx.bias_grad = bias_grad if bias is not None else None
         ctx.dtypes = (hidden.dtype, weight.dtype)
-        return loss
+        return loss_sum / N
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
-        h, w, probs, targets = ctx.saved_tensors
-        N = probs.shape[0]
-        grad = probs * (grad_loss / N)  # (N, V): (softmax - onehot) / N, times the loss's grad
-        grad[torch.arange(N, device=grad.device), targets] -= grad_loss / N
+        h, w, grad = ctx.saved_tensors  # grad: (softmax - onehot) / N
         g = grad.to(h.dtype)  # the GEMM operand (bf16 in bf16 mode)
-        grad_hidden = torch.mm(g, w).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.mm(g.t(), h).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        one = bool(grad_loss == 1.0)  # the usual case: nothing to scale
+
+        def scaled(t: Tensor) -> Tensor:
+            return t if one else t.mul_(grad_loss)
+
+        grad_hidden = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = scaled(torch.mm(g, w).to(ctx.dtypes[0]))
+        if ctx.needs_input_grad[1]:
+            grad_weight = scaled(torch.mm(g.t(), h).to(ctx.dtypes[1]))
+        if ctx.bias_grad is not None and ctx.needs_input_grad[2]:
+            grad_bias = scaled(ctx.bias_grad)
         return grad_hidden, grad_weight, grad_bias, None, None
 
 

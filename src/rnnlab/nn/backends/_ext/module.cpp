@@ -26,4 +26,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bf16_rows_work", &rnnlab_ext::bf16_rows_work);
   m.def("gru_forward", &rnnlab_ext::gru_forward);
   m.def("gru_backward", &rnnlab_ext::gru_backward);
+  m.def("softmax_xent_", &rnnlab_ext::softmax_xent_);
 }

@@ -265,6 +265,7 @@ std::vector<Tensor> lstm_infer_pair(const Tensor& x_, const Tensor& h0f, const T
                                     const Tensor& bias_f, const Tensor& h0r, const Tensor& c0r,
                                     const Tensor& w_ih_r, const Tensor& w_hh_r,
                                     const Tensor& bias_r, int64_t threads, bool bf16);
+std::vector<Tensor> softmax_xent_(Tensor& logits, const Tensor& targets, double scale);
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
                                 const Tensor& w_hh, const Tensor& bias, const Tensor& b_hn,
                                 const c10::optional<Tensor>& mask, bool reverse, bool train);
