@@ -114,10 +114,14 @@ def test_compiled_matches_reference(name: str, seed: int) -> None:
         assert rel_err(grads_f[key], grads_r[key]) < 1e-5, (key, case)
 
 
-@pytest.mark.parametrize(("H", "padding"), [(150, None), (150, "post"), (256, "pre")])
+@pytest.mark.parametrize(
+    ("H", "padding"), [(150, None), (150, "post"), (256, "pre"), (384, None), (384, "post")]
+)
 def test_compiled_lstm_wide_layers_match_reference(H: int, padding: str | None) -> None:
     """4H above 512 columns: the row-block GEMMs then run in 256-column slices (H = 150 leaves
-    a last slice of 88 columns). Training and inference both, against the reference loop."""
+    a last slice of 88 columns). H = 384 is past the row blocks' weight budget (rows_fit in
+    recurrent.h: a 2.25 MiB W_hh), so its float32 training runs per step (whole-sequence input
+    projection, multi-threaded GEMMs). Training and inference both, against the reference."""
     torch.manual_seed(H)
     ref = rnnlab.LSTM(12, H, num_layers=2, bidirectional=True, backend="reference")
     fast = copy.deepcopy(ref)

@@ -80,7 +80,7 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
   // The row-block paths below compute each step's x_t W_ih^T into gates[t] themselves (one
   // more GEMM per step, on rows already in cache) and add the bias in the gate pass: no
   // separate pass over (T, B, 4H) to broadcast the bias, and no whole-sequence GEMM.
-  const bool rows_fp32 = x.scalar_type() == at::kFloat && !bf16;
+  const bool rows_fp32 = x.scalar_type() == at::kFloat && !bf16 && rows_fit(H);
   const bool rows_bf16 = bf16 && could_pack_bf16(H);
   const bool x_bf16 = rows_bf16 && could_pack_bf16(xt.size(2));  // else x_t W_ih^T in fp32
   if (rows_fp32 || rows_bf16) {
@@ -224,7 +224,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
   const bool bf16 = hs.scalar_type() == at::kBFloat16;
   Tensor dpre_b = bf16 ? at::empty_like(dpre, hs.options()) : Tensor();  // (T, B, 4H)
   Tensor db;                                                              // (4H)
-  const bool rows = acts.scalar_type() == at::kFloat && (!bf16 || could_pack_bf16(4 * H));
+  const bool rows = acts.scalar_type() == at::kFloat &&
+                    (bf16 ? could_pack_bf16(4 * H) : rows_fit(H));
   if (rows) {  // each thread runs its rows through all steps
     // Per-thread bias-gradient sums, one row per thread of the team.
     Tensor db_parts = at::zeros({row_threads(B, at::get_num_threads()), 4 * H}, acts.options());

@@ -11,8 +11,9 @@
 // bf16 mode), each thread takes a block of batch rows and runs them through every step with its
 // own single-threaded oneDNN ukernel GEMM and one vectorised pass over the gates: rows are
 // independent sequences, so the loop needs no synchronisation (see over_row_blocks). GRU,
-// float64 and a few bf16 shapes run per step: one in-place oneDNN GEMM (multi-threaded) and one
-// gate pass split over the rows. The equations are those of rnnlab/nn/cells.py, and
+// float64, float32 LSTMs too wide for the row blocks (see rows_fit) and a few bf16 shapes run
+// per step: one whole-sequence input projection, then per step one in-place oneDNN GEMM
+// (multi-threaded) and one gate pass split over the rows. The equations are those of rnnlab/nn/cells.py, and
 // tests/test_fast_kernels.py checks this file against the reference cells (outputs, final
 // states, every gradient).
 //
@@ -167,6 +168,17 @@ void over_row_blocks(int64_t B, int64_t threads, const F& body) {
     at::native::cpublas::brgemm_release(true);
   }
 }
+
+// Whether float32 LSTM weights of H units are small enough for the row blocks. Each thread's
+// per-step GEMMs stream the whole (H, 4H) W_hh (and W_ih) for its few rows; that pays while the
+// weights stay in a core's L2 cache and not beyond. Measured with `rnnlab bench` on a 2-core
+// AVX-512 host (2 MiB L2 per core), training, row blocks against per-step oneDNN GEMMs
+// (multi-threaded, whole-sequence input projection): H = 128 (A, C, D, E) and 256 (B) ran
+// 1.1-1.3x faster in row blocks; H = 512 (F, 4 MiB of W_hh) 1.3-1.4x and H = 650 (G, 6.6 MiB)
+// 1.2x slower, at one thread and at two. bf16 weights are half the size and keep the row blocks.
+constexpr int64_t kRowBlockWeightBytes = int64_t(2) << 20;
+
+inline bool rows_fit(int64_t H) { return 4 * H * H * int64_t(sizeof(float)) <= kRowBlockWeightBytes; }
 
 // c (M, N) (+)= a (M, K) @ b (K, N), row-major with leading dimensions, in the calling thread.
 // Wide products go in slices of kColumns columns: the float32 ukernel ran (256, K=256) x 1024
