@@ -102,6 +102,28 @@ def test_shapes_state_and_tying():
         LanguageModel(11, 5, 5, cell="transformer")
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_forward_with_targets_is_the_cross_entropy_of_the_logits(tied):
+    # The trainer's path (decoder and softmax fused) against the plain one, in float32 on the
+    # default backend, values and every gradient, with a carried state.
+    torch.manual_seed(0)
+    model = LanguageModel(31, 12, 12, 2, tie_weights=tied)
+    ids, targets = torch.randint(0, 31, (3, 7)), torch.randint(0, 31, (3, 7))
+    state = model.init_state(3)
+    state = LSTMState(state.h + 0.3, state.c - 0.2)
+    loss, after = model(ids, state, targets=targets)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    logits, expected_after = model(ids, state)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(after.h, expected_after.h)
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"targets shaped like ids \(3, 7\), got \(3, 6\)"):
+        model(ids, targets=targets[:, 1:])
+
+
 def test_score_is_the_log_softmax_of_the_forward_pass():
     model = tiny("lstm")
     ids = torch.tensor([2, 7, 1, 8, 2, 8])

@@ -10,10 +10,12 @@ Shape legend: B batch, T time (bptt), E embedding size, H hidden units, V vocabu
 A training step is everything: embedding, recurrent layers, decoder, softmax cross-entropy over
 every position, backward, and an Adam step. rnnlab's model is
 :class:`rnnlab.nn.language_model.LanguageModel`
-(backend "auto"; ``rnnlab-bf16`` sets ``model.rnn.precision = "bf16"``) whose decoder and loss
-run through :func:`rnnlab.nn.decoder_loss.decoder_cross_entropy` (oneDNN GEMMs; bf16 operands
-with fp32 accumulation in bf16 mode). The torch model is ``nn.Embedding -> nn.LSTM(num_layers=2)
--> nn.Linear`` with ``nn.functional.cross_entropy``; both without dropout.
+(backend "auto"; ``rnnlab-bf16`` sets ``model.rnn.precision = "bf16"``) called with targets, as
+rnnlab's trainer does, so its decoder and loss run through
+:func:`rnnlab.nn.decoder_loss.decoder_cross_entropy` (oneDNN GEMMs; bf16 operands with fp32
+accumulation in bf16 mode; the softmax in one compiled pass). The torch model is
+``nn.Embedding -> nn.LSTM(num_layers=2) -> nn.Linear`` with ``nn.functional.cross_entropy``;
+both without dropout.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rnnlab.nn.decoder_loss import decoder_cross_entropy
 from rnnlab.nn.language_model import LanguageModel
 
 __all__ = ["LM_IMPLS", "LMRunner", "TorchLanguageModel", "build_language_model", "make_lm_batch"]
@@ -52,12 +53,7 @@ class _RnnlabLM(nn.Module):
         self.model = model
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        m = self.model
-        out, _ = m.rnn(m.embedding(x))  # (B, T, H)
-        bf16 = m.rnn.precision == "bf16"
-        return decoder_cross_entropy(
-            out.flatten(0, 1), m.decoder.weight, m.decoder.bias, y.flatten(), bf16=bf16
-        )
+        return self.model(x, targets=y)[0]  # the decoder and loss fused, bf16 with the rnn
 
 
 def build_language_model(w, impl: str) -> nn.Module:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.nn.cells import LSTMState
+from rnnlab.nn.decoder_loss import decoder_cross_entropy
 from rnnlab.nn.layers import GRU, LSTM, RNN
 
 __all__ = [
@@ -120,16 +121,44 @@ class LanguageModel(nn.Module):
         h = weight.new_zeros(self.num_layers, batch_size, self.hidden_size)  # (L, B, H)
         return LSTMState(h, torch.zeros_like(h)) if self.cell == "lstm" else h
 
-    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Logits of the next token at every position, and the state after the last one.
+    def forward(
+        self, ids: Tensor, state: State | None = None, *, targets: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """Logits of the next token at every position, and the state after the last one; given
+        ``targets``, the mean cross-entropy in place of the logits (as nanoGPT's ``GPT.forward``),
+        so a training step under DistributedDataParallel still goes through ``forward``.
 
         Args:
             ids: (B, T) integer token ids in [0, V).
             state: the state to start from (e.g. the last window's, detached); zeros if None.
+            targets: (B, T) integer ids, the token after each of ``ids``, or None. The loss is
+                the same value and gradients as ``cross_entropy`` over the logits, computed
+                with the decoder and the softmax fused
+                (:func:`rnnlab.nn.decoder_loss.decoder_cross_entropy`, bf16 GEMM operands when
+                the recurrent layer runs in bf16 mode): no (B, T, V) logits are kept for the
+                backward beyond the one gradient buffer.
 
         Returns:
-            ``(logits, state)``: logits (B, T, V); state shaped as :meth:`init_state`'s.
+            ``(logits, state)``: logits (B, T, V); state shaped as :meth:`init_state`'s. With
+            ``targets``: ``(loss, state)``, loss a scalar in nats per token.
         """
+        if targets is not None and targets.shape != ids.shape:
+            raise ValueError(
+                f"LanguageModel expected targets shaped like ids {tuple(ids.shape)}, got "
+                f"{tuple(targets.shape)}"
+            )
+        out, state = self._hidden(ids, state)  # (B, T, H)
+        if targets is None:
+            return self.decoder(self.drop(out)), state  # (B, T, V)
+        hidden = self.drop(out).flatten(0, 1)  # (B*T, H)
+        bf16 = getattr(self.rnn, "precision", "fp32") == "bf16"
+        loss = decoder_cross_entropy(
+            hidden, self.decoder.weight, self.decoder.bias, targets.flatten(), bf16=bf16
+        )
+        return loss, state
+
+    def _hidden(self, ids: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """The last recurrent layer's outputs (B, T, H) and the state, for checked ``ids``."""
         if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise ValueError(
                 f"LanguageModel expected integer ids of shape (B, T), got {ids.dtype} "
@@ -141,9 +170,7 @@ class LanguageModel(nn.Module):
                 f"{int(ids.min())} to {int(ids.max())}"
             )
         x = self.drop(self.embedding(ids))  # (B, T, E)
-        out, state = self.rnn(x, state)  # (B, T, H), state
-        logits = self.decoder(self.drop(out))  # (B, T, V)
-        return logits, state
+        return self.rnn(x, state)  # (B, T, H), state
 
     # -- using a trained model ------------------------------------------------------------------
     @contextmanager

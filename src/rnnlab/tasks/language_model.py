@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from rnnlab.config import ConfigError
 from rnnlab.data import DataError
@@ -244,9 +243,9 @@ class LanguageModelTask(Task):
         training: bool,
     ) -> BatchLoss:
         (ids,) = inputs  # (B, T)
-        logits, state = model(ids, to_state(carry, self.config.model.cell))  # (B, T, V)
-        total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-        return BatchLoss(total, targets.numel(), {}, carry=to_carry(state))
+        # The decoder and softmax fused (LanguageModel.forward with targets): the token mean.
+        mean, state = model(ids, to_state(carry, self.config.model.cell), targets=targets)
+        return BatchLoss(mean * targets.numel(), targets.numel(), {}, carry=to_carry(state))
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """``bpc`` or ``perplexity`` of the mean loss; ``tokens_per_second`` where the sums
