@@ -318,6 +318,23 @@ def test_bf16_under_autocast_and_forced_where_it_cannot_run() -> None:
         rnnlab.LSTM(6, 20, precision="fp16")
 
 
+def test_wide_lstm_inference_runs_per_step_and_matches_reference() -> None:
+    """A one-direction float32 LSTM past the row blocks' weight budget (H = 384) infers
+    through the per-step loop of the training kernel; stacked, with a given state."""
+    torch.manual_seed(3)
+    ref = rnnlab.LSTM(12, 384, num_layers=2, backend="reference")
+    fast = copy.deepcopy(ref)
+    fast.backend = "compiled"
+    x = torch.randn(5, 7, 12)
+    h0 = torch.randn(2, 5, 384) * 0.5
+    state = rnnlab.LSTMState(h0, torch.randn(2, 5, 384) * 0.5)
+    with torch.no_grad():
+        out_r, (h_r, c_r) = ref(x, state)
+        out_f, (h_f, c_f) = fast(x, state)
+    assert rel_err(out_f, out_r) < 1e-5
+    assert rel_err(h_f, h_r) < 1e-5 and rel_err(c_f, c_r) < 1e-5
+
+
 @pytest.mark.parametrize("kind", ["none", "pre"])
 def test_compiled_lstm_training_with_row_blocks_matches_reference(kind: str) -> None:
     """With B >= 16 the float32 LSTM kernels split the batch rows between threads (each runs

@@ -4,7 +4,8 @@
 namespace rnnlab_ext {
 
 // LSTM inference without padding: each thread runs its block of batch rows through the whole
-// time loop (over_row_blocks), so the loop has no synchronisation at all. Nothing of size T*B
+// time loop (over_row_blocks), so the loop has no synchronisation at all. (One direction of a
+// float32 LSTM too wide for the row blocks, see rows_fit, runs lstm_forward's per-step loop.) Nothing of size T*B
 // is kept but the output: each step's gates are x_t W_ih^T + h_{t-1} W_hh^T, two GEMMs into the
 // thread's own (rows, 4H) buffer, which stays in cache; x_t is read in place (rows of x,
 // strided by T). A whole-sequence input projection would write and read back T*B*4H floats
@@ -98,8 +99,12 @@ std::vector<Tensor> lstm_infer(const Tensor& x_, const Tensor& h0, const Tensor&
                                const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,
                                bool reverse, int64_t threads, bool bf16) {
   check_float(x_);
+  const int64_t H = h0.size(1);
+  if (!bf16 && !rows_fit(H)) {  // too wide for the row blocks: per step, as in training
+    return lstm_forward(x_, h0, c0, w_ih, w_hh, bias, c10::nullopt, reverse, false, false);
+  }
   Tensor x = x_.contiguous();
-  const int64_t B = x.size(0), Tn = x.size(1), H = h0.size(1);
+  const int64_t B = x.size(0), Tn = x.size(1);
   Tensor out = at::empty({B, Tn, H}, x.options());
   Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // (B, H), updated in place
   if (Tn == 0) return {out, h0.clone(), c};
