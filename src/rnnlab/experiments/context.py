@@ -156,8 +156,8 @@ class ContextConfig:
         """The ``--quick`` variant, sized to stay under 10 minutes on 2 idle CPU cores: a
         5,000-word vocabulary (the smallest that keeps the cloze probe's common countries),
         128 units, 1,200 steps of 32 x 35 words at lr 3e-3 (dropout 0.1, clipping at 1.0),
-        1,000 targets on a 20,000-word test prefix, 10 distractor spans. 400 steps took 34-45 s per cell at load 8-12 with one
-        thread."""
+        1,000 targets on a 20,000-word test prefix, 10 distractor spans. 400 steps took 34-45 s
+        per cell at load 8-12 with one thread."""
         values = {
             "max_vocab": 5000,
             "embedding_dim": 128,
