@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -303,6 +304,10 @@ def test_text_features_by_hand():
     assert f["html_tag"].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
     assert f["line_position"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 1, 2]
     assert "comment" not in f  # constant in this text: nothing to correlate with
+    # A quote or bracket left open at the end of a line does not run on into the next one.
+    f = text_features(list('"a (b\nc'))
+    assert f["quote"].tolist() == [1, 1, 1, 1, 1, 0, 0]
+    assert f["brackets"].tolist() == [0, 0, 0, 1, 1, 0, 0]
 
 
 def test_inspect_language_model(tiny_run, tmp_path):
@@ -324,3 +329,23 @@ def test_inspect_language_model(tiny_run, tmp_path):
 def test_predict_on_a_language_model_points_to_score(tiny_run):
     out = _rnnlab("predict", str(tiny_run), "--text", "the cat")
     assert out.returncode == 2 and "use `rnnlab score` or `rnnlab generate`" in out.stderr
+
+
+def test_find_units_within_lines_ignores_a_unit_that_drifts_over_the_text():
+    from rnnlab.inspect.language import find_units, line_index, text_features
+
+    # Two lines; the second is mostly quoted. Unit 0 only counts characters (it drifts over
+    # the whole text); unit 1 is on exactly inside quotes.
+    text = 'ab "c" defghij\nk "lmnopqrstu" v'
+    labels = list(text)
+    features = text_features(labels)
+    counter = np.arange(len(labels), dtype=float)
+    detector = features["quote"] + 0.01 * np.sin(np.arange(len(labels)))
+    gates = [{"c": np.stack([counter, detector], axis=1)}]
+    overall = {(u["feature"], u["unit"]): u["r"] for u in find_units(gates, features, best=2)}
+    assert overall[("quote", 0)] > 0.3  # the spurious correlation the within-line view removes
+    within = find_units(gates, features, best=2, lines=line_index(labels))
+    quote = [u for u in within if u["feature"] == "quote"]
+    assert quote[0]["unit"] == 1 and quote[0]["r"] > 0.99
+    assert abs(quote[1]["r"]) < abs(overall[("quote", 0)])
+    assert line_index(labels).tolist() == [0] * 15 + [1] * 16

@@ -7,13 +7,21 @@ Shape legend: T time (tokens read), H hidden units, V vocabulary, L layers.
 
 The features (:func:`text_features`), one value per token, the state after reading it:
 
-* ``quote``: inside double quotes (after an opening quote, until the closing one);
-* ``brackets``: inside parentheses or square or curly brackets (nesting depth > 0);
+* ``quote``: inside double quotes (after an opening quote, until the closing one or the end of
+  the line);
+* ``brackets``: inside parentheses or square or curly brackets (nesting depth > 0; the end of a
+  line closes them all);
 * ``line_position``: tokens since the last newline (or ``<eos>``), the start of a line being 0;
 * ``html_tag``: inside ``< ... >``;
 * ``comment``: inside ``/* ... */``.
 
 A feature that never changes in the text is left out (it has no correlation to speak of).
+
+A quote or bracket left open ends with its line: in the IMDB corpora a line is a review, and one
+review's unbalanced quote would otherwise mark every later review as quoted. That matters
+because a trained character model can have units whose c grows steadily over the whole text (a
+``charlm`` run had one gaining about 1 per character, 10,000 after 10,000 characters); such a
+unit correlates with any feature that is on more often late in the text than early.
 """
 
 from __future__ import annotations
@@ -34,7 +42,13 @@ from rnnlab.inspect.trace import InspectError, Trace, activity, pick_units
 from rnnlab.runs import load_run
 from rnnlab.tasks import LanguageModelTask, get_task
 
-__all__ = ["find_units", "inspect_language_model", "record_language_model", "text_features"]
+__all__ = [
+    "find_units",
+    "inspect_language_model",
+    "line_index",
+    "record_language_model",
+    "text_features",
+]
 
 PathLike = str | os.PathLike[str]
 TOP_PREDICTIONS = 5
@@ -66,6 +80,8 @@ def text_features(labels: list[str]) -> dict[str, np.ndarray]:
     quote, depth, column, tag, comment, previous = False, 0, 0, False, False, ""
     for t, token in enumerate(labels):
         column = 0 if token in ("\n", "<eos>") else column + 1
+        if column == 0:  # a line's open quotes and brackets end with it
+            quote, depth = False, 0
         for ch in "" if token == "<eos>" else token:
             if ch == '"':
                 quote = not quote
@@ -86,20 +102,48 @@ def text_features(labels: list[str]) -> dict[str, np.ndarray]:
     return {k: v for k, v in out.items() if v.std() > 0}
 
 
+def line_index(labels: list[str]) -> np.ndarray:
+    """(T,) the line each token of ``labels`` belongs to; a newline or ``<eos>`` ends its line."""
+    ends = np.array([token in ("\n", "<eos>") for token in labels], dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(ends)[:-1]]).astype(np.int64)
+
+
+def _within_lines(x: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """``x`` (T,) or (T, H) less the mean of its line at every row."""
+    counts = np.bincount(lines).astype(np.float64)  # (lines,)
+    sums = np.zeros((counts.size, *x.shape[1:]))
+    np.add.at(sums, lines, x)
+    means = sums / (counts[:, None] if x.ndim == 2 else counts)
+    return x - means[lines]
+
+
 def find_units(
-    gates: list[dict], features: dict[str, np.ndarray], best: int = 3
+    gates: list[dict],
+    features: dict[str, np.ndarray],
+    best: int = 3,
+    lines: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Per feature, the ``best`` units (of every layer, by c and by h) whose values over the
-    text correlate most with it (Pearson r, by |r|), most correlated first."""
+    text correlate most with it (Pearson r, by |r|), most correlated first.
+
+    With ``lines`` ((T,) line of each token, :func:`line_index`), r is measured within lines:
+    each line's mean is taken out of the feature and of every unit first, so a unit that drifts
+    over the whole text, or sits higher in one review than in the next, is not taken for a
+    detector of a feature that happens to be on more in some lines. A feature constant within
+    every line is then left out."""
     found = []
     for name, feature in features.items():
+        feature = _within_lines(feature, lines) if lines is not None else feature
+        if feature.std() < 1e-12:
+            continue
         f = (feature - feature.mean()) / feature.std()  # (T,)
         rows = []
         for layer, layer_gates in enumerate(gates):
             for state in ("c", "h"):
                 if state not in layer_gates:
                     continue
-                values = layer_gates[state]  # (T, H)
+                values = layer_gates[state].astype(np.float64)  # (T, H)
+                values = _within_lines(values, lines) if lines is not None else values
                 std = values.std(axis=0)  # (H,)
                 r = (f @ (values - values.mean(axis=0))) / (len(f) * np.maximum(std, 1e-12))
                 r[std < 1e-9] = 0.0  # a unit that never moves correlates with nothing
@@ -231,10 +275,11 @@ def inspect_language_model(
         "units_by": "given" if units is not None else "activity (std over steps of c, or h)",
     }
     if find:
-        features = text_features([example.labels[t] for t in np.flatnonzero(real)])
+        labels = [example.labels[t] for t in np.flatnonzero(real)]
+        features = text_features(labels)
         shown = [{k: v[real] for k, v in g.items()} for g in gates]
         summary["features"] = sorted(features)
-        summary["found_units"] = find_units(shown, features)
+        summary["found_units"] = find_units(shown, features, lines=line_index(labels))
         files["units.json"] = _json_bytes(summary["found_units"])
     summary["files"] = sorted([*files, MARKER])
     summary["versions"] = versions()
