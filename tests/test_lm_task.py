@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from rnnlab.config import ConfigError, load_preset
 from rnnlab.tasks import LanguageModelTask, get_task
 from rnnlab.train import Split
+from run_helpers import wait_for_step
 from tiny import cli_sets
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -114,16 +114,6 @@ def test_sample_presets_train_generate_score_evaluate(tmp_path, preset, figure):
     assert json.loads(ev.stdout)[figure] == pytest.approx(report[f"test_{figure}"], rel=1e-6)
 
 
-def _wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        path = run / "metrics.jsonl"
-        if path.is_file() and f'"step": {step},' in path.read_text():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"the run did not reach step {step} (exit status {proc.poll()})")
-
-
 def test_killed_lm_run_resumes_to_identical_metrics(tmp_path):
     """The carry (the LSTM state after the last window) is in the checkpoint: without it the
     resumed run would start its window from zeros and its losses would differ."""
@@ -151,7 +141,7 @@ def test_killed_lm_run_resumes_to_identical_metrics(tmp_path):
     assert per_epoch > 40
 
     proc = _rnnlab("train", *args[:1], "--out", str(killed), *args[1:], wait=False)
-    _wait_for_step(killed, per_epoch + 20, proc)
+    wait_for_step(killed, per_epoch + 20, proc)
     proc.kill()  # SIGKILL: no handler runs
     assert proc.wait() == -9
     assert not (killed / "report.json").exists()

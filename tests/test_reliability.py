@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from rnnlab.config import ConfigError, DataConfig, TrainConfig, load_preset
+from run_helpers import Poison
 from tiny import cli_sets
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -137,18 +138,6 @@ def test_damaged_tensors_are_named_by_full_path(tiny_run, tmp_path):
         load_checkpoint(run / "checkpoints", "best")
 
 
-class _Poison:
-    """Makes the weights NaN at ``step`` (before that step's checkpoint)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, logs):
-        if logs["step"] == self.step:
-            with torch.no_grad():
-                trainer.module.head.bias.fill_(math.nan)
-
-
 def test_non_finite_weights_never_replace_a_finite_checkpoint(tmp_path):
     from rnnlab.checkpoint import load_checkpoint
     from rnnlab.runs import RunError, train
@@ -160,7 +149,7 @@ def test_non_finite_weights_never_replace_a_finite_checkpoint(tmp_path):
         rf"last checkpoint \(finite weights\) is kept: {last} \(step 5\)"
     )
     with pytest.raises(RunError, match=expected):
-        train("mnist-sample", out, overrides=TINY, callbacks=[_Poison(10)])
+        train("mnist-sample", out, overrides=TINY, callbacks=[Poison(10)])
     tensors, meta = load_checkpoint(out / "checkpoints", "last")
     assert meta["state"]["step"] == 5
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))

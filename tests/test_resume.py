@@ -4,9 +4,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from run_helpers import wait_for_step
 from tiny import SMALL_MNIST_CLI, cli_sets
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -27,16 +27,6 @@ def _metrics(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k not in TIMINGS} for x in lines]
 
 
-def _wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        path = run / "metrics.jsonl"
-        if path.is_file() and f'"step": {step},' in path.read_text():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"the run did not reach step {step} (exit status {proc.poll()})")
-
-
 def test_killed_run_resumes_to_identical_metrics(tmp_path):
     whole = tmp_path / "whole"
     done = _rnnlab("train", "mnist-sample", "--out", str(whole), *ARGS)
@@ -44,7 +34,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
 
     killed = tmp_path / "killed"
     proc = _rnnlab("train", "mnist-sample", "--out", str(killed), *ARGS, wait=False)
-    _wait_for_step(killed, 130, proc)  # epoch 2 has steps 101..200
+    wait_for_step(killed, 130, proc)  # epoch 2 has steps 101..200
     proc.kill()  # SIGKILL: no handler runs
     assert proc.wait() == -9
     assert not (killed / "report.json").exists()

@@ -1,7 +1,6 @@
 """Run directories: what a run writes, using it, and every way it can go wrong."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from rnnlab.config import load_preset
 from rnnlab.data import load_mnist
 from rnnlab.predict import PredictError, evaluate_run, predict_images, predict_texts
 from rnnlab.runs import RunError, load_run, resume, train
+from run_helpers import Poison
 
 TINY_MNIST = [
     "model.projection=16",
@@ -162,22 +162,10 @@ def test_checkpoint_of_another_architecture_is_refused(mnist_run, tmp_path):
         load_model_weights(other, tensors, "best.json")
 
 
-class _Poison:
-    """Makes the weights NaN after ``step``, so the next loss is NaN."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, logs):
-        if logs["step"] == self.step:
-            with torch.no_grad():
-                trainer.model.head.bias.fill_(math.nan)
-
-
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(RunError, match=r"loss became nan at epoch 1, step 16.*--resume"):
-        train("mnist-sample", out, overrides=TINY_MNIST, callbacks=[_Poison(15)])
+        train("mnist-sample", out, overrides=TINY_MNIST, callbacks=[Poison(15)])
     tensors, meta = load_checkpoint(out / "checkpoints", "last")
     assert meta["state"]["step"] == 14
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))
@@ -190,7 +178,7 @@ def test_failure_before_any_checkpoint_leaves_no_directory(tmp_path):
     with pytest.raises(
         RunError, match="No checkpoint had been written; the run directory was removed"
     ):
-        train("mnist-sample", out, overrides=TINY_MNIST, callbacks=[_Poison(1)])
+        train("mnist-sample", out, overrides=TINY_MNIST, callbacks=[Poison(1)])
     assert not out.exists()
 
 
