@@ -5,17 +5,16 @@ Skipped where chromium is not installed (``ci/chromium.sh`` installs it)."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
+from browser import CHROMIUM, HEADLESS_FLAGS
 from rnnlab.inspect import inspect_run
 from rnnlab.runs import train
 from tiny import TINY_IMDB_NO_LOGS as TINY_IMDB
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
 REVIEW = (
@@ -28,14 +27,7 @@ def _chromium(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / "profile"
     command = [
         CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS_FLAGS,
         f"--user-data-dir={profile}",
         *args,
         url,

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser import CHROMIUM, HEADLESS_FLAGS
 from serve_runs import make_runs, start_server, stop_server
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 try:
     import selenium
@@ -35,17 +35,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = pytest.mark.skipif(
     bool(MISSING) and not IN_CI, reason=f"not installed: {', '.join(MISSING)}"
 )
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,1000",
-]
+FLAGS = [*HEADLESS_FLAGS, "--window-size=1280,1000"]
 SCREENSHOTS = os.environ.get("RNNLAB_SCREENSHOTS")  # a folder to keep the screenshots in
 WAIT = 60  # seconds: a loaded CI machine is slow, but a broken page never gets there
 
