@@ -174,8 +174,9 @@ void over_row_blocks(int64_t B, int64_t threads, const F& body) {
 // weights stay in a core's L2 cache and not beyond. Measured with `rnnlab bench` on a 2-core
 // AVX-512 host (2 MiB L2 per core), training, row blocks against per-step oneDNN GEMMs
 // (multi-threaded, whole-sequence input projection): H = 128 (A, C, D, E) and 256 (B) ran
-// 1.1-1.3x faster in row blocks; H = 512 (F, 4 MiB of W_hh) 1.3-1.4x and H = 650 (G, 6.6 MiB)
-// 1.2x slower, at one thread and at two. bf16 weights are half the size and keep the row blocks.
+// 1.07-1.42x faster in row blocks (two threads); H = 512 (F, 4 MiB of W_hh) 1.3-1.4x and
+// H = 650 (G, 6.6 MiB) 1.2-1.4x slower, at one thread and at two. bf16 weights are half the
+// size and keep the row blocks.
 constexpr int64_t kRowBlockWeightBytes = int64_t(2) << 20;
 
 inline bool rows_fit(int64_t H) { return 4 * H * H * int64_t(sizeof(float)) <= kRowBlockWeightBytes; }
