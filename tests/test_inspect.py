@@ -257,7 +257,7 @@ def test_out_folder_rules(imdb_run, tmp_path):
 
 
 def test_a_failure_while_rendering_leaves_nothing(imdb_run, tmp_path, monkeypatch):
-    import rnnlab.inspect.api as api
+    import rnnlab.inspect.classifier as api
 
     def broken(*args, **kwargs):
         raise RuntimeError("renderer broke")

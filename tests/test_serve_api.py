@@ -19,7 +19,8 @@ from rnnlab.inspect.inputs import text_example
 from rnnlab.inspect.trace import record_gates
 from rnnlab.predict import predict_texts
 from rnnlab.serve.app import create_app
-from rnnlab.serve.models import ServedRun, load_served_run
+from rnnlab.serve.classifier import ClassifierRun
+from rnnlab.serve.models import load_served_run
 from rnnlab.serve.schemas import MAX_BODY_BYTES, MAX_TEXT_BYTES
 from serve_runs import REVIEW, make_runs
 
@@ -311,7 +312,7 @@ def test_slow_model_work_gets_408(runs, monkeypatch):
         time.sleep(1.0)
         return {}
 
-    monkeypatch.setattr(ServedRun, "classify", slow)
+    monkeypatch.setattr(ClassifierRun, "classify", slow)
     client = TestClient(create_app(runs, timeout=0.1))
     started = time.perf_counter()
     response = client.post("/api/runs/0/classify", json={"text": REVIEW})
@@ -330,7 +331,7 @@ def test_model_work_does_not_block_the_event_loop(runs, monkeypatch):
         time.sleep(1.0)
         return {"done": True}
 
-    monkeypatch.setattr(ServedRun, "classify", slow)
+    monkeypatch.setattr(ClassifierRun, "classify", slow)
     app = create_app(runs)
 
     async def both() -> tuple[float, float]:
@@ -366,7 +367,9 @@ def test_generate_streams_each_token_as_a_server_sent_event(runs, monkeypatch):
         for k in range(max_tokens):
             yield {"token": prompt[k % len(prompt)], "id": k, "probability": 0.5, "value": 0.1}
 
-    monkeypatch.setattr(ServedRun, "generate", fake)
+    # the text run stands in for a language model here: it answers generate with the fake
+    monkeypatch.setattr(ClassifierRun, "analyses", (*ClassifierRun.analyses, "generate"))
+    monkeypatch.setattr(ClassifierRun, "generate", fake, raising=False)
     client = TestClient(create_app(runs))
     body = {"prompt": "abc", "max_tokens": 4, "temperature": 0.8, "top_k": 5}
     with client.stream("POST", "/api/runs/0/generate", json=body) as response:

@@ -111,7 +111,7 @@ class ModelConfig:
     input projection, embedding and head stay float32.
     """
 
-    kind: Literal["sequence", "text", "lm"] = "sequence"
+    kind: str = "image"  # checked against rnnlab.tasks.TASKS when the task is built
     cell: Literal["lstm", "gru", "rnn"] = "lstm"
     input_size: int = 28  # sequence models: features per step
     projection: int = 0  # sequence models: Linear input -> projection before the RNN (0: none)
@@ -273,7 +273,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Config:
-        """The inverse of :meth:`to_dict`; refuses unknown keys and wrong types."""
+        """The inverse of :meth:`to_dict`; refuses unknown keys and wrong types. A run saved
+        before the image kind had its one name (``model.kind = "sequence"``) reads as
+        ``"image"``."""
+        model = values.get("model")
+        if isinstance(model, Mapping) and model.get("kind") in _OLD_KINDS:
+            values = {**values, "model": {**model, "kind": _OLD_KINDS[model["kind"]]}}
         return strict_dataclass(cls, values, "")
 
     def override(self, assignments: Iterable[str]) -> Config:
@@ -281,6 +286,7 @@ class Config:
         return apply_overrides(self, assignments)
 
 
+_OLD_KINDS = {"sequence": "image"}  # model.kind names of earlier releases -> today's
 SECTIONS = {k: v for k, v in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(v)}
 
 

@@ -67,7 +67,8 @@ def _open(run_dir: PathLike, checkpoint: str, input_kind: str | None):
     """``(task, model, meta, artifacts)`` of a run for predicting ``input_kind`` inputs."""
     config, model, meta = load_run(run_dir, checkpoint)
     task = get_task(config)
-    if input_kind is not None and task.input_kind != input_kind:
+    task.check_verb("predict", str(run_dir))
+    if input_kind is not None and task.floors.reads != input_kind:
         raise PredictError(f"{run_dir}: {_WRONG_KIND[input_kind]}")
     return task, model, meta, read_run_artifacts(run_dir, task, meta)
 

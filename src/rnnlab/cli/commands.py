@@ -12,6 +12,7 @@ from rnnlab.config import Config, load_preset
 from rnnlab.predict import PredictError, predict_each
 from rnnlab.runs import RunError, default_run_dir, read_config, resume, train
 from rnnlab.runs.layout import check_new_out
+from rnnlab.tasks import get_task
 from rnnlab.train import ConsoleLogger, ProgressBar
 
 __all__ = ["predict_command", "summary_command", "train_command"]
@@ -183,11 +184,7 @@ def predict_command(args: argparse.Namespace) -> int:
     is reported on stderr by its flag or line number (with ``"error"`` in ``--json``) and the
     others are still answered; then the exit status is 1. A review longer than the model reads
     (``data.maxlen``) gets a note on stderr (``"truncated": true`` in ``--json``)."""
-    if read_config(args.run_dir).model.kind == "lm":
-        raise PredictError(
-            f"{args.run_dir}: predict expected a classifier run, got a language model (use "
-            "`rnnlab score` or `rnnlab generate`)"
-        )
+    get_task(read_config(args.run_dir)).check_verb("predict", args.run_dir)
     raw, labels, options, kind = _predict_inputs(args)
     results = predict_each(args.run_dir, raw, args.checkpoint, kind, **options)
     failed = 0
@@ -221,7 +218,6 @@ def summary_command(args: argparse.Namespace) -> int:
     """``rnnlab summary``: the Keras-style table of a preset's model, run once on zeros of its
     task's input shape."""
     from rnnlab.nn.summary import summary
-    from rnnlab.tasks import get_task
 
     task = get_task(load_preset(args.preset, args.overrides))
     example = task.example_inputs(2)[0]  # (B, T, I) pixels or (B, T) ids

@@ -1,9 +1,10 @@
 """Export a trained run: pick the model's hook, build the file, record versions, write atomically.
 
-A hook maps a model to a file's bytes for one format. The classifiers' ONNX hook is
-:func:`rnnlab.export.classifier.classifier_graph`; a task whose model needs another graph (a
-language model with its state as explicit inputs and outputs) registers its own with
-:func:`register_hook` and ``rnnlab export`` uses it with no other change.
+A hook maps a model to a file's bytes for one format. Each kind's exporter module, named by its
+task (``task.floors.export``, e.g. :mod:`rnnlab.export.classifier`,
+:mod:`rnnlab.export.language_model`), registers its model classes with :func:`register_hook`
+when imported; this module imports them on first use and never names a kind. The graph helpers
+they share are public in :mod:`rnnlab.export.graph`.
 """
 
 from __future__ import annotations
@@ -56,15 +57,7 @@ def register_hook(fmt: str, model_type: type, hook: Callable[[nn.Module, int], A
 
 
 def _hook(fmt: str, model: nn.Module) -> Callable[[nn.Module, int], Any]:
-    if not _HOOKS["onnx"]:  # the built-in hooks, registered on first use (onnx is imported then)
-        from rnnlab.export.classifier import classifier_graph
-        from rnnlab.export.language_model import language_model_graph
-        from rnnlab.models import SequenceClassifier, TextClassifier
-        from rnnlab.nn.language_model import LanguageModel
-
-        register_hook("onnx", SequenceClassifier, classifier_graph)
-        register_hook("onnx", TextClassifier, classifier_graph)
-        register_hook("onnx", LanguageModel, language_model_graph)
+    _load_kind_exporters()
     if fmt not in _HOOKS:
         raise ExportError(f"expected a format in {sorted(_HOOKS)}, got {fmt!r}")
     for model_type, hook in _HOOKS[fmt].items():
@@ -72,6 +65,17 @@ def _hook(fmt: str, model: nn.Module) -> Callable[[nn.Module, int], Any]:
             return hook
     known = ", ".join(t.__name__ for t in _HOOKS[fmt])
     raise ExportError(f"{fmt} export expected a model of type {known}, got {type(model).__name__}")
+
+
+def _load_kind_exporters() -> None:
+    """Import every kind's exporter (``task.floors.export``, :mod:`rnnlab.tasks`); each
+    registers its model classes with :func:`register_hook` as it is imported. Done on first
+    use, so onnx is imported only then."""
+    from rnnlab.tasks import TASKS, load_attribute
+
+    for task in TASKS.values():
+        if task.floors.export:
+            load_attribute(task.floors.export)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -30,69 +30,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnlab.export.api import register_hook
+from rnnlab.export.graph import Graph, linear, onnx_kind, recurrent_weights, to_numpy
 from rnnlab.models import SequenceClassifier, TextClassifier
-from rnnlab.nn.cells import GRUCell, LSTMCell
 from rnnlab.nn.layers import _RecurrentLayer
 
 __all__ = ["classifier_graph"]
 
-# ONNX gate order, as indices of rnnlab's H-row blocks
-_GATE_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}
-
-
-class _Graph:
-    """Nodes and initializers under construction, with fresh names."""
-
-    def __init__(self) -> None:
-        from onnx import helper
-
-        self.helper = helper
-        self.nodes: list[Any] = []
-        self.initializers: list[Any] = []
-        self.count = 0
-
-    def name(self, stem: str) -> str:
-        self.count += 1
-        return f"{stem}_{self.count}"
-
-    def const(self, stem: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        name = self.name(stem)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> Any:
-        outputs = [self.name(op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(self.helper.make_node(op_type, inputs, outputs, **attrs))
-        return outputs[0] if n_out == 1 else outputs
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float32).cpu().numpy()
-
-
-def _reorder(rows: torch.Tensor, kind: str, H: int) -> torch.Tensor:
-    """(G*H, ...) rows in rnnlab's gate order -> ONNX's."""
-    return torch.cat([rows[k * H : (k + 1) * H] for k in _GATE_ORDER[kind]])
-
-
-def _recurrent(g: _Graph, layer: _RecurrentLayer, x: str, seq_lens: str) -> tuple[str, str]:
+def _recurrent(g: Graph, layer: _RecurrentLayer, x: str, seq_lens: str) -> tuple[str, str]:
     """One rnnlab layer (one level, D directions) as one ONNX op. x (T, B, F) -> Y (T, B, D*H)
     and Y_h (D, B, H)."""
-    cell = layer.cells[0]
-    kind = "LSTM" if isinstance(cell, LSTMCell) else "GRU" if isinstance(cell, GRUCell) else "RNN"
+    kind = onnx_kind(layer.cells[0])
     if layer.num_layers != 1:
         raise ValueError(f"ONNX export expected single-level layers, got {layer.num_layers}")
     H = layer.hidden_size
-    W, R, B = [], [], []
-    for c in layer.cells:  # direction 0 (forward), then 1 (reverse)
-        W.append(_reorder(c.weight_ih, kind, H))  # (G*H, F)
-        R.append(_reorder(c.weight_hh, kind, H))  # (G*H, H)
-        b_rec = torch.zeros_like(c.bias)  # (G*H,)
-        if kind == "GRU":
-            b_rec[2 * H :] = c.bias_hn  # the candidate's recurrent bias, inside r * (...)
-        B.append(torch.cat([_reorder(c.bias, kind, H), _reorder(b_rec, kind, H)]))  # (2*G*H,)
+    W, R, B = zip(*(recurrent_weights(c, kind, H) for c in layer.cells), strict=True)
     D = layer.num_directions
     attrs: dict[str, Any] = {
         "hidden_size": H,
@@ -102,9 +54,9 @@ def _recurrent(g: _Graph, layer: _RecurrentLayer, x: str, seq_lens: str) -> tupl
         attrs["linear_before_reset"] = 1
     inputs = [
         x,
-        g.const("W", _np(torch.stack(W))),  # (D, G*H, F)
-        g.const("R", _np(torch.stack(R))),  # (D, G*H, H)
-        g.const("B", _np(torch.stack(B))),  # (D, 2*G*H)
+        g.const("W", to_numpy(torch.stack(W))),  # (D, G*H, F)
+        g.const("R", to_numpy(torch.stack(R))),  # (D, G*H, H)
+        g.const("B", to_numpy(torch.stack(B))),  # (D, 2*G*H)
         seq_lens,
     ]
     Y, Y_h = g.op(kind, inputs, n_out=2, **attrs)[:2]  # (T, D, B, H), (D, B, H)
@@ -113,7 +65,7 @@ def _recurrent(g: _Graph, layer: _RecurrentLayer, x: str, seq_lens: str) -> tupl
     return g.op("Reshape", [Y, shape]), Y_h  # (T, B, D*H), (D, B, H)
 
 
-def _to_post_padding(g: _Graph, x: str, lengths: str) -> str:
+def _to_post_padding(g: Graph, x: str, lengths: str) -> str:
     """x (B, T, F) padded in front -> the same rows with their real steps first: row b's step t
     is its step (t + T - length_b) mod T."""
     zero, one = g.const("zero", np.array(0, np.int64)), g.const("one", np.array(1, np.int64))
@@ -127,7 +79,7 @@ def _to_post_padding(g: _Graph, x: str, lengths: str) -> str:
     return g.op("GatherElements", [x, index], axis=1)
 
 
-def _pool(g: _Graph, pooling: str, Y: str, Y_h: str, lengths: str | None) -> str:
+def _pool(g: Graph, pooling: str, Y: str, Y_h: str, lengths: str | None) -> str:
     """The reduction over time of rnnlab's RecurrentStack: Y (T, B, D*H) -> (B, F)."""
     if pooling == "last":
         h = g.op("Transpose", [Y_h], perm=[1, 0, 2])  # (B, D, H)
@@ -159,12 +111,6 @@ def _pool(g: _Graph, pooling: str, Y: str, Y_h: str, lengths: str | None) -> str
     return parts[0] if len(parts) == 1 else g.op("Concat", parts, axis=-1)
 
 
-def _linear(g: _Graph, x: str, linear: nn.Linear) -> str:
-    """x (..., in) -> (..., out)."""
-    w = g.const("weight", _np(linear.weight.T))  # (in, out)
-    return g.op("Add", [g.op("MatMul", [x, w]), g.const("bias", _np(linear.bias))])
-
-
 def classifier_graph(model: nn.Module, opset: int) -> Any:
     """The ``onnx.ModelProto`` of a :class:`~rnnlab.models.SequenceClassifier` (input ``x``
     (B, T, I) float32) or :class:`~rnnlab.models.TextClassifier` (inputs ``ids`` (B, T) int64
@@ -172,14 +118,15 @@ def classifier_graph(model: nn.Module, opset: int) -> Any:
     The model's semantics are rnnlab's in eval mode: dropout off, padding on the model's side."""
     from onnx import TensorProto, helper
 
-    g, stack = _Graph(), model.stack
+    g, stack = Graph(), model.stack
     lengths = seq_lens = None
     if isinstance(model, TextClassifier):
         inputs = [
             helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"]),
             helper.make_tensor_value_info("lengths", TensorProto.INT64, ["B"]),
         ]
-        x = g.op("Gather", [g.const("embedding", _np(model.embedding.weight)), "ids"])  # (B,T,E)
+        table = g.const("embedding", to_numpy(model.embedding.weight))  # (V, E)
+        x = g.op("Gather", [table, "ids"])  # (B, T, E)
         if model.mask:
             lengths = "lengths"
             if stack.padding == "pre":
@@ -191,7 +138,7 @@ def classifier_graph(model: nn.Module, opset: int) -> Any:
         ]
         x = "x"
         if model.projection is not None:
-            x = _linear(g, x, model.projection)  # (B, T, P)
+            x = linear(g, x, model.projection)  # (B, T, P)
     else:
         raise TypeError(
             f"classifier_graph expected a SequenceClassifier or TextClassifier, got "
@@ -204,10 +151,14 @@ def classifier_graph(model: nn.Module, opset: int) -> Any:
     for layer in stack.layers:
         x, Y_h = _recurrent(g, layer, x, seq_lens or "")
     pooled = _pool(g, stack.pooling, x, Y_h, lengths)  # (B, F)
-    logits = _linear(g, pooled, model.head)
+    logits = linear(g, pooled, model.head)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
     output = helper.make_tensor_value_info(
         "logits", TensorProto.FLOAT, ["B", model.head.out_features]
     )
     graph = helper.make_graph(g.nodes, "rnnlab", inputs, [output], g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+register_hook("onnx", SequenceClassifier, classifier_graph)
+register_hook("onnx", TextClassifier, classifier_graph)

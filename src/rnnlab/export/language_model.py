@@ -20,16 +20,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from rnnlab.export.classifier import _Graph, _linear, _np, _reorder
-from rnnlab.nn.cells import GRUCell, LSTMCell
+from rnnlab.export.api import register_hook
+from rnnlab.export.graph import Graph, linear, onnx_kind, recurrent_weights, to_numpy
 from rnnlab.nn.language_model import LanguageModel
 
 __all__ = ["language_model_graph"]
 
 
-def _layer_state(g: _Graph, state: str, layer: int) -> str:
+def _layer_state(g: Graph, state: str, layer: int) -> str:
     """``state`` (L, B, H) -> its layer ``layer`` as (1, B, H)."""
     start = g.const("start", np.array([layer], np.int64))
     end = g.const("end", np.array([layer + 1], np.int64))
@@ -45,38 +44,33 @@ def language_model_graph(model: LanguageModel, opset: int) -> Any:
         raise TypeError(
             f"language_model_graph expected a LanguageModel, got {type(model).__name__}"
         )
-    g, rnn = _Graph(), model.rnn
-    cell = rnn.cells[0]
-    kind = "LSTM" if isinstance(cell, LSTMCell) else "GRU" if isinstance(cell, GRUCell) else "RNN"
+    g, rnn = Graph(), model.rnn
+    kind = onnx_kind(rnn.cells[0])
     L, H, V = model.num_layers, model.hidden_size, model.vocab_size
     state_names = ["h0", "c0"] if kind == "LSTM" else ["h0"]
     inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])]
     inputs += [
         helper.make_tensor_value_info(n, TensorProto.FLOAT, [L, "B", H]) for n in state_names
     ]
-    x = g.op("Gather", [g.const("embedding", _np(model.embedding.weight)), "ids"])  # (B, T, E)
+    x = g.op("Gather", [g.const("embedding", to_numpy(model.embedding.weight)), "ids"])  # (B, T, E)
     x = g.op("Transpose", [x], perm=[1, 0, 2])  # (T, B, E)
     finals: dict[str, list[str]] = {"h": [], "c": []}
     axis1 = g.const("axis1", np.array([1], np.int64))
     for layer, c in enumerate(rnn.cells):  # one direction: cell k is layer k
-        W = _reorder(c.weight_ih, kind, H)[None]  # (1, G*H, F)
-        R = _reorder(c.weight_hh, kind, H)[None]  # (1, G*H, H)
-        b_rec = torch.zeros_like(c.bias)  # (G*H,)
-        if kind == "GRU":
-            b_rec[2 * H :] = c.bias_hn  # the candidate's recurrent bias, inside r * (...)
-        B = torch.cat([_reorder(c.bias, kind, H), _reorder(b_rec, kind, H)])[None]  # (1, 2GH)
+        W, R, B = (w[None] for w in recurrent_weights(c, kind, H))  # (1, G*H, F|H), (1, 2GH)
         states = [_layer_state(g, name, layer) for name in state_names]  # (1, B, H) each
         attrs: dict[str, Any] = {"hidden_size": H}
         if kind == "GRU":
             attrs["linear_before_reset"] = 1
-        op_inputs = [x, g.const("W", _np(W)), g.const("R", _np(R)), g.const("B", _np(B)), ""]
+        weights = [g.const(name, to_numpy(w)) for name, w in zip("WRB", (W, R, B), strict=True)]
+        op_inputs = [x, *weights, ""]
         outs = g.op(kind, op_inputs + states, n_out=3 if kind == "LSTM" else 2, **attrs)
         x = g.op("Squeeze", [outs[0], axis1])  # (T, 1, B, H) -> (T, B, H)
         finals["h"].append(outs[1])  # (1, B, H)
         if kind == "LSTM":
             finals["c"].append(outs[2])
     y = g.op("Transpose", [x], perm=[1, 0, 2])  # (B, T, H)
-    logits = _linear(g, y, model.decoder)  # (B, T, V)
+    logits = linear(g, y, model.decoder)  # (B, T, V)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "T", V])]
     for name in ("h", "c")[: len(state_names)]:
@@ -86,3 +80,6 @@ def language_model_graph(model: LanguageModel, opset: int) -> Any:
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, "B", H]))
     graph = helper.make_graph(g.nodes, "rnnlab_language_model", inputs, outputs, g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+register_hook("onnx", LanguageModel, language_model_graph)

@@ -7,10 +7,12 @@ prediction figure (images), and Karpathy et al.'s (2015) gate-saturation statist
 Modules by concern: :mod:`~rnnlab.inspect.trace` (recording gates, statistics),
 :mod:`~rnnlab.inspect.inputs` (inputs as the model reads them, predictions per step),
 :mod:`~rnnlab.inspect.plots` (PNG figures), :mod:`~rnnlab.inspect.html` (the text page),
-:mod:`~rnnlab.inspect.api` (the whole command), :mod:`~rnnlab.inspect.cli` (its arguments).
+:mod:`~rnnlab.inspect.output` (the output folder, written whole), each kind's command
+(:mod:`~rnnlab.inspect.classifier`, :mod:`~rnnlab.inspect.language`; the run's task names
+it) and :mod:`~rnnlab.inspect.cli` (the arguments).
 """
 
-from rnnlab.inspect.api import InspectResult, inspect_run
+from rnnlab.inspect.classifier import InspectResult, inspect_run
 from rnnlab.inspect.cli import main
 from rnnlab.inspect.language import inspect_language_model
 from rnnlab.inspect.trace import InspectError, Trace, record_gates, saturation

@@ -65,71 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    from rnnlab.inspect.api import inspect_run
+    """Hand the arguments to the run's kind: its task names the command that draws it
+    (``task.floors.inspect``; classifiers: :func:`rnnlab.inspect.classifier.command`, language
+    models: :func:`rnnlab.inspect.language.command`)."""
     from rnnlab.runs import read_config
+    from rnnlab.tasks import get_task
 
-    if read_config(args.run_dir).model.kind == "lm":
-        return _inspect_language_model(args)
-    if args.find_units:
-        raise ValueError("--find-units expected a language-model run, got a classifier")
-
-    result = inspect_run(
-        args.run_dir,
-        args.out,
-        text=args.text,
-        image=args.image,
-        index=args.index,
-        units=args.units,
-        layer=args.layer,
-        direction=args.direction,
-        top=args.top,
-        mode=args.mode,
-        checkpoint=args.checkpoint,
-        data_dir=args.data_dir,
-        stats_examples=args.stats_examples,
-    )
-    s = result.summary
-    p = s["prediction"]
-    print(
-        f"{s['cell'].upper()} layer {s['layer']} direction {s['direction']}, "
-        f"{s['real_steps']} steps: prediction {p['label_name']} "
-        f"({p['probabilities'][p['label']]:.3f})"
-    )
-    print(f"units drawn ({s['units_by']}): {' '.join(map(str, s['units']))}")
-    for _, path in sorted(result.files.items()):
-        print(f"  {path}")
-    return 0
-
-
-def _inspect_language_model(args: argparse.Namespace) -> int:
-    from rnnlab.inspect.language import inspect_language_model
-
-    if args.text is None or args.image is not None or args.index is not None:
-        raise ValueError('a language model expected --text "...", got none or --image/--index')
-    s = inspect_language_model(
-        args.run_dir,
-        args.out,
-        text=args.text,
-        units=args.units,
-        layer=args.layer,
-        top=args.top,
-        mode=args.mode,
-        checkpoint=args.checkpoint,
-        find=args.find_units,
-    )
-    print(f"{s['cell'].upper()} language model, layer {s['layer']}, {s['steps']} tokens read")
-    print(f"units drawn ({s['units_by']}): {' '.join(map(str, s['units'][:16]))}")
-    if args.find_units:
-        if not s["found_units"]:
-            print("no feature varies in this text: give a longer --text with quotes, brackets...")
-        for row in s["found_units"]:
-            print(
-                f"  {row['feature']:<14} layer {row['layer']} {row['state']} unit "
-                f"{row['unit']:<4} r = {row['r']:+.3f}"
-            )
-    for _, path in sorted(s["written"].items()):
-        print(f"  {path}")
-    return 0
+    return get_task(read_config(args.run_dir)).floor("inspect")(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,7 @@ unit correlates with any feature that is on more often late in the text than ear
 
 from __future__ import annotations
 
+import argparse
 import html
 import os
 from pathlib import Path
@@ -35,9 +36,9 @@ import numpy as np
 import torch
 
 from rnnlab.checkpoint import versions
-from rnnlab.inspect.api import MARKER, _check_out, _json_bytes, _publish
 from rnnlab.inspect.html import _SCRIPT, _STYLE, colour, picker
 from rnnlab.inspect.html import modes as colour_modes
+from rnnlab.inspect.output import MARKER, check_out, json_bytes, publish
 from rnnlab.inspect.trace import InspectError, Trace, activity, pick_units
 from rnnlab.runs import load_run
 from rnnlab.tasks import LanguageModelTask, get_task
@@ -232,7 +233,7 @@ def inspect_language_model(
     if not isinstance(task, LanguageModelTask):
         raise InspectError(f"{run_dir}: expected a language-model run, got {config.model.kind!r}")
     out = Path(out) if out is not None else Path(run_dir) / "inspect"
-    _check_out(out)
+    check_out(out)
     task.bind_run(run_dir)
     example = task.example(text, {})
     gates, logp = record_language_model(model, example.inputs[0])  # [(T, H)], (T, V)
@@ -280,9 +281,40 @@ def inspect_language_model(
         shown = [{k: v[real] for k, v in g.items()} for g in gates]
         summary["features"] = sorted(features)
         summary["found_units"] = find_units(shown, features, lines=line_index(labels))
-        files["units.json"] = _json_bytes(summary["found_units"])
+        files["units.json"] = json_bytes(summary["found_units"])
     summary["files"] = sorted([*files, MARKER])
     summary["versions"] = versions()
-    files[MARKER] = _json_bytes(summary)
-    summary["written"] = {name: str(path) for name, path in _publish(files, out).items()}
+    files[MARKER] = json_bytes(summary)
+    summary["written"] = {name: str(path) for name, path in publish(files, out).items()}
     return summary
+
+
+def command(args: argparse.Namespace) -> int:
+    """``rnnlab inspect`` on a language-model run: :func:`inspect_language_model`, then the
+    units drawn, the units found (``--find-units``) and the files written."""
+    if args.text is None or args.image is not None or args.index is not None:
+        raise InspectError('a language model expected --text "...", got none or --image/--index')
+    s = inspect_language_model(
+        args.run_dir,
+        args.out,
+        text=args.text,
+        units=args.units,
+        layer=args.layer,
+        top=args.top,
+        mode=args.mode,
+        checkpoint=args.checkpoint,
+        find=args.find_units,
+    )
+    print(f"{s['cell'].upper()} language model, layer {s['layer']}, {s['steps']} tokens read")
+    print(f"units drawn ({s['units_by']}): {' '.join(map(str, s['units'][:16]))}")
+    if args.find_units:
+        if not s["found_units"]:
+            print("no feature varies in this text: give a longer --text with quotes, brackets...")
+        for row in s["found_units"]:
+            print(
+                f"  {row['feature']:<14} layer {row['layer']} {row['state']} unit "
+                f"{row['unit']:<4} r = {row['r']:+.3f}"
+            )
+    for _, path in sorted(s["written"].items()):
+        print(f"  {path}")
+    return 0

@@ -4,16 +4,16 @@ named on the command line.
 Endpoints (``RUN`` is a served run's index, 0 first, or its name; anything else is 404)::
 
     GET  /                         index page: the served runs and their pages
-    GET  /text /digit /lm /runs    the pages (plain HTML, scripts and styles under /static)
+    GET  /PAGE                     each served kind's page (/text, /digit, /lm) and /runs
     GET  /openapi.json             this API's OpenAPI schema
     GET  /api/health               {"status": "ok"}
     GET  /api/runs                 {"runs": [each run's description]}
     GET  /api/runs/RUN             description, status, config, report
     GET  /api/runs/RUN/metrics     metrics.jsonl records from line ?after=N on
-    POST /api/runs/RUN/classify    prediction after every token or row
-    POST /api/runs/RUN/trace       classify + the gates of one layer/direction
-    POST /api/runs/RUN/generate    language models: tokens streamed as server-sent events
-    POST /api/runs/RUN/score       language models: per-token log-probabilities
+    POST /api/runs/RUN/ANALYSIS    each kind's analyses, mounted by its ServedRun class:
+                                   classify, trace (classifiers: rnnlab.serve.classifier),
+                                   generate, score (language models: rnnlab.serve.lm);
+                                   a run asked for an analysis its kind lacks answers 400
 
 Model work runs in worker threads (the event loop keeps answering other requests) under a time
 limit; a request past it gets 408. Errors are JSON: ``{"detail": "..."}``, or for a request
@@ -22,8 +22,7 @@ field ``{"detail": [{"loc": ["body", FIELD], "msg": ..., "type": ...}]}`` (FastA
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from importlib import resources
 from typing import Any
@@ -32,29 +31,23 @@ import anyio
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from rnnlab import __version__
 from rnnlab.serve.guards import BodyLimit, SecurityHeaders
-from rnnlab.serve.models import InputError, ServedRun, UnsupportedError
-from rnnlab.serve.runinfo import metrics_since, run_overview
-from rnnlab.serve.schemas import (
-    MAX_BODY_BYTES,
-    ClassifyRequest,
-    GenerateRequest,
-    ScoreRequest,
-    TooLargeError,
-    TraceRequest,
-    check_text,
-    decode_image,
+from rnnlab.serve.models import (
+    InputError,
+    ServedRun,
+    UnsupportedError,
+    check_analysis,
+    served_classes,
 )
+from rnnlab.serve.runinfo import metrics_since, run_overview
+from rnnlab.serve.schemas import MAX_BODY_BYTES, TooLargeError
 
-__all__ = ["PAGES", "create_app"]
-
-PAGES = ("text", "digit", "lm", "runs")
-_END = object()
+__all__ = ["create_app"]
 
 
 def static_dir():
@@ -92,6 +85,8 @@ def create_app(
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"create_app expected distinct run names, got {names}")
+    kinds = served_classes()  # every kind's routes, so a wrong kind of run answers 400, not 404
+    pages = [*dict.fromkeys(cls.page for cls in kinds if cls.page), "runs"]
     by_key: dict[str, ServedRun] = {}
     for index, run in enumerate(runs):
         by_key[str(index)] = run
@@ -116,7 +111,7 @@ def create_app(
     async def _unsupported(request, exc: UnsupportedError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    def lookup(run: str) -> ServedRun:
+    def lookup(run: str, analysis: str | None = None) -> ServedRun:
         served = by_key.get(run)
         if served is None:
             raise HTTPException(
@@ -124,6 +119,8 @@ def create_app(
                 f"expected a served run: an index 0..{len(runs) - 1} or one of {names}, "
                 f"got {run[:80]!r}",
             )
+        if analysis is not None:
+            check_analysis(served, analysis)
         return served
 
     async def work(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -137,19 +134,6 @@ def create_app(
             raise HTTPException(
                 408, f"expected the model to answer within {timeout:g} s, got no answer in time"
             ) from None
-
-    def inputs(served: ServedRun, body: ClassifyRequest) -> dict[str, Any]:
-        given = [k for k in ("text", "image", "png") if getattr(body, k) is not None]
-        if len(given) != 1:
-            field = "text" if served.kind == "text" else "image"
-            raise InputError(
-                given[1] if len(given) > 1 else field,
-                f"expected exactly one of 'text', 'image' or 'png', got "
-                f"{', '.join(repr(g) for g in given) or 'none'}",
-            )
-        if body.text is not None:
-            check_text("text", body.text)
-        return {"text": body.text, "image": decode_image(body), "invert": body.invert}
 
     # -- API ------------------------------------------------------------------------------------
 
@@ -178,67 +162,11 @@ def create_app(
         served = lookup(run)
         return await anyio.to_thread.run_sync(metrics_since, served.run_dir, after)
 
-    @app.post("/api/runs/{run}/classify", tags=["api"])
-    async def classify(run: str, body: ClassifyRequest) -> dict[str, Any]:
-        """The prediction and, per real step (``steps``: words or image rows), the class
-        probabilities had the input ended there (``step_probabilities``)."""
-        served = lookup(run)
-        return await work(served.classify, **inputs(served, body))
-
-    @app.post("/api/runs/{run}/trace", tags=["api"])
-    async def trace(run: str, body: TraceRequest) -> dict[str, Any]:
-        """Classify, plus every gate of ``layer`` in ``direction`` per real step (``gates``:
-        name -> steps x units), each unit's ``activity`` and ``top_units``."""
-        served = lookup(run)
-        return await work(
-            served.trace, **inputs(served, body), layer=body.layer, direction=body.direction
-        )
-
-    @app.post("/api/runs/{run}/generate", tags=["api"])
-    async def generate(run: str, body: GenerateRequest) -> StreamingResponse:
-        """Language models: a stream of server-sent events, ``event: token`` with
-        ``{"token", "id", "probability", "top", "value"}`` per generated token (``top``: the 5
-        likeliest tokens; ``value``: the chosen unit's c or h after it), then ``event: done``.
-        Bad settings answer 4xx before the stream starts; other runs answer 400."""
-        served = lookup(run)
-        check_text("prompt", body.prompt)
-        tokens = await work(
-            served.generate,
-            body.prompt,
-            body.max_tokens,
-            body.temperature,
-            body.top_k,
-            body.unit,
-            layer=body.layer,
-            state=body.state,
-            seed=body.seed,
-            every_unit=body.every_unit,
-        )
-        first = await work(next, tokens, _END)  # errors before the stream starts are 4xx
-
-        async def events() -> AsyncIterator[str]:
-            item, count = first, 0
-            while item is not _END:
-                count += 1
-                yield f"event: token\ndata: {json.dumps(item)}\n\n"
-                try:
-                    item = await work(next, tokens, _END)
-                except HTTPException as exc:
-                    yield f"event: error\ndata: {json.dumps({'detail': exc.detail})}\n\n"
-                    return
-            yield f"event: done\ndata: {json.dumps({'tokens': count})}\n\n"
-
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-        )
-
-    @app.post("/api/runs/{run}/score", tags=["api"])
-    async def score(run: str, body: ScoreRequest) -> dict[str, Any]:
-        """Language models: per-token log-probabilities of ``text``, the mean loss and bpc or
-        perplexity (``figure`` says which). Other runs answer 400."""
-        served = lookup(run)
-        check_text("text", body.text)
-        return await work(served.score, body.text)
+    mounted = set()  # kinds that share their routes (text and image classifiers) mount them once
+    for cls in kinds:  # each kind's analyses (classify, trace, generate, score, ...)
+        if cls.add_routes.__func__ not in mounted:
+            mounted.add(cls.add_routes.__func__)
+            cls.add_routes(app, lookup, work)
 
     # -- pages ----------------------------------------------------------------------------------
 
@@ -254,7 +182,7 @@ def create_app(
 
         return serve_page
 
-    for name in PAGES:
+    for name in pages:
         app.add_api_route(f"/{name}", page(name), methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 

@@ -1,5 +1,5 @@
 """Language-model analyses of ``rnnlab serve``: generation stepped one token at a time and
-scoring, for :class:`rnnlab.serve.models.ServedRun` runs of ``model.kind = "lm"``.
+scoring, for :class:`rnnlab.serve.lm.LanguageRun`.
 
 Shape legend: L layers, H hidden units, V vocabulary.
 
@@ -10,14 +10,13 @@ state (as :meth:`rnnlab.LanguageModel.generate` does), and
 :func:`rnnlab.nn.language_model.sample_next` draws.
 The steps are taken here rather than through ``LanguageModel.generate`` because the page wants,
 per token, what that iterator does not give: the token's probability, the five likeliest
-alternatives and one unit's state after it. Each step holds the run's lock and its own
-``torch.no_grad`` (a stream is resumed from different worker threads, and grad mode is
-per-thread), so several streams can interleave on one model.
+alternatives and one unit's state after it. Each step takes its own ``torch.no_grad`` (a stream
+is resumed from different worker threads, and grad mode is per-thread), so several streams can
+interleave on one model.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,7 +95,6 @@ def prompt_ids(task: LanguageModelTask, prompt: str) -> list[int]:
 def generate_tokens(
     task: LanguageModelTask,
     model: LanguageModel,
-    lock: threading.Lock,
     ids: list[int],
     max_tokens: int,
     temperature: float,
@@ -118,10 +116,10 @@ def generate_tokens(
     assert vocab is not None, "read_artifacts binds the vocabulary"
     device = model.decoder.weight.device
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
-    with lock, torch.no_grad():
+    with torch.no_grad():
         logits, carried = model(torch.tensor([ids], device=device))  # (1, P, V): once
     for _ in range(max_tokens):
-        with lock, torch.no_grad():
+        with torch.no_grad():
             last = logits[0, -1]  # (V,)
             token = sample_next(last, temperature, top_k or None, None, generator)
             probs = torch.softmax(last.double(), dim=-1)  # (V,)
@@ -143,9 +141,7 @@ def generate_tokens(
         yield item
 
 
-def score_text(
-    task: LanguageModelTask, model: LanguageModel, lock: threading.Lock, text: str
-) -> dict[str, Any]:
+def score_text(task: LanguageModelTask, model: LanguageModel, text: str) -> dict[str, Any]:
     """``text`` scored by :meth:`rnnlab.tasks.LanguageModelTask.predict`: ``tokens``,
     ``log_probs`` (natural log, each given the text before it), ``loss``, ``bpc`` or
     ``perplexity``, ``count`` and the ``unknown`` tokens."""
@@ -153,14 +149,13 @@ def score_text(
         prepared = task.prepare([text], {})
     except PredictError as exc:
         raise LanguageInputError("text", str(exc)) from exc
-    with lock:
-        (out,) = task.predict(model, prepared)
+    (out,) = task.predict(model, prepared)
     out["log_probs"] = np.round(np.asarray(out["log_probs"]), 6).tolist()
     out.pop("input", None)  # the caller has it; up to 100 kB not echoed back
     return {"figure": task.figure, **out}
 
 
-def warm_up(model: LanguageModel, lock: threading.Lock) -> None:
+def warm_up(model: LanguageModel) -> None:
     """One step, so the first request does not pay for building the compiled kernels."""
-    with lock, torch.no_grad():
+    with torch.no_grad():
         model(torch.zeros(1, 1, dtype=torch.long, device=model.decoder.weight.device))

@@ -2,8 +2,8 @@
 protocol is :class:`Task`, in :mod:`rnnlab.tasks.base`).
 
 :data:`TASKS` maps a configuration's ``model.kind`` to its task class. Adding a task is a new
-module with a :class:`Task` subclass and one line here (plus its ``model.kind`` value in
-:class:`rnnlab.config.ModelConfig`).
+module with a :class:`Task` subclass (its ``kind`` and :class:`Floors`) and its name in the
+tuple below; docs/architecture.md lists the steps.
 """
 
 from __future__ import annotations
@@ -11,7 +11,16 @@ from __future__ import annotations
 from torch import nn
 
 from rnnlab.config import Config, ConfigError
-from rnnlab.tasks.base import Example, MetricSpec, PredictError, Prepared, Task, TaskData
+from rnnlab.tasks.base import (
+    Example,
+    Floors,
+    MetricSpec,
+    PredictError,
+    Prepared,
+    Task,
+    TaskData,
+    load_attribute,
+)
 from rnnlab.tasks.image import ImageClassification
 from rnnlab.tasks.language_model import LanguageModelTask
 from rnnlab.tasks.text import TextClassification
@@ -19,6 +28,7 @@ from rnnlab.tasks.text import TextClassification
 __all__ = [
     "TASKS",
     "Example",
+    "Floors",
     "ImageClassification",
     "LanguageModelTask",
     "MetricSpec",
@@ -29,21 +39,25 @@ __all__ = [
     "TextClassification",
     "build_model",
     "get_task",
+    "load_attribute",
+    "task_class",
 ]
 
 TASKS: dict[str, type[Task]] = {
-    "sequence": ImageClassification,
-    "text": TextClassification,
-    "lm": LanguageModelTask,
+    task.kind: task for task in (ImageClassification, TextClassification, LanguageModelTask)
 }
+
+
+def task_class(kind: str) -> type[Task]:
+    """The task class serving ``model.kind = kind``."""
+    if kind not in TASKS:
+        raise ConfigError(f"model.kind: expected one of {sorted(TASKS)}, got {kind!r}")
+    return TASKS[kind]
 
 
 def get_task(config: Config) -> Task:
     """The task of ``config`` (chosen by ``model.kind``), checked against its settings."""
-    kind = config.model.kind
-    if kind not in TASKS:
-        raise ConfigError(f"model.kind: expected one of {sorted(TASKS)}, got {kind!r}")
-    return TASKS[kind](config)
+    return task_class(config.model.kind)(config)
 
 
 def build_model(config: Config) -> nn.Module:

@@ -12,7 +12,11 @@ A task is built from a configuration (``Task(config)``) and provides:
 * its loss and metric sums per batch, and what "best" means: :meth:`Task.batch_loss`,
   :meth:`Task.metrics`, :attr:`Task.selection` (the :class:`rnnlab.train.Objective` protocol);
 * its predict and inspect hooks: :meth:`Task.prepare` (raw inputs -> model inputs, with notes
-  such as truncation), :meth:`Task.predict`, :meth:`Task.example` and :meth:`Task.real_steps`.
+  such as truncation), :meth:`Task.predict`, :meth:`Task.example` and :meth:`Task.real_steps`;
+* what it offers the upper floors (:class:`Floors`): the command-line ``verbs`` its runs answer,
+  what a user's input is (``reads``), and where its serve page, its ``inspect`` drawing and its
+  ONNX graph live. cli, serve, inspect and export ask the task (:meth:`Task.floor`); none of
+  them names a kind or a kind's classes (docs/architecture.md).
 
 :mod:`rnnlab.tasks` maps ``model.kind`` to a task class; adding a task is a new file and one
 line there.
@@ -20,6 +24,7 @@ line there.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -37,6 +42,7 @@ from rnnlab.train import Batches, BatchLoss, BatchSource, Carry, Selection, Spli
 
 __all__ = [
     "Example",
+    "Floors",
     "MetricSpec",
     "Prepared",
     "PredictError",
@@ -95,6 +101,34 @@ class Example:
     oov: list[bool] | None = None
 
 
+@dataclass(frozen=True)
+class Floors:
+    """What a kind offers the upper floors, each a ``"module:attribute"`` imported only when
+    that floor asks (:meth:`Task.floor`), so the floors never import a kind's classes:
+
+    * ``serve``: a :class:`rnnlab.serve.models.ServedRun` subclass (its analyses, routes and
+      page);
+    * ``inspect``: ``command(args) -> int``, what ``rnnlab inspect`` runs for this kind;
+    * ``export``: ``graph(model, opset) -> onnx.ModelProto``, the ONNX graph ``rnnlab export``
+      writes.
+
+    ``verbs`` are the run commands this kind answers beyond train/evaluate/inspect/export/serve
+    (``predict``; ``generate``, ``score``); ``reads`` is what a user gives it (``"text"``,
+    ``"image"``). Empty strings mean "not offered"."""
+
+    verbs: tuple[str, ...]
+    reads: str
+    serve: str = ""
+    inspect: str = ""
+    export: str = ""
+
+
+def load_attribute(spec: str) -> Any:
+    """The object named by ``"package.module:attribute"``."""
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def carve_holdout(train: Split, config: Config) -> tuple[Split, Split]:
     """``(train, val)``: ``data.holdout`` training examples drawn with ``data.holdout_seed``
     become the validation split (the same ones in every run with that seed)."""
@@ -111,8 +145,9 @@ def carve_holdout(train: Split, config: Config) -> tuple[Split, Split]:
 class Task(ABC):
     """One kind of problem, configured by ``config``; see the module docstring."""
 
-    kind: ClassVar[str]  # the model.kind it serves
-    input_kind: ClassVar[str]  # what predict and inspect take: "text" or "image"
+    kind: ClassVar[str]  # the model.kind it serves: the one name of this kind everywhere
+    input_kind: ClassVar[str]  # how its splits arrive: "image", "text" or "stream"
+    floors: ClassVar[Floors]  # what it offers cli, serve, inspect and export
     metric_specs: ClassVar[tuple[MetricSpec, ...]]
     selection: ClassVar[Selection]
     artifact_names: ClassVar[tuple[str, ...]] = ()  # files of the run directory it needs
@@ -120,6 +155,32 @@ class Task(ABC):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.check_config()
+
+    def floor(self, name: str) -> Any:
+        """The object this kind gives the upper floor ``name`` ("serve", "inspect" or
+        "export"; see :class:`Floors`); a floor it does not offer is a clear error."""
+        spec = getattr(self.floors, name)
+        if not spec:
+            raise PredictError(
+                f"{name}: expected a run whose kind offers it, got a {self.kind!r} run "
+                f"(it offers {', '.join(self.offers()) or 'nothing more'})"
+            )
+        return load_attribute(spec)
+
+    def offers(self) -> tuple[str, ...]:
+        """The commands a run of this kind answers beyond train and evaluate."""
+        f = self.floors
+        upper = tuple(n for n in ("inspect", "export", "serve") if getattr(f, n))
+        return (*f.verbs, *upper)
+
+    def check_verb(self, verb: str, where: str) -> None:
+        """Raise :class:`PredictError` when ``verb`` is not one of this kind's
+        ``floors.verbs``, naming what the run offers instead."""
+        if verb not in self.floors.verbs:
+            raise PredictError(
+                f"{where}: {verb} expected a run whose kind offers it, got a {self.kind!r} run "
+                f"(use {', '.join(self.floors.verbs) or 'evaluate'})"
+            )
 
     def check_config(self) -> None:  # noqa: B027 (optional hook)
         """Raise ConfigError for settings this task cannot run with."""

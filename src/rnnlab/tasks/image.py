@@ -21,7 +21,15 @@ from torch import Tensor, nn
 from rnnlab.config import ConfigError
 from rnnlab.data import load_idx_dataset, load_mnist, mnist_to_sequences
 from rnnlab.models import SequenceClassifier, check_bf16
-from rnnlab.tasks.base import Example, PathLike, PredictError, Prepared, TaskData, carve_holdout
+from rnnlab.tasks.base import (
+    Example,
+    Floors,
+    PathLike,
+    PredictError,
+    Prepared,
+    TaskData,
+    carve_holdout,
+)
 from rnnlab.tasks.classify import ClassificationTask
 from rnnlab.train import Split
 
@@ -107,8 +115,15 @@ def light_background(image: np.ndarray) -> bool:
 class ImageClassification(ClassificationTask):
     """Images read row by row into a :class:`~rnnlab.models.SequenceClassifier`."""
 
-    kind = "sequence"
+    kind = "image"
     input_kind = "image"
+    floors = Floors(
+        verbs=("predict",),
+        reads="image",
+        serve="rnnlab.serve.classifier:ImageRun",
+        inspect="rnnlab.inspect.classifier:command",
+        export="rnnlab.export.classifier:classifier_graph",
+    )
 
     @property
     def size(self) -> tuple[int, int]:
@@ -117,7 +132,7 @@ class ImageClassification(ClassificationTask):
     def check_config(self) -> None:
         if self.config.data.dataset != "mnist":
             raise ConfigError(
-                f"data.dataset: expected 'mnist' for model.kind='sequence', "
+                f"data.dataset: expected 'mnist' for model.kind='image', "
                 f"got {self.config.data.dataset!r}"
             )
 

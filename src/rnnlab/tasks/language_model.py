@@ -45,7 +45,16 @@ from rnnlab.data.streams import batchify, check_stream, num_windows, shard_rows,
 from rnnlab.data.vocab import Vocabulary
 from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.language_model import LanguageModel, State
-from rnnlab.tasks.base import Example, MetricSpec, PathLike, PredictError, Prepared, Task, TaskData
+from rnnlab.tasks.base import (
+    Example,
+    Floors,
+    MetricSpec,
+    PathLike,
+    PredictError,
+    Prepared,
+    Task,
+    TaskData,
+)
 from rnnlab.train import Batch, BatchLoss, Carry, Selection, Split
 
 __all__ = ["LanguageModelTask", "StreamBatches", "VOCAB"]
@@ -100,6 +109,13 @@ class LanguageModelTask(Task):
 
     kind = "lm"
     input_kind = "stream"
+    floors = Floors(
+        verbs=("generate", "score"),
+        reads="text",
+        serve="rnnlab.serve.lm:LanguageRun",
+        inspect="rnnlab.inspect.language:command",
+        export="rnnlab.export.language_model:language_model_graph",
+    )
     selection = Selection("loss", "min")
     artifact_names = (VOCAB,)
 

@@ -24,7 +24,15 @@ from rnnlab.config import ConfigError
 from rnnlab.data import get_word_index, load_imdb, pad_sequences, tokenize
 from rnnlab.models import TextClassifier, check_bf16
 from rnnlab.nn.validation import make_mask
-from rnnlab.tasks.base import Example, PathLike, PredictError, Prepared, TaskData, carve_holdout
+from rnnlab.tasks.base import (
+    Example,
+    Floors,
+    PathLike,
+    PredictError,
+    Prepared,
+    TaskData,
+    carve_holdout,
+)
 from rnnlab.tasks.classify import ClassificationTask
 from rnnlab.train import Batches, BatchSource, Split
 
@@ -54,6 +62,13 @@ class TextClassification(ClassificationTask):
 
     kind = "text"
     input_kind = "text"
+    floors = Floors(
+        verbs=("predict",),
+        reads="text",
+        serve="rnnlab.serve.classifier:TextRun",
+        inspect="rnnlab.inspect.classifier:command",
+        export="rnnlab.export.classifier:classifier_graph",
+    )
     class_names = ("negative", "positive")
     artifact_names = (VOCAB,)
 

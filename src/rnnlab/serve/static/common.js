@@ -37,14 +37,15 @@ var rnnlab = (function () {
     };
   }
 
-  // The served runs, and the navigation bar (the language-model link only when one is served).
+  // The served runs, and the navigation bar (a kind's page link only when a run of it is served).
   function start(page) {
     return api("/api/runs").then(function (data) {
       var nav = document.querySelector("nav");
       nav.querySelectorAll("a[data-page]").forEach(function (a) {
         if (a.getAttribute("data-page") === page) { a.classList.add("here"); }
-        var kind = a.getAttribute("data-kind");
-        if (kind && !data.runs.some(function (r) { return r.kind === kind; })) {
+        var shown = a.getAttribute("data-page");
+        var ofRuns = shown !== "index" && shown !== "runs";
+        if (ofRuns && !data.runs.some(function (r) { return r.page === shown; })) {
           a.classList.add("hidden");
         }
       });
@@ -52,10 +53,10 @@ var rnnlab = (function () {
     });
   }
 
-  // Fill a <select> with the runs of one kind; the URL's ?run= preselects one.
-  function runPicker(select, runs, kind) {
+  // Fill a <select> with the runs this page shows; the URL's ?run= preselects one.
+  function runPicker(select, runs, page) {
     var wanted = new URLSearchParams(location.search).get("run");
-    var mine = runs.filter(function (r) { return r.kind === kind; });
+    var mine = runs.filter(function (r) { return r.page === page; });
     select.innerHTML = "";
     mine.forEach(function (r) {
       var option = document.createElement("option");

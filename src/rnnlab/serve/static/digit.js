@@ -194,7 +194,7 @@
 
   clear();
   rnnlab.start("digit").then(function (all) {
-    runs = rnnlab.runPicker(el("run"), all, "image");
+    runs = rnnlab.runPicker(el("run"), all, "digit");
     if (!runs.length) { el("error").textContent = "No digit-classifier run is served."; return; }
     el("run").addEventListener("change", layers);
     layers();

@@ -1,17 +1,16 @@
 // Home page: each served run with a link to its page.
 "use strict";
 (function () {
-  var PAGE = { text: "/text", image: "/digit", lm: "/lm" };
   rnnlab.start("index").then(function (runs) {
     var list = document.getElementById("list");
     runs.forEach(function (r) {
       var li = document.createElement("li"), a = document.createElement("a");
-      a.href = PAGE[r.kind] + "?run=" + encodeURIComponent(r.name);
+      a.href = "/" + r.page + "?run=" + encodeURIComponent(r.name);
       a.textContent = r.name;
       li.appendChild(a);
       li.appendChild(document.createTextNode(
-        ": " + r.kind + " " + r.cell.toUpperCase() + ", " + r.layers + " layer(s) of " +
-        r.hidden_sizes.join("/") + " units, " + (r.kind === "lm" ?
+        ": " + r.title + ", " + r.cell.toUpperCase() + ", " + r.layers + " layer(s) of " +
+        r.hidden_sizes.join("/") + " units, " + (r.vocab_size ?
           r.level + " vocabulary of " + r.vocab_size + " tokens" :
           "classes " + r.classes.join(", ")) +
         " (checkpoint " + r.checkpoint + ", step " + r.step + ")"));

@@ -31,7 +31,7 @@
       state.next = metrics.next;
       state.status.textContent = info.status;
       state.status.className = "status " + info.status;
-      state.div.querySelector(".meta").textContent = info.kind + " classifier, " +
+      state.div.querySelector(".meta").textContent = info.title + ", " +
         info.cell.toUpperCase() + " " + info.hidden_sizes.join("/") + " units; serving checkpoint " +
         info.checkpoint + " (step " + info.step + "); " + state.records.length + " metric records";
       state.div.querySelector("pre").textContent = JSON.stringify(info.config, null, 1);

@@ -1,15 +1,12 @@
-"""``inspect_run``: everything ``rnnlab inspect`` does, as one importable function.
-
-The output folder appears whole or not at all: every file is rendered in memory, written into a
-temporary folder beside the destination, and the folder is renamed into place.
+"""The classifiers' ``rnnlab inspect`` (text and image kinds): :func:`inspect_run` does it all
+as one importable function, :func:`command` prints its result for the CLI. The output folder
+appears whole or not at all (:mod:`rnnlab.inspect.output`).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
-import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from rnnlab.inspect.inputs import (
     test_split,
     text_example,
 )
+from rnnlab.inspect.output import MARKER, check_out, json_bytes, publish
 from rnnlab.inspect.plots import gate_heatmaps, image_predictions, saturation_scatter
 from rnnlab.inspect.trace import (
     InspectError,
@@ -38,10 +36,9 @@ from rnnlab.runs import load_run
 from rnnlab.runs.load import read_run_artifacts
 from rnnlab.tasks import get_task
 
-__all__ = ["InspectResult", "inspect_run"]
+__all__ = ["InspectResult", "command", "inspect_run"]
 
 PathLike = str | os.PathLike[str]
-MARKER = "inspect.json"  # names a folder as ours, so a later run may replace it
 
 
 @dataclass(frozen=True)
@@ -52,63 +49,6 @@ class InspectResult:
     out: Path
     files: dict[str, Path]
     summary: dict[str, Any]
-
-
-def _check_out(out: Path) -> None:
-    """``out`` must be new, empty, or an earlier inspect output; its parent must be writable."""
-    if out.exists() and not out.is_dir():
-        raise InspectError(f"--out {out}: expected a folder, got a file")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise InspectError(
-            f"--out {out}: expected a new or empty folder (or an earlier inspect "
-            "output), got a folder with other files"
-        )
-    ancestor = out.parent  # checked without creating anything: a later error leaves no trace
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InspectError(
-            f"--out {out}: expected a writable location, got {ancestor} which is a file"
-        )
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InspectError(
-            f"--out {out}: expected a writable location, got no write permission in {ancestor}"
-        )
-
-
-def _sibling(out: Path, what: str) -> Path:
-    """A new empty folder beside ``out`` (made with ``mkdir``, so the umask applies)."""
-    path = out.parent / f".{out.name}.{what}.{secrets.token_hex(4)}"
-    path.mkdir()
-    return path
-
-
-def _publish(files: dict[str, bytes], out: Path) -> dict[str, Path]:
-    """Write ``files`` into a temporary sibling folder, then rename it to ``out`` (an earlier
-    output there is moved aside first and removed after)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
-    old = None
-    try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        if out.exists():
-            old = _sibling(out, "old")
-            os.replace(out, old / "previous")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "previous").exists() and not out.exists():
-            os.replace(old / "previous", out)  # put the earlier output back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return {name: out / name for name in files}
-
-
-def _json_bytes(values: Any) -> bytes:
-    return (json.dumps(values, indent=1) + "\n").encode("utf-8")
 
 
 def inspect_run(
@@ -144,7 +84,7 @@ def inspect_run(
     """
     config, model, meta = load_run(run_dir, checkpoint)
     out = Path(out) if out is not None else Path(run_dir) / "inspect"
-    _check_out(out)
+    check_out(out)
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InspectError(f"top expected a positive int, got {top!r}")
     task = get_task(config)
@@ -198,7 +138,7 @@ def inspect_run(
         files["prediction.png"] = image_predictions(trace, example.image, example.target)
     if stats["gates"]:
         files["saturation.png"] = saturation_scatter(stats)
-    files["saturation.json"] = _json_bytes(stats)
+    files["saturation.json"] = json_bytes(stats)
     final = trace.final_probabilities
     best = int(np.argmax(final))
     summary = {
@@ -220,6 +160,39 @@ def inspect_run(
         "files": sorted([*files, MARKER]),
         "versions": versions(),
     }
-    files[MARKER] = _json_bytes(summary)
-    written = _publish(files, out)
+    files[MARKER] = json_bytes(summary)
+    written = publish(files, out)
     return InspectResult(out, written, summary)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``rnnlab inspect`` on a classifier run: :func:`inspect_run`, then one line on the
+    prediction, the units drawn and the files written."""
+    if args.find_units:
+        raise InspectError("--find-units expected a language-model run, got a classifier")
+    result = inspect_run(
+        args.run_dir,
+        args.out,
+        text=args.text,
+        image=args.image,
+        index=args.index,
+        units=args.units,
+        layer=args.layer,
+        direction=args.direction,
+        top=args.top,
+        mode=args.mode,
+        checkpoint=args.checkpoint,
+        data_dir=args.data_dir,
+        stats_examples=args.stats_examples,
+    )
+    s = result.summary
+    p = s["prediction"]
+    print(
+        f"{s['cell'].upper()} layer {s['layer']} direction {s['direction']}, "
+        f"{s['real_steps']} steps: prediction {p['label_name']} "
+        f"({p['probabilities'][p['label']]:.3f})"
+    )
+    print(f"units drawn ({s['units_by']}): {' '.join(map(str, s['units']))}")
+    for _, path in sorted(result.files.items()):
+        print(f"  {path}")
+    return 0
