@@ -110,12 +110,14 @@ def test_return_gates():
     assert set(gru_gates) == {"r", "z", "n", "h"}
 
 
-def test_forced_fused_backend_cannot_return_gates():
+def test_forced_fused_backend_records_gates_with_the_reference_loop():
     model = LSTM(2, 3, backend="fused")
-    with pytest.raises(ValueError, match=r"backend='fused'\) cannot return per-step gates"):
-        model(torch.randn(1, 2, 2), return_gates=True)
-    assert model.resolve_backend() == "fused"
-    assert LSTM(2, 3).resolve_backend(return_gates=True) == "reference"
+    x = torch.randn(1, 2, 2)
+    out, _, gates = model(x, return_gates=True)
+    torch.testing.assert_close(gates[0][0]["h"], out, rtol=0, atol=0)
+    assert model.resolve_backend() == "fused" and model.backend == "fused"
+    assert model.resolve_backend(return_gates=True) == "reference"
+    assert LSTM(2, 3).resolve_backend(backend="torch") == "torch"
 
 
 def test_dropout_between_layers_only_in_training():
