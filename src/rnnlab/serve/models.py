@@ -21,8 +21,8 @@ What the web layer calls, and what the coordinator rewires:
   :mod:`rnnlab.serve.language`); classifiers raise :class:`UnsupportedError` for them, and
   language models for classify and trace (answered 400 naming the run's kind).
 
-Models are not thread-safe here (:func:`rnnlab.inspect.trace.record_gates` switches the layers to
-their reference loop while it records), so every model call holds the run's ``lock``; a
+Every model call holds the run's ``lock`` (recording gates no longer touches the layers: it is a
+per-call argument of the dispatcher, so what the lock still guards is for serve to say); a
 generation takes it per token, so other requests interleave with a long stream.
 """
 
@@ -288,8 +288,8 @@ class ServedRun:
 
 def load_served_run(run_dir: PathLike, name: str, checkpoint: str = "best") -> ServedRun:
     """Load ``run_dir``'s ``checkpoint`` once (see :func:`rnnlab.runs.load_run`) and warm it up
-    (:meth:`ServedRun.warm_up`); a classifier whose layers record no gates
-    (``model.backend='torch'``) is refused here, before serving."""
+    (:meth:`ServedRun.warm_up`); a classifier without rnnlab recurrent layers is refused here,
+    before serving."""
     run_dir = Path(run_dir)
     config, model, meta = load_run(run_dir, checkpoint)
     if config.model.kind != "lm":
