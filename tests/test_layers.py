@@ -211,3 +211,12 @@ def test_bad_construction_is_named():
         TypeError, match=r"state of dtype torch.float32 \(the input's\), got torch.float64"
     ):
         GRU(2, 3)(torch.randn(1, 2, 2), torch.zeros(1, 1, 3, dtype=torch.float64))
+
+
+def test_the_cell_registry_names_every_layer():
+    from rnnlab.nn.registry import CELL_NAMES, LAYERS, layer_class
+
+    assert CELL_NAMES == ("rnn", "lstm", "gru")
+    assert [layer_class(name) for name in CELL_NAMES] == [RNN, LSTM, GRU] == list(LAYERS.values())
+    with pytest.raises(ValueError, match=r"expected one of \('rnn', 'lstm', 'gru'\), got 'x'"):
+        layer_class("x")
