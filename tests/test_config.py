@@ -42,7 +42,10 @@ def test_overrides_are_typed():
         ("train.epochs=five", "train.epochs: expected int, got 'five'"),
         ("train.epochs=2.5", "train.epochs: expected int, got 2.5"),
         ("train.epochs=0", "train.epochs: expected a positive int, got 0"),
-        ("model.cell=transformer", "model.cell: expected one of 'lstm' | 'gru' | 'rnn'"),
+        (
+            "model.cell=transformer",
+            "model.cell: expected one of ('rnn', 'lstm', 'gru'), got 'transformer'",
+        ),
         ("model.dropout=1.5", "model.dropout: expected in [0, 1)"),
         ("model.bidirectional=1", "model.bidirectional: expected bool, got 1"),
         ("model.precision=fp16", "model.precision: expected one of 'fp32' | 'bf16', got 'fp16'"),

@@ -226,11 +226,22 @@ def test_foreign_untrained_and_torch_backend_runs_are_refused(mnist_run, tmp_pat
     (untrained / "config.json").write_text((mnist_run / "config.json").read_text())
     with pytest.raises(RunError, match="expected a trained run with checkpoints"):
         inspect_run(untrained, tmp_path / "o", index=0)
-    config = load_preset("mnist-sample", ["model.backend=torch", "model.hidden_sizes=[4]"])
-    model = build_model(config)
-    with pytest.raises(InspectError, match="has no gates to record"):
-        record_gates(model, (torch.zeros(1, 28, 28),), 0, 0)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_torch_backend_model_records_the_gates_of_the_same_parameters():
+    """Gates are a per-call request routed to the reference loop: a model.backend=torch model
+    records them without any attribute of its layers changing."""
+    torch.manual_seed(0)
+    config = load_preset("mnist-sample", ["model.backend=torch", "model.hidden_sizes=[4]"])
+    model = build_model(config).eval()
+    reference = build_model(config.override(["model.backend=reference"])).eval()
+    reference.load_state_dict(model.state_dict())
+    x = torch.rand(1, 28, 28)
+    gates = record_gates(model, (x,), 0, 0)
+    for name, value in record_gates(reference, (x,), 0, 0).items():
+        np.testing.assert_array_equal(gates[name], value)
+    assert [layer.backend for layer in model.stack.layers] == ["torch"]
 
 
 def test_out_folder_rules(imdb_run, tmp_path):

@@ -220,3 +220,12 @@ def test_tiny_model_memorises_a_text_and_greedy_generation_reproduces_it():
     assert vocab.decode(ids[0, :1].tolist() + list(out)) == text
     bits = -model.score(ids[0]).mean().item() / math.log(2)
     assert bits < 0.1
+
+
+def test_precision_is_a_constructor_argument():
+    model = LanguageModel(11, 6, 6, 2, precision="bf16")
+    assert model.rnn.precision == "bf16" and LanguageModel(11, 6, 6).rnn.precision == "fp32"
+    with pytest.raises(ValueError, match=r"precision 'fp32', or 'bf16' with cell='lstm'.*'gru'"):
+        LanguageModel(11, 6, 6, cell="gru", precision="bf16")
+    with pytest.raises(ValueError, match=r"expected cell in \('rnn', 'lstm', 'gru'\), got 'tcn'"):
+        LanguageModel(11, 6, 6, cell="tcn")

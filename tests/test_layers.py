@@ -110,12 +110,14 @@ def test_return_gates():
     assert set(gru_gates) == {"r", "z", "n", "h"}
 
 
-def test_forced_fused_backend_cannot_return_gates():
+def test_forced_fused_backend_records_gates_with_the_reference_loop():
     model = LSTM(2, 3, backend="fused")
-    with pytest.raises(ValueError, match=r"backend='fused'\) cannot return per-step gates"):
-        model(torch.randn(1, 2, 2), return_gates=True)
-    assert model.resolve_backend() == "fused"
-    assert LSTM(2, 3).resolve_backend(return_gates=True) == "reference"
+    x = torch.randn(1, 2, 2)
+    out, _, gates = model(x, return_gates=True)
+    torch.testing.assert_close(gates[0][0]["h"], out, rtol=0, atol=0)
+    assert model.resolve_backend() == "fused" and model.backend == "fused"
+    assert model.resolve_backend(return_gates=True) == "reference"
+    assert LSTM(2, 3).resolve_backend(backend="torch") == "torch"
 
 
 def test_dropout_between_layers_only_in_training():
@@ -209,3 +211,12 @@ def test_bad_construction_is_named():
         TypeError, match=r"state of dtype torch.float32 \(the input's\), got torch.float64"
     ):
         GRU(2, 3)(torch.randn(1, 2, 2), torch.zeros(1, 1, 3, dtype=torch.float64))
+
+
+def test_the_cell_registry_names_every_layer():
+    from rnnlab.nn.registry import CELL_NAMES, LAYERS, layer_class
+
+    assert CELL_NAMES == ("rnn", "lstm", "gru")
+    assert [layer_class(name) for name in CELL_NAMES] == [RNN, LSTM, GRU] == list(LAYERS.values())
+    with pytest.raises(ValueError, match=r"expected one of \('rnn', 'lstm', 'gru'\), got 'x'"):
+        layer_class("x")

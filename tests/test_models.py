@@ -69,29 +69,31 @@ def test_return_gates_gives_every_layers_trace():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_torch_backend_matches_rnnlab_with_copied_weights(cell):
+def test_torch_backend_is_the_same_model_through_torchs_op(cell):
+    """model.backend=torch builds rnnlab layers (same parameter names, same initial values)
+    whose layers run torch's own recurrent op; the logits match the default backend's."""
+    overrides = [f"model.cell={cell}", "model.hidden_sizes=[16, 16]"]
     torch.manual_seed(0)
-    ours = build_model(
-        load_preset("mnist-seed", [f"model.cell={cell}", "model.hidden_sizes=[16]"])
-    ).eval()
-    theirs = build_model(
-        load_preset(
-            "mnist-seed", [f"model.cell={cell}", "model.backend=torch", "model.hidden_sizes=[16]"]
-        )
-    ).eval()
-    state = {k: v for k, v in ours.state_dict().items() if "stack" not in k}
-    theirs.load_state_dict(state, strict=False)
-    cell_ = ours.stack.layers[0].cells[0]
-    torch_layer = theirs.stack.layers[0]
-    with torch.no_grad():
-        torch_layer.weight_ih_l0.copy_(cell_.weight_ih)
-        torch_layer.weight_hh_l0.copy_(cell_.weight_hh)
-        torch_layer.bias_ih_l0.copy_(cell_.bias)
-        torch_layer.bias_hh_l0.zero_()
-        if cell == "gru":
-            torch_layer.bias_hh_l0[32:].copy_(cell_.bias_hn)
+    ours = build_model(load_preset("mnist-seed", overrides)).eval()
+    torch.manual_seed(0)
+    theirs = build_model(load_preset("mnist-seed", [*overrides, "model.backend=torch"])).eval()
+    for (name, p), (their_name, q) in zip(
+        ours.state_dict().items(), theirs.state_dict().items(), strict=True
+    ):
+        assert name == their_name and torch.equal(p, q)
+    assert all(layer.backend == "torch" for layer in theirs.stack.layers)
     x = torch.rand(4, 28, 28)
     torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+
+
+def test_old_torch_backend_checkpoint_is_refused_with_the_reason():
+    from rnnlab.checkpoint import CheckpointError, load_model_weights
+
+    model = build_model(load_preset("mnist-seed", ["model.hidden_sizes=[16]"]))
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if "stack" not in k}
+    tensors["model.stack.layers.0.weight_ih_l0"] = torch.zeros(64, 128)
+    with pytest.raises(CheckpointError, match="trained with model.backend='torch' before"):
+        load_model_weights(model, tensors, "old run")
 
 
 def _needs_compiled_kernels():

@@ -21,6 +21,7 @@ from rnnlab.nn.backends import (
     compiled_unavailable,
     dispatch,
     fused,
+    native,
     reference,
     route_layer,
     scan_layer,
@@ -37,6 +38,9 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "compiled.lstm_infer_pair": (compiled, "lstm_infer_pair"),
     "compiled.gru_train": (compiled, "gru_train"),
     "compiled.gru_forward": (compiled, "gru_forward"),
+    "torch.lstm": (native, "lstm"),
+    "torch.gru": (native, "gru"),
+    "torch.rnn": (native, "rnn"),
 }
 SRC = Path(rnnlab.__file__).parent
 
@@ -105,11 +109,34 @@ def test_auto_with_return_gates_runs_the_loop(ran) -> None:
     assert set(gates[0][1]) == {"i", "f", "g", "o", "c", "h"}
 
 
-@pytest.mark.parametrize("backend", ["fused", "compiled"])
-def test_forced_fast_backend_with_return_gates_raises(ran, backend: str) -> None:
-    with pytest.raises(ValueError, match=rf"LSTM\(backend='{backend}'\) cannot return per-step"):
-        call(rnnlab.LSTM(2, 3, backend=backend), X, return_gates=True)
-    assert ran == []
+@pytest.mark.parametrize("backend", ["fused", "compiled", "torch"])
+def test_forced_backend_with_return_gates_runs_the_loop(ran, backend: str) -> None:
+    """return_gates is a per-call request: it outranks the layer's backend, which stays."""
+    layer = rnnlab.LSTM(2, 3, bidirectional=True, backend=backend)
+    out, _, gates = call(layer, X, return_gates=True)
+    assert names(ran) == ["reference"] * 2 and layer.backend == backend
+    reference_out, _ = call(layer, X, backend="reference")
+    torch.testing.assert_close(out, reference_out, rtol=0, atol=0)
+    assert set(gates[0][0]) == {"i", "f", "g", "o", "c", "h"}
+
+
+def test_bf16_layer_records_float32_gates(ran) -> None:
+    layer = rnnlab.LSTM(2, 3, precision="bf16")
+    out, _, gates = call(layer, X, return_gates=True)
+    assert names(ran) == ["reference"] and layer.precision == "bf16"
+    fp32_out, _ = call(layer, X, backend="reference", precision="fp32")
+    torch.testing.assert_close(out, fp32_out, rtol=0, atol=0)
+
+
+def test_per_call_backend_overrides_the_layer_for_that_call_only(ran) -> None:
+    layer = rnnlab.GRU(2, 3, backend="reference")
+    call(layer, X, backend="fused")
+    call(layer, X)
+    assert names(ran) == ["fused.gru", "reference"] and layer.backend == "reference"
+    with pytest.raises(ValueError, match=r"expected backend in .*, got 'cuda'"):
+        call(layer, X, backend="cuda")
+    with pytest.raises(ValueError, match=r"expected precision in \('fp32', 'bf16'\), got 'fp16'"):
+        call(layer, X, precision="fp16")
 
 
 # -- fused ----------------------------------------------------------------------------------------
@@ -230,15 +257,69 @@ def test_precision_bf16_where_compiled_does_not_run_raises(ran, backend: str) ->
     why = why or f"this call uses backend '{backend}'"
     with pytest.raises(RuntimeError, match=f"but {re.escape(why)}"):
         call(layer, X)
-    with pytest.raises(RuntimeError, match="precision='bf16' runs the LSTM's GEMMs in bf16"):
-        call(rnnlab.LSTM(2, 4, precision="bf16"), X, return_gates=True)
-    assert ran == []
+    assert ran == []  # (return_gates=True is the exception: test_bf16_layer_records_...)
 
 
 def test_precision_bf16_on_float64_names_the_dtype(ext) -> None:
     layer = rnnlab.LSTM(2, 4, precision="bf16").double()
     with pytest.raises(RuntimeError, match="bf16 mode takes float32 input and weights, got torch"):
         call(layer, X.double())
+
+
+# -- torch: torch's own recurrent op on rnnlab's parameters ---------------------------------------
+@pytest.mark.parametrize(
+    "cls, kernel",
+    [(rnnlab.LSTM, "torch.lstm"), (rnnlab.GRU, "torch.gru"), (rnnlab.RNN, "torch.rnn")],
+)
+@pytest.mark.parametrize("grad", [False, True])
+def test_torch_backend_runs_torchs_op(ran, cls, kernel: str, grad: bool) -> None:
+    call(cls(2, 3, num_layers=2, bidirectional=True, backend="torch"), X, grad)
+    assert names(ran) == [kernel] * 4
+
+
+@pytest.mark.parametrize("cls", [rnnlab.LSTM, rnnlab.GRU, rnnlab.RNN])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_torch_backend_equals_the_reference(cls, seed: int) -> None:
+    """Outputs, final states and every gradient (x, initial state, parameters) in float32."""
+    torch.manual_seed(seed)
+    B, T, I, H = 3, 7, 5, 4
+    layer = cls(I, H, num_layers=2, bidirectional=True)
+    with torch.no_grad():  # non-zero biases, so a misplaced bias would show
+        for cell in layer.cells:
+            for name, p in cell.named_parameters():
+                if name.startswith("bias"):
+                    p.uniform_(-0.5, 0.5)
+    x = torch.randn(B, T, I)
+    h0 = torch.randn(4, B, H)
+    state = rnnlab.LSTMState(h0, torch.randn(4, B, H)) if cls is rnnlab.LSTM else h0
+    results = []
+    for backend in ("reference", "torch"):
+        xb = x.clone().requires_grad_()
+        sb = (
+            type(state)(*(t.clone().requires_grad_() for t in state))
+            if cls is rnnlab.LSTM
+            else (state.clone().requires_grad_())
+        )
+        out, final = layer(xb, sb, lengths=torch.full((B,), T), backend=backend)
+        finals = list(final) if cls is rnnlab.LSTM else [final]
+        weights = torch.linspace(-1, 1, out.shape[-1])  # (D*H,) so every unit's gradient differs
+        loss = (out * weights).sum() + sum(f.square().sum() for f in finals)
+        leaves = [xb, *(sb if cls is rnnlab.LSTM else [sb]), *layer.parameters()]
+        grads = torch.autograd.grad(loss, leaves)
+        results.append([out, *finals, *grads])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_backend_with_padding_or_half_names_the_cause(ran) -> None:
+    layer = rnnlab.LSTM(2, 3, backend="torch")
+    with pytest.raises(ValueError, match="backend='torch' expected no mask .* Use backend='auto'"):
+        call(layer, X, **LENGTHS)
+    with pytest.raises(RuntimeError, match="backend='torch' runs float32 or float64 here, got"):
+        call(layer.half(), X.half())
+    with pytest.raises(RuntimeError, match="this call uses backend 'torch'"):
+        call(rnnlab.LSTM(2, 3, backend="torch", precision="bf16").float(), X)
+    assert ran == []
 
 
 # -- the decision without running it --------------------------------------------------------------
@@ -275,7 +356,9 @@ def test_fused_is_pure_torch_and_layers_pick_no_kernel() -> None:
     layer_imports = imported_modules(layers)
     assert not any("interop" in m for m in layer_imports), layer_imports
     backend_imports = {m for m in layer_imports if m.startswith("rnnlab.nn.backends")}
-    allowed = {"rnnlab.nn.backends", "rnnlab.nn.backends.BACKENDS", "rnnlab.nn.backends.Backend"}
+    allowed = {"rnnlab.nn.backends"} | {
+        f"rnnlab.nn.backends.{name}" for name in ("BACKENDS", "Backend", "Precision")
+    }
     assert backend_imports <= allowed, backend_imports
     used = {
         node.attr

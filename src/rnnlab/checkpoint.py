@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -206,6 +207,13 @@ def load_model_weights(model: nn.Module, tensors: dict[str, Tensor], where: str)
         else:
             found = (f"missing {missing[:3]}" if missing else "") + (
                 f" unexpected {unexpected[:3]}" if unexpected else ""
+            )
+        if any(re.search(r"\.(weight|bias)_(ih|hh)_l\d", k) for k in unexpected):
+            # model.backend='torch' used to swap in torch.nn layers; it now routes rnnlab's own
+            # parameters through torch's op, so such runs have names no model has any more
+            found += (
+                " (torch.nn layer names: a run trained with model.backend='torch' before "
+                "that backend ran rnnlab's own layers; train it again)"
             )
         raise CheckpointError(
             f"{where}: expected the parameters of this architecture "

@@ -32,6 +32,8 @@ from rnnlab.config_values import (
     positive,
     strict_dataclass,
 )
+from rnnlab.nn.backends import Backend, Precision
+from rnnlab.nn.registry import CELL_NAMES, layer_class
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,17 +106,21 @@ class ModelConfig:
     tutorial's IMDB model), ``input_dropout`` the embedding or input projection. The last layer
     is reduced over time by ``pooling``: ``"last"`` (the final hidden state at each sequence's
     last real step), ``"mean"``, ``"max"`` or ``"meanmax"`` (both, concatenated) over real steps.
-    ``backend`` ``"torch"`` swaps in torch.nn.LSTM/GRU/RNN, for speed comparisons only.
-    ``precision`` ``"bf16"`` runs the LSTM layers' matrix products on bf16 operands while their
-    weights, gates and cell state stay float32 (:class:`rnnlab.LSTM`'s ``precision``); only the
-    compiled kernels have that mode, so it needs ``cell="lstm"`` and ``backend="auto"``. The
-    input projection, embedding and head stay float32.
+    ``cell`` is a name of the cell registry (:data:`rnnlab.nn.registry.CELL_NAMES`).
+    ``backend`` is the layers' own (:data:`rnnlab.nn.backends.Backend`, one row each of the
+    routing table of :func:`rnnlab.nn.backends.scan_layer`): ``"torch"`` runs rnnlab's
+    parameters through torch's own recurrent op (oneDNN, cuDNN), for speed comparisons on
+    unpadded batches. ``precision`` ``"bf16"`` runs the LSTM layers' matrix products on bf16
+    operands while their weights, gates and cell state stay float32 (:class:`rnnlab.LSTM`'s
+    ``precision``); only the compiled kernels have that mode, so it needs ``cell="lstm"`` and
+    ``backend="auto"`` or ``"compiled"``. The input projection, embedding and head stay
+    float32.
     """
 
     kind: str = "image"  # checked against rnnlab.tasks.TASKS when the task is built
-    cell: Literal["lstm", "gru", "rnn"] = "lstm"
-    input_size: int = 28  # sequence models: features per step
-    projection: int = 0  # sequence models: Linear input -> projection before the RNN (0: none)
+    cell: str = "lstm"  # a name in rnnlab.nn.registry.CELL_NAMES
+    input_size: int = 28  # image models: features per step (pixels of a row)
+    projection: int = 0  # image models: Linear input -> projection before the RNN (0: none)
     embedding_dim: int = 8  # text models; the vocabulary is data.num_words
     hidden_sizes: tuple[int, ...] = (128,)
     bidirectional: bool = False
@@ -124,22 +130,24 @@ class ModelConfig:
     pooling: Literal["last", "mean", "max", "meanmax"] = "last"
     mask: bool = False  # text models: skip padding via lengths (Keras's default does not)
     num_classes: int = 10
-    backend: Literal["auto", "fused", "reference", "torch"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    backend: Backend = "auto"
+    precision: Precision = "fp32"
     tie_weights: bool = False  # language models: decoder = embedding (Press & Wolf 2017)
 
     def __post_init__(self) -> None:
         check_numbers(self)
         positive(self, "input_size", "embedding_dim", "num_classes")
+        if self.cell not in CELL_NAMES:
+            raise ConfigError(f"model.cell: expected one of {CELL_NAMES}, got {self.cell!r}")
         if self.precision == "bf16" and self.cell != "lstm":
             raise ConfigError(
                 f"model.precision='bf16' expected model.cell='lstm' (only rnnlab.LSTM has a "
                 f"bf16 mode; GRU and RNN run float32), got cell={self.cell!r}"
             )
-        if self.precision == "bf16" and self.backend != "auto":
+        if self.precision == "bf16" and self.backend not in ("auto", "compiled"):
             raise ConfigError(
-                f"model.precision='bf16' expected model.backend='auto' (bf16 runs on the "
-                f"compiled kernels only), got backend={self.backend!r}"
+                f"model.precision='bf16' expected model.backend='auto' or 'compiled' (bf16 runs "
+                f"on the compiled kernels only), got backend={self.backend!r}"
             )
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError(
@@ -258,7 +266,7 @@ class Config:
         """An upper bound of the model's parameter count, to refuse absurd sizes before any
         memory is allocated (the task's model may have fewer)."""
         m = self.model
-        gates, dirs = {"lstm": 4, "gru": 3, "rnn": 1}[m.cell], 2 if m.bidirectional else 1
+        gates, dirs = layer_class(m.cell).cell_type.gates, 2 if m.bidirectional else 1
         width = m.projection or m.input_size
         total = width * (m.input_size + 1) + self.data.num_words * m.embedding_dim
         width = max(width, m.embedding_dim)

@@ -10,7 +10,7 @@ Shape legend: B batch, T time (bptt), E embedding size, H hidden units, V vocabu
 A training step is everything: embedding, recurrent layers, decoder, softmax cross-entropy over
 every position, backward, and an Adam step. rnnlab's model is
 :class:`rnnlab.nn.language_model.LanguageModel`
-(backend "auto"; ``rnnlab-bf16`` sets ``model.rnn.precision = "bf16"``) called with targets, as
+(backend "auto"; ``rnnlab-bf16`` builds it with ``precision="bf16"``) called with targets, as
 rnnlab's trainer does, so its decoder and loss run through
 :func:`rnnlab.nn.decoder_loss.decoder_cross_entropy` (oneDNN GEMMs; bf16 operands with fp32
 accumulation in bf16 mode; the softmax in one compiled pass). The torch model is
@@ -64,11 +64,17 @@ def build_language_model(w, impl: str) -> nn.Module:
         return TorchLanguageModel(w.vocab, w.inputs, H, layers, w.tied)
     if impl not in backend:
         raise ValueError(f"expected a language-model implementation in {LM_IMPLS}, got {impl!r}")
+    precision = "bf16" if impl == "rnnlab-bf16" else "fp32"
     model = LanguageModel(
-        w.vocab, w.inputs, H, layers, cell="lstm", tie_weights=w.tied, backend=backend[impl]
+        w.vocab,
+        w.inputs,
+        H,
+        layers,
+        cell="lstm",
+        tie_weights=w.tied,
+        backend=backend[impl],
+        precision=precision,
     )
-    if impl == "rnnlab-bf16":
-        model.rnn.precision = "bf16"
     return _RnnlabLM(model)
 
 

@@ -34,7 +34,7 @@ def onnxruntime_unavailable() -> str | None:
 def _config(w: Workload) -> Config:
     """The rnnlab classifier configuration of workload ``w``."""
     model = ModelConfig(
-        kind="text" if w.vocab else "sequence",
+        kind="text" if w.vocab else "image",
         input_size=w.inputs,
         projection=w.dense_in or 0,
         embedding_dim=w.inputs,

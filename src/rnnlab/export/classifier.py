@@ -144,8 +144,6 @@ def classifier_graph(model: nn.Module, opset: int) -> Any:
             f"classifier_graph expected a SequenceClassifier or TextClassifier, got "
             f"{type(model).__name__}"
         )
-    if stack.torch_backend:
-        raise ValueError("ONNX export expected rnnlab layers, got model.backend='torch'")
     x = g.op("Transpose", [x], perm=[1, 0, 2])  # (T, B, F)
     Y_h = ""
     for layer in stack.layers:

@@ -73,9 +73,7 @@ def recurrent_layers(model: nn.Module) -> list[_RecurrentLayer]:
     if not layers or not all(isinstance(layer, _RecurrentLayer) for layer in layers):
         kinds = sorted({type(layer).__name__ for layer in layers}) or ["none"]
         raise InspectError(
-            f"inspect expected a model of rnnlab RNN/LSTM/GRU layers, got "
-            f"{', '.join(kinds)} (a model.backend='torch' run has no gates to "
-            "record)"
+            f"inspect expected a model of rnnlab RNN/LSTM/GRU layers, got {', '.join(kinds)}"
         )
     return layers
 
@@ -84,8 +82,8 @@ def recurrent_layers(model: nn.Module) -> list[_RecurrentLayer]:
 def record_gates(
     model: nn.Module, inputs: tuple[Tensor, ...], layer: int, direction: int
 ) -> dict[str, np.ndarray]:
-    """Run ``model(*inputs, return_gates=True)`` on one example (batch of 1) through the
-    reference loop and return ``layer``'s gates in ``direction``: name -> (T, H) numpy."""
+    """Run ``model(*inputs, return_gates=True)`` on one example (batch of 1) and return
+    ``layer``'s gates in ``direction``: name -> (T, H) numpy."""
     gates = _record(model, inputs, layer, direction)
     return {name: value[0].numpy() for name, value in gates.items()}  # name -> (T, H)
 
@@ -121,21 +119,10 @@ def _record(
             f"--direction expected 0..{D - 1} (0 forwards"
             f"{', 1 backwards' if D == 2 else ''}), got {direction}"
         )
-    backends = [lay.backend for lay in layers]
-    # Only LSTM has a precision; its bf16 mode lives in the compiled kernels, so a bf16 model's
-    # gates are recorded with float32 GEMMs (the same parameters, without the bf16 rounding).
-    precisions = [getattr(lay, "precision", None) for lay in layers]
-    try:
-        for lay, precision in zip(layers, precisions, strict=True):
-            lay.backend = "reference"  # only the reference loop records gates; same parameters
-            if precision is not None:
-                lay.precision = "fp32"
-        _, traces = model(*inputs, return_gates=True)
-    finally:
-        for lay, backend, precision in zip(layers, backends, precisions, strict=True):
-            lay.backend = backend
-            if precision is not None:
-                lay.precision = precision
+    # Recording is a per-call argument: the dispatcher runs the reference loop on the same
+    # parameters in float32, whatever each layer's backend and precision (a bf16 model's gates
+    # are those of its float32 twin). Nothing on the model changes, so concurrent calls are safe.
+    _, traces = model(*inputs, return_gates=True)
     return traces[layer][0][direction]  # each stacked layer is a one-layer rnnlab layer
 
 

@@ -5,8 +5,10 @@ D directions, C classes.
 
 Both models share :class:`RecurrentStack`: recurrent layers chained like a Keras stack with
 ``return_sequences=True``, a dropout after each layer, and a reduction over time of the last
-layer's output. Initialisation follows Keras (Glorot-uniform dense kernels, zero biases,
-embeddings uniform in [-0.05, 0.05]) so the tutorial's models start where Keras starts them.
+layer's output. The layers come from the cell registry (:mod:`rnnlab.nn.registry`) and take
+``model.backend`` and ``model.precision`` as their own. Initialisation follows Keras
+(Glorot-uniform dense kernels, zero biases, embeddings uniform in [-0.05, 0.05]) so the
+tutorial's models start where Keras starts them.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ from torch import Tensor, nn
 from rnnlab.config import ConfigError, ModelConfig
 from rnnlab.nn.backends import compiled
 from rnnlab.nn.blocks import final_hidden
-from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab.nn.layers import _RecurrentLayer
+from rnnlab.nn.registry import LAYERS, layer_class
 from rnnlab.nn.validation import make_mask
 
-__all__ = ["RecurrentStack", "SequenceClassifier", "TextClassifier", "check_bf16"]
+__all__ = ["LAYERS", "RecurrentStack", "SequenceClassifier", "TextClassifier", "check_bf16"]
 
 Padding = Literal["pre", "post"]
-LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
-TORCH_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 def _keras_dense_init(linear: nn.Linear) -> nn.Linear:
@@ -35,29 +36,15 @@ def _keras_dense_init(linear: nn.Linear) -> nn.Linear:
     return linear
 
 
-def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> nn.Module:
-    """One rnnlab layer, or (``backend="torch"``, for comparisons only) its torch.nn twin."""
-    if cfg.backend != "torch":
-        # ModelConfig refuses precision="bf16" for GRU and RNN, which have no bf16 mode
-        kwargs = (
-            {"forget_bias": cfg.forget_bias, "precision": cfg.precision}
-            if cfg.cell == "lstm"
-            else {}
-        )
-        return LAYERS[cfg.cell](
-            input_size, hidden, bidirectional=cfg.bidirectional, backend=cfg.backend, **kwargs
-        )
-    layer = TORCH_LAYERS[cfg.cell](
-        input_size, hidden, batch_first=True, bidirectional=cfg.bidirectional
+def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> _RecurrentLayer:
+    """One one-layer rnnlab layer of ``cfg.cell`` with the config's backend and precision."""
+    # ModelConfig refuses precision="bf16" for GRU and RNN, which have no bf16 mode
+    kwargs = (
+        {"forget_bias": cfg.forget_bias, "precision": cfg.precision} if cfg.cell == "lstm" else {}
     )
-    if cfg.cell == "lstm":  # the same forget bias, on torch's first bias vector
-        with torch.no_grad():
-            for name, p in layer.named_parameters():
-                if name.startswith("bias"):
-                    p.zero_()
-                if name.startswith("bias_ih"):
-                    p[hidden : 2 * hidden] = cfg.forget_bias
-    return layer
+    return layer_class(cfg.cell)(
+        input_size, hidden, bidirectional=cfg.bidirectional, backend=cfg.backend, **kwargs
+    )
 
 
 class RecurrentStack(nn.Module):
@@ -67,12 +54,19 @@ class RecurrentStack(nn.Module):
     ``forward(x (B, T, I), lengths (B,) or None) -> (B, F)`` where F = D*H, or 2*D*H for
     ``"meanmax"``. With ``lengths``, padded steps (on side ``padding``) neither change the state
     nor enter the pooling; ``"last"`` is then each sequence's state at its own last real step.
+
+    Why a chain of one-layer rnnlab layers rather than one layer's own ``num_layers``:
+    ``model.hidden_sizes`` may give each layer its own width (``[64, 32]``), while a layer's
+    state is one (L*D, B, H) tensor, as torch.nn.LSTM's, so its layers share H. The layers'
+    routing is the same either way (one :func:`rnnlab.nn.backends.scan_layer` call per layer),
+    so chaining costs no speed; it keeps the checkpoints' parameter names
+    (``stack.layers.K.cells.D.*``) and the dropout draws of every run so far. This class only
+    chains and pools: what runs each layer is the layer's (and the dispatcher's) business.
     """
 
     def __init__(self, cfg: ModelConfig, input_size: int, padding: Padding = "post") -> None:
         super().__init__()
         self.cell, self.pooling, self.padding = cfg.cell, cfg.pooling, padding
-        self.torch_backend = cfg.backend == "torch"
         D = 2 if cfg.bidirectional else 1
         sizes = [input_size] + [D * h for h in cfg.hidden_sizes[:-1]]
         self.layers = nn.ModuleList(
@@ -85,16 +79,9 @@ class RecurrentStack(nn.Module):
     def forward(
         self, x: Tensor, lengths: Tensor | None = None, return_gates: bool = False
     ) -> Tensor | tuple[Tensor, list]:
-        if self.torch_backend and lengths is not None:
-            raise ValueError(
-                "RecurrentStack with backend='torch' expected no lengths (it is for "
-                "speed comparisons of unmasked models), got lengths"
-            )
         traces, state = [], None
         for k, layer in enumerate(self.layers):
-            if self.torch_backend:
-                x, state = layer(x)  # (B, T, D*H)
-            elif return_gates:
+            if return_gates:  # the dispatcher records them with the reference loop, in float32
                 x, state, trace = layer(x, lengths=lengths, padding=self.padding, return_gates=True)
                 traces.append(trace)
             else:
@@ -106,8 +93,6 @@ class RecurrentStack(nn.Module):
 
     def _pool(self, x: Tensor, state: Tensor | tuple, lengths: Tensor | None) -> Tensor:
         if self.pooling == "last":
-            if self.torch_backend and self.cell == "lstm":
-                state = state[0]
             return final_hidden(state, self.num_directions)  # (B, D*H)
         B, T, _ = x.shape
         mask = make_mask("RecurrentStack", lengths, None, self.padding, B, T, x.device)
@@ -189,10 +174,12 @@ class TextClassifier(nn.Module):
 def check_bf16(model: nn.Module, cfg: ModelConfig) -> None:
     """With ``model.precision="bf16"``, check that the compiled kernels can run (building them
     on first use) and raise ConfigError naming why not: said when the model is built rather
-    than at the first training step, where rnnlab.LSTM would raise it."""
+    than at the first training step, where rnnlab.LSTM would raise it. Any model whose
+    recurrent layers are rnnlab's (the classifiers, the language model)."""
     if cfg.precision != "bf16":
         return
-    cell = model.stack.layers[0].cells[0]
+    layer = next(m for m in model.modules() if isinstance(m, _RecurrentLayer))
+    cell = layer.cells[0]
     reason = compiled.compiled_unavailable(cell, cell.weight_hh)
     if reason is not None:
         raise ConfigError(

@@ -15,9 +15,10 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from rnnlab.nn.backends import PRECISIONS, Precision
 from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.decoder_loss import decoder_cross_entropy
-from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab.nn.registry import CELL_NAMES, layer_class
 
 __all__ = [
     "LanguageModel",
@@ -29,7 +30,6 @@ __all__ = [
 ]
 
 State = Tensor | LSTMState  # (L, B, H), or an LSTMState of two such
-CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 MAX_NEW_TOKENS = 100_000  # generate() refuses more: a typo should not run for hours
 SCORE_CHUNK = 1024  # score() runs long texts in pieces of this many steps, carrying the state
 
@@ -52,12 +52,16 @@ class LanguageModel(nn.Module):
         embedding_dim: E.
         hidden_size: H of every recurrent layer.
         num_layers: L, stacked in one :class:`rnnlab.nn.LSTM` / ``GRU`` / ``RNN``.
-        cell: ``"lstm"``, ``"gru"`` or ``"rnn"`` (tanh).
+        cell: a name of the cell registry (:data:`rnnlab.nn.registry.CELL_NAMES`):
+            ``"lstm"``, ``"gru"`` or ``"rnn"`` (tanh).
         dropout: applied to the embeddings, between recurrent layers and to the last layer's
             outputs, in training (as in Zaremba et al. 2014 and PyTorch's example).
         tie_weights: the decoder uses the embedding matrix as its weight (Press & Wolf 2017,
             Inan et al. 2017); needs ``hidden_size == embedding_dim``.
         backend: passed to the recurrent layer (``"auto"`` picks the fastest that can run).
+        precision: ``"fp32"``, or ``"bf16"`` (LSTM only): the recurrent layer's GEMMs and the
+            fused decoder loss of :meth:`forward` with ``targets`` take bf16 operands, the
+            parameters staying float32 (see :class:`rnnlab.nn.LSTM`).
 
     Initialisation as PyTorch's example: embedding and decoder weights uniform in [-0.1, 0.1],
     decoder bias zero; the recurrent layer keeps its own (LSTM forget bias 1, Jozefowicz et al.
@@ -74,6 +78,7 @@ class LanguageModel(nn.Module):
         dropout: float = 0.0,
         tie_weights: bool = False,
         backend: str = "auto",
+        precision: Precision = "fp32",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -83,8 +88,13 @@ class LanguageModel(nn.Module):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"LanguageModel expected a positive int {name}, got {value!r}")
-        if cell not in CELLS:
-            raise ValueError(f"LanguageModel expected cell in {tuple(CELLS)}, got {cell!r}")
+        if cell not in CELL_NAMES:
+            raise ValueError(f"LanguageModel expected cell in {CELL_NAMES}, got {cell!r}")
+        if precision not in PRECISIONS or (precision == "bf16" and cell != "lstm"):
+            raise ValueError(
+                f"LanguageModel expected precision 'fp32', or 'bf16' with cell='lstm' (only "
+                f"LSTM has a bf16 mode), got precision={precision!r} with cell={cell!r}"
+            )
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"LanguageModel expected dropout in [0, 1), got {dropout!r}")
         if tie_weights and hidden_size != embedding_dim:
@@ -101,8 +111,9 @@ class LanguageModel(nn.Module):
         self.tie_weights = bool(tie_weights)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.drop = nn.Dropout(dropout)
-        self.rnn = CELLS[cell](
-            embedding_dim, hidden_size, num_layers, dropout=dropout, backend=backend
+        kwargs = {"precision": precision} if cell == "lstm" else {}
+        self.rnn = layer_class(cell)(
+            embedding_dim, hidden_size, num_layers, dropout=dropout, backend=backend, **kwargs
         )
         self.decoder = nn.Linear(hidden_size, vocab_size)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
@@ -151,7 +162,7 @@ class LanguageModel(nn.Module):
         if targets is None:
             return self.decoder(self.drop(out)), state  # (B, T, V)
         hidden = self.drop(out).flatten(0, 1)  # (B*T, H)
-        bf16 = getattr(self.rnn, "precision", "fp32") == "bf16"
+        bf16 = self.rnn.precision == "bf16"
         loss = decoder_cross_entropy(
             hidden, self.decoder.weight, self.decoder.bias, targets.flatten(), bf16=bf16
         )

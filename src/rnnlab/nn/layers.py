@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.nn import backends
-from rnnlab.nn.backends import BACKENDS, Backend
+from rnnlab.nn.backends import BACKENDS, Backend, Precision
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 from rnnlab.nn.validation import check_input, check_state, make_mask
 
@@ -37,7 +37,7 @@ class _RecurrentLayer(nn.Module):
     """
 
     cell_type: type[_Cell]
-    precision: Literal["fp32", "bf16"] = "fp32"  # only LSTM has a bf16 mode
+    precision: Precision = "fp32"  # only LSTM has a bf16 mode
 
     def __init__(
         self,
@@ -103,15 +103,17 @@ class _RecurrentLayer(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def resolve_backend(
-        self, return_gates: bool = False, x: Tensor | None = None
-    ) -> Literal["compiled", "fused", "reference"]:
-        """The backend a call on ``x`` (default: a CPU tensor of the parameters' dtype) would
-        use: see :func:`rnnlab.nn.backends.resolve_backend` and the routing table of
+        self, return_gates: bool = False, x: Tensor | None = None, backend: Backend | None = None
+    ) -> Literal["compiled", "fused", "reference", "torch"]:
+        """The backend a call on ``x`` (default: a CPU tensor of the parameters' dtype) with
+        ``backend`` (None: the layer's own) would use: see
+        :func:`rnnlab.nn.backends.resolve_backend` and the routing table of
         :func:`rnnlab.nn.backends.scan_layer`. A forced backend that cannot run the call
         raises, naming the cause and the fix."""
         if x is None:
             x = self.cells[0].weight_hh
-        return backends.resolve_backend(self.cells[0], x, self.backend, return_gates=return_gates)
+        backend = self.backend if backend is None else backend
+        return backends.resolve_backend(self.cells[0], x, backend, return_gates=return_gates)
 
     def forward(
         self,
@@ -121,6 +123,8 @@ class _RecurrentLayer(nn.Module):
         mask: Tensor | None = None,
         padding: Literal["post", "pre"] = "post",
         return_gates: bool = False,
+        backend: Backend | None = None,
+        precision: Precision | None = None,
     ):
         """Run the stack over a batch of sequences.
 
@@ -136,7 +140,13 @@ class _RecurrentLayer(nn.Module):
             padding: where ``lengths`` puts the padding: ``"post"`` (real steps first, torch's
                 packed convention) or ``"pre"`` (padding first, the default of Keras's
                 ``pad_sequences``).
-            return_gates: also return, per layer and direction, every step's gates.
+            return_gates: also return, per layer and direction, every step's gates. They come
+                from the reference loop on the same parameters in float32, whatever the layer's
+                ``backend`` and ``precision`` (the first row of the routing table).
+            backend: this call's backend (see :data:`rnnlab.nn.backends.Backend`); None uses the
+                layer's own. Options travel with the call: nothing on the layer changes.
+            precision: this call's precision, ``"fp32"`` or ``"bf16"`` (LSTM's compiled
+                kernels only); None uses the layer's own.
 
         Returns:
             ``(output, state)``: output (B, T, D*H), the last layer's hidden states (both
@@ -164,8 +174,8 @@ class _RecurrentLayer(nn.Module):
                 layer_input,
                 [self._cell_state(state, k) for k in ks],
                 step_mask,
-                backend=self.backend,
-                precision=self.precision,
+                backend=self.backend if backend is None else backend,
+                precision=self.precision if precision is None else precision,
                 return_gates=return_gates,
             )
             layer_input = scan.output  # (B, T, D*H)
@@ -184,14 +194,17 @@ class RNN(_RecurrentLayer):
 
     ``RNN(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
     backend="auto")``; ``forward(x, state=None, lengths=None, mask=None, padding="post",
-    return_gates=False) -> (output, h_n)``, h_n (L*D, B, H). See :meth:`forward` for the shapes.
+    return_gates=False, backend=None, precision=None) -> (output, h_n)``, h_n (L*D, B, H). See
+    :meth:`forward` for the shapes.
 
     Backends: ``"reference"`` loops over the cell; ``"fused"`` runs
     :func:`rnnlab.nn.backends.fused.rnn` (one GEMM for every step's input projection,
-    hand-written backpropagation through time); ``"auto"`` uses the fused path except when
-    ``return_gates=True``. The vanilla RNN has no compiled kernel (``backend="compiled"``
-    raises). The fused path's backward cannot itself be differentiated: use ``"reference"`` for
-    double backward. The routing table is :func:`rnnlab.nn.backends.scan_layer`'s docstring.
+    hand-written backpropagation through time); ``"torch"`` runs ``torch.rnn_tanh`` (oneDNN,
+    cuDNN) on the same parameters, unpadded batches only; ``"auto"`` uses the fused path
+    except when ``return_gates=True``. The vanilla RNN has no compiled kernel
+    (``backend="compiled"`` raises). The fused path's backward cannot itself be differentiated:
+    use ``"reference"`` for double backward. The routing table is
+    :func:`rnnlab.nn.backends.scan_layer`'s docstring.
     """
 
     cell_type = RNNCell
@@ -203,7 +216,8 @@ class GRU(_RecurrentLayer):
     Same arguments and returns as :class:`RNN`; state h_n (L*D, B, H). Backends as
     :class:`LSTM`'s: ``"auto"`` takes the compiled C++ kernels (:mod:`rnnlab.nn.backends._ext`)
     where they can run, else the pure-torch ``"fused"`` path, and the reference loop for
-    ``return_gates``; no bf16 mode.
+    ``return_gates``; ``"torch"`` runs ``torch.gru`` on the same parameters (``bias_hn`` as
+    torch's ``b_hn``, zeros for its ``b_hr`` and ``b_hz``); no bf16 mode.
     """
 
     cell_type = GRUCell
@@ -213,8 +227,9 @@ class LSTM(_RecurrentLayer):
     """LSTM layer (stack of :class:`rnnlab.nn.cells.LSTMCell`), batch first.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
-    forget_bias=1.0, backend="auto")``; ``forward(x, state=None, lengths=None, mask=None,
-    padding="post", return_gates=False) -> (output, LSTMState(h, c))``, h and c each
+    forget_bias=1.0, backend="auto", precision="fp32")``; ``forward(x, state=None, lengths=None,
+    mask=None, padding="post", return_gates=False, backend=None, precision=None) -> (output,
+    LSTMState(h, c))``, h and c each
     (L*D, B, H). ``dropout`` applies to the outputs of every layer but the last, in training.
 
     An LSTM from I to H units has 4H(I + H + 1) parameters per direction: ``LSTM(8, 256)`` has
@@ -225,8 +240,10 @@ class LSTM(_RecurrentLayer):
     recurrent GEMM per step, hand-written backpropagation through time whose weight gradients
     are single GEMMs over all steps); ``"compiled"`` runs the same algorithm with each time loop
     in C++ (:mod:`rnnlab.nn.backends.compiled`: float32/float64 on an AVX-512 CPU, built on
-    first use); ``"auto"`` uses the reference loop when ``return_gates=True`` (only it records
-    gates), else ``"compiled"`` where it can run, else ``"fused"``. Which compiled kernel runs
+    first use); ``"torch"`` runs ``torch.lstm`` (oneDNN on the CPU, cuDNN on CUDA) on the same
+    parameters with torch's second bias zero, for unpadded batches; the reference loop runs
+    whenever ``return_gates=True`` (only it records gates), whatever the backend; ``"auto"``
+    otherwise picks ``"compiled"`` where it can run, else ``"fused"``. Which compiled kernel runs
     (training, inference, both directions at once) is in the routing table of
     :func:`rnnlab.nn.backends.scan_layer`. The fast backwards are not themselves
     differentiable: use ``"reference"`` for double backward (e.g. gradient penalties).
@@ -235,7 +252,8 @@ class LSTM(_RecurrentLayer):
     runs the compiled kernels' GEMMs on bf16 operands (avx512_bf16) while the parameters, the
     gates, the cell state c and the outputs stay float32
     (:func:`rnnlab.nn.backends.dispatch.use_bf16`); forcing it where the compiled kernels
-    cannot run raises.
+    cannot run raises. ``return_gates=True`` records the gates of the float32 reference loop.
+    ``backend`` and ``precision`` given to :meth:`forward` apply to that call only.
     """
 
     cell_type = LSTMCell
@@ -249,7 +267,7 @@ class LSTM(_RecurrentLayer):
         dropout: float = 0.0,
         forget_bias: float = 1.0,
         backend: Backend = "auto",
-        precision: Literal["fp32", "bf16"] = "fp32",
+        precision: Precision = "fp32",
     ) -> None:
         super().__init__(
             input_size,
@@ -264,11 +282,11 @@ class LSTM(_RecurrentLayer):
         self.precision = precision
 
     @property
-    def precision(self) -> Literal["fp32", "bf16"]:
+    def precision(self) -> Precision:
         return self._precision
 
     @precision.setter
-    def precision(self, value: Literal["fp32", "bf16"]) -> None:
+    def precision(self, value: Precision) -> None:
         if value not in ("fp32", "bf16"):
             raise ValueError(f"LSTM expected precision 'fp32' or 'bf16', got {value!r}")
         self._precision = value

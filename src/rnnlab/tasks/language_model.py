@@ -43,6 +43,7 @@ from rnnlab.data import DataError
 from rnnlab.data.corpus import Corpus, corpus_summary, load_corpus
 from rnnlab.data.streams import batchify, check_stream, num_windows, shard_rows, windows
 from rnnlab.data.vocab import Vocabulary
+from rnnlab.models import check_bf16
 from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.language_model import LanguageModel, State
 from rnnlab.tasks.base import (
@@ -154,18 +155,9 @@ class LanguageModelTask(Task):
                 f"model.tie_weights: expected model.embedding_dim == the hidden size "
                 f"{m.hidden_sizes[0]}, got embedding_dim={m.embedding_dim}"
             )
-        for name, value, expected in (
-            ("bidirectional", m.bidirectional, False),
-            ("precision", m.precision, "fp32"),
-        ):
-            if value != expected:
-                raise ConfigError(
-                    f"model.{name}: expected {expected!r} for model.kind='lm', got {value!r}"
-                )
-        if m.backend == "torch":
+        if m.bidirectional:
             raise ConfigError(
-                "model.backend: expected 'auto', 'fused' or 'reference' for model.kind='lm' "
-                "(benchmarks/peers has the torch.nn.LSTM version), got 'torch'"
+                f"model.bidirectional: expected False for model.kind='lm', got {m.bidirectional!r}"
             )
 
     # -- data and model -------------------------------------------------------------------------
@@ -228,7 +220,7 @@ class LanguageModelTask(Task):
 
     def build_model(self) -> LanguageModel:
         m = self.config.model
-        return LanguageModel(
+        model = LanguageModel(
             self.vocab_size,
             m.embedding_dim,
             m.hidden_sizes[0],
@@ -237,7 +229,10 @@ class LanguageModelTask(Task):
             dropout=m.dropout,
             tie_weights=m.tie_weights,
             backend=m.backend,
+            precision=m.precision,
         )
+        check_bf16(model, m)
+        return model
 
     def example_inputs(self, batch_size: int) -> tuple[Tensor, ...]:
         return (torch.zeros(batch_size, self.config.data.bptt, dtype=torch.int64),)  # (B, T)

@@ -80,8 +80,8 @@ class TextClassification(ClassificationTask):
             )
         if self.config.model.backend == "torch" and self.config.model.mask:
             raise ConfigError(
-                "model.backend='torch' expected model.mask=false (torch layers here "
-                "are for unmasked speed comparisons), got mask=true"
+                "model.backend='torch' expected model.mask=false (torch's own recurrent op "
+                "cannot skip padding), got mask=true"
             )
 
     @property

@@ -8,7 +8,8 @@ that runs. :func:`route_layer` returns that decision without running it.
 Modules: :mod:`~rnnlab.nn.backends.reference` (the readable loop over the cell),
 :mod:`~rnnlab.nn.backends.fused` (pure torch, hand-written backpropagation through time),
 :mod:`~rnnlab.nn.backends.compiled` (autograd Functions around the C++ kernels of
-:mod:`~rnnlab.nn.backends._ext`), :mod:`~rnnlab.nn.backends._gemm` (oneDNN matrix products).
+:mod:`~rnnlab.nn.backends._ext`), :mod:`~rnnlab.nn.backends.native` (torch's own recurrent ops,
+oneDNN or cuDNN, on rnnlab's parameters), :mod:`~rnnlab.nn.backends._gemm` (oneDNN matrix products).
 
 :func:`compiled_unavailable` is the public way to ask why the compiled kernels cannot run a
 cell on an input (None when they can).
@@ -17,9 +18,11 @@ cell on an input (None when they can).
 from rnnlab.nn.backends.compiled import compiled_unavailable
 from rnnlab.nn.backends.dispatch import (
     BACKENDS,
+    PRECISIONS,
     Backend,
     Kernel,
     LayerScan,
+    Precision,
     Route,
     autocast_input,
     resolve_backend,
@@ -29,7 +32,9 @@ from rnnlab.nn.backends.dispatch import (
 
 __all__ = [
     "BACKENDS",
+    "PRECISIONS",
     "Backend",
+    "Precision",
     "Kernel",
     "LayerScan",
     "Route",

@@ -6,6 +6,11 @@ A layer of the stack (one or two cells, forwards and backwards) goes through
 :func:`route_layer`, which returns a :class:`Route` (the backend, the kernel of each direction,
 whether the GEMMs take bf16 operands), and :func:`scan_layer` calls the kernels it names. The
 code above (:mod:`rnnlab.nn.layers`) validates, masks and stacks; it never picks a kernel.
+
+:data:`Backend` is the one backend vocabulary of rnnlab: the layers' ``backend`` argument and
+:class:`rnnlab.config.ModelConfig`'s ``backend`` both take it, and every name is a row of the
+table in :func:`scan_layer`. Recording gates, a backend and a precision are per-call arguments
+here, never attributes set around a call.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from rnnlab.nn.backends import _ext, compiled, fused, reference
+from rnnlab.nn.backends import _ext, compiled, fused, native, reference
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "PRECISIONS",
+    "Precision",
     "Kernel",
     "Route",
     "LayerScan",
@@ -36,8 +43,10 @@ __all__ = [
     "autocast_input",
 ]
 
-Backend = Literal["auto", "compiled", "fused", "reference"]
-BACKENDS: tuple[Backend, ...] = ("auto", "compiled", "fused", "reference")
+Backend = Literal["auto", "compiled", "fused", "reference", "torch"]
+BACKENDS: tuple[Backend, ...] = ("auto", "compiled", "fused", "reference", "torch")
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 Kernel = Literal[
     "reference",
     "fused.lstm",
@@ -49,12 +58,20 @@ Kernel = Literal[
     "compiled.lstm_infer_pair",
     "compiled.gru_train",
     "compiled.gru_forward",
+    "torch.lstm",
+    "torch.gru",
+    "torch.rnn",
 ]
 State = Tensor | LSTMState
 _FUSED: dict[type[_Cell], Kernel] = {
     LSTMCell: "fused.lstm",
     GRUCell: "fused.gru",
     RNNCell: "fused.rnn",
+}
+_TORCH: dict[type[_Cell], Kernel] = {
+    LSTMCell: "torch.lstm",
+    GRUCell: "torch.gru",
+    RNNCell: "torch.rnn",
 }
 _warned_fallback = False
 
@@ -66,7 +83,7 @@ class Route:
     call runs both; ``bf16`` whether the GEMM operands are rounded to bf16; ``return_gates``
     whether the reference loop records the gates."""
 
-    backend: Literal["reference", "fused", "compiled"]
+    backend: Literal["reference", "fused", "compiled", "torch"]
     kernels: tuple[Kernel, ...]
     bf16: bool = False
     return_gates: bool = False
@@ -89,7 +106,7 @@ def scan_layer(
     mask: Tensor | None,
     *,
     backend: Backend = "auto",
-    precision: Literal["fp32", "bf16"] = "fp32",
+    precision: Precision = "fp32",
     return_gates: bool = False,
 ) -> LayerScan:
     """Run one layer: ``cells`` (forward cell, then the backward one if bidirectional) over x
@@ -105,11 +122,16 @@ def scan_layer(
 
         backend      call conditions                                 kernel (each direction)
         -----------  ----------------------------------------------  -------------------------
+        any          return_gates (any precision)                    reference.scan (records,
+                                                                       float32 GEMMs)
         reference    any                                             reference.scan
-        auto         return_gates                                    reference.scan (records)
-        fused,       return_gates                                    ValueError: only the
-          compiled                                                     reference records gates
         fused        LSTM / GRU / RNN cell                           fused.lstm / .gru / .rnn
+        torch        mask                                            ValueError: torch's ops
+                                                                       cannot skip padding
+        torch        dtype not float32/float64                       RuntimeError: the dtype
+        torch        LSTM / GRU / RNN cell                           torch.lstm / .gru / .rnn
+                                                                       (torch's own op: oneDNN
+                                                                       on CPU, cuDNN on CUDA)
         compiled     compiled cannot run                             RuntimeError: the reason
                                                                        and the fix
         auto         compiled cannot run                             fused.lstm / .gru / .rnn
@@ -134,6 +156,14 @@ def scan_layer(
                                                                        and the fix
 
     bf16 keeps float32 parameters, gates, cell state and outputs (see :func:`use_bf16`).
+
+    Recording gates is a per-call request that outranks the layer's configuration: whatever
+    ``backend`` and ``precision`` say, ``return_gates=True`` runs the reference loop on the
+    same parameters in float32, so a bf16 layer (its GEMMs rounded to bf16 in the compiled
+    kernels) or a layer forced to another backend records the gates of its float32 twin.
+    ``"auto"`` never picks ``"torch"``: ask for it (speed comparisons against oneDNN/cuDNN on
+    the very same parameters; :mod:`rnnlab.nn.backends.native`).
+
     Returns a :class:`LayerScan`; :func:`route_layer` gives the decision without running it.
     """
     route = route_layer(
@@ -162,17 +192,24 @@ def route_layer(
     mask: Tensor | None,
     *,
     backend: Backend = "auto",
-    precision: Literal["fp32", "bf16"] = "fp32",
+    precision: Precision = "fp32",
     return_gates: bool = False,
 ) -> Route:
     """The :class:`Route` that :func:`scan_layer` takes for these arguments (its docstring has
     the table); raises where the table says so."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"expected precision in {PRECISIONS}, got {precision!r}")
     chosen = resolve_backend(cells[0], x, backend, return_gates=return_gates)
+    if return_gates:  # the first row: the reference loop in float32, whatever was configured
+        return Route("reference", ("reference",) * len(cells), False, True)
     bf16 = use_bf16(cells[0], x, backend=chosen, precision=precision)
     if chosen == "reference":
         kernels: tuple[Kernel, ...] = ("reference",) * len(cells)
     elif chosen == "fused":
-        kernels = tuple(_fused_kernel(cell) for cell in cells)
+        kernels = tuple(_cell_kernel(_FUSED, cell) for cell in cells)
+    elif chosen == "torch":
+        native.check_call(x, mask)
+        kernels = tuple(_cell_kernel(_TORCH, cell) for cell in cells)
     elif _pair_applies(cells, x, states, mask):
         kernels = ("compiled.lstm_infer_pair",)
     else:
@@ -197,9 +234,9 @@ def _pair_applies(
     )
 
 
-def _fused_kernel(cell: _Cell) -> Kernel:
-    """The fused row of the table: the kernel written for the cell's type."""
-    for cell_type, kernel in _FUSED.items():
+def _cell_kernel(table: dict[type[_Cell], Kernel], cell: _Cell) -> Kernel:
+    """The fused or torch row of the table: the kernel written for the cell's type."""
+    for cell_type, kernel in table.items():
         if isinstance(cell, cell_type):
             return kernel
     raise TypeError(f"expected an RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
@@ -248,6 +285,12 @@ def _run(
         out, final = compiled.gru_train(cell, x, state, mask, reverse=reverse)
     elif kernel == "compiled.gru_forward":
         out, final = compiled.gru_forward(cell, x, state, mask, reverse=reverse)
+    elif kernel == "torch.lstm":
+        out, final = native.lstm(cell, x, state, reverse=reverse)
+    elif kernel == "torch.gru":
+        out, final = native.gru(cell, x, state, reverse=reverse)
+    elif kernel == "torch.rnn":
+        out, final = native.rnn(cell, x, state, reverse=reverse)
     else:
         raise AssertionError(f"no single-direction kernel named {kernel!r}")
     return out, final, None
@@ -255,27 +298,20 @@ def _run(
 
 def resolve_backend(
     cell: _Cell, x: Tensor, requested: Backend, *, return_gates: bool = False
-) -> Literal["reference", "fused", "compiled"]:
+) -> Literal["reference", "fused", "compiled", "torch"]:
     """The backend the table's first rows give ``requested`` for ``cell`` on ``x``: "reference"
-    when asked for or when gates are (only it records them), else "compiled" where the C++
-    kernels can run and "fused" (pure torch) where they cannot. A forced backend that cannot
-    honour the call raises, naming the cause and the fix; "auto" warns once if the extension
-    failed to build, and then uses "fused"."""
+    when asked for or when gates are (only it records them, whatever backend the layer has),
+    "fused" and "torch" when asked for, else "compiled" where the C++ kernels can run and
+    "fused" (pure torch) where they cannot. A forced compiled backend that cannot run raises,
+    naming the cause and the fix; "auto" warns once if the extension failed to build, and then
+    uses "fused"."""
     global _warned_fallback
     if requested not in BACKENDS:
         raise ValueError(f"expected backend in {BACKENDS}, got {requested!r}")
-    if requested == "reference":
+    if requested == "reference" or return_gates:
         return "reference"
-    if return_gates:
-        if requested != "auto":
-            raise ValueError(
-                f"{type(cell).__name__.removesuffix('Cell')}(backend={requested!r}) cannot "
-                "return per-step gates: only the reference loop records them. Use "
-                "backend='auto' or 'reference' to inspect gates."
-            )
-        return "reference"
-    if requested == "fused":
-        return "fused"
+    if requested in ("fused", "torch"):
+        return requested
     reason = compiled.compiled_unavailable(cell, x)
     if reason is None:
         return "compiled"
@@ -298,8 +334,8 @@ def use_bf16(
     cell: _Cell,
     x: Tensor,
     *,
-    backend: Literal["reference", "fused", "compiled"],
-    precision: Literal["fp32", "bf16"],
+    backend: Literal["reference", "fused", "compiled", "torch"],
+    precision: Precision,
 ) -> bool:
     """Whether the LSTM kernels run their GEMMs in bf16: with ``precision="bf16"``, or under
     ``torch.autocast("cpu", dtype=torch.bfloat16)`` where the compiled kernels run.
