@@ -56,7 +56,9 @@ def violations(tree: ast.AST) -> list[str]:
             if node.module.startswith(KIND_MODULES):
                 found.append(f"line {node.lineno}: imports {node.module}")
             found += [
-                f"line {node.lineno}: imports {a.name}" for a in node.names if a.name in KIND_CLASSES
+                f"line {node.lineno}: imports {a.name}"
+                for a in node.names
+                if a.name in KIND_CLASSES
             ]
         elif isinstance(node, ast.Import):
             found += [
@@ -67,9 +69,11 @@ def violations(tree: ast.AST) -> list[str]:
         elif isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
             for operand in operands:
-                values = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [
-                    operand
-                ]
+                values = (
+                    operand.elts
+                    if isinstance(operand, (ast.Tuple, ast.List, ast.Set))
+                    else [operand]
+                )
                 for value in values:
                     if isinstance(value, ast.Constant) and value.value in kinds:
                         found.append(f"line {node.lineno}: compares with kind {value.value!r}")
@@ -78,8 +82,14 @@ def violations(tree: ast.AST) -> list[str]:
 
 def test_the_floors_have_generic_modules_to_check():
     names = [name for name, _ in generic_modules()]
-    for expected in ("rnnlab.serve.app", "rnnlab.serve.models", "rnnlab.inspect.cli",
-                     "rnnlab.export.api", "rnnlab.cli.commands", "rnnlab.cli.main"):
+    for expected in (
+        "rnnlab.serve.app",
+        "rnnlab.serve.models",
+        "rnnlab.inspect.cli",
+        "rnnlab.export.api",
+        "rnnlab.cli.commands",
+        "rnnlab.cli.main",
+    ):
         assert expected in names
 
 

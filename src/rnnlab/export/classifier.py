@@ -37,6 +37,7 @@ from rnnlab.nn.layers import _RecurrentLayer
 
 __all__ = ["classifier_graph"]
 
+
 def _recurrent(g: Graph, layer: _RecurrentLayer, x: str, seq_lens: str) -> tuple[str, str]:
     """One rnnlab layer (one level, D directions) as one ONNX op. x (T, B, F) -> Y (T, B, D*H)
     and Y_h (D, B, H)."""

@@ -73,5 +73,3 @@ def publish(files: dict[str, bytes], out: Path) -> dict[str, Path]:
 
 def json_bytes(values: Any) -> bytes:
     return (json.dumps(values, indent=1) + "\n").encode("utf-8")
-
-

@@ -67,7 +67,16 @@ class LanguageRun(ServedRun):
         except language.LanguageInputError as exc:
             raise InputError(exc.field, str(exc)) from exc
         return language.generate_tokens(
-            self.task, model, ids, max_tokens, temperature, top_k, layer, unit, state, seed,
+            self.task,
+            model,
+            ids,
+            max_tokens,
+            temperature,
+            top_k,
+            layer,
+            unit,
+            state,
+            seed,
             every_unit,
         )
 
