@@ -10,8 +10,9 @@ moves the ones that end in ``</s>`` to that source's finished list, refilling th
 the remaining candidates. A source is done when K hypotheses have finished (or at
 ``max_length``, when the live ones are added unfinished). Hypotheses are ranked by their
 log-probability divided by the length penalty ``((5 + |y|) / 6) ** length_penalty`` (Wu et al.
-2016; 0 ranks by the log-probability itself). Neither ever emits ``<pad>`` or ``<s>`` (no target holds them): their
-log-probabilities are set to -inf before choosing, the others' are the model's own.
+2016; 0 ranks by the log-probability itself). Neither ever emits ``<pad>`` or ``<s>`` (no
+target holds them): their log-probabilities are set to -inf before choosing; the others' are
+the model's own.
 """
 
 from __future__ import annotations
