@@ -68,7 +68,7 @@ class DataConfig:
     test is evaluated once, at the end, on it), ``"none"`` skips validation.
     """
 
-    dataset: Literal["mnist", "imdb"] = "mnist"
+    dataset: Literal["mnist", "imdb", "cmudict", "pairs"] = "mnist"
     sample: bool = False  # the real sample shipped in the package (no files, no network)
     path: str = ""  # image datasets: a folder of MNIST-layout IDX files (e.g. Fashion-MNIST)
     validation: Literal["test", "holdout", "none"] = "test"
@@ -86,10 +86,16 @@ class DataConfig:
     max_vocab: int = 0  # at most this many ids, <unk> and <eos> included (0: every token)
     bptt: int = 35  # steps per window of truncated backpropagation through time
     eval_tokens: int = 0  # validate and test on the first N tokens of each split (0: all)
+    # sequence to sequence (model.kind = "seq2seq"): a pairs file (dataset "pairs", path) or
+    # CMUdict (dataset "cmudict"); see rnnlab.data.pairs
+    source_tokens: Literal["char", "word"] = "char"
+    target_tokens: Literal["char", "word"] = "word"
+    keep_stress: bool = False  # cmudict: keep the phonemes' stress digits (AH0, AH1, AH2)
+    max_length: int = 200  # the most tokens a source or target may have
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        positive(self, "num_words", "maxlen", "holdout", "bptt")
+        positive(self, "num_words", "maxlen", "holdout", "bptt", "max_length")
         if self.holdout_seed < 0:
             raise ConfigError(f"data.holdout_seed: expected an int >= 0, got {self.holdout_seed}")
         for name in ("max_vocab", "eval_tokens"):
@@ -133,10 +139,17 @@ class ModelConfig:
     backend: Backend = "auto"
     precision: Precision = "fp32"
     tie_weights: bool = False  # language models: decoder = embedding (Press & Wolf 2017)
+    # sequence to sequence (rnnlab.nn.Seq2Seq): hidden_sizes is the encoder stack (equal
+    # sizes, each split over two directions), then a decoder of decoder_layers x decoder_cell
+    attention: Literal["dot", "general", "additive"] = "general"
+    input_feeding: bool = False
+    decoder_cell: Literal["lstm", "gru"] = "lstm"
+    decoder_layers: int = 1
+    beam: int = 1  # the beam width validation and test decode with (1: greedy)
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        positive(self, "input_size", "embedding_dim", "num_classes")
+        positive(self, "input_size", "embedding_dim", "num_classes", "decoder_layers", "beam")
         if self.cell not in CELL_NAMES:
             raise ConfigError(f"model.cell: expected one of {CELL_NAMES}, got {self.cell!r}")
         if self.precision == "bf16" and self.cell != "lstm":

@@ -122,7 +122,7 @@ def parse_pairs(
             own_splits = len(fields) == 3
         elif own_splits != (len(fields) == 3):
             raise DataError(
-                f"{where}, line {number}: expected {len(fields) if own_splits else 2} fields "
+                f"{where}, line {number}: expected {3 if own_splits else 2} fields "
                 f"like line 1 (a split column on every line or on none), got {len(fields)}"
             )
         source = tokens_of(fields[0].strip(), source_level)

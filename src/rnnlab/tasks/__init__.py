@@ -23,6 +23,7 @@ from rnnlab.tasks.base import (
 )
 from rnnlab.tasks.image import ImageClassification
 from rnnlab.tasks.language_model import LanguageModelTask
+from rnnlab.tasks.seq2seq import Seq2SeqTask
 from rnnlab.tasks.text import TextClassification
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "MetricSpec",
     "Prepared",
     "PredictError",
+    "Seq2SeqTask",
     "Task",
     "TaskData",
     "TextClassification",
@@ -44,7 +46,8 @@ __all__ = [
 ]
 
 TASKS: dict[str, type[Task]] = {
-    task.kind: task for task in (ImageClassification, TextClassification, LanguageModelTask)
+    task.kind: task
+    for task in (ImageClassification, TextClassification, LanguageModelTask, Seq2SeqTask)
 }
 
 

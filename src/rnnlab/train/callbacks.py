@@ -168,13 +168,15 @@ def _metric_names(record: dict[str, Any]) -> list[str]:
 
 def format_epoch(record: dict[str, Any], epochs: int) -> str:
     """A Keras-like line: ``Epoch 3/20 - 41s 812ms/step - loss: 0.51 - acc: 0.74 - ...``
-    (every metric of the record, then the same for validation)."""
+    (every metric of the record, then every validation figure)."""
     names = _metric_names(record)
     line = f"Epoch {record['epoch']}/{epochs} - {record['seconds']:.0f}s "
     line += f"{record['ms_per_step']:.0f}ms/step - "
     line += " - ".join(f"{_SHORT.get(k, k)}: {_number(record[k])}" for k in names)
     if "val_loss" in record:
-        shown = [k for k in names if "val_" + k in record]  # not a training speed
+        # every validation figure, including those only evaluation computes (a decoder's
+        # error rates), in the record's order
+        shown = [k[4:] for k in record if k.startswith("val_") and k != "val_seconds"]
         line += "".join(f" - val_{_SHORT.get(k, k)}: {_number(record['val_' + k])}" for k in shown)
         line += f" ({record['val_seconds']:.0f}s)"
     return line
