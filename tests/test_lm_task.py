@@ -90,6 +90,7 @@ def test_sample_presets_train_generate_score_evaluate(tmp_path, preset, figure):
     assert math.isfinite(report[f"test_{figure}"]) and report["stopped"] == "time_limit"
     short = {"bpc": "bpc", "perplexity": "ppl"}[figure]  # the epoch line's abbreviation
     assert f"Test {figure}:" in done.stdout and f"val_{short}: " in done.stdout
+    assert report["throughput_unit"] == "tokens" and " tokens/s). Run saved in " in done.stdout
     epoch = [r for r in _metrics(run) if r["kind"] == "epoch"][-1]
     assert epoch["stopped"] == "time_limit" and f"val_{figure}" in epoch
     vocab = json.loads((run / "vocab.json").read_text())

@@ -151,6 +151,8 @@ class Task(ABC):
     metric_specs: ClassVar[tuple[MetricSpec, ...]]
     selection: ClassVar[Selection]
     artifact_names: ClassVar[tuple[str, ...]] = ()  # files of the run directory it needs
+    # what BatchLoss.count counts, hence the report's samples_per_second: "samples" (examples)
+    throughput_unit: ClassVar[str] = "samples"
 
     def __init__(self, config: Config) -> None:
         self.config = config

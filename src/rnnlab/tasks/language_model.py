@@ -119,6 +119,7 @@ class LanguageModelTask(Task):
     )
     selection = Selection("loss", "min")
     artifact_names = (VOCAB,)
+    throughput_unit = "tokens"  # every predicted position counts (BatchLoss.count)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -42,8 +42,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from rnnlab.nn.blocks import final_hidden
-from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab import GRU, LSTM, RNN, final_hidden
 
 __all__ = [
     "CELLS",
