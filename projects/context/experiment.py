@@ -48,6 +48,7 @@ from projects.context.measure import context_use, final_logits, stops_gaining
 from projects.context.probe import DEFAULT_PAIRS, DEFAULT_TEMPLATES, ClozeProbe
 from rnnlab import LanguageModel, LSTMState
 from rnnlab.data import Corpus, batchify, load_corpus, windows
+from rnnlab.nn.registry import CELL_NAMES
 
 __all__ = [
     "CELLS",
@@ -58,7 +59,7 @@ __all__ = [
     "train_language_model",
 ]
 
-CELLS = ("rnn", "lstm", "gru")
+CELLS = ("rnn", "lstm", "gru")  # the published run's cells (any of CELL_NAMES runs)
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -121,9 +122,9 @@ class ContextConfig:
                 raise ValueError(
                     f"ContextConfig expected {name} to be a positive int, got {value!r}"
                 )
-        unknown = [c for c in self.cells if c not in CELLS]
+        unknown = [c for c in self.cells if c not in CELL_NAMES]
         if not self.cells or unknown:
-            raise ValueError(f"ContextConfig expected cells among {CELLS}, got {self.cells}")
+            raise ValueError(f"ContextConfig expected cells among {CELL_NAMES}, got {self.cells}")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"ContextConfig expected seeds to be ints >= 0, got {self.seeds}")
         if not self.contexts or any(not isinstance(k, int) or k < 1 for k in self.contexts):
