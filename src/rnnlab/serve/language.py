@@ -3,16 +3,14 @@ scoring, for :class:`rnnlab.serve.models.ServedRun` runs of ``model.kind = "lm"`
 
 Shape legend: L layers, H hidden units, V vocabulary.
 
-Generation reuses the library's pieces: the run's task encodes the prompt
-(:meth:`rnnlab.tasks.LanguageModelTask.encode`, after its ``start_context``), the
-:class:`rnnlab.LanguageModel` reads it once and then each drawn token alone with the carried
-state (as :meth:`rnnlab.LanguageModel.generate` does), and
-:func:`rnnlab.nn.language_model.sample_next` draws.
-The steps are taken here rather than through ``LanguageModel.generate`` because the page wants,
-per token, what that iterator does not give: the token's probability, the five likeliest
-alternatives and one unit's state after it. Each step holds the run's lock and its own
-``torch.no_grad`` (a stream is resumed from different worker threads, and grad mode is
-per-thread), so several streams can interleave on one model.
+Generation is the library's: the run's task builds the prompt
+(:meth:`rnnlab.tasks.LanguageModelTask.prompt_ids`) and :meth:`rnnlab.LanguageModel.steps`,
+the one decoding loop, reads it once and then draws and reads each token with the carried
+state, giving per step the token's probability, the :data:`TOP` likeliest alternatives and the
+state after it; this module only turns a step into the page's dict. The run's lock is held
+around each ``next()`` of that iterator, one step at a time (the first also reads the prompt),
+so several streams interleave on one model; each step runs its own ``torch.no_grad`` inside
+the model (a stream is resumed from different worker threads, and grad mode is per-thread).
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 from rnnlab.nn.cells import LSTMState
-from rnnlab.nn.language_model import LanguageModel, State, check_sampling, sample_next
+from rnnlab.nn.language_model import LanguageModel, State, check_sampling
 from rnnlab.tasks import LanguageModelTask, PredictError
 
 __all__ = [
@@ -33,7 +31,6 @@ __all__ = [
     "LanguageInputError",
     "check_generation",
     "generate_tokens",
-    "prompt_ids",
     "score_text",
     "warm_up",
 ]
@@ -76,23 +73,6 @@ def check_generation(
         )
 
 
-def prompt_ids(task: LanguageModelTask, prompt: str) -> list[int]:
-    """The ids the model reads before generating: the start context, then the prompt's."""
-    ids: list[int] = list(task.start_context())
-    if prompt:
-        try:
-            ids += task.encode(prompt, "prompt")[0].tolist()
-        except PredictError as exc:
-            raise LanguageInputError("prompt", str(exc)) from exc
-    if not ids:
-        raise LanguageInputError(
-            "prompt",
-            "expected some text (this character vocabulary has no newline to start from), "
-            "got an empty prompt",
-        )
-    return ids
-
-
 def generate_tokens(
     task: LanguageModelTask,
     model: LanguageModel,
@@ -113,29 +93,19 @@ def generate_tokens(
     ``value`` (``state`` of ``unit`` in ``layer`` after reading the token) and, with
     ``every_unit``, ``values`` (H,): every unit's, so a page can recolour by another unit
     without generating again. Arguments are checked by the caller (:func:`check_generation`,
-    :func:`prompt_ids`)."""
-    vocab = task.vocab
-    assert vocab is not None, "read_artifacts binds the vocabulary"
-    device = model.decoder.weight.device
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
-    with lock, torch.no_grad():
-        logits, carried = model(torch.tensor([ids], device=device))  # (1, P, V): once
-    for _ in range(max_tokens):
-        with lock, torch.no_grad():
-            last = logits[0, -1]  # (V,)
-            token = sample_next(last, temperature, top_k or None, None, generator)
-            probs = torch.softmax(last.double(), dim=-1)  # (V,)
-            best = torch.topk(probs, min(TOP, probs.shape[0]))
-            logits, carried = model(torch.tensor([[token]], device=device), carried)  # (1, 1, V)
-            values = _layer_values(carried, layer, state).double()  # (H,)
+    :meth:`~rnnlab.tasks.LanguageModelTask.prompt_ids`)."""
+    steps = model.steps(ids, max_tokens, temperature, top_k or None, None, seed, top=TOP)
+    while True:
+        with lock:  # per step, as the module docstring says; the state read while held
+            step = next(steps, None)
+            if step is None:
+                return
+            values = _layer_values(step.state, layer, state).double()  # (H,)
         item: dict[str, Any] = {
-            "token": task.piece(token),
-            "id": token,
-            "probability": round(float(probs[token]), 6),
-            "top": [
-                {"token": task.piece(int(i)), "probability": round(float(p), 6)}
-                for p, i in zip(best.values, best.indices, strict=True)
-            ],
+            "token": task.piece(step.token),
+            "id": step.token,
+            "probability": round(step.probability, 6),
+            "top": [{"token": task.piece(i), "probability": round(p, 6)} for i, p in step.top],
             "value": round(float(values[unit]), 5),
         }
         if every_unit:

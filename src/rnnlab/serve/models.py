@@ -235,9 +235,11 @@ class ServedRun:
         state = state or ("c" if model.cell == "lstm" else "h")
         try:
             language.check_generation(model, temperature, top_k, layer, unit, state)
-            ids = language.prompt_ids(self.task, prompt)  # type: ignore[arg-type]
+            ids, _, _ = self.task.prompt_ids(prompt, "prompt")  # type: ignore[attr-defined]
         except language.LanguageInputError as exc:
             raise InputError(exc.field, str(exc)) from exc
+        except PredictError as exc:
+            raise InputError("prompt", str(exc)) from exc
         return language.generate_tokens(
             self.task,  # type: ignore[arg-type]
             model,
