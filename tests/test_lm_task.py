@@ -319,7 +319,7 @@ def test_inspect_language_model(tiny_run, tmp_path):
 
 def test_predict_on_a_language_model_points_to_score(tiny_run):
     out = _rnnlab("predict", str(tiny_run), "--text", "the cat")
-    assert out.returncode == 2 and "use `rnnlab score` or `rnnlab generate`" in out.stderr
+    assert out.returncode == 2 and "use `rnnlab generate` or `rnnlab score`" in out.stderr
 
 
 def test_find_units_within_lines_ignores_a_unit_that_drifts_over_the_text():

@@ -181,7 +181,7 @@ class Task(ABC):
         if verb not in self.floors.verbs:
             raise PredictError(
                 f"{where}: {verb} expected a run whose kind offers it, got a {self.kind!r} run "
-                f"(use {', '.join(self.floors.verbs) or 'evaluate'})"
+                f"(use {' or '.join(f'`rnnlab {v}`' for v in self.floors.verbs or ('evaluate',))})"
             )
 
     def check_config(self) -> None:  # noqa: B027 (optional hook)
