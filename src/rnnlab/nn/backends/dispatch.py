@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.nn.backends import _ext, compiled, fused, native, reference
-from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 
 __all__ = [
     "BACKENDS",
@@ -63,12 +63,12 @@ Kernel = Literal[
     "torch.rnn",
 ]
 State = Tensor | LSTMState
-_FUSED: dict[type[_Cell], Kernel] = {
+_FUSED: dict[type[Cell], Kernel] = {
     LSTMCell: "fused.lstm",
     GRUCell: "fused.gru",
     RNNCell: "fused.rnn",
 }
-_TORCH: dict[type[_Cell], Kernel] = {
+_TORCH: dict[type[Cell], Kernel] = {
     LSTMCell: "torch.lstm",
     GRUCell: "torch.gru",
     RNNCell: "torch.rnn",
@@ -100,7 +100,7 @@ class LayerScan(NamedTuple):
 
 
 def scan_layer(
-    cells: Sequence[_Cell],
+    cells: Sequence[Cell],
     x: Tensor,
     states: Sequence[State],
     mask: Tensor | None,
@@ -186,7 +186,7 @@ def scan_layer(
 
 
 def route_layer(
-    cells: Sequence[_Cell],
+    cells: Sequence[Cell],
     x: Tensor,
     states: Sequence[State],
     mask: Tensor | None,
@@ -221,7 +221,7 @@ def route_layer(
 
 
 def _pair_applies(
-    cells: Sequence[_Cell], x: Tensor, states: Sequence[State], mask: Tensor | None
+    cells: Sequence[Cell], x: Tensor, states: Sequence[State], mask: Tensor | None
 ) -> bool:
     """The bidirectional pair kernel's rows of the table: two LSTM cells, unpadded float32
     inference."""
@@ -234,7 +234,7 @@ def _pair_applies(
     )
 
 
-def _cell_kernel(table: dict[type[_Cell], Kernel], cell: _Cell) -> Kernel:
+def _cell_kernel(table: dict[type[Cell], Kernel], cell: Cell) -> Kernel:
     """The fused or torch row of the table: the kernel written for the cell's type."""
     for cell_type, kernel in table.items():
         if isinstance(cell, cell_type):
@@ -242,7 +242,7 @@ def _cell_kernel(table: dict[type[_Cell], Kernel], cell: _Cell) -> Kernel:
     raise TypeError(f"expected an RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
 
 
-def _compiled_kernel(cell: _Cell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
+def _compiled_kernel(cell: Cell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
     """The compiled rows of the table for one direction."""
     grad = needs_backward(x, [cell], [state])
     if isinstance(cell, LSTMCell):
@@ -257,7 +257,7 @@ def _compiled_kernel(cell: _Cell, x: Tensor, state: State, mask: Tensor | None) 
 def _run(
     kernel: Kernel,
     route: Route,
-    cell: _Cell,
+    cell: Cell,
     x: Tensor,
     state: State,
     mask: Tensor | None,
@@ -297,7 +297,7 @@ def _run(
 
 
 def resolve_backend(
-    cell: _Cell, x: Tensor, requested: Backend, *, return_gates: bool = False
+    cell: Cell, x: Tensor, requested: Backend, *, return_gates: bool = False
 ) -> Literal["reference", "fused", "compiled", "torch"]:
     """The backend the table's first rows give ``requested`` for ``cell`` on ``x``: "reference"
     when asked for or when gates are (only it records them, whatever backend the layer has),
@@ -331,7 +331,7 @@ def resolve_backend(
 
 
 def use_bf16(
-    cell: _Cell,
+    cell: Cell,
     x: Tensor,
     *,
     backend: Literal["reference", "fused", "compiled", "torch"],
@@ -359,7 +359,7 @@ def use_bf16(
     )
 
 
-def needs_backward(x: Tensor, cells: Sequence[_Cell], states: Sequence[State]) -> bool:
+def needs_backward(x: Tensor, cells: Sequence[Cell], states: Sequence[State]) -> bool:
     """Whether autograd will want gradients of this scan: of x, the cells' weights or the
     initial states. Otherwise the compiled kernels skip saving what a backward pass needs."""
     if not torch.is_grad_enabled():
@@ -375,7 +375,7 @@ def autocast_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def autocast_input(x: Tensor, cell: _Cell) -> Tensor:
+def autocast_input(x: Tensor, cell: Cell) -> Tensor:
     """Under CPU autocast a layer's input may arrive in bf16 (from an autocast Linear); the
     recurrent layers keep float32 weights and state, so such input is cast up to them."""
     if x.dtype == torch.bfloat16 and cell.weight_hh.dtype == torch.float32 and autocast_bf16():
