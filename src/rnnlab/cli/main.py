@@ -48,6 +48,7 @@ _MODEL_VERBS = (
     "serve",
     "generate",
     "score",
+    "translate",
 )
 
 
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate(sub)
     add_score(sub)
+    from rnnlab.cli.translate import add_translate
+
+    add_translate(sub)
     p = sub.add_parser(
         "summary",
         help="print a preset's model as a Keras-style table",

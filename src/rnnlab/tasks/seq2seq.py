@@ -78,6 +78,7 @@ class Seq2SeqTask(Task):
     )
     selection = Selection("token_error_rate", "min")
     artifact_names = (VOCAB,)
+    throughput_unit = "tokens"  # BatchLoss.count: target tokens, </s> included
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
