@@ -16,13 +16,14 @@ from rnnlab.tasks import TASKS, Floors, load_attribute
 SRC = Path(rnnlab.__file__).parent
 FLOORS = ("cli", "serve", "inspect", "export")
 # what a generic floor module may not import: the kinds' task modules and model classes
-KIND_MODULES = ("rnnlab.models", "rnnlab.nn.language_model") + tuple(
+KIND_MODULES = ("rnnlab.models", "rnnlab.nn.language_model", "rnnlab.nn.seq2seq") + tuple(
     task.__module__ for task in TASKS.values()
 )
 KIND_CLASSES = {task.__name__ for task in TASKS.values()} | {
     "SequenceClassifier",
     "TextClassifier",
     "LanguageModel",
+    "Seq2Seq",
 }
 
 
