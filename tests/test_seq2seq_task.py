@@ -135,3 +135,11 @@ def test_the_sample_preset_trains_on_the_shipped_dictionary(tmp_path):
     assert report["test_token_error_rate"] >= 0 and torch.isfinite(
         torch.tensor(report["test_loss"])
     )
+
+
+def test_summary_runs_the_model_on_all_its_inputs(capsys):
+    from rnnlab.cli.main import main
+
+    assert main(["summary", "g2p-sample"]) == 0
+    table = capsys.readouterr().out
+    assert "encoder (LSTM)" in table and "Total params: 205,739" in table

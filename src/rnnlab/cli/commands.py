@@ -229,6 +229,7 @@ def summary_command(args: argparse.Namespace) -> int:
     from rnnlab.nn.summary import summary
 
     task = get_task(load_preset(args.preset, args.overrides))
-    example = task.example_inputs(2)[0]  # (B, T, I) pixels or (B, T) ids
+    inputs = task.example_inputs(2)  # ((B, T, I) pixels,) or ((B, T) ids,) or several
+    example = inputs[0] if len(inputs) == 1 else list(inputs)
     print(summary(task.build_model(), input_data=example))
     return 0
