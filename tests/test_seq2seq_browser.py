@@ -26,6 +26,16 @@ def s2s_server(tmp_path_factory):
     assert code == 0, err
 
 
+def _texts(driver, selector: str) -> list[str]:
+    """The text of every element under ``selector``, read in one script (no stale elements
+    while the page redraws)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]))"
+        ".map(function (e) { return e.textContent; });",
+        selector,
+    )
+
+
 def _weights(driver) -> list[list[float]]:
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('#attention tr')).slice(1).map("
@@ -47,12 +57,12 @@ def test_typing_a_source_shows_n_best_and_attention(s2s_server, browser):  # noq
     wait_for(
         browser,
         lambda d: (
-            len(d.find_elements(By.CSS_SELECTOR, "#attention th")) >= 6
-            and len(d.find_elements(By.CSS_SELECTOR, "#outputs li")) == 3
+            _texts(d, "#attention tr:first-child th") == ["", "a", "b", "c", "d", "e"]
+            and len(_texts(d, "#outputs li")) == 3
         ),
         "three outputs and a matrix over the five source letters",
     )
-    outputs = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#outputs li")]
+    outputs = _texts(browser, "#outputs li")
     assert all("log p = -" in o for o in outputs), outputs
     weights = _weights(browser)
     assert weights and all(len(row) == 5 for row in weights)
