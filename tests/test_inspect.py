@@ -260,9 +260,11 @@ def test_out_folder_rules(imdb_run, tmp_path):
     with pytest.raises(InspectError, match="expected a new or empty folder"):
         inspect_run(imdb_run, other, text=REVIEW)
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
-    # an earlier inspect output is replaced whole
+    # an earlier inspect output is replaced whole, when asked to (force)
     first = inspect_run(imdb_run, tmp_path / "out", text=REVIEW)
-    second = inspect_run(imdb_run, tmp_path / "out", text="Terrible.", units=[0])
+    with pytest.raises(InspectError, match="got an earlier inspect output"):
+        inspect_run(imdb_run, tmp_path / "out", text="Terrible.", units=[0])
+    second = inspect_run(imdb_run, tmp_path / "out", text="Terrible.", units=[0], force=True)
     assert second.summary["units"] == [0] and first.summary["units"] != [0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "other", "out"]
 

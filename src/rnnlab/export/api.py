@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnlab.files import check_output
+
 __all__ = [
     "DEFAULT_OPSET",
     "ExportError",
@@ -107,9 +109,13 @@ def export_model(
     fmt: str = "onnx",
     opset: int = DEFAULT_OPSET,
     extra: dict[str, str] | None = None,
+    force: bool = False,
 ) -> ExportResult:
     """Export ``model`` (put in eval mode) to ``out`` in ``fmt``, with versions, the opset and
-    ``extra`` recorded in the file's ``metadata_props`` and in the sidecar ``<out>.json``."""
+    ``extra`` recorded in the file's ``metadata_props`` and in the sidecar
+    ``<out>.json``. An existing ``out`` or sidecar is replaced only with
+    ``force``; a place inside a run's ``checkpoints/`` is always refused
+    (:func:`rnnlab.files.check_output`)."""
     import onnx
 
     newest = onnx.defs.onnx_opset_version()
@@ -124,6 +130,9 @@ def export_model(
         raise ExportError(f"expected an output file, got the directory {out}")
     if not out.parent.is_dir():
         raise ExportError(f"expected an existing directory for {out}, got none at {out.parent}")
+    sidecar = out.with_name(out.name + ".json")
+    check_output(out, force)
+    check_output(sidecar, force, flag="--out (its sidecar)")
     model.eval()
     with torch.no_grad():
         proto = _hook(fmt, model)(model, opset)
@@ -149,7 +158,6 @@ def export_model(
     onnx.helper.set_model_props(proto, metadata)
     proto.producer_name, proto.producer_version = "rnnlab", metadata["rnnlab"]
     onnx.checker.check_model(proto)
-    sidecar = out.with_name(out.name + ".json")
     _atomic_write(out, proto.SerializeToString())
     _atomic_write(sidecar, (json.dumps(metadata, indent=2) + "\n").encode())
     return ExportResult(out, sidecar, metadata)
@@ -174,9 +182,11 @@ def export_run(
     out: str | os.PathLike | None = None,
     checkpoint: str = "best",
     opset: int = DEFAULT_OPSET,
+    force: bool = False,
 ) -> ExportResult:
     """Export the ``checkpoint`` of the run in ``run_dir`` to ``out`` (default
-    ``<run_dir>/model.<fmt>``); the preset, checkpoint tag and step are recorded too."""
+    ``<run_dir>/model.<fmt>``; replaced only with ``force``); the preset, checkpoint tag and
+    step are recorded too."""
     run_dir = Path(run_dir)
     config, model, meta = _read_run(run_dir, checkpoint)
     out = Path(out) if out is not None else run_dir / f"model.{fmt}"
@@ -186,4 +196,4 @@ def export_run(
         "step": str(meta.get("step", meta.get("state", {}).get("step", ""))),
         "num_classes": str(config.model.num_classes),
     }
-    return export_model(model, out, fmt, opset, extra)
+    return export_model(model, out, fmt, opset, extra, force)

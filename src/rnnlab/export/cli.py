@@ -19,7 +19,13 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("run_dir")
     p.add_argument("--format", choices=["onnx"], default="onnx", dest="fmt")
-    p.add_argument("--out", help="file to write (default RUN_DIR/model.onnx)")
+    p.add_argument(
+        "--out",
+        help="file to write (default RUN_DIR/model.onnx); never inside a run's checkpoints/",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing file (and its sidecar)"
+    )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"default {DEFAULT_OPSET}")
     args = p.parse_args(argv)
@@ -38,7 +44,9 @@ def main(argv: list[str]) -> int:
         )
         return 2
     try:
-        result = export_run(args.run_dir, args.fmt, args.out, args.checkpoint, args.opset)
+        result = export_run(
+            args.run_dir, args.fmt, args.out, args.checkpoint, args.opset, args.force
+        )
     except (ExportError, RunError, CheckpointError, ConfigError, OSError) as exc:
         print(f"rnnlab export: error: {exc}", file=sys.stderr)
         return 2

@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--index", type=int, help="an example of the test split, for image models")
     p.add_argument(
         "--out",
-        help="output folder (default RUN_DIR/inspect); replaced if it holds "
-        "an earlier inspect output",
+        help="output folder (default RUN_DIR/inspect): new or empty, or an earlier inspect "
+        "output with --force; never inside a run's checkpoints/",
     )
+    p.add_argument("--force", action="store_true", help="replace an earlier inspect output")
     p.add_argument(
         "--units", type=int, nargs="+", help="units to draw (default: the most active, see --top)"
     )

@@ -227,6 +227,7 @@ def inspect_language_model(
     mode: str | None = None,
     checkpoint: str = "best",
     find: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run a language-model run on ``text`` with its gates recorded and write into ``out``
     (default ``RUN_DIR/inspect``) ``tokens.html`` (coloured by ``units[0]``, default the most
@@ -237,7 +238,7 @@ def inspect_language_model(
     if not isinstance(task, LanguageModelTask):
         raise InspectError(f"{run_dir}: expected a language-model run, got {config.model.kind!r}")
     out = Path(out) if out is not None else Path(run_dir) / "inspect"
-    check_out(out)
+    check_out(out, force)
     task.bind_run(run_dir)
     example = task.example(text, {})
     gates, predictions = record_language_model(model, example.inputs[0])  # [(T, H)], T
@@ -304,6 +305,7 @@ def command(args: argparse.Namespace) -> int:
         top=args.top,
         mode=args.mode,
         checkpoint=args.checkpoint,
+        force=args.force,
         find=args.find_units,
     )
     print(f"{s['cell'].upper()} language model, layer {s['layer']}, {s['steps']} tokens read")
