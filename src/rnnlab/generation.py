@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rnnlab.argtypes import MAX_SEED
 from rnnlab.nn.language_model import MAX_NEW_TOKENS, LanguageModel, check_sampling
 from rnnlab.runs import load_run
 from rnnlab.tasks import LanguageModelTask, PredictError, get_task
@@ -64,7 +65,8 @@ def generate_run(
 
     Raises:
         PredictError: a length outside 1..:data:`MAX_NEW_TOKENS`, temperature <= 0, top-p
-            outside (0, 1], top-k < 1, a binary prompt, or a run that is not a language model.
+            outside (0, 1], top-k < 1, a seed outside 0..2**63-1, a binary prompt, or a run
+            that is not a language model.
     """
     if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= MAX_NEW_TOKENS:
         raise PredictError(f"--length: expected 1..{MAX_NEW_TOKENS} tokens, got {length!r}")
@@ -72,6 +74,10 @@ def generate_run(
         check_sampling(temperature, top_k, top_p)
     except ValueError as exc:
         raise PredictError(f"sampling: {exc}") from exc
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
+    ):
+        raise PredictError(f"--seed: expected an int in 0..{MAX_SEED} or None, got {seed!r}")
     task, model = load_language_model(run_dir, checkpoint)
     ids, unknown, tokens = task.prompt_ids(prompt, "--prompt")
     steps = model.steps(ids, length, temperature, top_k, top_p, seed, top=0)

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from rnnlab import argtypes
 from rnnlab.allocator import retain_freed_memory
 from rnnlab.bench.suite import DEFAULT_IMPLS, memory_probe, run_benchmarks
 from rnnlab.bench.workloads import WORKLOADS
@@ -24,10 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. A,B (default: all)")
     p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="implementations to run")
     p.add_argument("--modes", default="train,infer", help="train, infer or both")
-    p.add_argument("--repeats", type=int, default=7, help="interleaved repeats (default 7)")
+    p.add_argument(
+        "--repeats", type=argtypes.positive_int, default=7, help="interleaved repeats (default 7)"
+    )
     p.add_argument(
         "--budget",
-        type=float,
+        type=argtypes.positive_float,
         default=20.0,
         help="seconds per slow implementation and mode (fewer repeats beyond it)",
     )

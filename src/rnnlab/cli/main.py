@@ -20,6 +20,7 @@ import textwrap
 import warnings
 from collections.abc import Sequence
 
+from rnnlab import argtypes
 from rnnlab.allocator import retain_freed_memory, retention_wanted
 from rnnlab.config import ConfigError, list_presets, load_preset
 
@@ -78,13 +79,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--threads",
-        type=int,
+        type=argtypes.threads,
         help="torch CPU threads (default: torch's choice; "
         "1 is often faster on a machine shared with other jobs)",
     )
     p.add_argument(
         "--nproc",
-        type=int,
+        type=argtypes.positive_int,
         metavar="N",
         help="data-parallel training in N "
         "processes on this machine (for several machines, start `rnnlab train` "
@@ -92,7 +93,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--dist-timeout",
-        type=float,
+        type=argtypes.positive_float,
         default=300.0,
         metavar="SECONDS",
         help="data parallelism: how long a rank waits for the others before failing (default 300)",
@@ -112,6 +113,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
     p.set_defaults(func=_evaluate)
 
 
@@ -140,6 +144,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--json",
         action="store_true",
         help="one JSON object per input: label (class index), probabilities, ...",
+    )
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
     )
     p.set_defaults(func=_predict)
 
@@ -293,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _warning_printer(argv[0])
             return _plugin(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    argtypes.set_threads(getattr(args, "threads", None))  # every verb that computes takes it
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_printer(args.verb)

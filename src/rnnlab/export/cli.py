@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["main"]
+from rnnlab import argtypes
+
+__all__ = ["build_parser", "main"]
 
 
-def main(argv: list[str]) -> int:
-    """``rnnlab export RUN --format onnx [--out FILE] [--checkpoint best|last]``."""
+def build_parser() -> argparse.ArgumentParser:
     from rnnlab.export.api import DEFAULT_OPSET
 
     p = argparse.ArgumentParser(
@@ -27,8 +28,22 @@ def main(argv: list[str]) -> int:
         "--force", action="store_true", help="replace an existing file (and its sidecar)"
     )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"default {DEFAULT_OPSET}")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--opset",
+        type=argtypes.positive_int,
+        default=DEFAULT_OPSET,
+        help=f"default {DEFAULT_OPSET}",
+    )
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``rnnlab export RUN --format onnx [--out FILE] [--force] [--checkpoint best|last]``."""
+    args = build_parser().parse_args(argv)
+    argtypes.set_threads(args.threads)
     from rnnlab.checkpoint import CheckpointError
     from rnnlab.config import ConfigError
     from rnnlab.export.api import ExportError, export_run

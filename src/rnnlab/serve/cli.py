@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rnnlab import argtypes
+
 __all__ = ["build_parser", "host_warning", "main", "run_names"]
 
 LOOPBACK_NAMES = ("localhost",)
@@ -30,16 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default 127.0.0.1, this machine only; any other address "
         "lets other machines reach the server)",
     )
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 any free one)")
+    p.add_argument(
+        "--port", type=argtypes.port, default=8000, help="port (default 8000; 0 any free one)"
+    )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=argtypes.positive_float,
         default=10.0,
         metavar="SECONDS",
         help="most seconds one request's model work may take (default 10)",
     )
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -126,13 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rnnlab.serve.models import load_served_run
     from rnnlab.tasks import PredictError
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.timeout <= 0:
-        print(f"rnnlab serve: error: --timeout expected > 0, got {args.timeout}", file=sys.stderr)
-        return 2
+    argtypes.set_threads(args.threads)
     try:
         runs = [
             load_served_run(run_dir, name, args.checkpoint)
