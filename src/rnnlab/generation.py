@@ -9,7 +9,7 @@ the result says how many (the command line says so once, on stderr).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +86,25 @@ def generate_run(
 
 
 def score_run(
-    run_dir: PathLike, texts: Sequence[str], checkpoint: str = "best"
+    run_dir: PathLike,
+    texts: Sequence[str],
+    checkpoint: str = "best",
+    per_token: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per text: ``tokens``, each token's natural-log probability given the text before it
-    (``log_probs``), the mean ``loss`` and ``bpc`` (characters) or ``perplexity`` (words),
-    and how many tokens were ``unknown``. The first token is scored as the start of a line
-    (see :meth:`rnnlab.tasks.LanguageModelTask.start_context`)."""
+    (``log_probs``; both left out without ``per_token``, which keeps a long text's scoring to
+    its model's memory), the mean ``loss`` and ``bpc`` (characters) or ``perplexity``
+    (words), and how many tokens were ``unknown``. The first token is scored as the start of a
+    line (see :meth:`rnnlab.tasks.LanguageModelTask.start_context`). ``progress(done,
+    total)`` is called with the tokens read over all texts (a command's progress bar)."""
     task, model = load_language_model(run_dir, checkpoint)
-    return task.predict(model, task.prepare(list(texts), {}))
+    prepared = task.prepare(list(texts), {})
+    total, done = sum(int(ids.shape[1]) for ids in prepared.inputs), 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(done, total)
+
+    return task.predict(model, prepared, per_token, step if progress else None)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rnnlab import argtypes
+from rnnlab.cli.progress import progress_bar
 from rnnlab.data.corpus import read_text
 from rnnlab.generation import MAX_NEW_TOKENS, generate_run, score_run
 
@@ -97,7 +98,10 @@ def generate_command(args: argparse.Namespace) -> int:
 def score_command(args: argparse.Namespace) -> int:
     # --file: DataError for a missing, empty, binary or non-UTF-8 file
     texts = [read_text(Path(args.file))] if args.file is not None else args.text
-    for result in score_run(args.run_dir, texts, args.checkpoint):
+    per_token = args.tokens or args.json  # else a long text keeps no per-token lists
+    with progress_bar("scoring", "token") as progress:
+        results = score_run(args.run_dir, texts, args.checkpoint, per_token, progress)
+    for result in results:
         if args.json:
             print(json.dumps(result))
             continue

@@ -190,16 +190,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from rnnlab.cli.progress import progress_bar
     from rnnlab.predict import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.data_dir, args.checkpoint, args.split)
+    with progress_bar(f"evaluating {args.split}", "batch") as progress:
+        result = evaluate_run(args.run_dir, args.data_dir, args.checkpoint, args.split, progress)
     if args.json:
         print(json.dumps(result))
     else:
-        skip = ("run", "checkpoint", "step", "split", "examples")
+        unit = result["unit"]  # "examples" or "tokens"
+        skip = ("run", "checkpoint", "step", "split", "unit", unit)
         figures = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in skip)
         print(
-            f"{result['split']} ({result['examples']} examples, checkpoint "
+            f"{result['split']} ({result[unit]} {unit}, checkpoint "
             f"{result['checkpoint']} at step {result['step']}): {figures}"
         )
     return 0
@@ -271,12 +274,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _warning_printer(verb: str):
     """A ``warnings.showwarning`` that prints a run's warnings as one line on stderr."""
+    from rnnlab.data import DataWarning
     from rnnlab.runs import RunWarning
 
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if issubclass(category, RunWarning):
+        if issubclass(category, (RunWarning, DataWarning)):
             print(f"rnnlab {verb}: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)

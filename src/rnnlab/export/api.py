@@ -43,11 +43,13 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where the export went and what it holds (also written beside it as ``<file>.json``)."""
+    """Where the export went and what it holds (also written beside it as ``<file>.json``):
+    ``metadata`` holds JSON values (``inputs`` a list, ``opset`` an int); the file's
+    ``metadata_props`` hold the same, strings as they are and the others JSON-encoded."""
 
     path: Path
     sidecar: Path
-    metadata: dict[str, str]
+    metadata: dict[str, Any]
 
 
 def register_hook(fmt: str, model_type: type, hook: Callable[[nn.Module, int], Any]) -> None:
@@ -108,14 +110,14 @@ def export_model(
     out: str | os.PathLike,
     fmt: str = "onnx",
     opset: int = DEFAULT_OPSET,
-    extra: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
     force: bool = False,
 ) -> ExportResult:
     """Export ``model`` (put in eval mode) to ``out`` in ``fmt``, with versions, the opset and
-    ``extra`` recorded in the file's ``metadata_props`` and in the sidecar
-    ``<out>.json``. An existing ``out`` or sidecar is replaced only with
-    ``force``; a place inside a run's ``checkpoints/`` is always refused
-    (:func:`rnnlab.files.check_output`)."""
+    ``extra`` recorded in the sidecar ``<out>.json`` (JSON values) and in the file's
+    ``metadata_props`` (strings: JSON-encoded unless already a string). An existing ``out``
+    or sidecar is replaced only with ``force``; a place inside a run's ``checkpoints/`` is
+    always refused (:func:`rnnlab.files.check_output`)."""
     import onnx
 
     newest = onnx.defs.onnx_opset_version()
@@ -142,20 +144,19 @@ def export_model(
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "python": platform.python_version(),
-        "opset": str(opset),
-        "inputs": json.dumps(
-            [
-                {
-                    "name": i.name,
-                    "dtype": onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type),
-                    "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim],
-                }
-                for i in proto.graph.input
-            ]
-        ),
+        "opset": opset,
+        "inputs": [
+            {
+                "name": i.name,
+                "dtype": onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type),
+                "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim],
+            }
+            for i in proto.graph.input
+        ],
         **(extra or {}),
     }
-    onnx.helper.set_model_props(proto, metadata)
+    props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    onnx.helper.set_model_props(proto, props)
     proto.producer_name, proto.producer_version = "rnnlab", metadata["rnnlab"]
     onnx.checker.check_model(proto)
     _atomic_write(out, proto.SerializeToString())
@@ -186,14 +187,21 @@ def export_run(
 ) -> ExportResult:
     """Export the ``checkpoint`` of the run in ``run_dir`` to ``out`` (default
     ``<run_dir>/model.<fmt>``; replaced only with ``force``); the preset, checkpoint tag and
-    step are recorded too."""
+    step are recorded too, and what the run's kind says of its outputs
+    (:meth:`rnnlab.tasks.Task.export_fields`: a classifier's ``num_classes``, a language
+    model's ``vocab_size`` and ``level``)."""
     run_dir = Path(run_dir)
     config, model, meta = _read_run(run_dir, checkpoint)
     out = Path(out) if out is not None else run_dir / f"model.{fmt}"
+    from rnnlab.tasks import get_task
+
+    task = get_task(config)
+    task.bind_run(run_dir)
+    step = meta.get("step", meta.get("state", {}).get("step"))
     extra = {
         "preset": str(config.name),
         "checkpoint": str(meta.get("tag", checkpoint)),
-        "step": str(meta.get("step", meta.get("state", {}).get("step", ""))),
-        "num_classes": str(config.model.num_classes),
+        "step": step,
+        **task.export_fields(),
     }
     return export_model(model, out, fmt, opset, extra, force)

@@ -12,7 +12,7 @@ generate``, ``rnnlab serve`` and ``rnnlab inspect`` all read those steps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -201,7 +201,12 @@ class LanguageModel(nn.Module):
         finally:
             self.train(was_training)
 
-    def score(self, ids: Sequence[int] | Tensor, context: Sequence[int] | Tensor = ()) -> Tensor:
+    def score(
+        self,
+        ids: Sequence[int] | Tensor,
+        context: Sequence[int] | Tensor = (),
+        progress: Callable[[int], None] | None = None,
+    ) -> Tensor:
         """Log-probability of each token of ``ids`` given the tokens before it.
 
         Args:
@@ -209,6 +214,7 @@ class LanguageModel(nn.Module):
             context: (C,) or (B, C) ids read before ``ids`` and not scored (e.g. ``[<eos>]``, so
                 the first word is scored as the start of a line). Without it the first token has
                 nothing to be predicted from, and only tokens 1..T-1 are scored.
+            progress: called with the number of steps read after each piece (a progress bar).
 
         Returns:
             float (T,) or (B, T) natural-log probabilities, (T - 1,) or (B, T - 1) without a
@@ -236,6 +242,9 @@ class LanguageModel(nn.Module):
                 logp = torch.log_softmax(logits, dim=-1, dtype=wide)  # (B, t, V)
                 target = targets[:, t0 : t0 + SCORE_CHUNK].unsqueeze(-1)  # (B, t, 1)
                 pieces.append(logp.gather(-1, target).squeeze(-1))  # (B, t)
+                del logits, logp  # (B, t, V) each: only the gathered (B, t) is kept
+                if progress is not None:
+                    progress(target.shape[1])
         scores = torch.cat(pieces, dim=1)[:, max(context.shape[1] - 1, 0) :]  # (B, T or T - 1)
         return scores[0] if single else scores
 

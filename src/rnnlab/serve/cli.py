@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rnnlab import argtypes
 
-__all__ = ["build_parser", "host_warning", "main", "run_names"]
+__all__ = ["allowed_hosts", "build_parser", "host_warning", "main", "run_names"]
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -89,6 +89,16 @@ def host_warning(host: str) -> str | None:
     )
 
 
+def allowed_hosts(host: str, bound: str) -> list[str] | None:
+    """The Host headers a server listening on ``host`` (bound to the address ``bound``)
+    answers: on an IPv4 loopback address only the loopback names (so no DNS-rebinding page
+    reaches it); on any other address (``0.0.0.0``, a LAN address, IPv6) None, every Host,
+    since other machines name it however their network does (the README says so)."""
+    if _is_loopback(host) and ":" not in bound:
+        return ["127.0.0.1", "localhost", host]
+    return None
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
@@ -152,11 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    loopback_v4 = _is_loopback(args.host) and ":" not in sock.getsockname()[0]
     app = create_app(
-        runs,
-        timeout=args.timeout,
-        allowed_hosts=["127.0.0.1", "localhost", args.host] if loopback_v4 else None,
+        runs, timeout=args.timeout, allowed_hosts=allowed_hosts(args.host, sock.getsockname()[0])
     )
     url = _url(sock)
     for k, run in enumerate(runs):

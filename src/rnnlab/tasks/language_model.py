@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.config import ConfigError
-from rnnlab.data import DataError
-from rnnlab.data.corpus import Corpus, corpus_summary, load_corpus
+from rnnlab.data import DataError, DataWarning
+from rnnlab.data.corpus import Corpus, corpus_summary, load_corpus, unknown_warning
 from rnnlab.data.streams import batchify, check_stream, num_windows, shard_rows, windows
 from rnnlab.data.vocab import Vocabulary
 from rnnlab.models import check_bf16
@@ -184,9 +185,13 @@ class LanguageModelTask(Task):
         for name, ids in (("valid", valid), ("test", test)):
             check_stream(ids, t.eval_batch_size, d.bptt, f"{corpus.source} {name} split")
         self.vocab = corpus.vocab
+        warning = unknown_warning(corpus)
+        if warning:  # printed by the CLI, kept in the run's corpus.json
+            warnings.warn(DataWarning(warning), stacklevel=2)
+        summary = corpus_summary(corpus) | {"eval_tokens": d.eval_tokens}
         artifacts = {
             VOCAB: json.loads(corpus.vocab.to_json()),
-            CORPUS: corpus_summary(corpus) | {"eval_tokens": d.eval_tokens},
+            CORPUS: summary | {"warnings": [warning] if warning else []},
         }
         val = None if d.validation == "none" else stream_split(valid)
         return TaskData(stream_split(corpus.train), val, stream_split(test), artifacts)
@@ -218,6 +223,10 @@ class LanguageModelTask(Task):
             "a language model's size expected its vocabulary (load the corpus or a run's "
             "vocab.json first) or data.max_vocab > 0, got neither"
         )
+
+    def export_fields(self) -> dict[str, Any]:
+        """A language model's outputs are logits over its vocabulary (bound by ``bind_run``)."""
+        return {"vocab_size": self.vocab_size, "level": self._bound().level}
 
     def build_model(self) -> LanguageModel:
         m = self.config.model
@@ -343,25 +352,28 @@ class LanguageModelTask(Task):
             notes.append({"input": text, "unknown": unknown, "unknown_tokens": list(tokens)})
         return Prepared(tuple(rows), notes)
 
-    def predict(self, model: nn.Module, prepared: Prepared) -> list[dict[str, Any]]:
+    def predict(
+        self,
+        model: nn.Module,
+        prepared: Prepared,
+        per_token: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Per text: every token's log-probability (natural log) given the text before it
-        and :meth:`start_context`, their mean loss, and ``bpc`` or ``perplexity``."""
+        and :meth:`start_context` (``tokens`` and ``log_probs``, left out without
+        ``per_token``: for a long text they are most of the memory), their mean loss, and
+        ``bpc`` or ``perplexity``. ``progress(n)`` is called as n more tokens are read."""
         vocab, out = self._bound(), []
         for ids, notes in zip(prepared.inputs, prepared.notes, strict=True):
-            logp = model.score(ids[0], context=self.start_context()).double()  # (N,)
+            logp = model.score(ids[0], self.start_context(), progress).double()  # (N,)
             loss = float(-logp.mean())
             figure = loss / math.log(2) if self.figure == "bpc" else _exp(loss)
-            tokens = [vocab.tokens[i] for i in ids[0].tolist()]
-            out.append(
-                {
-                    "tokens": tokens,
-                    "log_probs": logp.tolist(),
-                    "loss": loss,
-                    self.figure: figure,
-                    "count": len(tokens),
-                    **notes,
-                }
-            )
+            each = {}
+            if per_token:
+                each = {"tokens": [vocab.tokens[i] for i in ids[0].tolist()]}
+                each["log_probs"] = logp.tolist()
+            count = ids.shape[1]
+            out.append({**each, "loss": loss, self.figure: figure, "count": count, **notes})
         return out
 
     def example(self, raw: str, artifacts: dict[str, Any]) -> Example:
