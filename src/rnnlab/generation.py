@@ -59,7 +59,9 @@ def generate_run(
     checkpoint: str = "best",
 ) -> Generation:
     """Start generating ``length`` tokens after ``prompt`` (which may be empty: the text then
-    starts as a new review would): the prompt built by
+    starts as a new review would), reading from the state the model had in training just
+    before a document boundary (:meth:`rnnlab.tasks.LanguageModelTask.start_state`): the
+    prompt built by
     :meth:`rnnlab.tasks.LanguageModelTask.prompt_ids`, the tokens drawn by
     :meth:`rnnlab.LanguageModel.steps`.
 
@@ -80,7 +82,8 @@ def generate_run(
         raise PredictError(f"--seed: expected an int in 0..{MAX_SEED} or None, got {seed!r}")
     task, model = load_language_model(run_dir, checkpoint)
     ids, unknown, tokens = task.prompt_ids(prompt, "--prompt")
-    steps = model.steps(ids, length, temperature, top_k, top_p, seed, top=0)
+    start = task.start_state(model)  # a new document, as training saw one begin
+    steps = model.steps(ids, length, temperature, top_k, top_p, seed, top=0, state=start)
     prompt_tokens = len(ids) - len(task.start_context())
     return Generation((task.piece(step.token) for step in steps), prompt_tokens, unknown, tokens)
 

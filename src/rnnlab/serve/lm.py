@@ -91,7 +91,8 @@ def generate_tokens(
     ``every_unit``, ``values`` (H,): every unit's, so a page can recolour by another unit
     without generating again. Arguments are checked by the caller (:func:`check_generation`,
     :meth:`~rnnlab.tasks.LanguageModelTask.prompt_ids`)."""
-    steps = model.steps(ids, max_tokens, temperature, top_k, top_p, seed, top=TOP)
+    start = task.start_state(model)  # a new document, as training saw one begin
+    steps = model.steps(ids, max_tokens, temperature, top_k, top_p, seed, top=TOP, state=start)
     for step in steps:
         values = _layer_values(step.state, layer, state).double()  # (H,)
         item: dict[str, Any] = {
