@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:  # refused now, not after minutes of benchmarks
         try:
             check_output(args.json, args.force, flag="--json")
-        except OutputRefusedError as exc:
-            raise SystemExit(f"rnnlab bench: error: {exc}") from None
+        except OutputRefusedError as exc:  # a user's error: one line, exit status 2
+            print(f"rnnlab bench: error: {exc}", file=sys.stderr)
+            return 2
     workloads = _split(args.workloads, WORKLOADS, "workloads")
     impls = _split(args.impls, set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"}, "impls")
     modes = _split(args.modes, {"train", "infer"}, "modes")
