@@ -90,3 +90,22 @@ def test_check_output_names_the_rule(tmp_path):
     check_output(tmp_path / "old.txt", force=True)
     # a folder named checkpoints that belongs to no run is an ordinary folder
     check_output(tmp_path / "checkpoints" / "f.txt")
+
+
+def test_the_projects_refuse_earlier_results_and_checkpoints(lm_run, tmp_path):
+    from projects.common import prepare
+    from projects.context.cli import build_parser as context
+    from projects.long_range.cli import build_parser as long_range
+
+    done = tmp_path / "results"
+    done.mkdir()
+    (done / "results.json").write_text("{}")
+    with pytest.raises(OutputRefusedError, match="without earlier results, got .*add --force"):
+        prepare(done, 1)
+    prepare(done, 1, force=True)
+    with pytest.raises(OutputRefusedError, match="outside a run's checkpoints/"):
+        prepare(lm_run / "checkpoints" / "exp", 1, force=True)
+    for parser in (context(), long_range()):
+        options = {o: a for a in parser._actions for o in a.option_strings}
+        assert "--force" in options
+        assert all(a.type not in (int, float) for a in options.values())
