@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnlab import argtypes
 from rnnlab.generation import load_language_model
 from rnnlab.runs import run_data_dir
 from rnnlab.runs.layout import read_json
@@ -57,9 +58,11 @@ def sample(task, model, start, temperature: float, length: int, seed: int) -> tu
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--reviews", type=int, default=1000)
-    p.add_argument("--length", type=int, default=300)
-    p.add_argument("--seeds", type=int, default=3, help="samples per temperature and start")
+    p.add_argument("--reviews", type=argtypes.positive_int, default=1000)
+    p.add_argument("--length", type=argtypes.positive_int, default=300)
+    p.add_argument(
+        "--seeds", type=argtypes.positive_int, default=3, help="samples per temperature and start"
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
