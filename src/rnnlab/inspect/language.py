@@ -57,10 +57,11 @@ SHOWN = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5"}  # visible stand-ins for
 
 
 def record_language_model(
-    model: Any, ids: torch.Tensor, top: int = TOP_PREDICTIONS
+    model: Any, ids: torch.Tensor, top: int = TOP_PREDICTIONS, state: Any = None
 ) -> tuple[list[dict], list[tuple[tuple[int, float], ...]]]:
-    """Read (1, T) ``ids`` with :meth:`rnnlab.LanguageModel.steps`, forced to the text from the
-    zero state, its gates recorded (the reference loop): ``(gates, predictions)``,
+    """Read (1, T) ``ids`` with :meth:`rnnlab.LanguageModel.steps`, forced to the text from
+    ``state`` (the run's start state, or zeros), its gates recorded (the reference loop):
+    ``(gates, predictions)``,
     ``gates[layer]`` name -> (T, H) numpy (LSTM: i, f, g, o, c, h), ``predictions[t]`` the
     ``top`` likeliest ``(id, probability)`` of the next token after position t.
 
@@ -68,7 +69,10 @@ def record_language_model(
     position t is step t + 1's; the one after the last position comes from one more step past
     the text (drawn from a fixed private generator, and not shown)."""
     text = ids[0].tolist()
-    steps = list(model.steps([], len(text) + 1, seed=0, top=top, record_gates=True, forced=text))
+    steps = model.steps(
+        [], len(text) + 1, seed=0, top=top, record_gates=True, forced=text, state=state
+    )
+    steps = list(steps)
     read = steps[:-1]  # the text's own steps
     gates = [
         {name: torch.stack([s.gates[layer][name] for s in read]).numpy() for name in layer_gates}
@@ -241,7 +245,8 @@ def inspect_language_model(
     check_out(out, force)
     task.bind_run(run_dir)
     example = task.example(text, {})
-    gates, predictions = record_language_model(model, example.inputs[0])  # [(T, H)], T
+    start = task.start_state(model)  # where generation and scoring start too
+    gates, predictions = record_language_model(model, example.inputs[0], state=start)
     if not 0 <= layer < len(gates):
         raise InspectError(f"--layer expected 0..{len(gates) - 1}, got {layer}")
     vocab = task.vocab
