@@ -195,6 +195,7 @@ class LanguageRun(ServedRun):
 
     def warm_up(self) -> None:
         warm_up(self.model)
+        self.task.start_state(self.model)  # computed once, before requests share it
 
     @classmethod
     def add_routes(cls, app: Any, lookup: Lookup, work: Callable[..., Any]) -> None:
