@@ -302,13 +302,8 @@ def test_two_concurrent_trains_of_one_out_have_one_winner(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     args = ["train", "mnist-sample", "--out", str(out), "--threads", "1", "--no-progress"]
-    command = [
-        sys.executable,
-        "-m",
-        "rnnlab",
-        *args,
-        *cli_sets(*merge_settings(TINY, "train.epochs=1")),
-    ]
+    settings = cli_sets(*merge_settings(TINY, "train.epochs=1"))
+    command = [sys.executable, "-m", "rnnlab", *args, *settings]
     procs = [
         subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
