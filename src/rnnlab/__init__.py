@@ -19,7 +19,8 @@ and ``imdb-seed`` presets reproduce.
 from rnnlab.nn.blocks import Recurrent, final_hidden
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.language_model import LanguageModel
-from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab.nn.layers import GRU, LSTM, RNN, MinGRU, MinLSTM
+from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
 
 # Binds the name rnnlab.nn.summary to the function; the module stays importable by its full path
 # (``from rnnlab.nn.summary import ModelSummary``).
@@ -35,6 +36,10 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "MinGRUCell",
+    "MinLSTMCell",
+    "MinGRU",
+    "MinLSTM",
     "Recurrent",
     "LanguageModel",
     "final_hidden",

@@ -9,7 +9,8 @@ Importing :mod:`rnnlab.nn.interop` attaches the conversion methods (``LSTM.from_
 from rnnlab.nn import interop  # noqa: F401  (attaches the conversion methods to the layers)
 from rnnlab.nn.blocks import Recurrent, final_hidden
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
-from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab.nn.layers import GRU, LSTM, RNN, MinGRU, MinLSTM
+from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
 from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
 
 __all__ = [
@@ -20,6 +21,10 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "MinGRUCell",
+    "MinLSTMCell",
+    "MinGRU",
+    "MinLSTM",
     "Recurrent",
     "final_hidden",
     "summary",

@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from rnnlab.nn import backends
 from rnnlab.nn.backends import BACKENDS, Backend, Precision
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
 from rnnlab.nn.validation import check_input, check_state, make_mask
 
-__all__ = ["RNN", "LSTM", "GRU", "BACKENDS"]
+__all__ = ["RNN", "LSTM", "GRU", "MinGRU", "MinLSTM", "BACKENDS"]
 
 
 class _RecurrentLayer(nn.Module):
@@ -36,8 +37,8 @@ class _RecurrentLayer(nn.Module):
     Subclasses set ``cell_type`` and say how a state is made and split.
     """
 
-    cell_type: type[_Cell]
-    precision: Precision = "fp32"  # only LSTM has a bf16 mode
+    cell_type: type[_Cell] | type[MinCell]
+    precision: Precision = "fp32"  # LSTM, MinGRU and MinLSTM have a bf16 mode
 
     def __init__(
         self,
@@ -78,7 +79,7 @@ class _RecurrentLayer(nn.Module):
             raise ValueError(f"{type(self).__name__} expected backend in {BACKENDS}, got {value!r}")
         self._backend = value
 
-    def cell(self, layer: int, direction: int = 0) -> _Cell:
+    def cell(self, layer: int, direction: int = 0) -> _Cell | MinCell:
         """The cell of ``layer`` (0-based) and ``direction`` (0 forwards, 1 backwards)."""
         return self.cells[layer * self.num_directions + direction]
 
@@ -111,7 +112,7 @@ class _RecurrentLayer(nn.Module):
         :func:`rnnlab.nn.backends.scan_layer`. A forced backend that cannot run the call
         raises, naming the cause and the fix."""
         if x is None:
-            x = self.cells[0].weight_hh
+            x = self.cells[0].weight_ih
         backend = self.backend if backend is None else backend
         return backends.resolve_backend(self.cells[0], x, backend, return_gates=return_gates)
 
@@ -146,14 +147,14 @@ class _RecurrentLayer(nn.Module):
             backend: this call's backend (see :data:`rnnlab.nn.backends.Backend`); None uses the
                 layer's own. Options travel with the call: nothing on the layer changes.
             precision: this call's precision, ``"fp32"`` or ``"bf16"`` (LSTM's compiled
-                kernels only); None uses the layer's own.
+                kernels, MinGRU's and MinLSTM's parallel path); None uses the layer's own.
 
         Returns:
             ``(output, state)``: output (B, T, D*H), the last layer's hidden states (both
             directions concatenated); state the final state, shaped as the ``state`` argument.
             With ``return_gates=True``, ``(output, state, gates)`` where ``gates[layer][direction]``
-            maps a name (LSTM: i, f, g, o, c, h; GRU: r, z, n, h; RNN: h) to a (B, T, H) tensor,
-            zero at padded steps.
+            maps a name (LSTM: i, f, g, o, c, h; GRU: r, z, n, h; RNN: h; MinGRU: z, h_tilde, h;
+            MinLSTM: f, i, h_tilde, h) to a (B, T, H) tensor, zero at padded steps.
         """
         name = type(self).__name__
         check_input(name, x, self.input_size)
@@ -303,3 +304,70 @@ class LSTM(_RecurrentLayer):
 
     def _stack_states(self, states: list[LSTMState]) -> LSTMState:
         return LSTMState(torch.stack([s.h for s in states]), torch.stack([s.c for s in states]))
+
+
+class _MinLayer(_RecurrentLayer):
+    """What MinGRU and MinLSTM share: a ``precision`` of their own (bf16 input GEMM)."""
+
+    cell_type: type[MinCell]
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        backend: Backend = "auto",
+        precision: Precision = "fp32",
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            dropout=dropout,
+            backend=backend,
+        )
+        self.precision = precision
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Precision) -> None:
+        if value not in ("fp32", "bf16"):
+            name = type(self).__name__
+            raise ValueError(f"{name} expected precision 'fp32' or 'bf16', got {value!r}")
+        self._precision = value
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", precision='bf16'" if self.precision == "bf16" else "")
+
+
+class MinGRU(_MinLayer):
+    """minGRU layer (stack of :class:`rnnlab.nn.mincells.MinGRUCell`; Feng et al. 2024), batch
+    first.
+
+    ``MinGRU(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
+    backend="auto", precision="fp32")``; ``forward`` as :class:`RNN`'s, state h_n (L*D, B, H).
+    2H(I + 1) parameters per direction.
+
+    Backends: ``"reference"`` steps the cell; ``"auto"`` and ``"fused"`` run the parallel path
+    (:mod:`rnnlab.nn.backends.parallel`: one GEMM for every step's gates, then a blocked scan
+    over time, on the same parameters); the reference loop runs for ``return_gates=True``.
+    There is no compiled or torch kernel (asking for one raises). ``precision="bf16"`` (or
+    ``torch.autocast``) gives the parallel path's GEMM bf16 operands; the scan stays float32.
+    A padded step leaves the state unchanged (a = 1, b = 0 in the scan).
+    """
+
+    cell_type = MinGRUCell
+
+
+class MinLSTM(_MinLayer):
+    """minLSTM layer (stack of :class:`rnnlab.nn.mincells.MinLSTMCell`; Feng et al. 2024),
+    batch first: as :class:`MinGRU`, with 3H(I + 1) parameters per direction. Its state is h
+    alone, (L*D, B, H): minLSTM has no separate cell state."""
+
+    cell_type = MinLSTMCell

@@ -1,19 +1,26 @@
-"""The one registry of recurrent layers by cell name: ``"rnn"``, ``"lstm"``, ``"gru"``.
+"""The one registry of recurrent layers by cell name: ``"rnn"``, ``"lstm"``, ``"gru"``,
+``"mingru"``, ``"minlstm"``.
 
 Models (:mod:`rnnlab.models`), the language model (:class:`rnnlab.nn.LanguageModel`) and the
 configuration (:class:`rnnlab.config.ModelConfig`'s ``cell``) all look a cell name up here, so a
-new cell (say ``"mingru"`` or ``"slstm"``) plugs in by adding one row to :data:`LAYERS`: a layer
+new cell (say ``"slstm"``) plugs in by adding one row to :data:`LAYERS`: a layer
 class that takes ``(input_size, hidden_size, num_layers=..., bidirectional=..., dropout=...,
 backend=...)`` as :class:`rnnlab.nn.LSTM` does.
 """
 
 from __future__ import annotations
 
-from rnnlab.nn.layers import GRU, LSTM, RNN, _RecurrentLayer
+from rnnlab.nn.layers import GRU, LSTM, RNN, MinGRU, MinLSTM, _RecurrentLayer
 
 __all__ = ["LAYERS", "CELL_NAMES", "layer_class"]
 
-LAYERS: dict[str, type[_RecurrentLayer]] = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+LAYERS: dict[str, type[_RecurrentLayer]] = {
+    "rnn": RNN,
+    "lstm": LSTM,
+    "gru": GRU,
+    "mingru": MinGRU,
+    "minlstm": MinLSTM,
+}
 CELL_NAMES: tuple[str, ...] = tuple(LAYERS)
 
 
