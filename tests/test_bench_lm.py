@@ -178,3 +178,20 @@ def test_bench_runs_a_language_model_workload_against_torch(tmp_path, monkeypatc
     rows = {r["impl"]: r for r in report["results"]}
     assert set(rows) == {"rnnlab", "torch"}  # no Keras or ONNX language models
     assert rows["torch"]["ratio_vs_torch_lstm"] == 1.0 and rows["rnnlab"]["ratio_vs_torch_lstm"] > 0
+
+
+def test_bench_rows_for_mingru_and_minlstm(tmp_path, monkeypatch):
+    """The 2024 cells in the same run as the LSTM: the parallel path against rnnlab's LSTM,
+    the step-by-step reference against the parallel path; FLOPs without a recurrent GEMM."""
+    tiny = dataclasses.replace(WORKLOADS["F"], batch=2, steps=5, vocab=20, inputs=8, hidden=(8, 8))
+    monkeypatch.setitem(WORKLOADS, "F", tiny)
+    out = tmp_path / "bench.json"
+    impls = "rnnlab,rnnlab-mingru,rnnlab-minlstm,rnnlab-mingru-ref,rnnlab-minlstm-ref"
+    argv = ["--workloads", "F", "--impls", impls, "--quick", "--modes", "train"]
+    assert main([*argv, "--json", str(out)]) == 0
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["rnnlab-mingru"]["cell"] == "mingru" and rows["rnnlab-minlstm"]["cell"] == "minlstm"
+    assert rows["rnnlab-mingru"]["baseline"] == "rnnlab"
+    assert rows["rnnlab-minlstm-ref"]["baseline"] == "rnnlab-minlstm"
+    runner = LMRunner(tiny, "rnnlab-mingru-ref")
+    assert runner.model.model.rnn.backend == "reference" and runner.model.model.cell == "mingru"

@@ -4,10 +4,13 @@ carried state, and the cells in the language model and the classifiers."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import rnnlab
+from rnnlab.nn.backends import parallel
 from rnnlab.nn.backends.parallel import linear_scan
 
 LAYERS = [rnnlab.MinGRU, rnnlab.MinLSTM]
@@ -66,25 +69,48 @@ def naive_scan(a, b, h0):
     return torch.stack(out, 1)
 
 
+@pytest.fixture(params=["sweep", "blocked"])
+def chunks(request, monkeypatch) -> str:
+    """Both forms of the scan: K = 1 (a sweep) and K ~ sqrt(T) (blocked), whatever the size."""
+    if request.param == "sweep":
+        monkeypatch.setattr(parallel, "chunk_length", lambda B, T, H: 1)
+    else:
+        monkeypatch.setattr(parallel, "chunk_length", lambda B, T, H: max(1, math.isqrt(T)))
+    return request.param
+
+
+def test_chunk_length_rule() -> None:
+    assert parallel.chunk_length(64, 128, 512) == 1  # B*H >= 4096: a sweep
+    assert parallel.chunk_length(8, 4096, 64) == 64  # small steps: sqrt(T)
+
+
 @pytest.mark.parametrize("T", [1, 2, 3, 7, 16, 50, 129])
-def test_linear_scan_equals_the_loop(T: int) -> None:
+@pytest.mark.parametrize("reverse", [False, True])
+def test_linear_scan_equals_the_loop(chunks, T: int, reverse: bool) -> None:
     g = torch.Generator().manual_seed(T)
     a = torch.rand(3, T, 5, generator=g, dtype=torch.float64)
     b = torch.randn(3, T, 5, generator=g, dtype=torch.float64)
     h0 = torch.randn(3, 5, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(linear_scan(a, b, h0), naive_scan(a, b, h0), rtol=1e-12, atol=1e-12)
+    want = naive_scan(a.flip(1), b.flip(1), h0).flip(1) if reverse else naive_scan(a, b, h0)
+    got = linear_scan(a, b, h0, reverse=reverse)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_linear_scan_gradcheck_and_gradgradcheck() -> None:
+@pytest.mark.parametrize("reverse", [False, True])
+def test_linear_scan_gradcheck_and_gradgradcheck(chunks, reverse: bool) -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.rand(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
     h0 = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(linear_scan, (a, b, h0))
-    assert torch.autograd.gradgradcheck(linear_scan, (a, b, h0))
+
+    def scan(a, b, h0):
+        return linear_scan(a, b, h0, reverse=reverse)
+
+    assert torch.autograd.gradcheck(scan, (a, b, h0))
+    assert torch.autograd.gradgradcheck(scan, (a, b, h0))
 
 
-def test_long_scan_stays_finite_at_saturated_gates() -> None:
+def test_long_scan_stays_finite_at_saturated_gates(chunks) -> None:
     """a of exactly 0 and 1, and 10,000 steps: the scan only multiplies by a in [0, 1]."""
     T = 10_000
     a = torch.where(torch.rand(2, T, 4) < 0.5, 0.0, 1.0)
@@ -113,7 +139,7 @@ def run(layer, x, h0, backend, **kwargs):
 
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("seed", range(4))
-def test_parallel_path_equals_the_reference(cls, seed: int) -> None:
+def test_parallel_path_equals_the_reference(chunks, cls, seed: int) -> None:
     """Random sizes, lengths, padding side, layers and directions; fp32, 1e-5 relative."""
     g = torch.Generator().manual_seed(seed)
     B, T, I, H = (
@@ -135,7 +161,7 @@ def test_parallel_path_equals_the_reference(cls, seed: int) -> None:
 
 
 @pytest.mark.parametrize("cls", LAYERS)
-def test_arbitrary_mask_leaves_the_state_unchanged(cls) -> None:
+def test_arbitrary_mask_leaves_the_state_unchanged(chunks, cls) -> None:
     """A masked step (anywhere, not only at the ends) neither moves the state nor outputs."""
     torch.manual_seed(2)
     layer = cls(3, 4, bidirectional=True)
@@ -154,7 +180,7 @@ def test_arbitrary_mask_leaves_the_state_unchanged(cls) -> None:
 
 
 @pytest.mark.parametrize("cls", LAYERS)
-def test_layer_gradcheck_float64(cls) -> None:
+def test_layer_gradcheck_float64(chunks, cls) -> None:
     torch.manual_seed(3)
     layer = cls(3, 2, num_layers=2, bidirectional=True).double()
     randomise_biases(layer)

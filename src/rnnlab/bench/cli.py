@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from rnnlab.allocator import retain_freed_memory
-from rnnlab.bench.suite import DEFAULT_IMPLS, memory_probe, run_benchmarks
+from rnnlab.bench.suite import DEFAULT_IMPLS, MIN_ROWS, memory_probe, run_benchmarks
 from rnnlab.bench.workloads import WORKLOADS
 
 __all__ = ["main", "format_report", "build_parser"]
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_probe(args.memory_probe)))
         return 0
     workloads = _split(args.workloads, WORKLOADS, "workloads")
-    impls = _split(args.impls, set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"}, "impls")
+    known = set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"} | set(MIN_ROWS)
+    impls = _split(args.impls, known, "impls")
     modes = _split(args.modes, {"train", "infer"}, "modes")
     repeats, budget, memory = args.repeats, args.budget, not args.no_memory
     if args.quick:
