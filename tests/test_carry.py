@@ -37,7 +37,7 @@ class _Streams:
             yield (window[:, :-1, None],), window[:, 1:]  # (B, T, 1), (B, T)
 
 
-class _Cell(nn.Module):
+class Cell(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.inp, self.rec, self.out = nn.Linear(1, 8), nn.Linear(8, 8), nn.Linear(8, 1)
@@ -76,7 +76,7 @@ class _Stop:
 
 def _trainer(callbacks=()):
     torch.manual_seed(0)
-    return Trainer(_Cell(), _Stateful(), TrainConfig(epochs=2, lr=1e-2), callbacks)
+    return Trainer(Cell(), _Stateful(), TrainConfig(epochs=2, lr=1e-2), callbacks)
 
 
 def _strip(history):
@@ -125,6 +125,6 @@ def test_the_carry_starts_each_epoch_afresh_and_is_detached():
             return super().batch_loss(model, inputs, targets, carry, training)
 
     torch.manual_seed(0)
-    Trainer(_Cell(), _Watch(), TrainConfig(epochs=2)).fit(_Streams())
+    Trainer(Cell(), _Watch(), TrainConfig(epochs=2)).fit(_Streams())
     assert seen[0] is None and seen[STEPS] is None  # each epoch begins without state
     assert all(c is not None and not c[0].requires_grad for c in seen[1:STEPS])

@@ -1,4 +1,4 @@
-"""rnnlab experiment context: context use and the cloze probe, on tiny settings."""
+"""python -m projects.context: context use and the cloze probe, on tiny settings."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlab.data.corpus import load_corpus
-from rnnlab.data.streams import batchify
-from rnnlab.data.vocab import Vocabulary
-from rnnlab.experiments import main
-from rnnlab.experiments.context import ContextConfig, run_context
-from rnnlab.experiments.context_measure import (
+from projects.context.cli import main
+from projects.context.experiment import ContextConfig, run_context
+from projects.context.measure import (
     context_use,
     final_logits,
     other_text,
@@ -24,9 +21,10 @@ from rnnlab.experiments.context_measure import (
     stops_gaining,
     window_losses,
 )
-from rnnlab.experiments.context_probe import ClozeProbe
-from rnnlab.experiments.context_report import format_table, write_results
-from rnnlab.nn.language_model import LanguageModel
+from projects.context.probe import ClozeProbe
+from projects.context.report import format_table, write_results
+from rnnlab import LanguageModel
+from rnnlab.data import Vocabulary, batchify, load_corpus
 
 TINY = dict(
     max_vocab=5000,
@@ -253,7 +251,7 @@ def test_command_runs_quick_on_the_sample(tmp_path, capsys, monkeypatch):
         ContextConfig, "quick", classmethod(lambda cls, **ch: tiny(**{**TINY, **ch}))
     )
     out = tmp_path / "ctx"
-    argv = ["context", "--quick", "--sample", "--cells", "lstm", "--steps", "2", "--out", str(out)]
+    argv = ["--quick", "--sample", "--cells", "lstm", "--steps", "2", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert (

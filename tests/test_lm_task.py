@@ -90,6 +90,7 @@ def test_sample_presets_train_generate_score_evaluate(tmp_path, preset, figure):
     assert math.isfinite(report[f"test_{figure}"]) and report["stopped"] == "time_limit"
     short = {"bpc": "bpc", "perplexity": "ppl"}[figure]  # the epoch line's abbreviation
     assert f"Test {figure}:" in done.stdout and f"val_{short}: " in done.stdout
+    assert report["throughput_unit"] == "tokens" and " tokens/s). Run saved in " in done.stdout
     epoch = [r for r in _metrics(run) if r["kind"] == "epoch"][-1]
     assert epoch["stopped"] == "time_limit" and f"val_{figure}" in epoch
     vocab = json.loads((run / "vocab.json").read_text())
@@ -318,7 +319,7 @@ def test_inspect_language_model(tiny_run, tmp_path):
 
 def test_predict_on_a_language_model_points_to_score(tiny_run):
     out = _rnnlab("predict", str(tiny_run), "--text", "the cat")
-    assert out.returncode == 2 and "use `rnnlab score` or `rnnlab generate`" in out.stderr
+    assert out.returncode == 2 and "use `rnnlab generate` or `rnnlab score`" in out.stderr
 
 
 def test_find_units_within_lines_ignores_a_unit_that_drifts_over_the_text():

@@ -4,14 +4,18 @@ the command. Tiny budgets: these check the machinery, not the RNN/LSTM result (R
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from rnnlab.experiments import LongRangeConfig, run_long_range
-from rnnlab.experiments.cli import main
-from rnnlab.experiments.long_range import RecallModel, make_batch, summarize, train_recall
-from rnnlab.experiments.report import format_table, write_results
+from projects.long_range import LongRangeConfig, run_long_range
+from projects.long_range.cli import main
+from projects.long_range.experiment import RecallModel, make_batch, summarize, train_recall
+from projects.long_range.report import format_table, write_results
 
 TINY = dict(
     gaps=(2, 4), seeds=(0,), hidden_size=8, batch_size=16, steps=6, eval_size=50, eval_every=3
@@ -132,7 +136,6 @@ def test_run_reports_progress_and_writes_table_json_and_png(tmp_path):
 def test_command_prints_the_table(tmp_path, capsys):
     status = main(
         [
-            "long-range",
             "--gaps",
             "2",
             "--seeds",
@@ -155,31 +158,34 @@ def test_command_prints_the_table(tmp_path, capsys):
 def test_command_refuses_an_unwritable_out_before_training(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    status = main(["long-range", "--gaps", "2", "--steps", "4", "--out", str(blocker / "sub")])
+    status = main(["--gaps", "2", "--steps", "4", "--out", str(blocker / "sub")])
     err = capsys.readouterr().err
     assert status == 2 and "expected a writable folder" in err
 
 
-def test_rnnlab_command_hands_experiment_to_this_package(tmp_path, capsys):
+def test_python_m_runs_it_from_a_checkout(tmp_path):
+    """``python -m projects.long_range`` from the checkout's root, as README and RESULTS say."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    argv = ["--gaps", "2", "--steps", "2", "--cells", "lstm", "--seeds", "0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "projects.long_range", *argv, "--out", str(tmp_path / "lr")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| gap | LSTM |" in done.stdout and (tmp_path / "lr" / "results.json").is_file()
+
+
+def test_rnnlab_experiment_names_the_command_that_replaced_it(capsys):
     from rnnlab.cli import main as rnnlab
 
-    assert (
-        rnnlab(
-            [
-                "experiment",
-                "long-range",
-                "--gaps",
-                "2",
-                "--steps",
-                "2",
-                "--cells",
-                "lstm",
-                "--out",
-                str(tmp_path / "lr"),
-                "--seeds",
-                "0",
-            ]
-        )
-        == 0
-    )
-    assert "| gap | LSTM |" in capsys.readouterr().out
+    assert rnnlab(["experiment", "long-range", "--gaps", "2", "--out", "my runs"]) == 2
+    err = capsys.readouterr().err
+    assert "moved out of the package" in err
+    assert "`python -m projects.long_range --gaps 2 --out 'my runs'`" in err
+    assert rnnlab(["experiment"]) == 2
+    assert "python -m projects.context" in capsys.readouterr().err

@@ -274,7 +274,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tiny_run, tmp_path):
     finally:
         holder.communicate("", timeout=60)  # its end releases the lock
     report = resume(run)  # now the run is ours
-    assert report["steps"] == tiny_run[1]["steps"]
+    assert report.steps == tiny_run[1].steps
 
 
 def test_an_abandoned_claim_is_reused_and_anything_else_refused(tmp_path):

@@ -10,7 +10,7 @@ from rnnlab.checkpoint import CheckpointError, load_checkpoint
 from rnnlab.config import load_preset
 from rnnlab.data import load_mnist
 from rnnlab.predict import PredictError, evaluate_run, predict_images, predict_texts
-from rnnlab.runs import RunError, load_run, resume, train
+from rnnlab.runs import Report, RunError, load_run, resume, train
 from run_helpers import Poison
 
 TINY_MNIST = [
@@ -51,6 +51,9 @@ def test_a_run_directory_holds_everything(mnist_run):
         assert (out / name).is_file(), name
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     assert json.loads((out / "config.json").read_text())["model"]["hidden_sizes"] == [16]
+    assert report == Report.read(out)  # what train returned is what it wrote
+    written = json.loads((out / "report.json").read_text())
+    assert report.to_json() == written and list(report.to_json()) == list(written)
     for key in (
         "test_accuracy",
         "best_val_accuracy",
@@ -59,8 +62,9 @@ def test_a_run_directory_holds_everything(mnist_run):
         "wall_seconds",
         "samples_per_second",
     ):
-        assert report[key] is not None, key
-    assert report["epochs"] == 2 and report["steps"] == 80
+        assert written[key] is not None, key
+    assert written["selection"] == "val_accuracy (max)" and written["throughput_unit"] == "samples"
+    assert report.epochs == 2 and report.steps == 80 and report.best == written["best_val_accuracy"]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["kind"] == "step"] == list(range(5, 81, 5))
     assert [x["epoch"] for x in lines if x["kind"] == "epoch"] == [1, 2]
@@ -73,7 +77,7 @@ def test_a_run_directory_holds_everything(mnist_run):
 def test_evaluate_and_predict_images(mnist_run, tmp_path):
     out, report = mnist_run
     result = evaluate_run(out, checkpoint="last")
-    assert result["accuracy"] == pytest.approx(report["test_accuracy"])
+    assert result["accuracy"] == pytest.approx(report.test["accuracy"])
     (_, _), (x_test, y_test) = load_mnist(sample=True)
     np.save(tmp_path / "digit.npy", x_test[0])
     import matplotlib.image
@@ -185,7 +189,7 @@ def test_failure_before_any_checkpoint_leaves_no_directory(tmp_path):
 def test_text_run_predicts_reviews(tmp_path):
     out = tmp_path / "imdb"
     report = train("imdb-sample", out, overrides=TINY_IMDB)
-    assert 0.0 <= report["test_accuracy"] <= 1.0 and (out / "vocab.json").is_file()
+    assert 0.0 <= report.test["accuracy"] <= 1.0 and (out / "vocab.json").is_file()
     results = predict_texts(out, ["A wonderful, moving film.", "Dull and far too long!"])
     assert [len(r["probabilities"]) for r in results] == [2, 2]
     assert results[0]["label_name"] in ("negative", "positive")
@@ -206,7 +210,7 @@ def test_image_presets_train_on_any_idx_folder(tmp_path):
         out,
         overrides=[*TINY_MNIST, "train.epochs=1", f"data.path={sample_dir()}", "data.sample=false"],
     )
-    assert report["train_examples"] == 10_000 and report["steps"] == 40
+    assert report.train_examples == 10_000 and report.steps == 40
 
 
 def test_holdout_validation_tests_the_best_checkpoint_once(tmp_path, monkeypatch):
@@ -238,8 +242,8 @@ def test_holdout_validation_tests_the_best_checkpoint_once(tmp_path, monkeypatch
         tmp_path / "run",
         overrides=[*TINY_MNIST, "data.validation=holdout", "data.holdout=1000"],
     )
-    assert report["train_examples"] == 9000 and report["test_checkpoint"] == "best"
-    assert report["steps"] == 2 * 36 and report["holdout_seed"] == 0
+    assert report.train_examples == 9000 and report.test_checkpoint == "best"
+    assert report.steps == 2 * 36 and report.holdout_seed == 0
     assert reads == ["train", "val", "train", "val", "test"]
     val, test = loaded[0].val, loaded[0].test
     assert len(val) == 1000 and not any(torch.equal(v, test.inputs[0][0]) for v in val.inputs[0])

@@ -173,9 +173,9 @@ def test_classifier_analyses_refuse_language_models(client):
 def test_a_slow_step_ends_the_stream_with_an_error_event(runs, monkeypatch):
     import time
 
-    from rnnlab.serve import language
+    from rnnlab.nn import language_model
 
-    real = language.sample_next
+    real = language_model.sample_next
     calls = []
 
     def slow(*args, **kwargs):  # the third token takes longer than the time limit
@@ -184,7 +184,7 @@ def test_a_slow_step_ends_the_stream_with_an_error_event(runs, monkeypatch):
             time.sleep(1.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(language, "sample_next", slow)
+    monkeypatch.setattr(language_model, "sample_next", slow)  # LanguageModel.steps draws
     client = TestClient(create_app(runs, timeout=0.5))
     with client.stream(
         "POST", "/api/runs/chars/generate", json={"prompt": "a", "max_tokens": 5}

@@ -17,10 +17,10 @@ measured on that epoch: only stopping the trim (which also freezes glibc's mmap 
 128 KiB) took 145 s, and a 32 MiB threshold with no trim 89 s, as it still maps and unmaps the
 largest blocks.
 
-``rnnlab train``, ``evaluate``, ``predict`` and ``experiment`` call it at start (both for rnnlab's
-layers and for ``model.backend="torch"``); ``RNNLAB_RETAIN_MEMORY=0`` turns that off. Library
-users call it themselves if they want it: a library should not change a process's allocator
-on import.
+``rnnlab train``, ``evaluate``, ``predict`` and the checkout's experiments (``projects/``)
+call it at start (both for rnnlab's layers and for ``model.backend="torch"``);
+``RNNLAB_RETAIN_MEMORY=0`` turns that off. Library users call it themselves if they want it: a
+library should not change a process's allocator on import.
 """
 
 from __future__ import annotations

@@ -13,8 +13,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from rnnlab.nn.language_model import MAX_NEW_TOKENS, LanguageModel, check_sampling
 from rnnlab.runs import load_run
 from rnnlab.tasks import LanguageModelTask, PredictError, get_task
@@ -60,7 +58,9 @@ def generate_run(
     checkpoint: str = "best",
 ) -> Generation:
     """Start generating ``length`` tokens after ``prompt`` (which may be empty: the text then
-    starts as a new review would) with :meth:`rnnlab.LanguageModel.generate`.
+    starts as a new review would): the prompt built by
+    :meth:`rnnlab.tasks.LanguageModelTask.prompt_ids`, the tokens drawn by
+    :meth:`rnnlab.LanguageModel.steps`.
 
     Raises:
         PredictError: a length outside 1..:data:`MAX_NEW_TOKENS`, temperature <= 0, top-p
@@ -73,18 +73,10 @@ def generate_run(
     except ValueError as exc:
         raise PredictError(f"sampling: {exc}") from exc
     task, model = load_language_model(run_dir, checkpoint)
-    context = task.start_context()
-    ids, unknown, tokens = np.zeros(0, np.int64), 0, ()
-    if prompt:
-        ids, unknown, tokens = task.encode(prompt, "--prompt")
-    prompt_ids = [*context, *ids.tolist()]
-    if not prompt_ids:
-        raise PredictError(
-            "--prompt: expected some text (this character vocabulary has no newline to "
-            "start from), got an empty prompt"
-        )
-    stream = model.generate(prompt_ids, length, temperature, top_k, top_p, seed)
-    return Generation((task.piece(t) for t in stream), len(ids), unknown, tokens)
+    ids, unknown, tokens = task.prompt_ids(prompt, "--prompt")
+    steps = model.steps(ids, length, temperature, top_k, top_p, seed, top=0)
+    prompt_tokens = len(ids) - len(task.start_context())
+    return Generation((task.piece(step.token) for step in steps), prompt_tokens, unknown, tokens)
 
 
 def score_run(

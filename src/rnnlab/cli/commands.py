@@ -10,12 +10,12 @@ from pathlib import Path
 from rnnlab import distributed
 from rnnlab.config import Config, load_preset
 from rnnlab.predict import PredictError, predict_each
-from rnnlab.runs import RunError, default_run_dir, read_config, resume, train
+from rnnlab.runs import Report, RunError, default_run_dir, read_config, resume, train
 from rnnlab.runs.layout import check_new_out
 from rnnlab.tasks import get_task
 from rnnlab.train import ConsoleLogger, ProgressBar
 
-__all__ = ["predict_command", "summary_command", "train_command"]
+__all__ = ["final_lines", "predict_command", "summary_command", "train_command"]
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -42,20 +42,29 @@ def train_command(args: argparse.Namespace) -> int:
         distributed.shutdown()
     if not context.is_main:
         return 0
-    if report.get("test_accuracy") is not None:
-        print(f"Testing Accuracy: {report['test_accuracy']:.4f}")
-    for figure in ("bpc", "perplexity"):  # language models
-        if report.get(f"test_{figure}") is not None:
-            print(f"Test {figure}: {report[f'test_{figure}']:.4f}")
-    best = report["selection"].split()[0]  # e.g. "val_accuracy"
-    if report.get(f"best_{best}") is not None:
-        shown = best.replace("accuracy", "acc")
-        print(f"Best {shown}: {report[f'best_{best}']:.4f} (epoch {report['best_epoch']})")
-    print(
-        f"{report['steps']} steps in {report['wall_seconds']:.1f} s "
-        f"({report['samples_per_second']:.0f} samples/s). Run saved in {out}"
-    )
+    for line in final_lines(report, out):
+        print(line)
     return 0
+
+
+def final_lines(report: Report, out: Path) -> list[str]:
+    """What ``rnnlab train`` prints last: the test metrics (the loss aside; accuracy as the
+    tutorial's "Testing Accuracy" line), the best validation value, and the throughput."""
+    lines = []
+    for name, value in report.test.items():
+        if name == "loss" or value is None:
+            continue
+        lines.append(
+            f"Testing Accuracy: {value:.4f}" if name == "accuracy" else f"Test {name}: {value:.4f}"
+        )
+    if report.best is not None:
+        shown = report.selection_key.replace("accuracy", "acc")
+        lines.append(f"Best {shown}: {report.best:.4f} (epoch {report.best_epoch})")
+    lines.append(
+        f"{report.steps} steps in {report.wall_seconds:.1f} s "
+        f"({report.samples_per_second:.0f} {report.throughput_unit}/s). Run saved in {out}"
+    )
+    return lines
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -81,7 +90,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _train_or_resume(
     args: argparse.Namespace, config: Config, out: Path, context: distributed.Context
-) -> dict:
+) -> Report:
     callbacks = (
         [
             ConsoleLogger(config.run.log_every, stream=sys.stdout),

@@ -2,9 +2,10 @@
 
 Every verb is a function ``<verb>_command(args) -> int`` calling library functions that can be
 imported on their own (:func:`rnnlab.runs.train`, :func:`rnnlab.predict.evaluate_run`, ...).
-Verbs that other parts of the package provide (``bench``, ``inspect``, ``experiment``) are
+Verbs that other parts of the package provide (``bench``, ``inspect``, ``export``...) are
 registered in :data:`PLUGIN_VERBS`: each is a module with ``main(argv: list[str]) -> int``
-that parses its own arguments; the command hands it everything after the verb.
+that parses its own arguments; the command hands it everything after the verb. ``experiment``
+left the package for the checkout's ``projects/`` folder: it only says where to find it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import sys
 import textwrap
 import warnings
@@ -27,7 +29,6 @@ __all__ = ["PLUGIN_VERBS", "build_parser", "main"]
 PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "bench": ("rnnlab.bench", "benchmark rnnlab against torch.nn and Keras"),
     "inspect": ("rnnlab.inspect", "draw a trained LSTM's gates and cell states"),
-    "experiment": ("rnnlab.experiments", "run the long-range and context experiments"),
     "build-kernels": ("rnnlab.cli.kernels", "compile the C++ LSTM/GRU kernels now (once)"),
     "info": ("rnnlab.cli.info", "versions, CPU capabilities and the backend rnnlab picks"),
     "export": ("rnnlab.export", "export a trained run to ONNX"),
@@ -36,7 +37,7 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
 
 # Verbs that train or run models, for which glibc keeps freed memory for reuse (rnnlab.allocator;
 # RNNLAB_RETAIN_MEMORY=0 turns it off). bench decides with its own --retain-memory flag.
-_RETAIN_MEMORY_VERBS = ("train", "evaluate", "predict", "experiment")
+_RETAIN_MEMORY_VERBS = ("train", "evaluate", "predict")
 # Verbs that run models: the kernels are built before them (rnnlab.cli.kernels), announced, so
 # no epoch's time includes the compiler.
 _MODEL_VERBS = (
@@ -44,7 +45,6 @@ _MODEL_VERBS = (
     "evaluate",
     "predict",
     "inspect",
-    "experiment",
     "serve",
     "generate",
     "score",
@@ -235,6 +235,23 @@ def _plugin(verb: str, argv: list[str]) -> int:
     return int(module.main(argv) or 0)
 
 
+def _moved_experiment(argv: list[str]) -> int:
+    """``rnnlab experiment NAME ...``: the experiments are research programs with loops of their
+    own, kept in a checkout's ``projects/`` folder since; say the command that replaces it."""
+    modules = {"long-range": "projects.long_range", "context": "projects.context"}
+    if argv and argv[0] in modules:
+        instead = shlex.join(["python", "-m", modules[argv[0]], *argv[1:]])
+    else:
+        instead = "python -m projects.long_range ... or python -m projects.context ..."
+    print(
+        "rnnlab: error: `rnnlab experiment` expected nothing since the experiments moved out of "
+        f"the package, got {shlex.join(['experiment', *argv])}; from a checkout of rnnlab run "
+        f"`{instead}` (same flags; see projects/README.md)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: printed as one line, exit status 2."""
     from rnnlab.checkpoint import CheckpointError
@@ -263,6 +280,8 @@ def _warning_printer(verb: str):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "experiment":
+        return _moved_experiment(argv[1:])
     if argv and argv[0] in _RETAIN_MEMORY_VERBS and retention_wanted():
         retain_freed_memory()  # rnnlab.allocator: no page faults on every step's fresh tensors
     if argv and argv[0] in _MODEL_VERBS and not {"-h", "--help"} & set(argv):

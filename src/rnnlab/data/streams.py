@@ -26,6 +26,10 @@ from torch import Tensor
 
 from rnnlab.data.errors import DataError
 
+# batchify and windows are rnnlab's public API (re-exported by rnnlab.data); the others serve the
+# language-model task
+__all__ = ["batchify", "check_stream", "num_windows", "shard_rows", "windows"]
+
 
 def batchify(ids: np.ndarray | Tensor, batch_size: int) -> Tensor:
     """(N,) ids -> (B, N // B) contiguous rows (see the module docstring), dtype kept.

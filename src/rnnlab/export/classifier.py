@@ -33,12 +33,12 @@ from torch import nn
 from rnnlab.export.api import register_hook
 from rnnlab.export.graph import Graph, linear, onnx_kind, recurrent_weights, to_numpy
 from rnnlab.models import SequenceClassifier, TextClassifier
-from rnnlab.nn.layers import _RecurrentLayer
+from rnnlab.nn.layers import RecurrentLayer
 
 __all__ = ["classifier_graph"]
 
 
-def _recurrent(g: Graph, layer: _RecurrentLayer, x: str, seq_lens: str) -> tuple[str, str]:
+def _recurrent(g: Graph, layer: RecurrentLayer, x: str, seq_lens: str) -> tuple[str, str]:
     """One rnnlab layer (one level, D directions) as one ONNX op. x (T, B, F) -> Y (T, B, D*H)
     and Y_h (D, B, H)."""
     kind = onnx_kind(layer.cells[0])

@@ -56,21 +56,25 @@ TOP_PREDICTIONS = 5
 SHOWN = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5"}  # visible stand-ins for blank characters
 
 
-@torch.no_grad()
-def record_language_model(model: Any, ids: torch.Tensor) -> tuple[list[dict], np.ndarray]:
-    """Run a :class:`rnnlab.LanguageModel` on (1, T) ``ids`` through the reference loop with
-    its gates recorded: ``(gates, log_probs)``, ``gates[layer]`` name -> (T, H) numpy (LSTM:
-    i, f, g, o, c, h), ``log_probs`` (T, V) of the next token after each position."""
-    was_training = model.training
-    model.eval()
-    try:
-        x = model.embedding(ids)  # (1, T, E)
-        out, _, trace = model.rnn(x, return_gates=True)  # (1, T, H), per layer and direction
-        logits = model.decoder(out)  # (1, T, V)
-    finally:
-        model.train(was_training)
-    gates = [{k: v[0].numpy() for k, v in layer[0].items()} for layer in trace]  # (T, H) each
-    return gates, torch.log_softmax(logits[0].double(), dim=-1).numpy()
+def record_language_model(
+    model: Any, ids: torch.Tensor, top: int = TOP_PREDICTIONS
+) -> tuple[list[dict], list[tuple[tuple[int, float], ...]]]:
+    """Read (1, T) ``ids`` with :meth:`rnnlab.LanguageModel.steps`, forced to the text from the
+    zero state, its gates recorded (the reference loop): ``(gates, predictions)``,
+    ``gates[layer]`` name -> (T, H) numpy (LSTM: i, f, g, o, c, h), ``predictions[t]`` the
+    ``top`` likeliest ``(id, probability)`` of the next token after position t.
+
+    Step t reads ids[t] and carries the distribution it was read from, so the prediction after
+    position t is step t + 1's; the one after the last position comes from one more step past
+    the text (drawn from a fixed private generator, and not shown)."""
+    text = ids[0].tolist()
+    steps = list(model.steps([], len(text) + 1, seed=0, top=top, record_gates=True, forced=text))
+    read = steps[:-1]  # the text's own steps
+    gates = [
+        {name: torch.stack([s.gates[layer][name] for s in read]).numpy() for name in layer_gates}
+        for layer, layer_gates in enumerate(read[0].gates)
+    ]  # (T, H) each
+    return gates, [s.top for s in steps[1:]]
 
 
 def text_features(labels: list[str]) -> dict[str, np.ndarray]:
@@ -236,15 +240,12 @@ def inspect_language_model(
     check_out(out)
     task.bind_run(run_dir)
     example = task.example(text, {})
-    gates, logp = record_language_model(model, example.inputs[0])  # [(T, H)], (T, V)
+    gates, predictions = record_language_model(model, example.inputs[0])  # [(T, H)], T
     if not 0 <= layer < len(gates):
         raise InspectError(f"--layer expected 0..{len(gates) - 1}, got {layer}")
     vocab = task.vocab
     assert vocab is not None, "bind_run sets the vocabulary"
-    best = np.argsort(-logp, axis=1, kind="stable")[:, :TOP_PREDICTIONS]  # (T, 5)
-    top_k = [
-        [(vocab.tokens[i], float(np.exp(logp[t, i]))) for i in row] for t, row in enumerate(best)
-    ]
+    top_k = [[(vocab.tokens[i], p) for i, p in row] for row in predictions]
     real = example.real
     trace = Trace(
         "text",

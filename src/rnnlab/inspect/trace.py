@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnlab.nn.layers import _RecurrentLayer
+from rnnlab.nn.layers import RecurrentLayer
 
 __all__ = [
     "SIGMOID_GATES",
@@ -66,11 +66,11 @@ class Trace:
         return self.probabilities[np.flatnonzero(self.real)[-1]]  # (C,)
 
 
-def recurrent_layers(model: nn.Module) -> list[_RecurrentLayer]:
+def recurrent_layers(model: nn.Module) -> list[RecurrentLayer]:
     """The rnnlab recurrent layers of a run's model, in order (one per stacked layer)."""
     stack = getattr(model, "stack", None)
     layers = list(getattr(stack, "layers", []))
-    if not layers or not all(isinstance(layer, _RecurrentLayer) for layer in layers):
+    if not layers or not all(isinstance(layer, RecurrentLayer) for layer in layers):
         kinds = sorted({type(layer).__name__ for layer in layers}) or ["none"]
         raise InspectError(
             f"inspect expected a model of rnnlab RNN/LSTM/GRU layers, got {', '.join(kinds)}"

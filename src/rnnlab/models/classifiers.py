@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from rnnlab.config import ConfigError, ModelConfig
 from rnnlab.nn.backends import compiled
 from rnnlab.nn.blocks import final_hidden
-from rnnlab.nn.layers import _RecurrentLayer
+from rnnlab.nn.layers import RecurrentLayer
 from rnnlab.nn.registry import LAYERS, layer_class
 from rnnlab.nn.validation import make_mask
 
@@ -36,7 +36,7 @@ def _keras_dense_init(linear: nn.Linear) -> nn.Linear:
     return linear
 
 
-def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> _RecurrentLayer:
+def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> RecurrentLayer:
     """One one-layer rnnlab layer of ``cfg.cell`` with the config's backend and precision."""
     # ModelConfig refuses precision="bf16" for GRU and RNN, which have no bf16 mode
     kwargs = (
@@ -178,7 +178,7 @@ def check_bf16(model: nn.Module, cfg: ModelConfig) -> None:
     recurrent layers are rnnlab's (the classifiers, the language model)."""
     if cfg.precision != "bf16":
         return
-    layer = next(m for m in model.modules() if isinstance(m, _RecurrentLayer))
+    layer = next(m for m in model.modules() if isinstance(m, RecurrentLayer))
     cell = layer.cells[0]
     reason = compiled.compiled_unavailable(cell, cell.weight_hh)
     if reason is not None:

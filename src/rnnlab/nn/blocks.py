@@ -10,7 +10,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from rnnlab.nn.cells import LSTMState
-from rnnlab.nn.layers import _RecurrentLayer
+from rnnlab.nn.layers import RecurrentLayer
 
 __all__ = ["Recurrent", "final_hidden"]
 
@@ -36,9 +36,9 @@ class Recurrent(nn.Module):
     under the layer's own type.
     """
 
-    def __init__(self, layer: _RecurrentLayer, return_sequences: bool = False) -> None:
+    def __init__(self, layer: RecurrentLayer, return_sequences: bool = False) -> None:
         super().__init__()
-        if not isinstance(layer, _RecurrentLayer):
+        if not isinstance(layer, RecurrentLayer):
             raise TypeError(
                 f"Recurrent expected an rnnlab RNN, LSTM or GRU layer, got {type(layer).__name__}"
             )

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LSTMState", "RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["Cell", "LSTMState", "RNNCell", "LSTMCell", "GRUCell"]
 
 
 class LSTMState(NamedTuple):
@@ -53,8 +53,14 @@ def _orthogonal_(weight: Tensor) -> None:
         weight.copy_(kernel.T)
 
 
-class _Cell(nn.Module):
-    """Shared parameters and initialisation of the three cells; ``gates`` blocks of H rows."""
+class Cell(nn.Module):
+    """The base class of rnnlab's cells: the shared parameters and their initialisation.
+
+    A cell has ``gates`` blocks of H rows in ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H) and
+    one ``bias`` (G*H,) per gate; subclasses give ``gates``, ``forward(x, state) -> state`` for
+    one step (the readable reference) and the gate names they record. A new cell kind
+    subclasses it (or brings its own parameters) and registers its layer in
+    :mod:`rnnlab.nn.registry`."""
 
     gates: int = 1
 
@@ -78,7 +84,7 @@ class _Cell(nn.Module):
         return f"{self.input_size}, {self.hidden_size}"
 
 
-class RNNCell(_Cell):
+class RNNCell(Cell):
     r"""Vanilla (Elman) RNN cell.
 
     .. math::  h_t = \tanh(W_{ih} x_t + W_{hh} h_{t-1} + b)
@@ -99,7 +105,7 @@ class RNNCell(_Cell):
         return (h_t, {"h": h_t}) if return_gates else h_t
 
 
-class LSTMCell(_Cell):
+class LSTMCell(Cell):
     r"""Long short-term memory cell (Hochreiter & Schmidhuber 1997, with the forget gate of
     Gers et al. 2000), with the equations of Olah's "Understanding LSTM Networks" (2015): one
     weight matrix and one bias per gate.
@@ -154,7 +160,7 @@ class LSTMCell(_Cell):
         return state
 
 
-class GRUCell(_Cell):
+class GRUCell(Cell):
     r"""Gated recurrent unit (Cho et al. 2014) in the PyTorch/cuDNN convention.
 
     .. math::

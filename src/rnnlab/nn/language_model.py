@@ -2,9 +2,12 @@
 
 Shape legend: B batch, T time, E embedding size, H hidden units, L layers, V vocabulary size.
 
-The model owns its generation (as nanoGPT's ``GPT.generate`` does): :meth:`LanguageModel.generate`
-runs the prompt once and then feeds one token at a time, carrying the recurrent state, so a
-token costs one step whatever the length of the text before it.
+The model owns its generation (as nanoGPT's ``GPT.generate`` does): :meth:`LanguageModel.steps`
+is the one decoding loop. It runs the prompt once and then feeds one token at a time, carrying
+the recurrent state, so a token costs one step whatever the length of the text before it; each
+step yields a :class:`~rnnlab.nn.sampling.GenerationStep` (token, probability, top
+alternatives, state, gates when asked). :meth:`LanguageModel.generate` (token ids), ``rnnlab
+generate``, ``rnnlab serve`` and ``rnnlab inspect`` all read those steps.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from rnnlab.nn.backends import PRECISIONS, Precision
 from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.decoder_loss import decoder_cross_entropy
 from rnnlab.nn.registry import CELL_NAMES, layer_class
+from rnnlab.nn.sampling import GenerationStep, check_sampling, sample_next
 
 __all__ = [
     "LanguageModel",
+    "GenerationStep",
     "State",
     "detach_state",
     "check_sampling",
@@ -168,8 +173,9 @@ class LanguageModel(nn.Module):
         )
         return loss, state
 
-    def _hidden(self, ids: Tensor, state: State | None) -> tuple[Tensor, State]:
-        """The last recurrent layer's outputs (B, T, H) and the state, for checked ``ids``."""
+    def _hidden(self, ids: Tensor, state: State | None, return_gates: bool = False) -> tuple:
+        """The last recurrent layer's outputs (B, T, H) and the state, for checked ``ids``;
+        with ``return_gates``, the layer's gates third (see :meth:`rnnlab.nn.LSTM.forward`)."""
         if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise ValueError(
                 f"LanguageModel expected integer ids of shape (B, T), got {ids.dtype} "
@@ -181,7 +187,7 @@ class LanguageModel(nn.Module):
                 f"{int(ids.min())} to {int(ids.max())}"
             )
         x = self.drop(self.embedding(ids))  # (B, T, E)
-        return self.rnn(x, state)  # (B, T, H), state
+        return self.rnn(x, state, return_gates=return_gates)  # (B, T, H), state[, gates]
 
     # -- using a trained model ------------------------------------------------------------------
     @contextmanager
@@ -240,30 +246,63 @@ class LanguageModel(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        seed: int | None = None,
+        seed: int | torch.Generator | None = None,
     ) -> Iterator[int]:
-        """Yield ``max_new_tokens`` sampled token ids, one at a time, as each is drawn.
+        """Yield ``max_new_tokens`` sampled token ids, one at a time, as each is drawn: the
+        tokens of :meth:`steps` (same arguments, without the alternatives). The prompt must
+        not be empty (P >= 1): it is what the text so far encodes to. Everything is checked
+        here, before the first token, so a caller can fail before streaming."""
+        shape = tuple(torch.as_tensor(prompt_ids).shape)
+        if len(shape) != 1 or shape[0] < 1:
+            raise ValueError(f"generate expected a non-empty (P,) prompt, got shape {shape}")
+        steps = self.steps(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, top=0)
+        return (step.token for step in steps)
 
-        The prompt runs through the model once; then each drawn token is fed alone with the
-        carried state (never the prefix again), in eval mode without autograd. The arguments
-        are checked here, before the first token, so a caller can fail before streaming.
+    def steps(
+        self,
+        prompt_ids: Sequence[int] | Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | torch.Generator | None = None,
+        *,
+        top: int = 5,
+        record_gates: bool = False,
+        forced: Sequence[int] = (),
+    ) -> Iterator[GenerationStep]:
+        """The one decoding loop: yield ``max_new_tokens`` :class:`GenerationStep`, one per
+        ``next()``.
+
+        The prompt runs through the model once; then each token is drawn from the last
+        logits, read alone with the carried state (never the prefix again) and yielded with
+        its probability, the ``top`` likeliest alternatives, the state after it and, with
+        ``record_gates``, its gates. Each step runs in eval mode under its own
+        ``torch.no_grad`` and leaves neither behind between steps, so a caller may resume the
+        iterator from another thread or hold a lock around each ``next()`` (as serve does).
+        The arguments are checked here, before the first step.
 
         Args:
-            prompt_ids: (P,) ids, P >= 1 (what the text so far encodes to).
+            prompt_ids: (P,) ids. P = 0 starts from the zero state, whose prediction is the
+                decoder's reading of h = 0 (its bias).
             max_new_tokens: 0..:data:`MAX_NEW_TOKENS`.
             temperature: > 0; logits are divided by it (< 1 sharper, > 1 flatter).
             top_k: draw only among the k most likely tokens (>= 1; ``top_k=1`` is greedy
                 decoding); None: all. Larger than V means all.
             top_p: nucleus sampling (Holtzman et al. 2020): draw among the fewest most likely
                 tokens whose probabilities sum to at least p, 0 < p <= 1; None: all.
-            seed: seeds a private generator so the same call gives the same text; None uses
-                torch's global generator.
+            seed: an int seeds a private generator so the same call gives the same text; a
+                ``torch.Generator`` is drawn from as it is; None uses torch's global one.
+            top: how many ``(id, probability)`` alternatives each step carries (0: none).
+            record_gates: give each step's gates; routed to the recurrent layer as its per-call
+                ``return_gates`` (the reference loop, the only one that records them).
+            forced: ids read as the first steps instead of drawn (teacher forcing, as
+                ``rnnlab inspect`` reads a text); at most ``max_new_tokens`` of them.
         """
-        prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.decoder.weight.device)
-        if prompt.dim() != 1 or prompt.shape[0] < 1:
-            raise ValueError(
-                f"generate expected a non-empty (P,) prompt, got shape {tuple(prompt.shape)}"
-            )
+        device = self.decoder.weight.device
+        prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
+        if prompt.dim() != 1:
+            raise ValueError(f"generate expected a (P,) prompt, got shape {tuple(prompt.shape)}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
             raise ValueError(f"generate expected an int max_new_tokens, got {max_new_tokens!r}")
         if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
@@ -271,63 +310,66 @@ class LanguageModel(nn.Module):
                 f"generate expected 0 <= max_new_tokens <= {MAX_NEW_TOKENS}, got {max_new_tokens}"
             )
         check_sampling(temperature, top_k, top_p)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=prompt.device).manual_seed(int(seed))
-        return self._generate(prompt, max_new_tokens, temperature, top_k, top_p, generator)
+        if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+            raise ValueError(f"generate expected an int top >= 0, got {top!r}")
+        forced = [int(t) for t in forced]
+        if len(forced) > max_new_tokens:
+            raise ValueError(
+                f"generate expected at most max_new_tokens={max_new_tokens} forced ids, got "
+                f"{len(forced)}"
+            )
+        generator = seed if isinstance(seed, torch.Generator) else None
+        if seed is not None and generator is None:
+            generator = torch.Generator(device=device).manual_seed(int(seed))
+        return self._steps(
+            prompt,
+            max_new_tokens,
+            (temperature, top_k, top_p, generator),
+            top,
+            record_gates,
+            forced,
+        )
 
-    def _generate(
+    def _steps(
         self,
         prompt: Tensor,
         max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        generator: torch.Generator | None,
-    ) -> Iterator[int]:
-        """The sampling loop of :meth:`generate` (arguments already checked)."""
-        with self._evaluating():
-            logits, state = self(prompt.unsqueeze(0))  # (1, P, V): the prompt, once
-            for k in range(max_new_tokens):
-                token = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
-                yield token
-                if k + 1 < max_new_tokens:  # no step for a token nobody will follow
-                    step = torch.tensor([[token]], device=prompt.device)  # (1, 1)
-                    logits, state = self(step, state)  # (1, 1, V)
+        sampling: tuple,
+        top: int,
+        record_gates: bool,
+        forced: list[int],
+    ) -> Iterator[GenerationStep]:
+        """The loop of :meth:`steps` (arguments already checked)."""
+        logits: Tensor | None = None  # (1, t, V): the prediction after the last token read
+        state: State | None = None
+        for k in range(max_new_tokens):
+            with self._evaluating():  # per step: no grad mode or eval mode held across yields
+                if logits is None:
+                    logits, state, _ = self._read(prompt[None], None, False)  # the prompt, once
+                last = logits[0, -1]  # (V,)
+                token = forced[k] if k < len(forced) else sample_next(last, *sampling)
+                probs = torch.softmax(last.double(), dim=-1)  # (V,), at temperature 1
+                alternatives: tuple[tuple[int, float], ...] = ()
+                if top:
+                    best = torch.topk(probs, min(top, probs.shape[0]))  # the likeliest, sorted
+                    pairs = zip(best.indices.tolist(), best.values.tolist(), strict=True)
+                    alternatives = tuple(pairs)
+                step = torch.tensor([[token]], device=prompt.device)  # (1, 1)
+                logits, state, gates = self._read(step, state, record_gates)  # (1, 1, V)
+            yield GenerationStep(token, float(probs[token]), alternatives, state, gates)
 
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ValueError, saying what was expected, for sampling settings that cannot work."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(f"expected a number temperature, got {temperature!r}")
-    if not temperature > 0 or temperature == float("inf"):
-        raise ValueError(f"expected temperature > 0 (finite), got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"expected top_k >= 1 (an int) or None, got {top_k!r}")
-    if top_p is not None and (
-        isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1
-    ):
-        raise ValueError(f"expected top_p in (0, 1] or None, got {top_p!r}")
-
-
-def sample_next(
-    logits: Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Draw one token id from (V,) ``logits``: divided by ``temperature``, then kept to the
-    ``top_k`` largest, then to the nucleus of mass ``top_p``; see :meth:`LanguageModel.generate`.
-    """
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # (V,)
-    if top_k is not None and top_k < logits.shape[0]:
-        kth = torch.topk(logits, top_k).values[-1]  # the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))  # (V,)
-    if top_p is not None and top_p < 1:
-        probs, order = torch.sort(torch.softmax(logits, dim=-1), descending=True)  # (V,) each
-        before = torch.cumsum(probs, dim=0) - probs  # mass of the more likely tokens
-        drop = order[before >= top_p]  # the first token always stays (before = 0)
-        logits = logits.index_fill(0, drop, float("-inf"))  # (V,)
-    probs = torch.softmax(logits, dim=-1)  # (V,)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    def _read(
+        self, ids: Tensor, state: State | None, record_gates: bool
+    ) -> tuple[Tensor, State, tuple[dict[str, Tensor], ...] | None]:
+        """(1, t) ``ids`` read from ``state``: logits (1, t, V), the state after them and, with
+        ``record_gates``, per layer name -> (H,) gates of the one step read (t = 1)."""
+        if ids.shape[1] == 0:  # nothing read yet: the zero state's prediction
+            state = self.init_state(1)
+            h = state.h if isinstance(state, LSTMState) else state  # (L, 1, H)
+            return self.decoder(h[-1:]), state, None  # (1, 1, V)
+        if not record_gates:
+            logits, state = self(ids, state)  # (1, t, V)
+            return logits, state, None
+        out, state, trace = self._hidden(ids, state, return_gates=True)  # (1, 1, H)
+        gates = tuple({name: v[0, -1] for name, v in layer[0].items()} for layer in trace)
+        return self.decoder(self.drop(out)), state, gates

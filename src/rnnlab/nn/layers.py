@@ -24,20 +24,23 @@ from torch import Tensor, nn
 
 from rnnlab.nn import backends
 from rnnlab.nn.backends import BACKENDS, Backend, Precision
-from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
 from rnnlab.nn.validation import check_input, check_state, make_mask
 
-__all__ = ["RNN", "LSTM", "GRU", "MinGRU", "MinLSTM", "BACKENDS"]
+__all__ = ["RNN", "LSTM", "GRU", "MinGRU", "MinLSTM", "BACKENDS", "RecurrentLayer"]
 
 
-class _RecurrentLayer(nn.Module):
-    """What RNN, LSTM and GRU share: construction, validation, masking, stacking, backends.
+class RecurrentLayer(nn.Module):
+    """The base class of rnnlab's recurrent layers (RNN, LSTM, GRU): construction,
+    validation, masking, stacking and the backend a call routes to.
 
-    Subclasses set ``cell_type`` and say how a state is made and split.
+    Subclasses set ``cell_type`` and say how a state is made and split (``_zero_state``,
+    ``_cell_state``, ``_stack_states``). Code outside :mod:`rnnlab.nn` that needs "any rnnlab
+    recurrent layer" (inspect, export, the classifiers) tests against this class.
     """
 
-    cell_type: type[_Cell] | type[MinCell]
+    cell_type: type[Cell] | type[MinCell]
     precision: Precision = "fp32"  # LSTM, MinGRU and MinLSTM have a bf16 mode
 
     def __init__(
@@ -79,7 +82,7 @@ class _RecurrentLayer(nn.Module):
             raise ValueError(f"{type(self).__name__} expected backend in {BACKENDS}, got {value!r}")
         self._backend = value
 
-    def cell(self, layer: int, direction: int = 0) -> _Cell | MinCell:
+    def cell(self, layer: int, direction: int = 0) -> Cell | MinCell:
         """The cell of ``layer`` (0-based) and ``direction`` (0 forwards, 1 backwards)."""
         return self.cells[layer * self.num_directions + direction]
 
@@ -190,7 +193,7 @@ class _RecurrentLayer(nn.Module):
         return layer_input, final_state
 
 
-class RNN(_RecurrentLayer):
+class RNN(RecurrentLayer):
     """Vanilla RNN layer (stack of :class:`rnnlab.nn.cells.RNNCell`), batch first.
 
     ``RNN(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
@@ -211,7 +214,7 @@ class RNN(_RecurrentLayer):
     cell_type = RNNCell
 
 
-class GRU(_RecurrentLayer):
+class GRU(RecurrentLayer):
     """GRU layer (stack of :class:`rnnlab.nn.cells.GRUCell`, torch/cuDNN convention), batch first.
 
     Same arguments and returns as :class:`RNN`; state h_n (L*D, B, H). Backends as
@@ -224,7 +227,7 @@ class GRU(_RecurrentLayer):
     cell_type = GRUCell
 
 
-class LSTM(_RecurrentLayer):
+class LSTM(RecurrentLayer):
     """LSTM layer (stack of :class:`rnnlab.nn.cells.LSTMCell`), batch first.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
@@ -306,7 +309,7 @@ class LSTM(_RecurrentLayer):
         return LSTMState(torch.stack([s.h for s in states]), torch.stack([s.c for s in states]))
 
 
-class _MinLayer(_RecurrentLayer):
+class _MinLayer(RecurrentLayer):
     """What MinGRU and MinLSTM share: a ``precision`` of their own (bf16 input GEMM)."""
 
     cell_type: type[MinCell]

@@ -10,11 +10,11 @@ backend=...)`` as :class:`rnnlab.nn.LSTM` does.
 
 from __future__ import annotations
 
-from rnnlab.nn.layers import GRU, LSTM, RNN, MinGRU, MinLSTM, _RecurrentLayer
+from rnnlab.nn.layers import GRU, LSTM, RNN, MinGRU, MinLSTM, RecurrentLayer
 
 __all__ = ["LAYERS", "CELL_NAMES", "layer_class"]
 
-LAYERS: dict[str, type[_RecurrentLayer]] = {
+LAYERS: dict[str, type[RecurrentLayer]] = {
     "rnn": RNN,
     "lstm": LSTM,
     "gru": GRU,
@@ -24,7 +24,7 @@ LAYERS: dict[str, type[_RecurrentLayer]] = {
 CELL_NAMES: tuple[str, ...] = tuple(LAYERS)
 
 
-def layer_class(name: str) -> type[_RecurrentLayer]:
+def layer_class(name: str) -> type[RecurrentLayer]:
     """The layer class of cell ``name``; ValueError naming the known cells otherwise."""
     if name not in LAYERS:
         raise ValueError(f"unknown recurrent cell: expected one of {CELL_NAMES}, got {name!r}")

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.nn.blocks import Recurrent
-from rnnlab.nn.layers import _RecurrentLayer
+from rnnlab.nn.layers import RecurrentLayer
 
 __all__ = ["SummaryRow", "ModelSummary", "summary", "print_summary"]
 
@@ -205,7 +205,7 @@ def _row_modules(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
             return
         seen.add(id(module))
         children = list(module.named_children())
-        if not children or isinstance(module, (_RecurrentLayer, Recurrent)):
+        if not children or isinstance(module, (RecurrentLayer, Recurrent)):
             rows.append((name, module, False))
             return
         if any(True for _ in module.parameters(recurse=False)):

@@ -38,6 +38,7 @@ from rnnlab.runs.layout import (
 )
 from rnnlab.runs.load import checkpoint_config
 from rnnlab.runs.lock import RunLock
+from rnnlab.runs.report import Report
 from rnnlab.runs.session import RunSession
 from rnnlab.train import Trainer, TrainState
 
@@ -73,8 +74,8 @@ def resume(
     data_dir: PathLike | None = None,
     callbacks: Sequence[Any] = (),
     context: Context | None = None,
-) -> dict[str, Any]:
-    """Continue an interrupted run from ``checkpoints/last``; returns report.json. The
+) -> Report:
+    """Continue an interrupted run from ``checkpoints/last``; returns its report. The
     checkpoint holds the global position, so ``context`` may have another world size than the
     run had; rank 0 reads the directory and sends the others what they need."""
     started, context = time.perf_counter(), context or Context()
@@ -97,7 +98,7 @@ def _resume(
     callbacks: Sequence[Any],
     started: float,
     context: Context,
-) -> dict[str, Any]:
+) -> Report:
     context.check_batch_size(config.train.batch_size)
     ckpt_dir = run_dir / "checkpoints"
     session = RunSession(run_dir, config, data_dir, callbacks, started, context)

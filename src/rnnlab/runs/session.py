@@ -48,6 +48,7 @@ from rnnlab.runs.layout import (
 )
 from rnnlab.runs.load import artifact_digests
 from rnnlab.runs.lock import RunLock, claim_new_run_dir
+from rnnlab.runs.report import Report
 from rnnlab.tasks import Task, TaskData, get_task
 from rnnlab.train import (
     BatchSource,
@@ -135,7 +136,7 @@ class RunSession:
         val = None if data.val is None else self.task.batches(data.val, training=False, **shard)
         return train, val, self.task.batches(data.test, training=False, **shard)
 
-    def execute(self, trainer: Trainer, data: TaskData) -> dict[str, Any]:
+    def execute(self, trainer: Trainer, data: TaskData) -> Report:
         config = self.config
         train, val, test = self._batches(data)
         self.fit_base = trainer.state.wall_seconds
@@ -194,10 +195,10 @@ class RunSession:
         with contextlib.suppress(OSError):  # unwritable: the checkpoint itself is intact
             self.run_info(status, error=f"{type(exc).__name__}: {exc}")
 
-    def _test_metrics(self, trainer: Trainer, test: BatchSource) -> dict[str, Any]:
-        """The test split's loss and metrics, evaluated once: of the best checkpoint when
-        validation was a holdout (the epoch was picked without seeing test), otherwise of the
-        final model."""
+    def _test_metrics(self, trainer: Trainer, test: BatchSource) -> tuple[dict[str, float], str]:
+        """``(metrics by name, checkpoint)``: the test split's loss and metrics, evaluated
+        once: of the best checkpoint ("best") when validation was a holdout (the epoch was
+        picked without seeing test), otherwise of the final model ("last")."""
         config, history = self.config, trainer.state.history
         tag = "best" if config.data.validation == "holdout" else "last"
         if tag == "best" and self.context.on_main((self.ckpt_dir / "best.json").is_file):
@@ -211,29 +212,29 @@ class RunSession:
             }
         else:
             metrics = evaluate(trainer.module, test.epoch(0), self.task, self.context.reduce_hook)
-        return {**self.task.test_report(metrics), "test_checkpoint": tag}
+        # the task picks which metrics a report keeps, named as report.json's keys (test_<name>)
+        kept = self.task.test_report(metrics)
+        return {name.removeprefix("test_"): value for name, value in kept.items()}, tag
 
-    def _finish(self, trainer: Trainer, test: BatchSource, n_train: int) -> dict[str, Any]:
+    def _finish(self, trainer: Trainer, test: BatchSource, n_train: int) -> Report:
         config, state = self.config, trainer.state
-        report: dict[str, Any] = {"preset": config.name, "run_dir": str(self.run_dir)}
-        if config.run.evaluate_test:
-            report.update(self._test_metrics(trainer, test))
+        tested, tag = self._test_metrics(trainer, test) if config.run.evaluate_test else ({}, None)
         last = state.history[-1] if state.history else {}
         metric = self.task.selection.metric
-        report.update(
-            {
-                f"val_{metric}": last.get(f"val_{metric}"),
-                f"best_val_{metric}": None if state.best is None else state.best["value"],
-                "best_epoch": None if state.best is None else state.best["epoch"],
-                f"final_train_{metric}": last.get(metric),
-            }
-        )
-        report.update(
-            selection=f"val_{metric} ({self.task.selection.mode})",
+        report = Report(
+            preset=config.name,
+            run_dir=str(self.run_dir),
+            selection=self.task.selection,
+            val=last.get(f"val_{metric}"),
+            best=None if state.best is None else state.best["value"],
+            best_epoch=None if state.best is None else state.best["epoch"],
+            final_train=last.get(metric),
+            test=tested,
+            test_checkpoint=tag,
             validation=config.data.validation,
             holdout_seed=config.data.holdout_seed if config.data.validation == "holdout" else None,
             epochs=state.epoch,
-            stopped=state.stopped,  # "time_limit" when train.time_limit ended the run
+            stopped=state.stopped,
             steps=state.step,
             samples=state.samples,
             train_examples=n_train,
@@ -245,13 +246,14 @@ class RunSession:
             + (time.perf_counter() - self.started)
             - (state.wall_seconds - self.fit_base),
             samples_per_second=state.samples / max(state.train_seconds, 1e-9),
+            throughput_unit=self.task.throughput_unit,
             machine=_machine(),
             versions=versions(),
         )
         self.context.on_main(lambda: self._write_results(report))
         return report
 
-    def _write_results(self, report: dict[str, Any]) -> None:
+    def _write_results(self, report: Report) -> None:
         records = [
             json.loads(line)
             for line in (self.run_dir / "metrics.jsonl").read_text("utf-8").splitlines()
@@ -260,7 +262,7 @@ class RunSession:
         plot_learning_curve(records, self.run_dir / "learning_curve.png", title=self.config.name)
         self.run_info("finished")
         fault_point("report")
-        atomic_write(self.run_dir / "report.json", json_bytes(report))
+        atomic_write(self.run_dir / "report.json", report.to_bytes())
 
 
 def _new_run_dir(out: PathLike | None, name: str) -> Path:
@@ -276,8 +278,9 @@ def train(
     overrides: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
     context: Context | None = None,
-) -> dict[str, Any]:
-    """Train a preset name or configuration into a new run directory; returns report.json.
+) -> Report:
+    """Train a preset name or configuration into a new run directory; returns its report
+    (what it wrote to report.json).
 
     ``callbacks`` (e.g. :class:`rnnlab.train.ProgressBar`) are added to the run's own metrics
     writer and checkpointer. The directory is claimed first (made and locked, see

@@ -1,6 +1,13 @@
 """The language models' part of ``rnnlab serve`` (the ``lm`` page): generation streamed token by
-token as server-sent events, and scoring a text. The steps themselves are in
-:mod:`rnnlab.serve.language`.
+token as server-sent events, and scoring a text.
+
+Generation is the library's: the run's task builds the prompt
+(:meth:`rnnlab.tasks.LanguageModelTask.prompt_ids`) and :meth:`rnnlab.LanguageModel.steps`,
+the one decoding loop, reads it once and then draws and reads each token with the carried state,
+giving per step the token's probability, the :data:`TOP` likeliest alternatives and the state
+after it; this module only turns a step into the page's dict. Each ``next()`` of a stream runs
+in a worker thread with its own ``torch.no_grad`` inside the model (grad mode is per thread), so
+several streams interleave on one model; no lock is needed (:mod:`rnnlab.serve.models`).
 
 Shape legend: L layers, H hidden units, V vocabulary.
 """
@@ -11,16 +18,104 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import numpy as np
+import torch
 from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
 
-from rnnlab.serve import language
+from rnnlab.nn.cells import LSTMState
+from rnnlab.nn.language_model import LanguageModel, State, check_sampling
 from rnnlab.serve.models import InputError, Lookup, ServedRun, check_analysis
 from rnnlab.serve.schemas import GenerateRequest, ScoreRequest, check_text
+from rnnlab.tasks import LanguageModelTask, PredictError
 
-__all__ = ["LanguageRun"]
+__all__ = ["TOP", "LanguageRun", "check_generation", "generate_tokens", "score_text"]
 
 _END = object()
+
+
+TOP = 5  # alternatives shown per generated token
+
+
+def _layer_values(state: State, layer: int, which: str) -> torch.Tensor:
+    """(H,): ``which`` ("c" or "h") of ``layer`` in a batch-of-one state (L, 1, H)."""
+    if not isinstance(state, LSTMState):
+        return state[layer, 0]  # GRU and RNN carry h only
+    return (state.c if which == "c" else state.h)[layer, 0]
+
+
+def check_generation(
+    model: LanguageModel, temperature: float, top_k: int, layer: int, unit: int, state: str
+) -> None:
+    """Raise :class:`InputError` naming the field for settings that cannot work."""
+    try:
+        check_sampling(temperature, top_k or None, None)
+    except ValueError as exc:
+        field = "temperature" if "temperature" in str(exc) else "top_k"
+        raise InputError(field, str(exc)) from exc
+    if not 0 <= layer < model.num_layers:
+        raise InputError("layer", f"expected 0..{model.num_layers - 1}, got {layer}")
+    if not 0 <= unit < model.hidden_size:
+        raise InputError("unit", f"expected 0..{model.hidden_size - 1}, got {unit}")
+    if state == "c" and model.cell != "lstm":
+        raise InputError(
+            "state", f"expected 'h' (a {model.cell.upper()} has no cell state c), got 'c'"
+        )
+
+
+def generate_tokens(
+    task: LanguageModelTask,
+    model: LanguageModel,
+    ids: list[int],
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    layer: int,
+    unit: int,
+    state: str,
+    seed: int | None,
+    every_unit: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """One dict per drawn token: ``token`` (its text, see
+    :meth:`~rnnlab.tasks.LanguageModelTask.piece`), ``id``, ``probability`` (the model's, at
+    temperature 1), ``top`` (the :data:`TOP` likeliest ``{"token", "probability"}``) and
+    ``value`` (``state`` of ``unit`` in ``layer`` after reading the token) and, with
+    ``every_unit``, ``values`` (H,): every unit's, so a page can recolour by another unit
+    without generating again. Arguments are checked by the caller (:func:`check_generation`,
+    :meth:`~rnnlab.tasks.LanguageModelTask.prompt_ids`)."""
+    steps = model.steps(ids, max_tokens, temperature, top_k or None, None, seed, top=TOP)
+    for step in steps:
+        values = _layer_values(step.state, layer, state).double()  # (H,)
+        item: dict[str, Any] = {
+            "token": task.piece(step.token),
+            "id": step.token,
+            "probability": round(step.probability, 6),
+            "top": [{"token": task.piece(i), "probability": round(p, 6)} for i, p in step.top],
+            "value": round(float(values[unit]), 5),
+        }
+        if every_unit:
+            item["values"] = np.round(values.numpy(), 4).tolist()
+        yield item
+
+
+def score_text(task: LanguageModelTask, model: LanguageModel, text: str) -> dict[str, Any]:
+    """``text`` scored by :meth:`rnnlab.tasks.LanguageModelTask.predict`: ``tokens``,
+    ``log_probs`` (natural log, each given the text before it), ``loss``, ``bpc`` or
+    ``perplexity``, ``count`` and the ``unknown`` tokens."""
+    try:
+        prepared = task.prepare([text], {})
+    except PredictError as exc:
+        raise InputError("text", str(exc)) from exc
+    (out,) = task.predict(model, prepared)
+    out["log_probs"] = np.round(np.asarray(out["log_probs"]), 6).tolist()
+    out.pop("input", None)  # the caller has it; up to 100 kB not echoed back
+    return {"figure": task.figure, **out}
+
+
+def warm_up(model: LanguageModel) -> None:
+    """One step, so the first request does not pay for building the compiled kernels."""
+    with torch.no_grad():
+        model(torch.zeros(1, 1, dtype=torch.long, device=model.decoder.weight.device))
 
 
 class LanguageRun(ServedRun):
@@ -61,12 +156,12 @@ class LanguageRun(ServedRun):
         (:class:`InputError` naming the field)."""
         model = self.model
         state = state or ("c" if model.cell == "lstm" else "h")
+        check_generation(model, temperature, top_k, layer, unit, state)
         try:
-            language.check_generation(model, temperature, top_k, layer, unit, state)
-            ids = language.prompt_ids(self.task, prompt)
-        except language.LanguageInputError as exc:
-            raise InputError(exc.field, str(exc)) from exc
-        return language.generate_tokens(
+            ids, _, _ = self.task.prompt_ids(prompt, "prompt")
+        except PredictError as exc:
+            raise InputError("prompt", str(exc)) from exc
+        return generate_tokens(
             self.task,
             model,
             ids,
@@ -84,13 +179,10 @@ class LanguageRun(ServedRun):
         """``text``'s ``tokens`` and their natural-log probabilities (``log_probs``, each given
         the text before it and the start of a line), the mean ``loss``, ``bpc`` (characters) or
         ``perplexity`` (words) (``figure`` says which), ``count`` and the ``unknown`` tokens."""
-        try:
-            return language.score_text(self.task, self.model, text)
-        except language.LanguageInputError as exc:
-            raise InputError(exc.field, str(exc)) from exc
+        return score_text(self.task, self.model, text)
 
     def warm_up(self) -> None:
-        language.warm_up(self.model)
+        warm_up(self.model)
 
     @classmethod
     def add_routes(cls, app: Any, lookup: Lookup, work: Callable[..., Any]) -> None:

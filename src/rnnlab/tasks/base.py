@@ -151,6 +151,8 @@ class Task(ABC):
     metric_specs: ClassVar[tuple[MetricSpec, ...]]
     selection: ClassVar[Selection]
     artifact_names: ClassVar[tuple[str, ...]] = ()  # files of the run directory it needs
+    # what BatchLoss.count counts, hence the report's samples_per_second: "samples" (examples)
+    throughput_unit: ClassVar[str] = "samples"
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -179,7 +181,7 @@ class Task(ABC):
         if verb not in self.floors.verbs:
             raise PredictError(
                 f"{where}: {verb} expected a run whose kind offers it, got a {self.kind!r} run "
-                f"(use {', '.join(self.floors.verbs) or 'evaluate'})"
+                f"(use {' or '.join(f'`rnnlab {v}`' for v in self.floors.verbs or ('evaluate',))})"
             )
 
     def check_config(self) -> None:  # noqa: B027 (optional hook)

@@ -119,6 +119,7 @@ class LanguageModelTask(Task):
     )
     selection = Selection("loss", "min")
     artifact_names = (VOCAB,)
+    throughput_unit = "tokens"  # every predicted position counts (BatchLoss.count)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -289,6 +290,26 @@ class LanguageModelTask(Task):
         if vocab.eos_id is not None:
             return [vocab.eos_id]
         return [int(vocab.lookup(["\n"])[0])] if "\n" in vocab else []
+
+    def prompt_ids(self, prompt: str, field: str) -> tuple[list[int], int, tuple[str, ...]]:
+        """What the model reads before generating: ``(ids, unknown count, up to 10 unknown
+        tokens)``, ids being :meth:`start_context` then the prompt's (which may be empty).
+        ``rnnlab generate`` and ``rnnlab serve`` both build their prompt here.
+
+        Raises:
+            PredictError: starting with ``field``, for a blank or binary prompt, or an empty one
+                where the vocabulary has no start context.
+        """
+        ids, unknown, tokens = np.zeros(0, np.int64), 0, ()
+        if prompt:
+            ids, unknown, tokens = self.encode(prompt, field)
+        full = [*self.start_context(), *ids.tolist()]
+        if not full:
+            raise PredictError(
+                f"{field}: expected some text (this character vocabulary has no newline to "
+                "start from), got an empty prompt"
+            )
+        return full, unknown, tokens
 
     def piece(self, token: int) -> str:
         """How one generated token is written: the character, or the word and a space (a

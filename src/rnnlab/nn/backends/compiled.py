@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnlab.nn.backends import _ext
-from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, _Cell
+from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState
 
 __all__ = [
     "compiled_unavailable",
@@ -35,7 +35,7 @@ __all__ = [
 _COMPILED_DTYPES = (torch.float32, torch.float64)
 
 
-def compiled_unavailable(cell: _Cell, x: Tensor) -> str | None:
+def compiled_unavailable(cell: Cell, x: Tensor) -> str | None:
     """Why the compiled kernels cannot run ``cell`` on ``x``, or None if they can: they cover
     LSTM and GRU cells, float32 and float64 CPU tensors, and need the extension to be built
     (AVX-512 CPU, C++ compiler, ninja; :func:`rnnlab.nn.backends._ext.load` builds it on the

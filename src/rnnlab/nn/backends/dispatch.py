@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.nn.backends import _ext, compiled, fused, native, parallel, reference
-from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell, _Cell
+from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
 
 __all__ = [
@@ -66,15 +66,15 @@ Kernel = Literal[
     "parallel.minlstm",
 ]
 State = Tensor | LSTMState
-Cell = _Cell | MinCell  # the classic cells, and those whose gates read x_t alone
-_FUSED: dict[type[Cell], Kernel] = {
+AnyCell = Cell | MinCell  # the classic cells, and those whose gates read x_t alone
+_FUSED: dict[type[AnyCell], Kernel] = {
     LSTMCell: "fused.lstm",
     GRUCell: "fused.gru",
     RNNCell: "fused.rnn",
     MinGRUCell: "parallel.mingru",
     MinLSTMCell: "parallel.minlstm",
 }
-_TORCH: dict[type[Cell], Kernel] = {
+_TORCH: dict[type[AnyCell], Kernel] = {
     LSTMCell: "torch.lstm",
     GRUCell: "torch.gru",
     RNNCell: "torch.rnn",
@@ -106,7 +106,7 @@ class LayerScan(NamedTuple):
 
 
 def scan_layer(
-    cells: Sequence[Cell],
+    cells: Sequence[AnyCell],
     x: Tensor,
     states: Sequence[State],
     mask: Tensor | None,
@@ -202,7 +202,7 @@ def scan_layer(
 
 
 def route_layer(
-    cells: Sequence[Cell],
+    cells: Sequence[AnyCell],
     x: Tensor,
     states: Sequence[State],
     mask: Tensor | None,
@@ -237,7 +237,7 @@ def route_layer(
 
 
 def _pair_applies(
-    cells: Sequence[Cell], x: Tensor, states: Sequence[State], mask: Tensor | None
+    cells: Sequence[AnyCell], x: Tensor, states: Sequence[State], mask: Tensor | None
 ) -> bool:
     """The bidirectional pair kernel's rows of the table: two LSTM cells, unpadded float32
     inference."""
@@ -250,7 +250,7 @@ def _pair_applies(
     )
 
 
-def _cell_kernel(table: dict[type[Cell], Kernel], cell: Cell) -> Kernel:
+def _cell_kernel(table: dict[type[AnyCell], Kernel], cell: AnyCell) -> Kernel:
     """The fused or torch row of the table: the kernel written for the cell's type."""
     for cell_type, kernel in table.items():
         if isinstance(cell, cell_type):
@@ -258,7 +258,7 @@ def _cell_kernel(table: dict[type[Cell], Kernel], cell: Cell) -> Kernel:
     raise TypeError(f"expected an RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
 
 
-def _compiled_kernel(cell: Cell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
+def _compiled_kernel(cell: AnyCell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
     """The compiled rows of the table for one direction."""
     grad = needs_backward(x, [cell], [state])
     if isinstance(cell, LSTMCell):
@@ -273,7 +273,7 @@ def _compiled_kernel(cell: Cell, x: Tensor, state: State, mask: Tensor | None) -
 def _run(
     kernel: Kernel,
     route: Route,
-    cell: Cell,
+    cell: AnyCell,
     x: Tensor,
     state: State,
     mask: Tensor | None,
@@ -317,7 +317,7 @@ def _run(
 
 
 def resolve_backend(
-    cell: Cell, x: Tensor, requested: Backend, *, return_gates: bool = False
+    cell: AnyCell, x: Tensor, requested: Backend, *, return_gates: bool = False
 ) -> Literal["reference", "fused", "compiled", "torch"]:
     """The backend the table's first rows give ``requested`` for ``cell`` on ``x``: "reference"
     when asked for or when gates are (only it records them, whatever backend the layer has),
@@ -359,7 +359,7 @@ def resolve_backend(
 
 
 def use_bf16(
-    cell: Cell,
+    cell: AnyCell,
     x: Tensor,
     *,
     backend: Literal["reference", "fused", "compiled", "torch"],
@@ -406,7 +406,7 @@ def _min_bf16(cell: MinCell, x: Tensor, *, backend: str, precision: Precision) -
     )
 
 
-def needs_backward(x: Tensor, cells: Sequence[Cell], states: Sequence[State]) -> bool:
+def needs_backward(x: Tensor, cells: Sequence[AnyCell], states: Sequence[State]) -> bool:
     """Whether autograd will want gradients of this scan: of x, the cells' weights or the
     initial states. Otherwise the compiled kernels skip saving what a backward pass needs."""
     if not torch.is_grad_enabled():
@@ -422,7 +422,7 @@ def autocast_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def autocast_input(x: Tensor, cell: _Cell) -> Tensor:
+def autocast_input(x: Tensor, cell: AnyCell) -> Tensor:
     """Under CPU autocast a layer's input may arrive in bf16 (from an autocast Linear); the
     recurrent layers keep float32 weights and state, so such input is cast up to them."""
     if x.dtype == torch.bfloat16 and cell.weight_ih.dtype == torch.float32 and autocast_bf16():

@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnlab.nn.cells import LSTMState, _Cell
+from rnnlab.nn.cells import Cell, LSTMState
 
 __all__ = ["scan"]
 
 
 def scan(
-    cell: _Cell,
+    cell: Cell,
     x: Tensor,
     state: Tensor | LSTMState,
     mask: Tensor | None,

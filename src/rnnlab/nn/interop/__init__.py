@@ -14,11 +14,11 @@ whichever way the layers are imported. The functions are importable from here to
 
 from rnnlab.nn.interop.keras_layers import from_keras, to_keras
 from rnnlab.nn.interop.torch_modules import from_torch, to_torch
-from rnnlab.nn.layers import _RecurrentLayer
+from rnnlab.nn.layers import RecurrentLayer
 
 __all__ = ["from_torch", "to_torch", "from_keras", "to_keras"]
 
-_RecurrentLayer.from_torch = classmethod(from_torch)
-_RecurrentLayer.to_torch = to_torch
-_RecurrentLayer.from_keras = classmethod(from_keras)
-_RecurrentLayer.to_keras = to_keras
+RecurrentLayer.from_torch = classmethod(from_torch)
+RecurrentLayer.to_torch = to_torch
+RecurrentLayer.from_keras = classmethod(from_keras)
+RecurrentLayer.to_keras = to_keras

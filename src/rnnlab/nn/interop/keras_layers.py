@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell, _Cell
+from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, RNNCell
 from rnnlab.nn.interop.torch_modules import load_cell
-from rnnlab.nn.layers import _RecurrentLayer
+from rnnlab.nn.layers import RecurrentLayer
 
 __all__ = ["from_keras", "to_keras"]
 
-Layer = TypeVar("Layer", bound=_RecurrentLayer)
+Layer = TypeVar("Layer", bound=RecurrentLayer)
 
 _KERAS_NAMES = {LSTMCell: "LSTM", GRUCell: "GRU", RNNCell: "SimpleRNN"}
 
@@ -78,7 +78,7 @@ def from_keras(cls: type[Layer], source: Any, backend: str = "auto") -> Layer:
     return layer
 
 
-def to_keras(layer: _RecurrentLayer, return_sequences: bool = False) -> Any:
+def to_keras(layer: RecurrentLayer, return_sequences: bool = False) -> Any:
     """Keras 3 layers with ``layer``'s weights, computing what it computes (inference).
 
     Each rnnlab layer of the stack becomes a Keras ``LSTM``, ``GRU`` (``reset_after=True``, the
@@ -123,7 +123,7 @@ def to_keras(layer: _RecurrentLayer, return_sequences: bool = False) -> Any:
     return stack[0] if L == 1 else stack
 
 
-def _torch_to_keras_layout(cell: _Cell) -> list:
+def _torch_to_keras_layout(cell: Cell) -> list:
     """``cell``'s weights as Keras stores them: [kernel, recurrent_kernel, bias] (numpy)."""
     w_ih, w_hh, bias = (p.detach().cpu() for p in (cell.weight_ih, cell.weight_hh, cell.bias))
     if isinstance(cell, GRUCell):  # rnnlab stacks r, z, n; Keras z, r, h
@@ -275,7 +275,7 @@ def _keras_weights(keras: Any, layer: Any) -> tuple[Tensor, Tensor, Tensor | Non
 
 
 def _keras_to_torch_layout(
-    cell: _Cell, kernel: Tensor, recurrent: Tensor, bias: Tensor | None
+    cell: Cell, kernel: Tensor, recurrent: Tensor, bias: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Keras (kernel, recurrent_kernel, bias) -> torch (w_ih, w_hh, b_ih, b_hh), rnnlab order."""
     w_ih, w_hh = kernel.T, recurrent.T  # (G*H, I), (G*H, H)

@@ -22,14 +22,14 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell, _Cell
-from rnnlab.nn.layers import _RecurrentLayer
+from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, RNNCell
+from rnnlab.nn.layers import RecurrentLayer
 
 __all__ = ["from_torch", "to_torch"]
 
-Layer = TypeVar("Layer", bound=_RecurrentLayer)
+Layer = TypeVar("Layer", bound=RecurrentLayer)
 
-_TORCH_TYPES: dict[type[_Cell], type[nn.RNNBase]] = {
+_TORCH_TYPES: dict[type[Cell], type[nn.RNNBase]] = {
     LSTMCell: nn.LSTM,
     GRUCell: nn.GRU,
     RNNCell: nn.RNN,
@@ -77,7 +77,7 @@ def from_torch(cls: type[Layer], module: nn.RNNBase, backend: str = "auto") -> L
     return layer.train(module.training)
 
 
-def to_torch(layer: _RecurrentLayer) -> nn.RNNBase:
+def to_torch(layer: RecurrentLayer) -> nn.RNNBase:
     """A ``batch_first=True`` torch.nn.LSTM / GRU / RNN (tanh) with ``layer``'s weights, device,
     dtype and train/eval mode: ``b_ih = bias``, ``b_hh = 0`` (GRU: ``[0, 0, bias_hn]``)."""
     ref = layer.cells[0].weight_ih
@@ -112,7 +112,7 @@ def _torch_suffix(k: int, num_directions: int) -> str:
     return f"_l{layer}" + ("_reverse" if direction else "")
 
 
-def load_cell(cell: _Cell, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> None:
+def load_cell(cell: Cell, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> None:
     """Copy torch-layout weights (rows in rnnlab's gate order, two biases) into ``cell``."""
     H = cell.hidden_size
     with torch.no_grad():

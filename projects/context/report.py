@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from projects.context.experiment import ContextResults
+from projects.long_range.report import COLOURS, NAMES, STYLES  # the same colour per cell
 from rnnlab.checkpoint import versions
-from rnnlab.experiments.context import ContextResults
-from rnnlab.experiments.report import COLOURS, NAMES, STYLES
 from rnnlab.files import atomic_write
 
 __all__ = [

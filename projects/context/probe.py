@@ -1,4 +1,4 @@
-"""The cloze probe of ``rnnlab experiment context``: "I grew up in France ... I speak fluent ___".
+"""The cloze probe of ``python -m projects.context``: "I grew up in France ... I speak fluent ___".
 
 Shape legend: N examples (spans x pairs), T tokens, C candidate languages, V vocabulary size.
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnlab.data.vocab import Vocabulary
+from rnnlab.data import Vocabulary
 
 __all__ = ["DEFAULT_PAIRS", "DEFAULT_TEMPLATES", "ClozeProbe"]
 
@@ -177,7 +177,7 @@ class ClozeProbe:
         the country; it shows a country's pull before it is strong enough to win the ranking).
 
         ``next_logits`` maps (N, T) ids to the (N, V) logits of the token after each row, run
-        from the zero state (e.g. :func:`rnnlab.experiments.context_measure.final_logits` of a
+        from the zero state (e.g. :func:`projects.context.measure.final_logits` of a
         model in eval mode)."""
         C = len(self.pairs)
         out = {}

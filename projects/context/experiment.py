@@ -1,4 +1,4 @@
-"""How much context does a recurrent language model use? (``rnnlab experiment context``)
+"""How much context does a recurrent language model use? (``python -m projects.context``)
 
 Shape legend: B batch (rows of a stream), T time, P target positions, K context length,
 H hidden units, V vocabulary size.
@@ -6,10 +6,10 @@ H hidden units, V vocabulary size.
 The tutorial argues that "the clouds are in the *sky*" needs no context while "I grew up in
 France ... I speak fluent *French*" needs context from far back, which a vanilla RNN loses and an
 LSTM keeps. This experiment trains a vanilla RNN, an LSTM and a GRU word-level language model
-(:class:`rnnlab.nn.language_model.LanguageModel`, same data, size, optimiser, steps and seeds) on
+(:class:`rnnlab.LanguageModel`, same data, size, optimiser, steps and seeds) on
 IMDB reviews and measures two things on the test reviews:
 
-* **Context use** (:mod:`rnnlab.experiments.context_measure`; after Khandelwal et al. 2018,
+* **Context use** (:mod:`projects.context.measure`; after Khandelwal et al. 2018,
   "Sharp Nearby, Fuzzy Far Away", who found LSTM LMs use about 200 tokens). The test split's
   first ``eval_tokens`` ids are cut into
   ``eval_rows`` contiguous rows; the ordinary stateful evaluation (state carried from the row's
@@ -23,7 +23,7 @@ IMDB reviews and measures two things on the test reviews:
   measured after that many words of other test text (from another row) in place of the words
   before it, as Khandelwal et al.'s "replace" perturbation of the distant context does
   (``context_loss_replaced``).
-* **The cloze probe**: see :mod:`rnnlab.experiments.context_probe`.
+* **The cloze probe**: see :mod:`projects.context.probe`.
 
 Training is stateful truncated BPTT over the training stream cut into ``batch_size`` rows
 (windows of ``bptt`` steps, the state carried and detached, reset when the stream wraps), Adam
@@ -44,11 +44,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnnlab.data.corpus import Corpus, load_corpus
-from rnnlab.data.streams import batchify, windows
-from rnnlab.experiments.context_measure import context_use, final_logits, stops_gaining
-from rnnlab.experiments.context_probe import DEFAULT_PAIRS, DEFAULT_TEMPLATES, ClozeProbe
-from rnnlab.nn.language_model import LanguageModel, detach_state
+from projects.context.measure import context_use, final_logits, stops_gaining
+from projects.context.probe import DEFAULT_PAIRS, DEFAULT_TEMPLATES, ClozeProbe
+from rnnlab import LanguageModel, LSTMState
+from rnnlab.data import Corpus, batchify, load_corpus, windows
+from rnnlab.nn.registry import CELL_NAMES
 
 __all__ = [
     "CELLS",
@@ -59,7 +59,7 @@ __all__ = [
     "train_language_model",
 ]
 
-CELLS = ("rnn", "lstm", "gru")
+CELLS = ("rnn", "lstm", "gru")  # the published run's cells (any of CELL_NAMES runs)
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -122,9 +122,9 @@ class ContextConfig:
                 raise ValueError(
                     f"ContextConfig expected {name} to be a positive int, got {value!r}"
                 )
-        unknown = [c for c in self.cells if c not in CELLS]
+        unknown = [c for c in self.cells if c not in CELL_NAMES]
         if not self.cells or unknown:
-            raise ValueError(f"ContextConfig expected cells among {CELLS}, got {self.cells}")
+            raise ValueError(f"ContextConfig expected cells among {CELL_NAMES}, got {self.cells}")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"ContextConfig expected seeds to be ints >= 0, got {self.seeds}")
         if not self.contexts or any(not isinstance(k, int) or k < 1 for k in self.contexts):
@@ -179,6 +179,15 @@ class ContextConfig:
 
 
 # -- training -----------------------------------------------------------------------------------
+def detach_state(state: Any) -> Any:
+    """The state cut from the graph that made it (truncated BPTT between windows). A local
+    copy of ``rnnlab.nn.language_model.detach_state``, which is not part of rnnlab's top-level
+    API: an LSTM's state is an :class:`rnnlab.LSTMState` ``(h, c)``, the others' one tensor."""
+    if isinstance(state, LSTMState):
+        return LSTMState(state.h.detach(), state.c.detach())
+    return state.detach()
+
+
 def train_language_model(
     cell: str,
     seed: int,

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from projects.long_range.experiment import LongRangeResults
 from rnnlab.checkpoint import versions
-from rnnlab.experiments.long_range import LongRangeResults
 from rnnlab.files import atomic_write
 
 __all__ = ["format_table", "plot_accuracy_vs_gap", "write_results"]

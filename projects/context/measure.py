@@ -1,9 +1,9 @@
-"""Measuring how much context a language model uses (``rnnlab experiment context``).
+"""Measuring how much context a language model uses (``python -m projects.context``).
 
 Shape legend: B batch (rows of a stream), T time, P target positions, K context length,
 W words of other text, V vocabulary size.
 
-See :mod:`rnnlab.experiments.context` for the method: the stateful loss of every target, and at
+See :mod:`projects.context.experiment` for the method: the stateful loss of every target, and at
 sampled targets the loss when the model reads only the k words before the target, from the zero
 state or after other text.
 """
@@ -17,12 +17,12 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from rnnlab.data.streams import windows
-from rnnlab.nn.language_model import LanguageModel
+from rnnlab import LanguageModel
+from rnnlab.data import windows
 
 
 class ContextSettings(Protocol):
-    """What the measurements read of :class:`rnnlab.experiments.context.ContextConfig` (a
+    """What the measurements read of :class:`projects.context.experiment.ContextConfig` (a
     protocol, so this module need not import the one that imports it)."""
 
     contexts: Sequence[int]
@@ -169,7 +169,7 @@ def _losses_by_k(
 
 def stops_gaining(context_loss: dict[str, dict[str, float]], tolerance: float) -> int | None:
     """The smallest k from which on every longer context is within ``tolerance`` nats or two
-    standard errors of ``"all"`` (see :class:`~rnnlab.experiments.context.ContextConfig`); None
+    standard errors of ``"all"`` (see :class:`~projects.context.experiment.ContextConfig`); None
     if even the longest is not."""
     ks = sorted(int(k) for k in context_loss if k != "all")
     found = None

@@ -42,8 +42,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from rnnlab.nn.blocks import final_hidden
-from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab import final_hidden
+from rnnlab.nn.registry import LAYERS
 
 __all__ = [
     "CELLS",
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 Cell = Literal["rnn", "lstm", "gru"]
-CELLS: dict[str, type[nn.Module]] = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+CELLS = LAYERS  # the cell registry: every cell rnnlab has can run the task
 Progress = Callable[[dict[str, Any]], None]
 
 
