@@ -26,6 +26,7 @@ from rnnlab.nn.backends import (
     reference,
     route_layer,
     scan_layer,
+    slstm,
 )
 
 KERNELS = {  # kernel name in the table -> (module, function)
@@ -44,6 +45,7 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "torch.rnn": (native, "rnn"),
     "parallel.mingru": (parallel, "mingru"),
     "parallel.minlstm": (parallel, "minlstm"),
+    "fused.slstm": (slstm, "slstm"),
 }
 SRC = Path(rnnlab.__file__).parent
 
@@ -368,6 +370,30 @@ def test_min_cells_bf16_rows(ran, cls, kernel: str) -> None:
         call(cls(2, 4, backend="reference", precision="bf16"), X)
     with pytest.raises(RuntimeError, match="bf16 mode takes float32 input.*got torch.float64"):
         call(cls(2, 4, precision="bf16").double(), X.double())
+
+
+# -- sLSTM: the fused path ----------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["auto", "fused"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_slstm_runs_its_fused_path(ran, backend: str, grad: bool) -> None:
+    call(rnnlab.SLSTM(2, 4, num_layers=2, bidirectional=True, backend=backend), X, grad, **LENGTHS)
+    assert names(ran) == ["fused.slstm"] * 4
+
+
+def test_slstm_reference_and_return_gates_run_the_loop(ran) -> None:
+    call(rnnlab.SLSTM(2, 4, backend="reference"), X, grad=True)
+    _, _, gates = call(rnnlab.SLSTM(2, 4), X, return_gates=True)
+    assert names(ran) == ["reference"] * 2
+    assert set(gates[0][0]) == set(rnnlab.SLSTMCell.gate_names)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "torch"])
+def test_slstm_forced_compiled_or_torch_names_the_fix(ran, backend: str) -> None:
+    with pytest.raises(RuntimeError, match=f"backend='{backend}' has no kernel for SLSTMCell"):
+        call(rnnlab.SLSTM(2, 4, backend=backend), X)
+    with pytest.raises(RuntimeError, match="precision='bf16'.*not SLSTMCell"):
+        call(rnnlab.SLSTM(2, 4), X, precision="bf16")
+    assert ran == []
 
 
 # -- the decision without running it --------------------------------------------------------------

@@ -9,9 +9,10 @@ Importing :mod:`rnnlab.nn.interop` attaches the conversion methods (``LSTM.from_
 from rnnlab.nn import interop  # noqa: F401  (attaches the conversion methods to the layers)
 from rnnlab.nn.blocks import Recurrent, final_hidden
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
-from rnnlab.nn.layers import GRU, LSTM, RNN, MinGRU, MinLSTM, RecurrentLayer
+from rnnlab.nn.layers import GRU, LSTM, RNN, SLSTM, MinGRU, MinLSTM, RecurrentLayer
 from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
 from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
+from rnnlab.nn.xlstm import SLSTMCell, SLSTMState
 
 __all__ = [
     "Cell",
@@ -27,6 +28,9 @@ __all__ = [
     "MinLSTMCell",
     "MinGRU",
     "MinLSTM",
+    "SLSTMCell",
+    "SLSTMState",
+    "SLSTM",
     "Recurrent",
     "final_hidden",
     "summary",

@@ -27,8 +27,9 @@ from rnnlab.nn.backends import BACKENDS, Backend, Precision
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
 from rnnlab.nn.validation import check_input, check_state, make_mask
+from rnnlab.nn.xlstm import SLSTMCell, SLSTMState
 
-__all__ = ["RNN", "LSTM", "GRU", "MinGRU", "MinLSTM", "BACKENDS", "RecurrentLayer"]
+__all__ = ["RNN", "LSTM", "GRU", "MinGRU", "MinLSTM", "SLSTM", "BACKENDS", "RecurrentLayer"]
 
 
 class RecurrentLayer(nn.Module):
@@ -40,7 +41,8 @@ class RecurrentLayer(nn.Module):
     recurrent layer" (inspect, export, the classifiers) tests against this class.
     """
 
-    cell_type: type[Cell] | type[MinCell]
+    cell_type: type[Cell] | type[MinCell] | type[SLSTMCell]
+    state_type: type | None = None  # a named tuple of states other than LSTMState (SLSTM)
     precision: Precision = "fp32"  # LSTM, MinGRU and MinLSTM have a bf16 mode
 
     def __init__(
@@ -51,7 +53,7 @@ class RecurrentLayer(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         backend: Backend = "auto",
-        **cell_kwargs: float,
+        **cell_kwargs: float | int | str,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -166,7 +168,9 @@ class RecurrentLayer(nn.Module):
         state = self._zero_state(x) if state is None else state
         D = self.num_directions
         LD, H = self.num_layers * D, self.hidden_size
-        state = check_state(name, state, x, LD, H, pair=self.cell_type is LSTMCell)
+        state = check_state(
+            name, state, x, LD, H, pair=self.cell_type is LSTMCell, state_type=self.state_type
+        )
         step_mask = make_mask(name, lengths, mask, padding, B, T, x.device)  # (B, T) bool or None
 
         finals, trace = [], []
@@ -374,3 +378,56 @@ class MinLSTM(_MinLayer):
     alone, (L*D, B, H): minLSTM has no separate cell state."""
 
     cell_type = MinLSTMCell
+
+
+class SLSTM(RecurrentLayer):
+    """sLSTM layer (stack of :class:`rnnlab.nn.xlstm.SLSTMCell`; Beck et al. 2024), batch first.
+
+    ``SLSTM(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
+    backend="auto", num_heads=1, forget_gate="exp", forget_bias=1.0)``; ``forward`` as
+    :class:`LSTM`'s, with state an :class:`~rnnlab.nn.xlstm.SLSTMState` (h, c, n, m), each
+    (L*D, B, H); all zeros (the default) is the state before any step.
+
+    Backends: ``"reference"`` steps the cell; ``"auto"`` and ``"fused"`` run
+    :func:`rnnlab.nn.backends.slstm.slstm` (one GEMM for every step's input projection, then
+    the cell's own recurrent product and pointwise equations per step, on the same parameters);
+    the reference loop runs for ``return_gates=True``. No compiled, torch or bf16 path.
+    """
+
+    cell_type = SLSTMCell
+    state_type = SLSTMState
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        backend: Backend = "auto",
+        num_heads: int = 1,
+        forget_gate: str = "exp",
+        forget_bias: float = 1.0,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            dropout=dropout,
+            backend=backend,
+            num_heads=num_heads,
+            forget_gate=forget_gate,
+            forget_bias=forget_bias,
+        )
+        self.num_heads, self.forget_gate = num_heads, forget_gate
+
+    def _zero_state(self, x: Tensor) -> SLSTMState:
+        h = super()._zero_state(x)  # (L*D, B, H)
+        return SLSTMState(h, *(torch.zeros_like(h) for _ in range(3)))
+
+    def _cell_state(self, state: SLSTMState, k: int) -> SLSTMState:
+        return SLSTMState(*(s[k] for s in state))
+
+    def _stack_states(self, states: list[SLSTMState]) -> SLSTMState:
+        return SLSTMState(*(torch.stack(field) for field in zip(*states, strict=True)))

@@ -33,10 +33,21 @@ def _check_state_tensor(name: str, what: str, s: object, x: Tensor, LD: int, H: 
 
 
 def check_state(
-    name: str, state: object, x: Tensor, LD: int, H: int, pair: bool
-) -> Tensor | LSTMState:
-    """Validate an initial state, (L*D, B, H) or a pair of them for LSTM; returns it normalised
-    (a plain ``(h, c)`` tuple becomes an :class:`LSTMState`)."""
+    name: str, state: object, x: Tensor, LD: int, H: int, pair: bool, state_type: type = None
+) -> Tensor | tuple:
+    """Validate an initial state, (L*D, B, H) or a pair of them for LSTM (or, given a named
+    tuple ``state_type`` such as ``SLSTMState``, one such tensor per field); returns it
+    normalised (a plain ``(h, c)`` tuple becomes an :class:`LSTMState`)."""
+    if state_type is not None:
+        fields = state_type._fields
+        if not isinstance(state, tuple) or len(state) != len(fields):
+            raise TypeError(
+                f"{name} expected state to be a {state_type.__name__}{fields} of tensors, "
+                f"got {type(state).__name__}"
+            )
+        for field, s in zip(fields, state, strict=True):
+            _check_state_tensor(name, f"state.{field}", s, x, LD, H)
+        return state_type(*state)
     if pair:
         if not isinstance(state, tuple) or len(state) != 2:
             raise TypeError(

@@ -23,9 +23,10 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from rnnlab.nn.backends import _ext, compiled, fused, native, parallel, reference
+from rnnlab.nn.backends import _ext, compiled, fused, native, parallel, reference, slstm
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
+from rnnlab.nn.xlstm import SLSTMCell, SLSTMState
 
 __all__ = [
     "BACKENDS",
@@ -64,15 +65,18 @@ Kernel = Literal[
     "torch.rnn",
     "parallel.mingru",
     "parallel.minlstm",
+    "fused.slstm",
 ]
-State = Tensor | LSTMState
-AnyCell = Cell | MinCell  # the classic cells, and those whose gates read x_t alone
+State = Tensor | LSTMState | SLSTMState
+AnyCell = Cell | MinCell | SLSTMCell  # the classic cells, and those of 2024
+_NO_NATIVE = (MinCell, SLSTMCell)  # cells with no compiled and no torch kernel
 _FUSED: dict[type[AnyCell], Kernel] = {
     LSTMCell: "fused.lstm",
     GRUCell: "fused.gru",
     RNNCell: "fused.rnn",
     MinGRUCell: "parallel.mingru",
     MinLSTMCell: "parallel.minlstm",
+    SLSTMCell: "fused.slstm",
 }
 _TORCH: dict[type[AnyCell], Kernel] = {
     LSTMCell: "torch.lstm",
@@ -135,7 +139,9 @@ def scan_layer(
         fused, auto  minGRU / minLSTM cell                           parallel.mingru / .minlstm
                                                                        (one GEMM, then a
                                                                        blocked scan over time)
-        compiled,    minGRU / minLSTM cell                           RuntimeError: no such
+        fused, auto  sLSTM cell                                      fused.slstm (one input
+                                                                       GEMM, then the steps)
+        compiled,    minGRU / minLSTM / sLSTM cell                   RuntimeError: no such
           torch                                                        kernel; use 'auto'
         torch        mask                                            ValueError: torch's ops
                                                                        cannot skip padding
@@ -311,6 +317,8 @@ def _run(
         out, final = parallel.mingru(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
     elif kernel == "parallel.minlstm":
         out, final = parallel.minlstm(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
+    elif kernel == "fused.slstm":
+        out, final = slstm.slstm(cell, x, state, mask, reverse=reverse)
     else:
         raise AssertionError(f"no single-direction kernel named {kernel!r}")
     return out, final, None
@@ -330,13 +338,13 @@ def resolve_backend(
         raise ValueError(f"expected backend in {BACKENDS}, got {requested!r}")
     if requested == "reference" or return_gates:
         return "reference"
-    if isinstance(cell, MinCell):
+    if isinstance(cell, _NO_NATIVE):
         if requested in ("auto", "fused"):
             return "fused"
         raise RuntimeError(
             f"backend={requested!r} has no kernel for {type(cell).__name__} (neither rnnlab's "
-            "compiled kernels nor torch have one). Use backend='auto' or 'fused' (the parallel "
-            "scan) or 'reference' (the step-by-step loop)."
+            "compiled kernels nor torch have one). Use backend='auto' or 'fused' (its pure-torch "
+            "fast path) or 'reference' (the step-by-step loop)."
         )
     if requested in ("fused", "torch"):
         return requested
@@ -413,7 +421,7 @@ def needs_backward(x: Tensor, cells: Sequence[AnyCell], states: Sequence[State])
         return False
     tensors = [x, *(p for cell in cells for p in cell.parameters())]
     for state in states:
-        tensors += list(state) if isinstance(state, LSTMState) else [state]
+        tensors += list(state) if isinstance(state, tuple) else [state]
     return any(t.requires_grad for t in tensors)
 
 

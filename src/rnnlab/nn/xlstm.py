@@ -1,0 +1,146 @@
+r"""xLSTM's sLSTM cell (Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory", section 2.2):
+the readable one-step reference.
+
+Shape legend: B batch, I input features, H hidden units, NH heads, DH = H / NH units per head.
+
+sLSTM keeps the LSTM's scalar memory and its recurrent connections, and changes three things:
+the input gate (and optionally the forget gate) is exponential, so a new input can overwrite
+the memory decisively; a normaliser state n sums the input gates so that the output reads a
+weighted average c / n; and the recurrent matrices are block-diagonal, one block per head, so
+heads mix only through the next layer. Exponentials overflow, so the cell carries a stabiliser
+m, the running log of the largest gate product: every gate is used as exp(log gate - m),
+which is at most 1, and c / n is unchanged because c and n are scaled by the same exp(-m).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from rnnlab.nn.cells import _check_sizes, _glorot_uniform_, _orthogonal_
+
+__all__ = ["SLSTMState", "SLSTMCell"]
+
+
+class SLSTMState(NamedTuple):
+    """State of an sLSTM: hidden ``h``, cell ``c``, normaliser ``n`` and stabiliser ``m``,
+    each (..., B, H). All zeros is the state before the first step."""
+
+    h: Tensor
+    c: Tensor
+    n: Tensor
+    m: Tensor
+
+
+class SLSTMCell(nn.Module):
+    r"""sLSTM cell (Beck et al. 2024, equations 8-17), with NH heads.
+
+    .. math::
+        \tilde\imath_t, \tilde f_t, \tilde z_t, \tilde o_t
+            &= W x_t + R h_{t-1} + b     \quad (R \text{ block-diagonal, one block per head})\\
+        \log i_t &= \tilde\imath_t          \quad\text{exponential input gate}\\
+        \log f_t &= \tilde f_t \text{ (``forget_gate="exp"``) or }
+                    \log\sigma(\tilde f_t) \text{ (``"sigmoid"``)}\\
+        z_t &= \tanh(\tilde z_t), \qquad o_t = \sigma(\tilde o_t)\\
+        m_t &= \max(\log f_t + m_{t-1}, \log i_t)
+               \quad (m_t = \log i_t \text{ and } f'_t = 0 \text{ where } n_{t-1} = 0)\\
+        i'_t &= \exp(\log i_t - m_t), \qquad f'_t = \exp(\log f_t + m_{t-1} - m_t)\\
+        c_t &= f'_t \odot c_{t-1} + i'_t \odot z_t\\
+        n_t &= f'_t \odot n_{t-1} + i'_t\\
+        h_t &= o_t \odot c_t / n_t
+
+    i' and f' are at most 1, so nothing overflows, whatever the pre-activations; and n_t >= 1
+    after the first step (either f' = 1 and n grows, or i' = 1), so c / n is always defined.
+    Where n_{t-1} = 0 the formula's m would include a history that does not exist; taking
+    m_t = log i_t there (as NX-AI's reference code does) gives n_1 = 1.
+
+    Weight layout: ``weight_ih`` (4H, I) and ``bias`` (4H) stack i, f, z, o, rows ``[0:H]`` = i,
+    ``[H:2H]`` = f, ``[2H:3H]`` = z, ``[3H:4H]`` = o, each block head-major (unit ``k * DH + j``
+    is unit j of head k). ``weight_hh`` (NH, 4*DH, DH): head k's recurrent block, rows in the
+    same gate order. 4H(I + 1) + 4 H DH parameters (4H(I + H + 1) for one head, as an LSTM).
+
+    Initialisation: Glorot-uniform ``weight_ih``, orthogonal blocks of ``weight_hh``, zero bias
+    except the forget block, ``forget_bias`` (default 1.0).
+    """
+
+    gates = 4
+    gate_names = ("i", "f", "z", "o", "c", "n", "m", "h")
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_heads: int = 1,
+        forget_gate: Literal["exp", "sigmoid"] = "exp",
+        forget_bias: float = 1.0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        _check_sizes(name, input_size, hidden_size)
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"{name} expected num_heads to be a positive int, got {num_heads!r}")
+        if hidden_size % num_heads:
+            raise ValueError(
+                f"{name} expected hidden_size divisible by num_heads, got {hidden_size} and "
+                f"{num_heads}"
+            )
+        if forget_gate not in ("exp", "sigmoid"):
+            raise ValueError(f"{name} expected forget_gate 'exp' or 'sigmoid', got {forget_gate!r}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.num_heads, self.head_size = num_heads, hidden_size // num_heads
+        self.forget_gate, self.forget_bias = forget_gate, float(forget_bias)
+        H, NH, DH = hidden_size, num_heads, self.head_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size))  # (4H, I)
+        self.weight_hh = nn.Parameter(torch.empty(NH, 4 * DH, DH))  # (NH, 4DH, DH)
+        self.bias = nn.Parameter(torch.empty(4 * H))  # (4H,)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _glorot_uniform_(self.weight_ih.data)
+        for block in self.weight_hh.data:
+            _orthogonal_(block)
+        nn.init.zeros_(self.bias)
+        H = self.hidden_size
+        with torch.no_grad():
+            self.bias[H : 2 * H].fill_(self.forget_bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}, "
+            f"forget_gate={self.forget_gate!r}"
+        )
+
+    def recurrent(self, h: Tensor) -> Tensor:
+        """R h_{t-1}: h (B, H) -> (B, 4H) in the layout of ``weight_ih``'s rows."""
+        B, NH, DH = h.shape[0], self.num_heads, self.head_size
+        per_head = torch.einsum("bkd,kgd->bkg", h.view(B, NH, DH), self.weight_hh)  # (B, NH, 4DH)
+        return per_head.view(B, NH, 4, DH).transpose(1, 2).reshape(B, 4 * NH * DH)  # (B, 4H)
+
+    def pointwise(self, gates: Tensor, state: SLSTMState) -> tuple[SLSTMState, dict[str, Tensor]]:
+        """Everything after the matrix products: pre-activations (B, 4H) and the previous state
+        -> the new state and the gates (i', f' as used, z, o)."""
+        _, c_prev, n_prev, m_prev = state
+        i_tilde, f_tilde, z_tilde, o_tilde = gates.chunk(4, dim=-1)  # (B, H) each
+        log_i = i_tilde
+        log_f = f_tilde if self.forget_gate == "exp" else F.logsigmoid(f_tilde)
+        fresh = n_prev == 0  # (B, H): no history yet
+        m = torch.where(fresh, log_i, torch.maximum(log_f + m_prev, log_i))  # (B, H)
+        i = torch.exp(log_i - m)  # (B, H), <= 1
+        # f' = 0 where there is no history: exp(-inf), so neither it nor its gradient is inf * 0
+        f = torch.exp(torch.where(fresh, -torch.inf, log_f + m_prev - m))  # (B, H), <= 1
+        z, o = torch.tanh(z_tilde), torch.sigmoid(o_tilde)  # (B, H) each
+        c = f * c_prev + i * z  # (B, H)
+        n = f * n_prev + i  # (B, H)
+        h = o * c / n  # (B, H)
+        return SLSTMState(h, c, n, m), {"i": i, "f": f, "z": z, "o": o, "c": c, "n": n, "m": m}
+
+    def forward(
+        self, x: Tensor, state: SLSTMState, return_gates: bool = False
+    ) -> SLSTMState | tuple[SLSTMState, dict[str, Tensor]]:
+        """One step: x (B, I), state (h, c, n, m) each (B, H) -> new state, plus the gates."""
+        gates = x @ self.weight_ih.T + self.recurrent(state.h) + self.bias  # (B, 4H)
+        new, records = self.pointwise(gates, state)
+        return (new, {**records, "h": new.h}) if return_gates else new
