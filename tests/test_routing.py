@@ -21,6 +21,7 @@ from rnnlab.nn.backends import (
     compiled_unavailable,
     dispatch,
     fused,
+    mlstm,
     native,
     parallel,
     reference,
@@ -46,6 +47,7 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "parallel.mingru": (parallel, "mingru"),
     "parallel.minlstm": (parallel, "minlstm"),
     "fused.slstm": (slstm, "slstm"),
+    "parallel.mlstm": (mlstm, "mlstm"),
 }
 SRC = Path(rnnlab.__file__).parent
 
@@ -394,6 +396,25 @@ def test_slstm_forced_compiled_or_torch_names_the_fix(ran, backend: str) -> None
     with pytest.raises(RuntimeError, match="precision='bf16'.*not SLSTMCell"):
         call(rnnlab.SLSTM(2, 4), X, precision="bf16")
     assert ran == []
+
+
+# -- mLSTM: the parallel form ---------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["auto", "fused"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_mlstm_runs_its_parallel_form(ran, backend: str, grad: bool) -> None:
+    call(rnnlab.MLSTM(2, 4, num_layers=2, bidirectional=True, backend=backend), X, grad, **LENGTHS)
+    assert names(ran) == ["parallel.mlstm"] * 4
+
+
+def test_mlstm_reference_return_gates_compiled_and_torch(ran) -> None:
+    call(rnnlab.MLSTM(2, 4, backend="reference"), X, grad=True)
+    _, _, gates = call(rnnlab.MLSTM(2, 4, num_heads=2), X, return_gates=True)
+    assert names(ran) == ["reference"] * 2
+    assert set(gates[0][0]) == set(rnnlab.MLSTMCell.gate_names)
+    assert gates[0][0]["C_norm"].shape == (3, 4, 2)  # (B, T, NH): the memory's norm per head
+    for backend in ("compiled", "torch"):
+        with pytest.raises(RuntimeError, match=f"backend='{backend}' has no kernel for MLSTMCell"):
+            call(rnnlab.MLSTM(2, 4, backend=backend), X)
 
 
 # -- the decision without running it --------------------------------------------------------------

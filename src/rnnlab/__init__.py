@@ -19,13 +19,14 @@ and ``imdb-seed`` presets reproduce.
 from rnnlab.nn.blocks import Recurrent, final_hidden
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.language_model import LanguageModel
-from rnnlab.nn.layers import GRU, LSTM, RNN, SLSTM, MinGRU, MinLSTM
+from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab.nn.layers_2024 import MLSTM, SLSTM, MinGRU, MinLSTM
 from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
 
 # Binds the name rnnlab.nn.summary to the function; the module stays importable by its full path
 # (``from rnnlab.nn.summary import ModelSummary``).
 from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
-from rnnlab.nn.xlstm import SLSTMCell, SLSTMState
+from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,9 @@ __all__ = [
     "SLSTMCell",
     "SLSTMState",
     "SLSTM",
+    "MLSTMCell",
+    "MLSTMState",
+    "MLSTM",
     "Recurrent",
     "LanguageModel",
     "final_hidden",

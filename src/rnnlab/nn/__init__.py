@@ -9,10 +9,11 @@ Importing :mod:`rnnlab.nn.interop` attaches the conversion methods (``LSTM.from_
 from rnnlab.nn import interop  # noqa: F401  (attaches the conversion methods to the layers)
 from rnnlab.nn.blocks import Recurrent, final_hidden
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
-from rnnlab.nn.layers import GRU, LSTM, RNN, SLSTM, MinGRU, MinLSTM, RecurrentLayer
+from rnnlab.nn.layers import GRU, LSTM, RNN, RecurrentLayer
+from rnnlab.nn.layers_2024 import MLSTM, SLSTM, MinGRU, MinLSTM
 from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
 from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
-from rnnlab.nn.xlstm import SLSTMCell, SLSTMState
+from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __all__ = [
     "Cell",
@@ -31,6 +32,9 @@ __all__ = [
     "SLSTMCell",
     "SLSTMState",
     "SLSTM",
+    "MLSTMCell",
+    "MLSTMState",
+    "MLSTM",
     "Recurrent",
     "final_hidden",
     "summary",

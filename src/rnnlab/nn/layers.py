@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from rnnlab.nn import backends
 from rnnlab.nn.backends import BACKENDS, Backend, Precision
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
-from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
+from rnnlab.nn.mincells import MinCell
 from rnnlab.nn.validation import check_input, check_state, make_mask
-from rnnlab.nn.xlstm import SLSTMCell, SLSTMState
+from rnnlab.nn.xlstm import MLSTMCell, SLSTMCell
 
-__all__ = ["RNN", "LSTM", "GRU", "MinGRU", "MinLSTM", "SLSTM", "BACKENDS", "RecurrentLayer"]
+__all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RecurrentLayer"]
 
 
 class RecurrentLayer(nn.Module):
@@ -41,8 +41,8 @@ class RecurrentLayer(nn.Module):
     recurrent layer" (inspect, export, the classifiers) tests against this class.
     """
 
-    cell_type: type[Cell] | type[MinCell] | type[SLSTMCell]
-    state_type: type | None = None  # a named tuple of states other than LSTMState (SLSTM)
+    cell_type: type[Cell] | type[MinCell] | type[SLSTMCell] | type[MLSTMCell]
+    state_type: type | None = None  # a named tuple of states other than LSTMState (xLSTM's)
     precision: Precision = "fp32"  # LSTM, MinGRU and MinLSTM have a bf16 mode
 
     def __init__(
@@ -96,7 +96,11 @@ class RecurrentLayer(nn.Module):
             s += f", dropout={self.dropout}"
         return s + f", backend={self.backend!r}"
 
-    # -- state helpers, overridden by LSTM ------------------------------------------------------
+    # -- state helpers, overridden by LSTM and the xLSTM layers ---------------------------------
+    def _state_shapes(self, B: int) -> dict[str, tuple[int, ...]] | None:
+        """Each field's shape of a ``state_type`` state (None: (L*D, B, H) for every field)."""
+        return None
+
     def _zero_state(self, x: Tensor) -> Tensor | LSTMState:
         LD, B, H = self.num_layers * self.num_directions, x.shape[0], self.hidden_size
         return x.new_zeros(LD, B, H)
@@ -169,7 +173,14 @@ class RecurrentLayer(nn.Module):
         D = self.num_directions
         LD, H = self.num_layers * D, self.hidden_size
         state = check_state(
-            name, state, x, LD, H, pair=self.cell_type is LSTMCell, state_type=self.state_type
+            name,
+            state,
+            x,
+            LD,
+            H,
+            pair=self.cell_type is LSTMCell,
+            state_type=self.state_type,
+            shapes=self._state_shapes(B),
         )
         step_mask = make_mask(name, lengths, mask, padding, B, T, x.device)  # (B, T) bool or None
 
@@ -311,123 +322,3 @@ class LSTM(RecurrentLayer):
 
     def _stack_states(self, states: list[LSTMState]) -> LSTMState:
         return LSTMState(torch.stack([s.h for s in states]), torch.stack([s.c for s in states]))
-
-
-class _MinLayer(RecurrentLayer):
-    """What MinGRU and MinLSTM share: a ``precision`` of their own (bf16 input GEMM)."""
-
-    cell_type: type[MinCell]
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        dropout: float = 0.0,
-        backend: Backend = "auto",
-        precision: Precision = "fp32",
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            dropout=dropout,
-            backend=backend,
-        )
-        self.precision = precision
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: Precision) -> None:
-        if value not in ("fp32", "bf16"):
-            name = type(self).__name__
-            raise ValueError(f"{name} expected precision 'fp32' or 'bf16', got {value!r}")
-        self._precision = value
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (", precision='bf16'" if self.precision == "bf16" else "")
-
-
-class MinGRU(_MinLayer):
-    """minGRU layer (stack of :class:`rnnlab.nn.mincells.MinGRUCell`; Feng et al. 2024), batch
-    first.
-
-    ``MinGRU(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
-    backend="auto", precision="fp32")``; ``forward`` as :class:`RNN`'s, state h_n (L*D, B, H).
-    2H(I + 1) parameters per direction.
-
-    Backends: ``"reference"`` steps the cell; ``"auto"`` and ``"fused"`` run the parallel path
-    (:mod:`rnnlab.nn.backends.parallel`: one GEMM for every step's gates, then a blocked scan
-    over time, on the same parameters); the reference loop runs for ``return_gates=True``.
-    There is no compiled or torch kernel (asking for one raises). ``precision="bf16"`` (or
-    ``torch.autocast``) gives the parallel path's GEMM bf16 operands; the scan stays float32.
-    A padded step leaves the state unchanged (a = 1, b = 0 in the scan).
-    """
-
-    cell_type = MinGRUCell
-
-
-class MinLSTM(_MinLayer):
-    """minLSTM layer (stack of :class:`rnnlab.nn.mincells.MinLSTMCell`; Feng et al. 2024),
-    batch first: as :class:`MinGRU`, with 3H(I + 1) parameters per direction. Its state is h
-    alone, (L*D, B, H): minLSTM has no separate cell state."""
-
-    cell_type = MinLSTMCell
-
-
-class SLSTM(RecurrentLayer):
-    """sLSTM layer (stack of :class:`rnnlab.nn.xlstm.SLSTMCell`; Beck et al. 2024), batch first.
-
-    ``SLSTM(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
-    backend="auto", num_heads=1, forget_gate="exp", forget_bias=1.0)``; ``forward`` as
-    :class:`LSTM`'s, with state an :class:`~rnnlab.nn.xlstm.SLSTMState` (h, c, n, m), each
-    (L*D, B, H); all zeros (the default) is the state before any step.
-
-    Backends: ``"reference"`` steps the cell; ``"auto"`` and ``"fused"`` run
-    :func:`rnnlab.nn.backends.slstm.slstm` (one GEMM for every step's input projection, then
-    the cell's own recurrent product and pointwise equations per step, on the same parameters);
-    the reference loop runs for ``return_gates=True``. No compiled, torch or bf16 path.
-    """
-
-    cell_type = SLSTMCell
-    state_type = SLSTMState
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        dropout: float = 0.0,
-        backend: Backend = "auto",
-        num_heads: int = 1,
-        forget_gate: str = "exp",
-        forget_bias: float = 1.0,
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            dropout=dropout,
-            backend=backend,
-            num_heads=num_heads,
-            forget_gate=forget_gate,
-            forget_bias=forget_bias,
-        )
-        self.num_heads, self.forget_gate = num_heads, forget_gate
-
-    def _zero_state(self, x: Tensor) -> SLSTMState:
-        h = super()._zero_state(x)  # (L*D, B, H)
-        return SLSTMState(h, *(torch.zeros_like(h) for _ in range(3)))
-
-    def _cell_state(self, state: SLSTMState, k: int) -> SLSTMState:
-        return SLSTMState(*(s[k] for s in state))
-
-    def _stack_states(self, states: list[SLSTMState]) -> SLSTMState:
-        return SLSTMState(*(torch.stack(field) for field in zip(*states, strict=True)))

@@ -1,16 +1,17 @@
 """The one registry of recurrent layers by cell name: ``"rnn"``, ``"lstm"``, ``"gru"``,
-``"mingru"``, ``"minlstm"``, ``"slstm"``.
+``"mingru"``, ``"minlstm"``, ``"slstm"``, ``"mlstm"``.
 
 Models (:mod:`rnnlab.models`), the language model (:class:`rnnlab.nn.LanguageModel`) and the
 configuration (:class:`rnnlab.config.ModelConfig`'s ``cell``) all look a cell name up here, so a
-new cell (say ``"mlstm"``) plugs in by adding one row to :data:`LAYERS`: a layer
+new cell plugs in by adding one row to :data:`LAYERS`: a layer
 class that takes ``(input_size, hidden_size, num_layers=..., bidirectional=..., dropout=...,
 backend=...)`` as :class:`rnnlab.nn.LSTM` does.
 """
 
 from __future__ import annotations
 
-from rnnlab.nn.layers import GRU, LSTM, RNN, SLSTM, MinGRU, MinLSTM, RecurrentLayer
+from rnnlab.nn.layers import GRU, LSTM, RNN, RecurrentLayer
+from rnnlab.nn.layers_2024 import MLSTM, SLSTM, MinGRU, MinLSTM
 
 __all__ = ["LAYERS", "CELL_NAMES", "layer_class"]
 
@@ -21,6 +22,7 @@ LAYERS: dict[str, type[RecurrentLayer]] = {
     "mingru": MinGRU,
     "minlstm": MinLSTM,
     "slstm": SLSTM,
+    "mlstm": MLSTM,
 }
 CELL_NAMES: tuple[str, ...] = tuple(LAYERS)
 

@@ -23,10 +23,10 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from rnnlab.nn.backends import _ext, compiled, fused, native, parallel, reference, slstm
+from rnnlab.nn.backends import _ext, compiled, fused, mlstm, native, parallel, reference, slstm
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
-from rnnlab.nn.xlstm import SLSTMCell, SLSTMState
+from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __all__ = [
     "BACKENDS",
@@ -66,10 +66,11 @@ Kernel = Literal[
     "parallel.mingru",
     "parallel.minlstm",
     "fused.slstm",
+    "parallel.mlstm",
 ]
-State = Tensor | LSTMState | SLSTMState
-AnyCell = Cell | MinCell | SLSTMCell  # the classic cells, and those of 2024
-_NO_NATIVE = (MinCell, SLSTMCell)  # cells with no compiled and no torch kernel
+State = Tensor | LSTMState | SLSTMState | MLSTMState
+AnyCell = Cell | MinCell | SLSTMCell | MLSTMCell  # the classic cells, and those of 2024
+_NO_NATIVE = (MinCell, SLSTMCell, MLSTMCell)  # cells with no compiled and no torch kernel
 _FUSED: dict[type[AnyCell], Kernel] = {
     LSTMCell: "fused.lstm",
     GRUCell: "fused.gru",
@@ -77,6 +78,7 @@ _FUSED: dict[type[AnyCell], Kernel] = {
     MinGRUCell: "parallel.mingru",
     MinLSTMCell: "parallel.minlstm",
     SLSTMCell: "fused.slstm",
+    MLSTMCell: "parallel.mlstm",
 }
 _TORCH: dict[type[AnyCell], Kernel] = {
     LSTMCell: "torch.lstm",
@@ -141,7 +143,9 @@ def scan_layer(
                                                                        blocked scan over time)
         fused, auto  sLSTM cell                                      fused.slstm (one input
                                                                        GEMM, then the steps)
-        compiled,    minGRU / minLSTM / sLSTM cell                   RuntimeError: no such
+        fused, auto  mLSTM cell                                      parallel.mlstm (every
+                                                                       step at once)
+        compiled,    minGRU / minLSTM / sLSTM / mLSTM cell           RuntimeError: no such
           torch                                                        kernel; use 'auto'
         torch        mask                                            ValueError: torch's ops
                                                                        cannot skip padding
@@ -319,6 +323,8 @@ def _run(
         out, final = parallel.minlstm(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
     elif kernel == "fused.slstm":
         out, final = slstm.slstm(cell, x, state, mask, reverse=reverse)
+    elif kernel == "parallel.mlstm":
+        out, final = mlstm.mlstm(cell, x, state, mask, reverse=reverse)
     else:
         raise AssertionError(f"no single-direction kernel named {kernel!r}")
     return out, final, None

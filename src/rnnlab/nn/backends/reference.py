@@ -61,5 +61,6 @@ def _where(m: Tensor, new: Tensor | tuple, old: Tensor | tuple) -> Tensor | tupl
     """``new`` where m (B, 1) is True, else ``old``; for a state tensor or a named tuple of
     them (LSTMState, SLSTMState)."""
     if isinstance(new, tuple):
-        return type(new)(*(torch.where(m, a, b) for a, b in zip(new, old, strict=True)))
+        return type(new)(*(_where(m, a, b) for a, b in zip(new, old, strict=True)))
+    m = m.reshape(m.shape[0], *[1] * (new.dim() - 1))  # (B, 1, ...): e.g. mLSTM's (B, NH, DH, DH)
     return torch.where(m, new, old)
