@@ -362,3 +362,15 @@ def test_mlstm_in_the_language_model_and_the_classifiers() -> None:
     assert len(list(model.generate([1, 2], 4, seed=0))) == 4
     cfg = ModelConfig(cell="mlstm", input_size=4, hidden_sizes=(6,), num_classes=3)
     assert SequenceClassifier(cfg)(torch.randn(2, 5, 4), torch.tensor([5, 2])).shape == (2, 3)
+
+
+@pytest.mark.parametrize("cls", [rnnlab.LSTM, rnnlab.MinGRU, SLSTM, MLSTM])
+def test_zero_state_is_what_forward_starts_from(cls) -> None:
+    layer = cls(3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(2, 5, 3)
+    state = layer.zero_state(2)
+    torch.testing.assert_close(layer(x, state)[0], layer(x)[0])
+
+
+def test_mlstm_parameter_count() -> None:
+    assert sum(p.numel() for p in MLSTM(8, 16, num_heads=4).parameters()) == (64 + 8) * 9

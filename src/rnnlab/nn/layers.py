@@ -96,6 +96,13 @@ class RecurrentLayer(nn.Module):
             s += f", dropout={self.dropout}"
         return s + f", backend={self.backend!r}"
 
+    def zero_state(self, batch_size: int) -> Tensor | tuple:
+        """The state before any step for ``batch_size`` sequences, in the parameters' dtype and
+        device: (L*D, B, H) zeros, or the layer's named tuple of them (LSTMState, SLSTMState,
+        MLSTMState), as ``forward`` makes when given ``state=None``."""
+        like = self.cells[0].weight_ih
+        return self._zero_state(like.new_zeros(batch_size, 1, self.input_size))
+
     # -- state helpers, overridden by LSTM and the xLSTM layers ---------------------------------
     def _state_shapes(self, B: int) -> dict[str, tuple[int, ...]] | None:
         """Each field's shape of a ``state_type`` state (None: (L*D, B, H) for every field)."""
