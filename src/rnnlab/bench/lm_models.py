@@ -36,14 +36,18 @@ LM_IMPLS = (
     "rnnlab-minlstm",
     "rnnlab-mingru-ref",
     "rnnlab-minlstm-ref",
+    "rnnlab-slstm",
+    "rnnlab-mlstm",
 )
-# the cells of 2024 (Feng et al.): the same model with another cell of the registry, on its
-# parallel path ("auto") or its step-by-step reference loop ("-ref")
+# the cells of 2024 (Feng et al.; Beck et al.): the same model with another cell of the
+# registry, on its fast path ("auto") or its step-by-step reference loop ("-ref")
 MIN_IMPLS = {
     "rnnlab-mingru": ("mingru", "auto"),
     "rnnlab-minlstm": ("minlstm", "auto"),
     "rnnlab-mingru-ref": ("mingru", "reference"),
     "rnnlab-minlstm-ref": ("minlstm", "reference"),
+    "rnnlab-slstm": ("slstm", "auto"),
+    "rnnlab-mlstm": ("mlstm", "auto"),
 }
 
 

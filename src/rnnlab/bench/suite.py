@@ -42,13 +42,17 @@ INFER_ONLY = ("onnxruntime",)  # exported graphs: inference rows only
 GRU_IMPLS = ("rnnlab-gru", "torch-gru")
 GRU_WORKLOADS = ("A", "C")  # GRU rows where the issue's models have a GRU counterpart
 BASELINE = {"rnnlab-gru": "torch-gru", "torch-gru": "torch"}
-# minGRU / minLSTM rows (language models only): (cell, gate blocks, baseline). The parallel
-# path is measured against rnnlab's LSTM, the reference loop against the parallel path.
+# the 2024 cells' rows (language models only): (cell, gate blocks, baseline). The fast paths
+# are measured against rnnlab's LSTM, the reference loops against their fast path. FLOPs
+# count the input GEMM only (sLSTM's head-wise recurrent products and mLSTM's (T x T)
+# products are left out, so their GFLOP/s is a lower bound).
 MIN_ROWS = {
     "rnnlab-mingru": ("mingru", 2, "rnnlab"),
     "rnnlab-minlstm": ("minlstm", 3, "rnnlab"),
     "rnnlab-mingru-ref": ("mingru", 2, "rnnlab-mingru"),
     "rnnlab-minlstm-ref": ("minlstm", 3, "rnnlab-minlstm"),
+    "rnnlab-slstm": ("slstm", 4, "rnnlab"),
+    "rnnlab-mlstm": ("mlstm", 4, "rnnlab"),
 }
 
 
