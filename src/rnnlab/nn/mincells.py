@@ -127,5 +127,5 @@ class MinLSTMCell(MinCell):
         log_f, log_i = F.logsigmoid(k_f), F.logsigmoid(k_i)  # (..., H): log f_t, log i_t
         # f / (f + i) = sigmoid(log f - log i): finite where f and i both underflow to 0
         f_prime = torch.sigmoid(log_f - log_i)  # (..., H)
-        i_prime = torch.sigmoid(log_i - log_f)  # (..., H), f' + i' = 1
+        i_prime = 1 - f_prime  # (..., H): i / (f + i)
         return f_prime, i_prime * h_tilde, {"f": f_prime, "i": i_prime, "h_tilde": h_tilde}

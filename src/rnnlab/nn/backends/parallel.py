@@ -39,6 +39,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from rnnlab.nn.mincells import MinCell
 
@@ -135,7 +136,7 @@ def _scan_cell(
     if bf16:  # bf16 operands, float32 result, as torch.autocast would
         k = (x.bfloat16() @ cell.weight_ih.bfloat16().T).float() + cell.bias  # (B, T, G*H)
     else:
-        k = x @ cell.weight_ih.T + cell.bias  # (B, T, G*H)
+        k = F.linear(x, cell.weight_ih, cell.bias)  # (B, T, G*H): the bias inside the GEMM
     a, b, _ = cell.coefficients(k)  # (B, T, H) each
     if mask is not None:
         m = mask[:, :, None]  # (B, T, 1)

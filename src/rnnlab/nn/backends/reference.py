@@ -35,10 +35,12 @@ def scan(
     ``gate_names``) to a (B, T, H)
     tensor, zero at padded steps; otherwise None."""
     T = x.shape[1]
+    # unbind, not x[:, t]: the backward of T selects would fill T zero (B, T, I) tensors
+    steps = x.unbind(1)  # T of (B, I)
     outputs: list[Tensor] = [x.new_empty(0)] * T
     records: list[dict[str, Tensor]] = [{}] * T
     for t in reversed(range(T)) if reverse else range(T):
-        result = cell(x[:, t], state, return_gates=return_gates)
+        result = cell(steps[t], state, return_gates=return_gates)
         new_state, gates = result if return_gates else (result, None)
         h = new_state[0] if isinstance(new_state, tuple) else new_state  # (B, H): h first
         if mask is None:

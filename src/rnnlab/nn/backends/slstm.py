@@ -28,9 +28,11 @@ def slstm(
     state). At a step where ``mask`` (B, T) is False the state is kept and the output is 0."""
     T = x.shape[1]
     wx = x @ cell.weight_ih.T + cell.bias  # (B, T, 4H): every step's input projection
+    # unbind, not wx[:, t]: the backward of T selects would fill T zero (B, T, 4H) tensors
+    wx_steps = wx.unbind(1)  # T of (B, 4H)
     outputs: list[Tensor] = [x.new_empty(0)] * T
     for t in reversed(range(T)) if reverse else range(T):
-        gates = wx[:, t] + cell.recurrent(state.h)  # (B, 4H)
+        gates = wx_steps[t] + cell.recurrent(state.h)  # (B, 4H)
         new, _ = cell.pointwise(gates, state)
         if mask is None:
             state, outputs[t] = new, new.h
