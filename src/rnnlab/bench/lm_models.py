@@ -38,6 +38,8 @@ LM_IMPLS = (
     "rnnlab-minlstm-ref",
     "rnnlab-slstm",
     "rnnlab-mlstm",
+    "rnnlab-mingru-bf16",
+    "rnnlab-minlstm-bf16",
 )
 # the cells of 2024 (Feng et al.; Beck et al.): the same model with another cell of the
 # registry, on its fast path ("auto") or its step-by-step reference loop ("-ref")
@@ -48,6 +50,8 @@ MIN_IMPLS = {
     "rnnlab-minlstm-ref": ("minlstm", "reference"),
     "rnnlab-slstm": ("slstm", "auto"),
     "rnnlab-mlstm": ("mlstm", "auto"),
+    "rnnlab-mingru-bf16": ("mingru", "auto"),  # bf16 input GEMMs in the recurrent layers
+    "rnnlab-minlstm-bf16": ("minlstm", "auto"),
 }
 
 
@@ -85,7 +89,10 @@ def build_language_model(w, impl: str) -> nn.Module:
         return TorchLanguageModel(w.vocab, w.inputs, H, layers, w.tied)
     if impl in MIN_IMPLS:
         cell, how = MIN_IMPLS[impl]
-        return _RnnlabLM(LanguageModel(w.vocab, w.inputs, H, layers, cell=cell, backend=how))
+        lm = LanguageModel(w.vocab, w.inputs, H, layers, cell=cell, backend=how)
+        if impl.endswith("-bf16"):  # the layer's own bf16 mode; the decoder stays float32
+            lm.rnn.precision = "bf16"
+        return _RnnlabLM(lm)
     if impl not in backend:
         raise ValueError(f"expected a language-model implementation in {LM_IMPLS}, got {impl!r}")
     precision = "bf16" if impl == "rnnlab-bf16" else "fp32"

@@ -53,6 +53,8 @@ MIN_ROWS = {
     "rnnlab-minlstm-ref": ("minlstm", 3, "rnnlab-minlstm"),
     "rnnlab-slstm": ("slstm", 4, "rnnlab"),
     "rnnlab-mlstm": ("mlstm", 4, "rnnlab"),
+    "rnnlab-mingru-bf16": ("mingru", 2, "rnnlab-mingru"),
+    "rnnlab-minlstm-bf16": ("minlstm", 3, "rnnlab-minlstm"),
 }
 
 
