@@ -169,7 +169,9 @@ class TrainConfig:
     loss has not improved for ``patience`` epochs; ``patience=1``, ``gamma=0.25`` with SGD is
     the anneal-on-plateau of PyTorch's word_language_model example). ``time_limit``: stop after
     this many seconds of training (0: none), cleanly: the epoch so far is closed, validated,
-    checkpointed and the run reported, for CPU users who train to a budget."""
+    checkpointed and the run reported, for CPU users who train to a budget. ``epochs`` 0 means
+    as many epochs as the budget allows (it needs a ``time_limit``): a time-budgeted preset
+    trains until its budget, however small the corpus."""
 
     epochs: int = 2
     batch_size: int = 128
@@ -196,7 +198,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        positive(self, "epochs", "batch_size", "eval_batch_size", "step_epochs", "patience")
+        positive(self, "batch_size", "eval_batch_size", "step_epochs", "patience")
+        if self.epochs < 0 or (self.epochs == 0 and not self.time_limit > 0):
+            raise ConfigError(
+                "train.epochs: expected an int >= 1, or 0 (until train.time_limit) with a "
+                f"train.time_limit > 0, got {self.epochs} with time_limit {self.time_limit}"
+            )
+        if self.epochs == 0 and self.lr_schedule == "cosine":
+            raise ConfigError(
+                "train.lr_schedule: expected a schedule that needs no total step count with "
+                "train.epochs=0 (until the time limit), got 'cosine'"
+            )
         if self.seed < 0:
             raise ConfigError(f"train.seed: expected an int >= 0, got {self.seed}")
         if self.divergence_window < 0:
@@ -299,10 +311,18 @@ SECTIONS = {k: v for k, v in typing.get_type_hints(Config).items() if dataclasse
 
 
 def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
-    """Apply ``section.key=value`` overrides; unknown keys and wrong types raise ConfigError."""
+    """Apply ``section.key=value`` overrides; unknown keys, wrong types and a key given twice
+    (which would silently keep the last) raise ConfigError."""
     values = config.to_dict()
+    seen: dict[str, str] = {}
     for assignment in assignments:
         key, value = parse_override(assignment)
+        if key in seen:
+            raise ConfigError(
+                f"override {key!r}: expected each key once, got it twice ({seen[key]!r} and "
+                f"{assignment!r})"
+            )
+        seen[key] = assignment
         parts = key.split(".")
         if len(parts) == 1 and parts[0] in ("name", "description"):
             values[parts[0]] = value

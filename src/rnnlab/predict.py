@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rnnlab.runs import RunError, load_run, load_run_data
@@ -29,9 +29,11 @@ def evaluate_run(
     data_dir: PathLike | None = None,
     checkpoint: str = "best",
     split: str = "test",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Loss and the task's metrics of a run's checkpoint on ``split`` ("test", "val" or
-    "train"), from ``data_dir`` or by default the data the run was trained on."""
+    "train"), from ``data_dir`` or by default the data the run was trained on.
+    ``progress(done, total)`` is called with the batches done (a command's progress bar)."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"evaluate_run expected split 'test', 'val' or 'train', got {split!r}")
     config, model, meta = load_run(run_dir, checkpoint)
@@ -39,7 +41,16 @@ def evaluate_run(
     examples = {"test": data.test, "val": data.val, "train": data.train}[split]
     if examples is None:
         raise RunError(f"{run_dir}: expected a validation split, got data.validation='none'")
-    metrics = evaluate(model, task.batches(examples, training=False).epoch(0), task)
+    source = task.batches(examples, training=False)
+    total, done = len(source), 0
+
+    def step(k: int) -> None:
+        nonlocal done
+        done += k
+        progress(done, total)
+
+    metrics = evaluate(model, source.epoch(0), task, progress=step if progress else None)
+    unit = "tokens" if task.throughput_unit == "tokens" else "examples"
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
         raise RunError(
@@ -52,7 +63,9 @@ def evaluate_run(
         "checkpoint": meta["tag"],
         "step": meta["state"]["step"],
         "split": split,
-        "examples": len(examples),
+        # what the task counts: "examples" for a classifier, "tokens" for a language model
+        unit: len(examples),
+        "unit": unit,
         **metrics,
     }
 

@@ -234,6 +234,11 @@ class Task(ABC):
         return {f"test_{k}": v for k, v in metrics.items()}
 
     # run-directory artifacts
+    def export_fields(self) -> dict[str, Any]:
+        """What an exported file's sidecar says of the model's outputs, as JSON values (a
+        classifier: ``num_classes``; a language model overrides it)."""
+        return {"num_classes": self.config.model.num_classes}
+
     def bind_run(self, run_dir: PathLike) -> None:  # noqa: B027 (optional hook)
         """Take from a run directory what building its model needs beyond the configuration
         (a language model: its vocabulary, hence its size). Called before :meth:`build_model`
