@@ -44,7 +44,8 @@ def test_overrides_are_typed():
         ("train.epochs=0", "train.epochs: expected an int >= 1, or 0"),
         (
             "model.cell=transformer",
-            "model.cell: expected one of ('rnn', 'lstm', 'gru'), got 'transformer'",
+            "model.cell: expected one of ('rnn', 'lstm', 'gru', 'mingru', 'minlstm', 'slstm', "
+            "'mlstm'), got 'transformer'",
         ),
         ("model.dropout=1.5", "model.dropout: expected in [0, 1)"),
         ("model.bidirectional=1", "model.bidirectional: expected bool, got 1"),

@@ -9,7 +9,7 @@ import time
 
 from rnnlab import argtypes
 from rnnlab.allocator import retain_freed_memory
-from rnnlab.bench.suite import DEFAULT_IMPLS, memory_probe, run_benchmarks
+from rnnlab.bench.suite import DEFAULT_IMPLS, MIN_ROWS, memory_probe, run_benchmarks
 from rnnlab.bench.workloads import WORKLOADS
 from rnnlab.files import OutputRefusedError, atomic_write, check_output
 
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rnnlab bench: error: {exc}", file=sys.stderr)
             return 2
     workloads = _split(args.workloads, WORKLOADS, "workloads")
-    impls = _split(args.impls, set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"}, "impls")
+    known = set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"} | set(MIN_ROWS)
+    impls = _split(args.impls, known, "impls")
     modes = _split(args.modes, {"train", "infer"}, "modes")
     repeats, budget, memory = args.repeats, args.budget, not args.no_memory
     if args.quick:

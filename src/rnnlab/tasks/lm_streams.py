@@ -12,6 +12,7 @@ from torch import Tensor
 from rnnlab.data.streams import batchify, num_windows, shard_rows, windows
 from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.language_model import State
+from rnnlab.nn.registry import layer_class
 from rnnlab.train import Batch, Carry, Split
 
 __all__ = ["StreamBatches", "stream_split", "to_carry", "to_state"]
@@ -44,11 +45,14 @@ def to_state(carry: Carry | None, cell: str) -> State | None:
     """The trainer's carry (a tuple of tensors) as the model's state, and back: :func:`to_carry`."""
     if carry is None:
         return None
-    return LSTMState(*carry) if cell == "lstm" else carry[0]
+    if cell == "lstm":
+        return LSTMState(*carry)
+    state_type = layer_class(cell).state_type  # a named tuple of states (xLSTM's), or None
+    return state_type(*carry) if state_type is not None else carry[0]
 
 
 def to_carry(state: State) -> Carry:
-    return tuple(state) if isinstance(state, LSTMState) else (state,)
+    return tuple(state) if isinstance(state, tuple) else (state,)
 
 
 def stream_split(ids: np.ndarray) -> Split:
