@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.nn.backends import PRECISIONS, Precision
-from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.decoder_loss import decoder_cross_entropy
 from rnnlab.nn.registry import CELL_NAMES, layer_class
 from rnnlab.nn.sampling import GenerationStep, check_sampling, sample_next
@@ -34,7 +33,7 @@ __all__ = [
     "MAX_NEW_TOKENS",
 ]
 
-State = Tensor | LSTMState  # (L, B, H), or an LSTMState of two such
+State = Tensor | tuple  # (L, B, H), or the cell's named tuple of such (LSTMState, SLSTMState...)
 MAX_NEW_TOKENS = 100_000  # generate() refuses more: a typo should not run for hours
 SCORE_CHUNK = 1024  # score() runs long texts in pieces of this many steps, carrying the state
 
@@ -42,8 +41,8 @@ SCORE_CHUNK = 1024  # score() runs long texts in pieces of this many steps, carr
 def detach_state(state: State) -> State:
     """The state cut from the graph that made it: truncated BPTT between windows (the
     ``repackage_hidden`` of PyTorch's word_language_model example)."""
-    if isinstance(state, LSTMState):
-        return LSTMState(state.h.detach(), state.c.detach())
+    if isinstance(state, tuple):  # a cell's named tuple (LSTMState, SLSTMState, ...)
+        return type(state)(*(part.detach() for part in state))
     return state.detach()
 
 
@@ -132,10 +131,9 @@ class LanguageModel(nn.Module):
         return f"cell={self.cell!r}, tie_weights={self.tie_weights}"
 
     def init_state(self, batch_size: int) -> State:
-        """Zeros for ``batch_size`` streams: (L, B, H), for LSTM an ``LSTMState`` of two such."""
-        weight = self.decoder.weight
-        h = weight.new_zeros(self.num_layers, batch_size, self.hidden_size)  # (L, B, H)
-        return LSTMState(h, torch.zeros_like(h)) if self.cell == "lstm" else h
+        """Zeros for ``batch_size`` streams: (L, B, H), or the cell's named tuple of zeros
+        (an ``LSTMState`` of two (L, B, H) for LSTM), as the layer starts from."""
+        return self.rnn.zero_state(batch_size)
 
     def forward(
         self, ids: Tensor, state: State | None = None, *, targets: Tensor | None = None
@@ -240,8 +238,8 @@ class LanguageModel(nn.Module):
         # (B, t, V) blocks between them (glibc), and a 1 MB text grew the process by 300 MB
         scores: Tensor | None = None  # (B, C + T - 1)
         if state is not None and ids.shape[0] > 1:  # one start state for every row
-            rows = lambda s: s.expand(-1, ids.shape[0], -1).contiguous()  # noqa: E731
-            state = LSTMState(*map(rows, state)) if isinstance(state, LSTMState) else rows(state)
+            rows = lambda s: s.expand(s.shape[0], ids.shape[0], *s.shape[2:]).contiguous()  # noqa: E731
+            state = type(state)(*map(rows, state)) if isinstance(state, tuple) else rows(state)
         with self._evaluating():
             for t0 in range(0, inputs.shape[1], SCORE_CHUNK):
                 logits, state = self(inputs[:, t0 : t0 + SCORE_CHUNK], state)  # (B, t, V)
@@ -388,7 +386,7 @@ class LanguageModel(nn.Module):
         ``record_gates``, per layer name -> (H,) gates of the one step read (t = 1)."""
         if ids.shape[1] == 0:  # nothing read yet: the given (or zero) state's prediction
             state = self.init_state(1) if state is None else state
-            h = state.h if isinstance(state, LSTMState) else state  # (L, 1, H)
+            h = state.h if isinstance(state, tuple) else state  # (L, 1, H)
             return self.decoder(h[-1:]), state, None  # (1, 1, V)
         if not record_gates:
             logits, state = self(ids, state)  # (1, t, V)

@@ -23,7 +23,6 @@ import torch
 from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
 
-from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.language_model import LanguageModel, State, check_sampling
 from rnnlab.serve.models import InputError, Lookup, ServedRun, check_analysis
 from rnnlab.serve.schemas import GenerateRequest, ScoreRequest, check_text
@@ -37,11 +36,17 @@ _END = object()
 TOP = 5  # alternatives shown per generated token
 
 
+def has_cell_state(model: LanguageModel) -> bool:
+    """Whether the model's cells carry a cell state ``c`` of (L, B, H) (LSTM, sLSTM)."""
+    zeros = model.init_state(1)
+    return isinstance(zeros, tuple) and "c" in zeros._fields and zeros.c.dim() == 3
+
+
 def _layer_values(state: State, layer: int, which: str) -> torch.Tensor:
     """(H,): ``which`` ("c" or "h") of ``layer`` in a batch-of-one state (L, 1, H)."""
-    if not isinstance(state, LSTMState):
-        return state[layer, 0]  # GRU and RNN carry h only
-    return (state.c if which == "c" else state.h)[layer, 0]
+    if not isinstance(state, tuple):
+        return state[layer, 0]  # RNN, GRU and the min cells carry h only
+    return getattr(state, which)[layer, 0]  # a named tuple: LSTMState, SLSTMState, ...
 
 
 def check_generation(
@@ -64,7 +69,7 @@ def check_generation(
         raise InputError("layer", f"expected 0..{model.num_layers - 1}, got {layer}")
     if not 0 <= unit < model.hidden_size:
         raise InputError("unit", f"expected 0..{model.hidden_size - 1}, got {unit}")
-    if state == "c" and model.cell != "lstm":
+    if state == "c" and not has_cell_state(model):
         raise InputError(
             "state", f"expected 'h' (a {model.cell.upper()} has no cell state c), got 'c'"
         )
@@ -166,7 +171,7 @@ class LanguageRun(ServedRun):
         ``layer`` (H,). Everything is checked here, before the first token
         (:class:`InputError` naming the field)."""
         model = self.model
-        state = state or ("c" if model.cell == "lstm" else "h")
+        state = state or ("c" if has_cell_state(model) else "h")
         check_generation(model, temperature, top_k, top_p, layer, unit, state)
         try:
             ids, _, _ = self.task.prompt_ids(prompt, "prompt")
