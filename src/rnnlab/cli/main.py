@@ -48,6 +48,7 @@ _MODEL_VERBS = (
     "serve",
     "generate",
     "score",
+    "transcribe",
 )
 
 
@@ -128,6 +129,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--text", action="append", help="a review (repeatable)")
     src.add_argument("--file", help="a UTF-8 text file with one review per line")
     src.add_argument("--image", action="append", help="a 28x28 PNG or .npy image (repeatable)")
+    src.add_argument("--wav", action="extend", nargs="+", help="WAV recordings (speech runs)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument(
         "--invert",
@@ -161,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate(sub)
     add_score(sub)
+    from rnnlab.cli.transcribe import add_transcribe
+
+    add_transcribe(sub)
     p = sub.add_parser(
         "summary",
         help="print a preset's model as a Keras-style table",
