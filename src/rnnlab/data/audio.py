@@ -25,6 +25,7 @@ What a file can be, and what happens (each error names what was expected and wha
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,29 +85,36 @@ class FeatureSpec:
         return round(self.rate * self.hop_ms / 1000)
 
 
-def read_wav(path: str | os.PathLike[str], rate: int, max_seconds: float = MAX_SECONDS) -> Wave:
-    """The recording at ``path`` as mono float32 at ``rate`` Hz (see the module docstring for
-    what each kind of file gives)."""
+def read_wav(
+    source: str | os.PathLike[str] | bytes, rate: int, max_seconds: float = MAX_SECONDS
+) -> Wave:
+    """The recording at ``source`` (a path, or a file's bytes: an upload) as mono float32 at
+    ``rate`` Hz (see the module docstring for what each kind of file gives)."""
     import soundfile
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(
-            f"{path}: expected a WAV file, got {'a directory' if path.exists() else 'no such file'}"
-        )
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: expected a WAV file, got an empty file (0 bytes)")
+    if isinstance(source, bytes):
+        name, handle = "the upload", io.BytesIO(source)
+        if not source:
+            raise AudioError(f"{name}: expected a WAV file, got an empty file (0 bytes)")
+    else:
+        path = Path(source)
+        name, handle = str(path), str(path)
+        if not path.is_file():
+            found = "a directory" if path.exists() else "no such file"
+            raise AudioError(f"{path}: expected a WAV file, got {found}")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{path}: expected a WAV file, got an empty file (0 bytes)")
     try:
-        info = soundfile.info(str(path))
-        if info.frames > max_seconds * info.samplerate:
-            raise AudioError(
-                f"{path}: expected at most {max_seconds:g} s of audio, got "
-                f"{info.frames / info.samplerate:.1f} s"
-            )
-        data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (S, ch)
+        with soundfile.SoundFile(handle) as f:
+            if f.frames > max_seconds * f.samplerate:
+                raise AudioError(
+                    f"{name}: expected at most {max_seconds:g} s of audio, got "
+                    f"{f.frames / f.samplerate:.1f} s"
+                )
+            data, file_rate = f.read(dtype="float32", always_2d=True), f.samplerate  # (S, ch)
     except soundfile.LibsndfileError as exc:
-        raise AudioError(f"{path}: expected a WAV (or other audio) file, got: {exc}") from None
-    return wave_from_array(data, file_rate, rate, str(path))
+        raise AudioError(f"{name}: expected a WAV (or other audio) file, got: {exc}") from None
+    return wave_from_array(data, file_rate, rate, name)
 
 
 def wave_from_array(data: np.ndarray, file_rate: int, rate: int, name: str) -> Wave:

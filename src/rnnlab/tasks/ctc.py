@@ -71,7 +71,13 @@ class CTCTranscription(Task):
 
     kind = "ctc"
     input_kind = "frames"
-    floors = Floors(verbs=("transcribe",), reads="audio or image")
+    floors = Floors(
+        verbs=("transcribe",),
+        reads="audio or image",  # per run: :attr:`reads`
+        serve="rnnlab.serve.ctc:TranscriptionRun",
+        inspect="rnnlab.inspect.ctc:command",
+        export="rnnlab.export.ctc:ctc_graph",
+    )
     metric_specs = (
         MetricSpec("ser", higher_is_better=False),
         MetricSpec("string_error", higher_is_better=False),
@@ -170,7 +176,8 @@ class CTCTranscription(Task):
             line = _read_line(path)
             flip = invert == "always" or (invert == "auto" and light_background(line))
             frames.append(np.ascontiguousarray((1.0 - line if flip else line).T))  # (W, H)
-            notes.append({"input": str(path), "inverted": flip})
+            name = "the image" if isinstance(path, np.ndarray) else str(path)
+            notes.append({"input": name, "inverted": flip})
         return Prepared(pad_frames(frames), notes)
 
     @torch.no_grad()
@@ -216,14 +223,20 @@ class CTCTranscription(Task):
         return real_frames(inputs[1], inputs[0].shape[1])
 
 
-def _read_line(path: PathLike) -> np.ndarray:
-    """A grey line image (H, W) in [0, 1], checked: :data:`LINE_HEIGHT` high, sensible width."""
-    try:
-        import matplotlib.image
+def _read_line(path: PathLike | np.ndarray) -> np.ndarray:
+    """A grey line image (H, W) in [0, 1] (from a PNG file, or an array: an upload), checked:
+    :data:`LINE_HEIGHT` high, 1..:data:`MAX_LINE_WIDTH` wide, values in [0, 1]."""
+    if isinstance(path, np.ndarray):
+        image, path = path, "the image"
+    else:
+        try:
+            import matplotlib.image
 
-        image = matplotlib.image.imread(str(path))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise PredictError(f"{path}: expected a PNG line image, got {type(exc).__name__}") from None
+            image = matplotlib.image.imread(str(path))
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise PredictError(
+                f"{path}: expected a PNG line image, got {type(exc).__name__}: {exc}"
+            ) from None
     if image.ndim == 3:
         image = image[..., :3].mean(-1)
     if image.dtype == np.uint8:
@@ -237,4 +250,6 @@ def _read_line(path: PathLike) -> np.ndarray:
             f"{path}: expected a grey line image {LINE_HEIGHT} pixels high and 1..{MAX_LINE_WIDTH} "
             f"wide, got shape {image.shape}"
         )
+    if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+        raise PredictError(f"{path}: expected pixel values in [0, 1], got others")
     return np.asarray(image, dtype=np.float32)

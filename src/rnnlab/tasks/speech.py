@@ -21,7 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.config import Config, ConfigError
-from rnnlab.data.audio import AudioError, FeatureSpec, features, read_wav, spec_augment
+from rnnlab.data.audio import (
+    AudioError,
+    FeatureSpec,
+    Wave,
+    features,
+    read_wav,
+    spec_augment,
+)
 from rnnlab.data.fsdd import load_fsdd, official_split
 from rnnlab.models import SequenceClassifier
 from rnnlab.tasks.base import (
@@ -67,17 +74,19 @@ def pad_frames(frames: Sequence[np.ndarray], dtype=torch.float32) -> tuple[Tenso
 
 
 def read_audio(raw: Sequence[PathLike], spec: FeatureSpec) -> tuple[list[np.ndarray], list[dict]]:
-    """WAV files -> their (T, F) frames and notes (``mixed_down``, ``resampled_from``)."""
+    """WAV files (or :class:`Wave` s already read) -> their (T, F) frames and notes
+    (``mixed_down``, ``resampled_from``)."""
     if not raw:
         raise PredictError("expected at least one WAV file, got none")
     frames, notes = [], []
-    for path in raw:
+    for item in raw:  # a path, or a Wave already read (an upload)
         try:
-            wave = read_wav(path, spec.rate)
+            wave = item if isinstance(item, Wave) else read_wav(item, spec.rate)
         except AudioError as exc:
             raise PredictError(str(exc)) from None
         frames.append(features(wave.samples, spec))
-        notes.append({"input": str(path), **wave.notes})
+        name = "the upload" if isinstance(item, Wave) else str(item)
+        notes.append({"input": name, **wave.notes})
     return frames, notes
 
 
@@ -100,7 +109,12 @@ class SpeechClassification(ClassificationTask):
 
     kind = "speech"
     input_kind = "audio"
-    floors = Floors(verbs=("predict",), reads="audio")
+    floors = Floors(
+        verbs=("predict",),
+        reads="audio",
+        serve="rnnlab.serve.ctc:SpokenDigitRun",  # the transcribe page: record or upload
+        export="rnnlab.export.classifier:classifier_graph",  # x (B, T, F) unpadded
+    )
     class_names = tuple(str(d) for d in range(10))
 
     def check_config(self) -> None:
