@@ -93,7 +93,7 @@ def inspect_transcription(
         prepared = task.prepare([wav if wav is not None else image], {})
         target = None
     result = task.predict(model, prepared, beam=beam, probabilities=True)[0]
-    probabilities = np.asarray(result.pop("probabilities"))  # (T, S)
+    probabilities = np.asarray(result.pop("frame_probabilities"))  # (T, S)
     frames = prepared.inputs[0][0].numpy()  # (T, F)
     title = f"{result['input']}: {result['transcript'] or '(nothing)'}"
     summary = {**result, "target": target, "posteriogram": probabilities.round(4).tolist()}

@@ -87,7 +87,7 @@ class TranscriptionRun(ServedRun):
             "log_prob": result["log_prob"],
             "alignment": result["alignment"],
             "symbols": SYMBOLS,
-            "posteriogram": rounded(np.asarray(result.pop("probabilities")), 4),  # (T, S)
+            "posteriogram": rounded(np.asarray(result.pop("frame_probabilities")), 4),  # (T, S)
             "frames": rounded(x, 3),
             "notes": {k: v for k, v in result.items() if k in ("mixed_down", "resampled_from")},
         }

@@ -191,7 +191,7 @@ class CTCTranscription(Task):
         """Per input: ``transcript`` (the digits as a string), ``digits``, ``log_prob`` of that
         string (beam search's estimate; for beam 1 the best path's), ``frames``, the
         ``alignment`` (the symbol each frame emits, "-" for blank) and, if asked, the per-frame
-        ``probabilities`` (T, S), blank first."""
+        ``frame_probabilities`` (T, S), blank first."""
         x, lengths = prepared.inputs
         log_probs = model(x, lengths)  # (N, T, S)
         out = []
@@ -208,7 +208,7 @@ class CTCTranscription(Task):
                 "alignment": "".join("-" if s == BLANK else str(s - 1) for s in path),
             }
             if probabilities:
-                result["probabilities"] = np.exp(lp).round(5).tolist()
+                result["frame_probabilities"] = np.exp(lp).round(5).tolist()
             out.append(result)
         return out
 
