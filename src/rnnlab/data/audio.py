@@ -54,6 +54,18 @@ class AudioError(DataError):
     """A file that is not usable audio: not a WAV, empty, silent, too long, NaN samples."""
 
 
+def need(name: str):
+    """Import ``soundfile`` or ``librosa``, or say how to get them (the ``audio`` extra)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ImportError(
+            f"audio expected the {name} package, got none installed: pip install 'rnnlab[audio]'"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Wave:
     """Mono float32 ``samples`` (S,) in [-1, 1] at ``rate`` Hz, and what reading did to the
@@ -90,8 +102,7 @@ def read_wav(
 ) -> Wave:
     """The recording at ``source`` (a path, or a file's bytes: an upload) as mono float32 at
     ``rate`` Hz (see the module docstring for what each kind of file gives)."""
-    import soundfile
-
+    soundfile = need("soundfile")
     if isinstance(source, bytes):
         name, handle = "the upload", io.BytesIO(source)
         if not source:
@@ -138,9 +149,7 @@ def wave_from_array(data: np.ndarray, file_rate: int, rate: int, name: str) -> W
             f"below {SILENCE:g} of full scale)"
         )
     if file_rate != rate:
-        import librosa
-
-        samples = librosa.resample(samples, orig_sr=file_rate, target_sr=rate)
+        samples = need("librosa").resample(samples, orig_sr=file_rate, target_sr=rate)
         notes["resampled_from"] = int(file_rate)
     return Wave(np.ascontiguousarray(samples, dtype=np.float32), rate, notes)
 
@@ -148,8 +157,7 @@ def wave_from_array(data: np.ndarray, file_rate: int, rate: int, name: str) -> W
 def features(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """(S,) samples at ``spec.rate`` -> (T, F) float32 frames: log-mel energies or MFCCs,
     each band normalised over the utterance to mean 0 and standard deviation 1."""
-    import librosa
-
+    librosa = need("librosa")
     if samples.ndim != 1 or len(samples) == 0:
         raise AudioError(f"features expected samples of shape (S,) with S > 0, got {samples.shape}")
     mel = librosa.feature.melspectrogram(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnlab.data.audio import need
 from rnnlab.data.download import download_file
 from rnnlab.data.errors import DataError
 from rnnlab.data.paths import resolve_dataset_dir, sample_dir
@@ -75,8 +76,7 @@ def _checksums() -> dict[str, str]:
 
 
 def _decode(name: str, data: bytes, sums: dict[str, str], where: str) -> Recording:
-    import soundfile
-
+    soundfile = need("soundfile")
     match = NAME.match(name)
     if match is None or name not in sums:
         raise DataError(
