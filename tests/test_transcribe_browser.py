@@ -15,14 +15,13 @@ import pytest
 import soundfile
 
 from browser import CHROMIUM, HEADLESS_FLAGS
-from serve_runs import start_server, stop_server
-from test_serve_browser import CHROMEDRIVER, MISSING, wait_for
-
 from rnnlab.config import load_preset
 from rnnlab.data.strings import NOISE
 from rnnlab.predict import predict_each
 from rnnlab.runs import train
 from rnnlab.tasks.ctc_data import build_strings
+from serve_runs import start_server, stop_server
+from test_serve_browser import CHROMEDRIVER, MISSING, wait_for
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)}")
 
@@ -85,8 +84,9 @@ def test_recording_from_the_microphone_shows_the_transcript(spoken, page):
     driver.find_element(By.ID, "record").click()
     shown = wait_for(
         driver,
-        lambda d: (t := d.find_element(By.ID, "transcript").text) not in ("", "...", "recording...")
-        and t,
+        lambda d: (
+            (t := d.find_element(By.ID, "transcript").text) not in ("", "...", "recording...") and t
+        ),
         "a transcript",
     )
     assert driver.find_element(By.ID, "error").text == ""

@@ -19,6 +19,8 @@ What a file can be, and what happens (each error names what was expected and wha
 * NaN or infinite samples (possible in a float WAV): :class:`AudioError`;
 * longer than :data:`MAX_SECONDS`: :class:`AudioError` (the cap keeps one request from
   holding a server or filling memory);
+* long quiet before or after the sound: trimmed to :data:`EDGE_MARGIN` by :func:`trim`
+  (when a trained run reads it: training data is never trimmed);
 * silence (every sample below :data:`SILENCE`): :class:`AudioError`, since normalising
   silence would blow numeric noise up to unit variance and the model would read noise.
 """
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 MAX_SECONDS = 60.0  # longest recording read (FSDD's are 0.14-1.31 s; strings of 7 about 6 s)
+EDGE_MARGIN = 0.15  # seconds of quiet trim() keeps before and after the sound
 SILENCE = 1e-4  # peak amplitude (of full scale 1.0) under which a recording counts as silent
 
 
@@ -152,6 +155,16 @@ def wave_from_array(data: np.ndarray, file_rate: int, rate: int, name: str) -> W
         samples = need("librosa").resample(samples, orig_sr=file_rate, target_sr=rate)
         notes["resampled_from"] = int(file_rate)
     return Wave(np.ascontiguousarray(samples, dtype=np.float32), rate, notes)
+
+
+def trim(samples: np.ndarray, rate: int, margin: float = EDGE_MARGIN, top_db: float = 25.0):
+    """(S,) -> (S',): the recording without its leading and trailing quiet (frames more than
+    ``top_db`` below the peak, found by ``librosa.effects.trim``), keeping ``margin`` seconds of
+    it on either side. Applied to what users give a trained run (a microphone recording starts
+    and ends with more quiet than FSDD's trimmed recordings and the strings' short gaps)."""
+    _, (start, end) = need("librosa").effects.trim(samples, top_db=top_db)
+    keep = int(margin * rate)
+    return samples[max(0, start - keep) : min(len(samples), end + keep)]
 
 
 def features(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:

@@ -28,6 +28,7 @@ from rnnlab.data.audio import (
     features,
     read_wav,
     spec_augment,
+    trim,
 )
 from rnnlab.data.fsdd import load_fsdd, official_split
 from rnnlab.models import SequenceClassifier
@@ -74,8 +75,9 @@ def pad_frames(frames: Sequence[np.ndarray], dtype=torch.float32) -> tuple[Tenso
 
 
 def read_audio(raw: Sequence[PathLike], spec: FeatureSpec) -> tuple[list[np.ndarray], list[dict]]:
-    """WAV files (or :class:`Wave` s already read) -> their (T, F) frames and notes
-    (``mixed_down``, ``resampled_from``)."""
+    """WAV files (or :class:`Wave` s already read) -> their (T, F) frames, long quiet at the
+    edges trimmed (:func:`rnnlab.data.audio.trim`), and notes (``mixed_down``,
+    ``resampled_from``)."""
     if not raw:
         raise PredictError("expected at least one WAV file, got none")
     frames, notes = [], []
@@ -84,7 +86,7 @@ def read_audio(raw: Sequence[PathLike], spec: FeatureSpec) -> tuple[list[np.ndar
             wave = item if isinstance(item, Wave) else read_wav(item, spec.rate)
         except AudioError as exc:
             raise PredictError(str(exc)) from None
-        frames.append(features(wave.samples, spec))
+        frames.append(features(trim(wave.samples, spec.rate), spec))
         name = "the upload" if isinstance(item, Wave) else str(item)
         notes.append({"input": name, **wave.notes})
     return frames, notes
