@@ -137,3 +137,15 @@ def test_mnist_lines_are_deterministic_and_disjoint_by_image():
     assert train and val and not train & val  # held-out MNIST train images
     with pytest.raises(ValueError, match=r"expected images of shape \(N, 28, 28\)"):
         written_lines(images[:, :20], labels, 1, seed=0)
+
+
+def test_beam_search_steps_frame_by_frame():
+    from rnnlab.nn.ctc import prefix_beam_steps
+
+    rng = np.random.default_rng(1)
+    lp = torch.log_softmax(torch.tensor(rng.normal(size=(9, 4)) * 3), -1).numpy()
+    steps = list(prefix_beam_steps(lp, beam=3))
+    assert [t for t, *_ in steps] == list(range(9))
+    assert all(len(beams) <= 3 for *_, beams in steps)
+    *_, (_, best, score, _) = steps
+    assert (list(best), score) == tuple(prefix_beam_search(lp, beam=3)[0])

@@ -18,11 +18,18 @@ The probability of a string is the sum over all its paths.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["align", "collapse", "edit_distance", "greedy_decode", "prefix_beam_search"]
+__all__ = [
+    "align",
+    "collapse",
+    "edit_distance",
+    "greedy_decode",
+    "prefix_beam_search",
+    "prefix_beam_steps",
+]
 
 
 def collapse(path: Sequence[int], blank: int = 0) -> list[int]:
@@ -40,19 +47,22 @@ def greedy_decode(log_probs: np.ndarray, blank: int = 0) -> list[int]:
     return collapse(np.asarray(log_probs).argmax(axis=-1).tolist(), blank)
 
 
-def prefix_beam_search(
+Beams = dict[tuple[int, ...], tuple[float, float]]  # prefix -> (log p ending blank, non-blank)
+
+
+def prefix_beam_steps(
     log_probs: np.ndarray, beam: int = 8, blank: int = 0
-) -> list[tuple[list[int], float]]:
-    """(T, S) per-frame log-probabilities -> up to ``beam`` strings with their log-probability
-    (summed over the paths the search kept), best first."""
+) -> Iterator[tuple[int, tuple[int, ...], float, Beams]]:
+    """The prefix beam search one frame at a time: after frame t, yields ``(t, best prefix,
+    its log-probability, the kept beams)``, the beams being the carried state (the step shape
+    every rnnlab decoder shares: what is decided so far, its score, the state)."""
     if beam < 1:
         raise ValueError(f"prefix_beam_search expected beam >= 1, got {beam}")
     lp = np.asarray(log_probs, dtype=np.float64)
     if lp.ndim != 2:
         raise ValueError(f"prefix_beam_search expected log-probabilities (T, S), got {lp.shape}")
-    # prefix -> (log p of its paths ending in blank, log p of those ending in its last symbol)
-    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -np.inf)}
-    for frame in lp:  # (S,)
+    beams: Beams = {(): (0.0, -np.inf)}
+    for t, frame in enumerate(lp):  # (S,)
         grown: dict[tuple[int, ...], list[float]] = {}
         for prefix, (p_blank, p_symbol) in beams.items():
             total = np.logaddexp(p_blank, p_symbol)
@@ -67,6 +77,19 @@ def prefix_beam_search(
                     _add(grown, (*prefix, s), 1, total + frame[s])
         ranked = sorted(grown.items(), key=lambda kv: -np.logaddexp(*kv[1]))[:beam]
         beams = {prefix: (v[0], v[1]) for prefix, v in ranked}
+        best, value = ranked[0]
+        yield t, best, float(np.logaddexp(*value)), beams
+
+
+def prefix_beam_search(
+    log_probs: np.ndarray, beam: int = 8, blank: int = 0
+) -> list[tuple[list[int], float]]:
+    """(T, S) per-frame log-probabilities -> up to ``beam`` strings with their log-probability
+    (summed over the paths the search kept), best first: the last step of
+    :func:`prefix_beam_steps`."""
+    beams: Beams = {(): (0.0, -np.inf)}
+    for step in prefix_beam_steps(log_probs, beam, blank):
+        beams = step[3]
     out = [(list(p), float(np.logaddexp(*v))) for p, v in beams.items()]
     out = [(p, v) for p, v in out if v > -np.inf] or out[:1]  # impossible strings dropped
     return sorted(out, key=lambda pv: -pv[1])
