@@ -174,3 +174,11 @@ def _silence() -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, np.zeros(4000, np.int16), 8000, format="WAV")
     return buffer.getvalue()
+
+
+def test_a_run_that_cannot_load_its_data_leaves_no_run_directory(tmp_path):
+    from rnnlab.data.errors import DataError
+
+    with pytest.raises(DataError, match="expected speakers among"):
+        train("digits-ctc-sample", tmp_path / "run", overrides=["data.speakers=nobody"])
+    assert not (tmp_path / "run").exists()
