@@ -124,6 +124,19 @@ def test_onnx_export_matches_rnnlab_on_real_frames(runs, tmp_path):
             np.testing.assert_allclose(got[b, :n], want[b, :n], atol=1e-4)
 
 
+def test_speech_runs_export_as_classifiers_of_unpadded_recordings(runs, tmp_path):
+    from rnnlab.export import export_run
+    from rnnlab.export.runner import load_onnx
+    from rnnlab.runs import load_run
+
+    onnx_model = load_onnx(export_run(runs / "speech", out=tmp_path / "speech.onnx").path)
+    _, model, _ = load_run(runs / "speech")
+    x = torch.randn(2, 37, 40)  # (B, T, F): recordings of one length, no padding
+    with torch.no_grad():
+        want = model(x).numpy()  # (B, C)
+    np.testing.assert_allclose(onnx_model(x.numpy()), want, atol=1e-4)
+
+
 def test_inspect_draws_the_posteriogram_and_alignment(runs, tmp_path, capsys):
     out = tmp_path / "inspect"
     wav = str(WAVS / "4_jackson_0.wav")
