@@ -50,7 +50,9 @@ def page(spoken, tmp_path_factory):
     from selenium.webdriver.chrome.service import Service
 
     run, wav, _ = spoken
-    process, url = start_server(str(run))
+    lines = run.parent / "lines"
+    train("mnist-lines-sample", lines, overrides=["train.epochs=1", "run.log_every=1000"])
+    process, url = start_server(str(run), str(lines))
     options = Options()
     options.binary_location = CHROMIUM
     flags = [
@@ -94,3 +96,34 @@ def test_recording_from_the_microphone_shows_the_transcript(spoken, page):
     assert driver.execute_script("return document.getElementById('posteriogram').height") == 11 * 12
     alignment = driver.find_element(By.ID, "alignment").text
     assert alignment.replace("-", "")[:1] == digits[0]
+
+
+def test_writing_a_line_with_the_mouse_reads_it(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver, url = page
+    driver.get(url + "transcribe?run=lines")
+    wait_for(driver, lambda d: d.find_element(By.ID, "run").text, "the run picker")
+    Select(driver.find_element(By.ID, "run")).select_by_value("lines")
+    assert "hidden" not in driver.find_element(By.ID, "line-box").get_attribute("class")
+    pad = driver.find_element(By.ID, "pad")
+    strokes = ActionChains(driver).move_to_element_with_offset(pad, -250, -40).click_and_hold()
+    strokes.move_by_offset(0, 80).release()  # a 1
+    strokes.move_to_element_with_offset(pad, -150, -40).click_and_hold()
+    strokes.move_by_offset(40, 0).move_by_offset(-40, 80).release()  # a 7
+    strokes.perform()
+    wait_for(
+        driver,
+        lambda d: d.find_element(By.ID, "transcript").text not in ("", "..."),
+        "a transcript of the line",
+    )
+    assert driver.find_element(By.ID, "error").text == ""
+    heights = driver.execute_script(
+        "return [document.getElementById('frames').height, "
+        "document.getElementById('posteriogram').height]"
+    )
+    assert heights == [32, 11 * 12]  # the 32 pixel rows read per column; 11 symbols
+    width = driver.execute_script("return document.getElementById('frames').width")
+    assert width == 160  # the 640x128 pad scaled to 32 rows: 160 columns, one frame each
