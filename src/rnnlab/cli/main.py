@@ -216,10 +216,14 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    for name in list_presets():
+    names = list_presets()
+    pad = max(14, *(len(n) + 2 for n in names))  # longer names (digits-speech-sample) still align
+    for name in names:
         text = " ".join(load_preset(name).description.split())
         print(
-            textwrap.fill(text, width=100, initial_indent=f"{name:14s}", subsequent_indent=" " * 14)
+            textwrap.fill(
+                text, width=100, initial_indent=name.ljust(pad), subsequent_indent=" " * pad
+            )
         )
     return 0
 
