@@ -8,11 +8,11 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_runs import LM_SETTINGS, make_run
 
 from rnnlab.inspect.language import inspect_language_model
 from rnnlab.serve.app import create_app
 from rnnlab.serve.models import load_served_run
+from serve_runs import LM_SETTINGS, make_run
 
 
 @pytest.mark.parametrize("cell,has_c", [("slstm", True), ("mlstm", False)])

@@ -68,7 +68,7 @@ class DataConfig:
     test is evaluated once, at the end, on it), ``"none"`` skips validation.
     """
 
-    dataset: Literal["mnist", "imdb"] = "mnist"
+    dataset: Literal["mnist", "imdb", "fsdd"] = "mnist"
     sample: bool = False  # the real sample shipped in the package (no files, no network)
     path: str = ""  # image datasets: a folder of MNIST-layout IDX files (e.g. Fashion-MNIST)
     validation: Literal["test", "holdout", "none"] = "test"
@@ -86,10 +86,22 @@ class DataConfig:
     max_vocab: int = 0  # at most this many ids, <unk> and <eos> included (0: every token)
     bptt: int = 35  # steps per window of truncated backpropagation through time
     eval_tokens: int = 0  # validate and test on the first N tokens of each split (0: all)
+    # audio (data.dataset = "fsdd"; rnnlab.data.audio) and CTC strings (rnnlab.data.strings)
+    speakers: str = ""  # "a,b/c": train on a and b, test on c ("": everyone, official split)
+    sample_rate: int = 8000  # Hz: recordings are resampled to it
+    features: Literal["logmel", "mfcc"] = "logmel"
+    bands: int = 40  # mel bands (or MFCCs): the model's input_size
+    hop_ms: float = 16.0  # one frame every hop_ms (windows of 2 * hop_ms)
+    spec_augment: bool = False  # mask random bands and frames of training features
+    strings: int = 6000  # CTC: training strings (lines) built once from data.string_seed
+    eval_strings: int = 1000  # CTC: validation and test strings (lines) each
+    max_digits: int = 7  # CTC: digits per string, 1..max_digits
+    string_seed: int = 0
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        positive(self, "num_words", "maxlen", "holdout", "bptt")
+        positive(self, "num_words", "maxlen", "holdout", "bptt", "sample_rate", "bands")
+        positive(self, "hop_ms", "strings", "eval_strings", "max_digits")
         if self.holdout_seed < 0:
             raise ConfigError(f"data.holdout_seed: expected an int >= 0, got {self.holdout_seed}")
         for name in ("max_vocab", "eval_tokens"):

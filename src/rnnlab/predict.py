@@ -70,19 +70,23 @@ def evaluate_run(
     }
 
 
-_WRONG_KIND = {
-    "text": "--text expected a text model, got an image model (use --image)",
-    "image": "--image expected an image model, got a text model (use --text or --file)",
-}
+_FLAGS = {"text": "--text or --file", "image": "--image", "audio": "--wav"}
 
 
-def _open(run_dir: PathLike, checkpoint: str, input_kind: str | None):
-    """``(task, model, meta, artifacts)`` of a run for predicting ``input_kind`` inputs."""
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def _open(run_dir: PathLike, checkpoint: str, input_kind: str | None, verb: str = "predict"):
+    """``(task, model, meta, artifacts)`` of a run for ``verb`` on ``input_kind`` inputs."""
     config, model, meta = load_run(run_dir, checkpoint)
     task = get_task(config)
-    task.check_verb("predict", str(run_dir))
-    if input_kind is not None and task.floors.reads != input_kind:
-        raise PredictError(f"{run_dir}: {_WRONG_KIND[input_kind]}")
+    task.check_verb(verb, str(run_dir))
+    if input_kind is not None and task.reads != input_kind:
+        raise PredictError(
+            f"{run_dir}: {_FLAGS.get(input_kind, input_kind)} expected {_a(input_kind)} "
+            f"model, got {_a(task.reads)} model (use {_FLAGS.get(task.reads, task.reads)})"
+        )
     return task, model, meta, read_run_artifacts(run_dir, task, meta)
 
 
@@ -117,12 +121,15 @@ def predict_each(
     raw: Sequence[Any],
     checkpoint: str = "best",
     input_kind: str | None = None,
+    verb: str = "predict",
+    decode: dict[str, Any] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """As :func:`predict_inputs`, but an input the model cannot take does not fail the others:
     its result is ``{"input": ..., "error": "expected ..., got ..."}``. Errors about the run
-    itself (no checkpoint, non-finite outputs) still raise."""
-    task, model, meta, artifacts = _open(run_dir, checkpoint, input_kind)
+    itself (no checkpoint, non-finite outputs) still raise. ``verb``: the command asking
+    (``"transcribe"`` for a CTC run); ``decode``: options of the task's ``predict`` (``beam``)."""
+    task, model, meta, artifacts = _open(run_dir, checkpoint, input_kind, verb)
     results: list[dict[str, Any] | None] = [None] * len(raw)
     good = []
     for k, item in enumerate(raw):
@@ -134,7 +141,8 @@ def predict_each(
             results[k] = {"input": item if isinstance(item, str) else str(item), "error": message}
     if good:
         prepared = task.prepare([raw[k] for k in good], artifacts, **options)
-        for k, result in zip(good, _checked(task.predict(model, prepared), meta), strict=True):
+        answers = _checked(task.predict(model, prepared, **(decode or {})), meta)
+        for k, result in zip(good, answers, strict=True):
             results[k] = result
     return [r for r in results if r is not None]
 

@@ -176,6 +176,8 @@ def _predict_inputs(args: argparse.Namespace) -> tuple[list, list[str], dict, st
     """``(raw inputs, a label naming each, prepare options, input kind)`` from the flags."""
     if args.image:
         return list(args.image), list(args.image), {"invert": args.invert}, "image"
+    if getattr(args, "wav", None):
+        return list(args.wav), list(args.wav), {}, "audio"
     if args.text:
         return list(args.text), [f"--text {k + 1}" for k in range(len(args.text))], {}, "text"
     numbered = _read_reviews(args.file)

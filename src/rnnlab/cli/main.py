@@ -49,6 +49,7 @@ _MODEL_VERBS = (
     "serve",
     "generate",
     "score",
+    "transcribe",
 )
 
 
@@ -132,6 +133,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--text", action="append", help="a review (repeatable)")
     src.add_argument("--file", help="a UTF-8 text file with one review per line")
     src.add_argument("--image", action="append", help="a 28x28 PNG or .npy image (repeatable)")
+    src.add_argument("--wav", action="extend", nargs="+", help="WAV recordings (speech runs)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument(
         "--invert",
@@ -168,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate(sub)
     add_score(sub)
+    from rnnlab.cli.transcribe import add_transcribe
+
+    add_transcribe(sub)
     p = sub.add_parser(
         "summary",
         help="print a preset's model as a Keras-style table",
@@ -221,10 +226,14 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    for name in list_presets():
+    names = list_presets()
+    pad = max(14, *(len(n) + 2 for n in names))  # longer names (digits-speech-sample) still align
+    for name in names:
         text = " ".join(load_preset(name).description.split())
         print(
-            textwrap.fill(text, width=100, initial_indent=f"{name:14s}", subsequent_indent=" " * 14)
+            textwrap.fill(
+                text, width=100, initial_indent=name.ljust(pad), subsequent_indent=" " * pad
+            )
         )
     return 0
 

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="a review, for text models")
     src.add_argument("--image", help="a 28x28 PNG or .npy image, for image models")
+    src.add_argument("--wav", help="a WAV recording, for CTC runs that read audio")
     src.add_argument(
         "--index",
         type=argtypes.nonnegative_int,

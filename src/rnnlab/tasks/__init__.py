@@ -21,19 +21,23 @@ from rnnlab.tasks.base import (
     TaskData,
     load_attribute,
 )
+from rnnlab.tasks.ctc import CTCTranscription
 from rnnlab.tasks.image import ImageClassification
 from rnnlab.tasks.language_model import LanguageModelTask
+from rnnlab.tasks.speech import SpeechClassification
 from rnnlab.tasks.text import TextClassification
 
 __all__ = [
     "TASKS",
     "Example",
     "Floors",
+    "CTCTranscription",
     "ImageClassification",
     "LanguageModelTask",
     "MetricSpec",
     "Prepared",
     "PredictError",
+    "SpeechClassification",
     "Task",
     "TaskData",
     "TextClassification",
@@ -44,7 +48,14 @@ __all__ = [
 ]
 
 TASKS: dict[str, type[Task]] = {
-    task.kind: task for task in (ImageClassification, TextClassification, LanguageModelTask)
+    task.kind: task
+    for task in (
+        ImageClassification,
+        TextClassification,
+        LanguageModelTask,
+        SpeechClassification,
+        CTCTranscription,
+    )
 }
 
 

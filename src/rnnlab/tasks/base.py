@@ -158,6 +158,11 @@ class Task(ABC):
         self.config = config
         self.check_config()
 
+    @property
+    def reads(self) -> str:
+        """What a user gives this run (``floors.reads``; a kind reading several says which)."""
+        return self.floors.reads
+
     def floor(self, name: str) -> Any:
         """The object this kind gives the upper floor ``name`` ("serve", "inspect" or
         "export"; see :class:`Floors`); a floor it does not offer is a clear error."""
