@@ -15,6 +15,7 @@ import torch
 
 from rnnlab.allocator import retain_freed_memory, retention_wanted
 from rnnlab.cli.kernels import ensure_kernels
+from rnnlab.files import OutputRefusedError, inside_run_checkpoints
 
 __all__ = ["machine", "prepare", "run_command"]
 
@@ -31,9 +32,27 @@ def check_writable(out: Path) -> None:
         ) from exc
 
 
-def prepare(out: Path, threads: int) -> None:
-    """Refuse an unwritable ``--out`` or a bad ``--threads`` before any slow work, then use
-    ``threads`` torch threads."""
+def check_new_results(out: Path, force: bool) -> None:
+    """``out`` may not be inside a run's ``checkpoints/``, nor hold earlier results
+    (``results.json``) unless ``force``: rnnlab's rule for every command that writes."""
+    checkpoints = inside_run_checkpoints(out)
+    if checkpoints is not None:
+        raise OutputRefusedError(
+            f"--out {out}: expected a folder outside a run's checkpoints/, got one inside "
+            f"{checkpoints}"
+        )
+    if (out / "results.json").exists() and not force:
+        raise OutputRefusedError(
+            f"--out {out}: expected a folder without earlier results, got {out / 'results.json'}"
+            " (add --force to replace them, or choose another --out)"
+        )
+
+
+def prepare(out: Path, threads: int, force: bool = False) -> None:
+    """Refuse an unwritable ``--out``, a place inside a run's ``checkpoints/``, earlier results
+    (without ``force``) or a bad ``--threads`` before any slow work, then use ``threads`` torch
+    threads."""
+    check_new_results(out, force)
     check_writable(out)
     if threads < 1:
         raise ValueError(f"--threads expected a positive int, got {threads}")

@@ -35,8 +35,15 @@ TINY = [
 ]
 
 
+def tiny(*overrides: str) -> list[str]:
+    """:data:`TINY` with ``overrides`` in place of the keys they name (each key once)."""
+    values = dict(s.split("=", 1) for s in TINY)
+    values.update(s.split("=", 1) for s in overrides)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
 def train_tiny(tmp: Path, *overrides: str) -> Path:
     pairs = write_pairs(tmp / "reverse.tsv", reversal_pairs())
     run = tmp / "run"
-    train("pairs", out=run, overrides=[f"data.path={pairs}", *TINY, *overrides])
+    train("pairs", out=run, overrides=tiny(f"data.path={pairs}", *overrides))
     return run

@@ -36,7 +36,8 @@ def test_bench_records_the_allocator_and_writes_json_whole(tmp_path, monkeypatch
     report = json.loads(out.read_text())
     assert report["environment"]["allocator"].startswith("glibc, freed memory retained")
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
-    assert main([*argv, "--json", str(out)]) == 0
+    assert main([*argv, "--json", str(out)]) == 2  # an existing file is kept without --force
+    assert main([*argv, "--json", str(out), "--force"]) == 0
     assert json.loads(out.read_text())["environment"]["allocator"] == "default"
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlab.bench import main
+from rnnlab.bench import main, suite
 from rnnlab.bench.lm_models import LMRunner, build_language_model
 from rnnlab.bench.workloads import WORKLOADS
 from rnnlab.nn import decoder_loss
@@ -178,3 +178,24 @@ def test_bench_runs_a_language_model_workload_against_torch(tmp_path, monkeypatc
     rows = {r["impl"]: r for r in report["results"]}
     assert set(rows) == {"rnnlab", "torch"}  # no Keras or ONNX language models
     assert rows["torch"]["ratio_vs_torch_lstm"] == 1.0 and rows["rnnlab"]["ratio_vs_torch_lstm"] > 0
+
+
+def test_bench_rows_for_mingru_and_minlstm(tmp_path, monkeypatch):
+    """The 2024 cells in the same run as the LSTM: the parallel path against rnnlab's LSTM,
+    the step-by-step reference against the parallel path; FLOPs without a recurrent GEMM."""
+    tiny = dataclasses.replace(WORKLOADS["F"], batch=2, steps=5, vocab=20, inputs=8, hidden=(8, 8))
+    monkeypatch.setitem(WORKLOADS, "F", tiny)
+    # GEMM peaks at tiny shapes would take millions of calls (about 2 GFLOP per sample)
+    peak = {"mkl_gflops": 1.0, "onednn_gflops": 1.0, "onednn_bf16_gflops": 1.0}
+    fake = lambda shapes, repeats: {k: {"shape": list(v), **peak} for k, v in shapes.items()}  # noqa: E731
+    monkeypatch.setattr(suite, "gemm_peaks", fake)
+    out = tmp_path / "bench.json"
+    impls = "rnnlab,rnnlab-mingru,rnnlab-minlstm,rnnlab-mingru-ref,rnnlab-minlstm-ref"
+    argv = ["--workloads", "F", "--impls", impls, "--quick", "--modes", "train"]
+    assert main([*argv, "--json", str(out)]) == 0
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["rnnlab-mingru"]["cell"] == "mingru" and rows["rnnlab-minlstm"]["cell"] == "minlstm"
+    assert rows["rnnlab-mingru"]["baseline"] == "rnnlab"
+    assert rows["rnnlab-minlstm-ref"]["baseline"] == "rnnlab-minlstm"
+    runner = LMRunner(tiny, "rnnlab-mingru-ref")
+    assert runner.model.model.rnn.backend == "reference" and runner.model.model.cell == "mingru"

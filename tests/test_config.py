@@ -41,10 +41,11 @@ def test_overrides_are_typed():
         ("trian.epochs=5", "expected section.key"),
         ("train.epochs=five", "train.epochs: expected int, got 'five'"),
         ("train.epochs=2.5", "train.epochs: expected int, got 2.5"),
-        ("train.epochs=0", "train.epochs: expected a positive int, got 0"),
+        ("train.epochs=0", "train.epochs: expected an int >= 1, or 0"),
         (
             "model.cell=transformer",
-            "model.cell: expected one of ('rnn', 'lstm', 'gru'), got 'transformer'",
+            "model.cell: expected one of ('rnn', 'lstm', 'gru', 'mingru', 'minlstm', 'slstm', "
+            "'mlstm'), got 'transformer'",
         ),
         ("model.dropout=1.5", "model.dropout: expected in [0, 1)"),
         ("model.bidirectional=1", "model.bidirectional: expected bool, got 1"),

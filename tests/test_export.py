@@ -14,7 +14,7 @@ import torch
 from rnnlab.cli import main
 from rnnlab.config import load_preset
 from rnnlab.tasks import build_model
-from tiny import SMALL_MNIST_CLI, cli_sets
+from tiny import SMALL_MNIST_CLI, cli_sets, with_sets
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -115,14 +115,18 @@ def _agree(run: Path, runner, inputs: tuple[torch.Tensor, ...]) -> None:
 def test_trained_image_run_exports_and_agrees_on_real_test_images(tmp_path, capsys):
     from rnnlab.tasks import get_task
 
-    run = _train(tmp_path, "mnist-sample", *SMALL_MNIST_CLI, "--set", "train.epochs=1")
+    run = _train(tmp_path, "mnist-sample", *with_sets(SMALL_MNIST_CLI, "train.epochs=1"))
     assert main(["export", str(run), "--format", "onnx"]) == 0
     assert f"wrote {run / 'model.onnx'}" in capsys.readouterr().out
     runner = load_onnx(run / "model.onnx")
     assert runner.metadata["preset"] == "mnist-sample"
     assert runner.metadata["opset"] == "18" and runner.metadata["torch"] == torch.__version__
     sidecar = json.loads((run / "model.onnx.json").read_text())
-    assert sidecar == runner.metadata
+    assert {k: v if isinstance(v, str) else json.dumps(v) for k, v in sidecar.items()} == (
+        runner.metadata
+    )
+    assert sidecar["num_classes"] == 10 and sidecar["opset"] == 18
+    assert [i["name"] for i in sidecar["inputs"]] == ["x"]
     test = get_task(load_preset("mnist-sample")).load().test
     _agree(run, runner, (test.inputs[0][:500],))
 
@@ -153,7 +157,7 @@ def test_trained_masked_text_run_agrees_on_real_test_reviews(tmp_path):
 def test_bad_runs_and_paths_are_refused(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope")]) == 2
     assert "expected an rnnlab run directory" in capsys.readouterr().err
-    run = _train(tmp_path, "mnist-sample", *SMALL_MNIST_CLI, "--set", "train.epochs=1")
+    run = _train(tmp_path, "mnist-sample", *with_sets(SMALL_MNIST_CLI, "train.epochs=1"))
     for name in ("best.json", "last.json"):
         (run / "checkpoints" / name).rename(run / name)
     assert main(["export", str(run)]) == 2

@@ -18,6 +18,7 @@ from rnnlab.predict import PredictError, predict_images, predict_texts
 from rnnlab.runs import RunError, load_run, train
 from rnnlab.tasks import build_model
 from tiny import TINY_IMDB_NO_LOGS as TINY_IMDB
+from tiny import merge_settings
 
 TINY_MNIST = [
     "model.projection=16",
@@ -28,8 +29,8 @@ TINY_MNIST = [
     "run.checkpoint_every=0",
 ]
 # the tutorial's layout: pre-padding read as words (no mask), two stacked layers, last state
-SEEDLIKE_GRU = [
-    *TINY_IMDB,
+SEEDLIKE_GRU = merge_settings(
+    TINY_IMDB,
     "model.cell=gru",
     "model.hidden_sizes=[6, 5]",
     "model.mask=false",
@@ -39,7 +40,7 @@ SEEDLIKE_GRU = [
     "train.bucket=false",
     "data.maxlen=12",
     "data.punctuation=false",
-]
+)
 REVIEW = "A wonderful film, but the ending was not good at all."
 
 
@@ -260,9 +261,11 @@ def test_out_folder_rules(imdb_run, tmp_path):
     with pytest.raises(InspectError, match="expected a new or empty folder"):
         inspect_run(imdb_run, other, text=REVIEW)
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
-    # an earlier inspect output is replaced whole
+    # an earlier inspect output is replaced whole, when asked to (force)
     first = inspect_run(imdb_run, tmp_path / "out", text=REVIEW)
-    second = inspect_run(imdb_run, tmp_path / "out", text="Terrible.", units=[0])
+    with pytest.raises(InspectError, match="got an earlier inspect output"):
+        inspect_run(imdb_run, tmp_path / "out", text="Terrible.", units=[0])
+    second = inspect_run(imdb_run, tmp_path / "out", text="Terrible.", units=[0], force=True)
     assert second.summary["units"] == [0] and first.summary["units"] != [0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "other", "out"]
 

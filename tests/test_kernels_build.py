@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rnnlab.nn.backends import _ext
-from tiny import SMALL_MNIST_CLI
+from tiny import SMALL_MNIST_CLI, with_sets
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -80,7 +80,7 @@ def test_a_missing_or_failing_compiler_falls_back_with_reason_and_fix(tmp_path) 
 
 def test_training_works_on_the_fused_path_without_the_extension(tmp_path) -> None:
     out = tmp_path / "run"
-    argv = ["train", "mnist-sample", *SMALL_MNIST_CLI, "--set", "train.epochs=1"]
+    argv = ["train", "mnist-sample", *with_sets(SMALL_MNIST_CLI, "train.epochs=1")]
     done = _rnnlab(*argv, "--out", str(out), timeout=600, RNNLAB_NO_EXTENSION="1")
     assert done.returncode == 0, done.stderr
     assert "building rnnlab CPU kernels" not in done.stderr

@@ -214,9 +214,11 @@ def test_bad_construction_is_named():
 
 
 def test_the_cell_registry_names_every_layer():
+    from rnnlab import MLSTM, SLSTM, MinGRU, MinLSTM
     from rnnlab.nn.registry import CELL_NAMES, LAYERS, layer_class
 
-    assert CELL_NAMES == ("rnn", "lstm", "gru")
-    assert [layer_class(name) for name in CELL_NAMES] == [RNN, LSTM, GRU] == list(LAYERS.values())
-    with pytest.raises(ValueError, match=r"expected one of \('rnn', 'lstm', 'gru'\), got 'x'"):
+    assert CELL_NAMES == ("rnn", "lstm", "gru", "mingru", "minlstm", "slstm", "mlstm")
+    classes = [RNN, LSTM, GRU, MinGRU, MinLSTM, SLSTM, MLSTM]
+    assert [layer_class(name) for name in CELL_NAMES] == classes == list(LAYERS.values())
+    with pytest.raises(ValueError, match=r"expected one of \('rnn', 'lstm', .*\), got 'x'"):
         layer_class("x")

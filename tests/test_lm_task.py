@@ -16,7 +16,7 @@ from rnnlab.config import ConfigError, load_preset
 from rnnlab.tasks import LanguageModelTask, get_task
 from rnnlab.train import Split
 from run_helpers import wait_for_step
-from tiny import cli_sets
+from tiny import cli_sets, with_sets
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMINGS = ("seconds", "ms_per_step", "val_seconds", "tokens_per_second")
@@ -124,8 +124,8 @@ def test_killed_lm_run_resumes_to_identical_metrics(tmp_path):
         "--threads",
         "1",
         "--no-progress",
-        *TINY,
-        *cli_sets(
+        *with_sets(
+            TINY,
             f"data.path={corpus}",
             "model.hidden_sizes=[96]",
             "model.dropout=0.3",
@@ -200,11 +200,11 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--temperature", "0"], "expected temperature > 0"),
-        (["--top-p", "1.5"], "expected top_p in (0, 1]"),
-        (["--top-p", "0"], "expected top_p in (0, 1]"),
-        (["--length", "100001"], "--length: expected 1..100000 tokens, got 100001"),
-        (["--top-k", "0"], "expected top_k >= 1"),
+        (["--temperature", "0"], "--temperature: expected a number > 0 (finite), got '0'"),
+        (["--top-p", "1.5"], "--top-p: expected a probability in (0, 1] (finite), got '1.5'"),
+        (["--top-p", "0"], "--top-p: expected a probability in (0, 1] (finite), got '0'"),
+        (["--length", "100001"], "--length: expected a token count in 1..100000, got '100001'"),
+        (["--top-k", "0"], "--top-k: expected an int >= 1, got '0'"),
     ],
 )
 def test_generate_bad_arguments(tiny_run, args, message):

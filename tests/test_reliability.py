@@ -21,7 +21,7 @@ import torch
 
 from rnnlab.config import ConfigError, DataConfig, TrainConfig, load_preset
 from run_helpers import Poison
-from tiny import cli_sets
+from tiny import cli_sets, merge_settings
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -286,7 +286,7 @@ def test_an_abandoned_claim_is_reused_and_anything_else_refused(tmp_path):
     for name in (LOCK_NAME, "config.json", "run.json", "metrics.jsonl", ".run.json.1a2b.tmp"):
         (out / name).write_text("{}")
     (out / "checkpoints" / "last-00000005.safetensors").write_bytes(b"cut short")
-    train("mnist-sample", out, overrides=[*TINY, "train.epochs=1"])
+    train("mnist-sample", out, overrides=merge_settings(TINY, "train.epochs=1"))
     assert (out / "report.json").is_file() and not (out / ".run.json.1a2b.tmp").exists()
 
     foreign = tmp_path / "foreign"
@@ -302,7 +302,8 @@ def test_two_concurrent_trains_of_one_out_have_one_winner(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     args = ["train", "mnist-sample", "--out", str(out), "--threads", "1", "--no-progress"]
-    command = [sys.executable, "-m", "rnnlab", *args, *cli_sets(*TINY, "train.epochs=1")]
+    settings = cli_sets(*merge_settings(TINY, "train.epochs=1"))
+    command = [sys.executable, "-m", "rnnlab", *args, *settings]
     procs = [
         subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -385,7 +386,7 @@ def test_run_directory_files_follow_the_umask(tmp_path):
     out = tmp_path / "run"
     old = os.umask(0o027)
     try:
-        train("mnist-sample", out, overrides=[*TINY, "train.epochs=1"])
+        train("mnist-sample", out, overrides=merge_settings(TINY, "train.epochs=1"))
     finally:
         os.umask(old)
     modes = {

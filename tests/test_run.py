@@ -12,6 +12,7 @@ from rnnlab.data import load_mnist
 from rnnlab.predict import PredictError, evaluate_run, predict_images, predict_texts
 from rnnlab.runs import Report, RunError, load_run, resume, train
 from run_helpers import Poison
+from tiny import merge_settings
 
 TINY_MNIST = [
     "model.projection=16",
@@ -208,7 +209,11 @@ def test_image_presets_train_on_any_idx_folder(tmp_path):
     report = train(
         "mnist-sample",
         out,
-        overrides=[*TINY_MNIST, "train.epochs=1", f"data.path={sample_dir()}", "data.sample=false"],
+        overrides=[
+            *merge_settings(TINY_MNIST, "train.epochs=1"),
+            f"data.path={sample_dir()}",
+            "data.sample=false",
+        ],
     )
     assert report.train_examples == 10_000 and report.steps == 40
 

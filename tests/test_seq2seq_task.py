@@ -14,7 +14,7 @@ from rnnlab.predict import evaluate_run
 from rnnlab.runs import load_run, train
 from rnnlab.tasks import PredictError, get_task
 from rnnlab.tasks.seq2seq_metrics import closest, edit_distance, sequence_sums
-from seq2seq_helpers import TINY, reversal_pairs, train_tiny, write_pairs
+from seq2seq_helpers import TINY, reversal_pairs, tiny, train_tiny, write_pairs
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +104,12 @@ def test_word_level_pairs_report_bleu_and_chrf(tmp_path):
     report = train(
         "pairs",
         out=tmp_path / "run",
-        overrides=[
+        overrides=tiny(
             f"data.path={path}",
             "data.source_tokens=word",
             "data.target_tokens=word",
-            *TINY,
             "train.epochs=1",
-        ],
+        ),
     )
     test = report.to_json()
     assert 0 <= test["test_bleu"] <= 100 and 0 <= test["test_chrf"] <= 100

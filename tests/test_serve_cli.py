@@ -103,8 +103,10 @@ def test_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 
 def test_refuses_a_bad_timeout(run_dirs, capsys):
-    assert rnnlab_main(["serve", str(run_dirs[0]), "--timeout", "0"]) == 2
-    assert "--timeout expected > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        rnnlab_main(["serve", str(run_dirs[0]), "--timeout", "0"])
+    assert stop.value.code == 2
+    assert "--timeout: expected a number > 0 (finite), got '0'" in capsys.readouterr().err
 
 
 def test_only_loopback_hosts_go_without_a_warning():

@@ -33,3 +33,24 @@ TINY_IMDB_NO_LOGS = [
     "run.log_every=0",
     "run.checkpoint_every=0",
 ]
+
+
+def merge_settings(base: list[str], *settings: str) -> list[str]:
+    """``base`` ("KEY=VALUE" strings) with each of ``settings`` replacing the one of the same key
+    (or appended): rnnlab refuses a key given twice."""
+    keys = {s.split("=", 1)[0]: s for s in settings}
+    kept = [s for s in base if s.split("=", 1)[0] not in keys]
+    return [*kept, *keys.values()]
+
+
+def with_sets(argv: list[str], *settings: str) -> list[str]:
+    """Command-line ``argv`` with each of ``settings`` replacing its key's ``--set`` (or added)."""
+    keys = {s.split("=", 1)[0] for s in settings}
+    out: list[str] = []
+    pairs = iter(range(len(argv)))
+    for k in pairs:
+        if argv[k] == "--set" and argv[k + 1].split("=", 1)[0] in keys:
+            next(pairs)  # drop the pair
+            continue
+        out.append(argv[k])
+    return [*out, *cli_sets(*settings)]

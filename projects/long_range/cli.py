@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+import rnnlab.argtypes as argtypes
 from projects.common import machine, prepare, run_command
 from projects.long_range.experiment import LongRangeConfig, run_long_range
 from projects.long_range.report import format_table, write_results
@@ -32,13 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="one seed, gaps 10 and 100, 1500 steps (a few minutes on 2 CPU cores)",
     )
     p.add_argument("--out", help="folder for the results (default runs/long-range[-quick])")
-    p.add_argument("--gaps", type=int, nargs="+", help="gaps to run (default 10 20 50 100 200)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
+    p.add_argument("--force", action="store_true", help="replace earlier results in --out")
+    p.add_argument(
+        "--gaps",
+        type=argtypes.positive_int,
+        nargs="+",
+        help="gaps to run (default 10 20 50 100 200)",
+    )
+    p.add_argument(
+        "--seeds", type=argtypes.nonnegative_int, nargs="+", help="seeds (default 0 1 2)"
+    )
     p.add_argument("--cells", nargs="+", choices=["rnn", "lstm", "gru"], help="cells to compare")
-    p.add_argument("--steps", type=int, help="training steps per model (default 3000)")
+    p.add_argument(
+        "--steps", type=argtypes.positive_int, help="training steps per model (default 3000)"
+    )
     p.add_argument(
         "--threads",
-        type=int,
+        type=argtypes.threads,
         default=1,
         help="torch CPU threads (default 1: these models are tiny, a second thread "
         "only adds contention on a busy machine)",
@@ -67,7 +78,7 @@ def long_range_command(args: argparse.Namespace) -> int:
         changes["steps"] = args.steps
     config = LongRangeConfig.quick(**changes) if args.quick else LongRangeConfig(**changes)
     out = Path(args.out or ("runs/long-range-quick" if args.quick else "runs/long-range"))
-    prepare(out, args.threads)
+    prepare(out, args.threads, args.force)
     runs = len(config.gaps) * len(config.seeds) * len(config.cells)
     print(
         f"Noisy recall: {runs} models (gaps {list(config.gaps)}, seeds {list(config.seeds)}, "

@@ -20,10 +20,13 @@ from rnnlab.nn.blocks import Recurrent, final_hidden
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.language_model import LanguageModel
 from rnnlab.nn.layers import GRU, LSTM, RNN
+from rnnlab.nn.layers_2024 import MLSTM, SLSTM, MinGRU, MinLSTM
+from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
 
 # Binds the name rnnlab.nn.summary to the function; the module stays importable by its full path
 # (``from rnnlab.nn.summary import ModelSummary``).
 from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
+from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __version__ = "0.1.0"
 
@@ -35,6 +38,16 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "MinGRUCell",
+    "MinLSTMCell",
+    "MinGRU",
+    "MinLSTM",
+    "SLSTMCell",
+    "SLSTMState",
+    "SLSTM",
+    "MLSTMCell",
+    "MLSTMState",
+    "MLSTM",
     "Recurrent",
     "LanguageModel",
     "final_hidden",

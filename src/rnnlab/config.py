@@ -68,7 +68,7 @@ class DataConfig:
     test is evaluated once, at the end, on it), ``"none"`` skips validation.
     """
 
-    dataset: Literal["mnist", "imdb", "cmudict", "pairs"] = "mnist"
+    dataset: Literal["mnist", "imdb", "fsdd", "cmudict", "pairs"] = "mnist"
     sample: bool = False  # the real sample shipped in the package (no files, no network)
     path: str = ""  # image datasets: a folder of MNIST-layout IDX files (e.g. Fashion-MNIST)
     validation: Literal["test", "holdout", "none"] = "test"
@@ -86,6 +86,17 @@ class DataConfig:
     max_vocab: int = 0  # at most this many ids, <unk> and <eos> included (0: every token)
     bptt: int = 35  # steps per window of truncated backpropagation through time
     eval_tokens: int = 0  # validate and test on the first N tokens of each split (0: all)
+    # audio (data.dataset = "fsdd"; rnnlab.data.audio) and CTC strings (rnnlab.data.strings)
+    speakers: str = ""  # "a,b/c": train on a and b, test on c ("": everyone, official split)
+    sample_rate: int = 8000  # Hz: recordings are resampled to it
+    features: Literal["logmel", "mfcc"] = "logmel"
+    bands: int = 40  # mel bands (or MFCCs): the model's input_size
+    hop_ms: float = 16.0  # one frame every hop_ms (windows of 2 * hop_ms)
+    spec_augment: bool = False  # mask random bands and frames of training features
+    strings: int = 6000  # CTC: training strings (lines) built once from data.string_seed
+    eval_strings: int = 1000  # CTC: validation and test strings (lines) each
+    max_digits: int = 7  # CTC: digits per string, 1..max_digits
+    string_seed: int = 0
     # sequence to sequence (model.kind = "seq2seq"): a pairs file (dataset "pairs", path) or
     # CMUdict (dataset "cmudict"); see rnnlab.data.pairs
     source_tokens: Literal["char", "word"] = "char"
@@ -95,7 +106,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        positive(self, "num_words", "maxlen", "holdout", "bptt", "max_length")
+        positive(self, "num_words", "maxlen", "holdout", "bptt", "sample_rate", "bands")
+        positive(self, "hop_ms", "strings", "eval_strings", "max_digits", "max_length")
         if self.holdout_seed < 0:
             raise ConfigError(f"data.holdout_seed: expected an int >= 0, got {self.holdout_seed}")
         for name in ("max_vocab", "eval_tokens"):
@@ -182,7 +194,9 @@ class TrainConfig:
     loss has not improved for ``patience`` epochs; ``patience=1``, ``gamma=0.25`` with SGD is
     the anneal-on-plateau of PyTorch's word_language_model example). ``time_limit``: stop after
     this many seconds of training (0: none), cleanly: the epoch so far is closed, validated,
-    checkpointed and the run reported, for CPU users who train to a budget."""
+    checkpointed and the run reported, for CPU users who train to a budget. ``epochs`` 0 means
+    as many epochs as the budget allows (it needs a ``time_limit``): a time-budgeted preset
+    trains until its budget, however small the corpus."""
 
     epochs: int = 2
     batch_size: int = 128
@@ -209,7 +223,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        positive(self, "epochs", "batch_size", "eval_batch_size", "step_epochs", "patience")
+        positive(self, "batch_size", "eval_batch_size", "step_epochs", "patience")
+        if self.epochs < 0 or (self.epochs == 0 and not self.time_limit > 0):
+            raise ConfigError(
+                "train.epochs: expected an int >= 1, or 0 (until train.time_limit) with a "
+                f"train.time_limit > 0, got {self.epochs} with time_limit {self.time_limit}"
+            )
+        if self.epochs == 0 and self.lr_schedule == "cosine":
+            raise ConfigError(
+                "train.lr_schedule: expected a schedule that needs no total step count with "
+                "train.epochs=0 (until the time limit), got 'cosine'"
+            )
         if self.seed < 0:
             raise ConfigError(f"train.seed: expected an int >= 0, got {self.seed}")
         if self.divergence_window < 0:
@@ -312,10 +336,18 @@ SECTIONS = {k: v for k, v in typing.get_type_hints(Config).items() if dataclasse
 
 
 def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
-    """Apply ``section.key=value`` overrides; unknown keys and wrong types raise ConfigError."""
+    """Apply ``section.key=value`` overrides; unknown keys, wrong types and a key given twice
+    (which would silently keep the last) raise ConfigError."""
     values = config.to_dict()
+    seen: dict[str, str] = {}
     for assignment in assignments:
         key, value = parse_override(assignment)
+        if key in seen:
+            raise ConfigError(
+                f"override {key!r}: expected each key once, got it twice ({seen[key]!r} and "
+                f"{assignment!r})"
+            )
+        seen[key] = assignment
         parts = key.split(".")
         if len(parts) == 1 and parts[0] in ("name", "description"):
             values[parts[0]] = value

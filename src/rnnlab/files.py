@@ -16,7 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_output", "atomic_write"]
+__all__ = [
+    "OutputRefusedError",
+    "atomic_output",
+    "atomic_write",
+    "check_output",
+    "inside_run_checkpoints",
+]
 
 
 def _new_temporary(dest: Path) -> Path:
@@ -52,3 +58,43 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
     with atomic_output(path) as handle:
         handle.write(data)
+
+
+class OutputRefusedError(OSError):
+    """An output path that a command will not write: an existing file (without ``force``) or a
+    place inside a run's ``checkpoints/`` folder. An ``OSError``, so every command reports it
+    as a user's error (exit status 2)."""
+
+
+RUN_MARKERS = ("config.json", "run.json", ".rnnlab.lock")  # what makes a folder a run directory
+
+
+def inside_run_checkpoints(path: str | os.PathLike[str]) -> Path | None:
+    """The run ``checkpoints/`` folder that ``path`` is in (or is), else None: a folder named
+    ``checkpoints`` whose parent holds a run's ``config.json``, ``run.json`` or claim."""
+    resolved = Path(path).resolve()
+    for folder in (resolved, *resolved.parents):
+        if folder.name == "checkpoints" and any(
+            (folder.parent / name).is_file() for name in RUN_MARKERS
+        ):
+            return folder
+    return None
+
+
+def check_output(path: str | os.PathLike[str], force: bool = False, flag: str = "--out") -> None:
+    """Refuse to write ``path`` when it is inside a run's ``checkpoints/`` (always: a
+    checkpoint's tensors are checked against their sha256 before every use, so one overwritten
+    file loses the run) or already exists and ``force`` is false."""
+    path = Path(path)
+    checkpoints = inside_run_checkpoints(path)
+    if checkpoints is not None:
+        raise OutputRefusedError(
+            f"{flag} {path}: expected a place outside a run's checkpoints/ folder, got one "
+            f"inside {checkpoints} (not even with --force: the run's checkpoints would be lost)"
+        )
+    if path.exists() and not force:
+        what = "folder" if path.is_dir() else "file"
+        raise OutputRefusedError(
+            f"{flag} {path}: expected a new file, got an existing {what} (add --force to "
+            "replace it, or choose another path)"
+        )

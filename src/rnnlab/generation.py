@@ -9,10 +9,11 @@ the result says how many (the command line says so once, on stderr).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rnnlab.argtypes import MAX_SEED
 from rnnlab.nn.language_model import MAX_NEW_TOKENS, LanguageModel, check_sampling
 from rnnlab.runs import load_run
 from rnnlab.tasks import LanguageModelTask, PredictError, get_task
@@ -58,13 +59,16 @@ def generate_run(
     checkpoint: str = "best",
 ) -> Generation:
     """Start generating ``length`` tokens after ``prompt`` (which may be empty: the text then
-    starts as a new review would): the prompt built by
+    starts as a new review would), reading from the state the model had in training just
+    before a document boundary (:meth:`rnnlab.tasks.LanguageModelTask.start_state`): the
+    prompt built by
     :meth:`rnnlab.tasks.LanguageModelTask.prompt_ids`, the tokens drawn by
     :meth:`rnnlab.LanguageModel.steps`.
 
     Raises:
         PredictError: a length outside 1..:data:`MAX_NEW_TOKENS`, temperature <= 0, top-p
-            outside (0, 1], top-k < 1, a binary prompt, or a run that is not a language model.
+            outside (0, 1], top-k < 1, a seed outside 0..2**63-1, a binary prompt, or a run
+            that is not a language model.
     """
     if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= MAX_NEW_TOKENS:
         raise PredictError(f"--length: expected 1..{MAX_NEW_TOKENS} tokens, got {length!r}")
@@ -72,19 +76,38 @@ def generate_run(
         check_sampling(temperature, top_k, top_p)
     except ValueError as exc:
         raise PredictError(f"sampling: {exc}") from exc
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
+    ):
+        raise PredictError(f"--seed: expected an int in 0..{MAX_SEED} or None, got {seed!r}")
     task, model = load_language_model(run_dir, checkpoint)
     ids, unknown, tokens = task.prompt_ids(prompt, "--prompt")
-    steps = model.steps(ids, length, temperature, top_k, top_p, seed, top=0)
+    start = task.start_state(model)  # a new document, as training saw one begin
+    steps = model.steps(ids, length, temperature, top_k, top_p, seed, top=0, state=start)
     prompt_tokens = len(ids) - len(task.start_context())
     return Generation((task.piece(step.token) for step in steps), prompt_tokens, unknown, tokens)
 
 
 def score_run(
-    run_dir: PathLike, texts: Sequence[str], checkpoint: str = "best"
+    run_dir: PathLike,
+    texts: Sequence[str],
+    checkpoint: str = "best",
+    per_token: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per text: ``tokens``, each token's natural-log probability given the text before it
-    (``log_probs``), the mean ``loss`` and ``bpc`` (characters) or ``perplexity`` (words),
-    and how many tokens were ``unknown``. The first token is scored as the start of a line
-    (see :meth:`rnnlab.tasks.LanguageModelTask.start_context`)."""
+    (``log_probs``; both left out without ``per_token``, which keeps a long text's scoring to
+    its model's memory), the mean ``loss`` and ``bpc`` (characters) or ``perplexity``
+    (words), and how many tokens were ``unknown``. The first token is scored as the start of a
+    line (see :meth:`rnnlab.tasks.LanguageModelTask.start_context`). ``progress(done,
+    total)`` is called with the tokens read over all texts (a command's progress bar)."""
     task, model = load_language_model(run_dir, checkpoint)
-    return task.predict(model, task.prepare(list(texts), {}))
+    prepared = task.prepare(list(texts), {})
+    total, done = sum(int(ids.shape[1]) for ids in prepared.inputs), 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(done, total)
+
+    return task.predict(model, prepared, per_token, step if progress else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rnnlab.runs import RunError, load_run, load_run_data
@@ -29,9 +29,11 @@ def evaluate_run(
     data_dir: PathLike | None = None,
     checkpoint: str = "best",
     split: str = "test",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Loss and the task's metrics of a run's checkpoint on ``split`` ("test", "val" or
-    "train"), from ``data_dir`` or by default the data the run was trained on."""
+    "train"), from ``data_dir`` or by default the data the run was trained on.
+    ``progress(done, total)`` is called with the batches done (a command's progress bar)."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"evaluate_run expected split 'test', 'val' or 'train', got {split!r}")
     config, model, meta = load_run(run_dir, checkpoint)
@@ -39,7 +41,16 @@ def evaluate_run(
     examples = {"test": data.test, "val": data.val, "train": data.train}[split]
     if examples is None:
         raise RunError(f"{run_dir}: expected a validation split, got data.validation='none'")
-    metrics = evaluate(model, task.batches(examples, training=False).epoch(0), task)
+    source = task.batches(examples, training=False)
+    total, done = len(source), 0
+
+    def step(k: int) -> None:
+        nonlocal done
+        done += k
+        progress(done, total)
+
+    metrics = evaluate(model, source.epoch(0), task, progress=step if progress else None)
+    unit = "tokens" if task.throughput_unit == "tokens" else "examples"
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
         raise RunError(
@@ -52,24 +63,30 @@ def evaluate_run(
         "checkpoint": meta["tag"],
         "step": meta["state"]["step"],
         "split": split,
-        "examples": len(examples),
+        # what the task counts: "examples" for a classifier, "tokens" for a language model
+        unit: len(examples),
+        "unit": unit,
         **metrics,
     }
 
 
-_WRONG_KIND = {
-    "text": "--text expected a text model, got an image model (use --image)",
-    "image": "--image expected an image model, got a text model (use --text or --file)",
-}
+_FLAGS = {"text": "--text or --file", "image": "--image", "audio": "--wav"}
 
 
-def _open(run_dir: PathLike, checkpoint: str, input_kind: str | None):
-    """``(task, model, meta, artifacts)`` of a run for predicting ``input_kind`` inputs."""
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def _open(run_dir: PathLike, checkpoint: str, input_kind: str | None, verb: str = "predict"):
+    """``(task, model, meta, artifacts)`` of a run for ``verb`` on ``input_kind`` inputs."""
     config, model, meta = load_run(run_dir, checkpoint)
     task = get_task(config)
-    task.check_verb("predict", str(run_dir))
-    if input_kind is not None and task.floors.reads != input_kind:
-        raise PredictError(f"{run_dir}: {_WRONG_KIND[input_kind]}")
+    task.check_verb(verb, str(run_dir))
+    if input_kind is not None and task.reads != input_kind:
+        raise PredictError(
+            f"{run_dir}: {_FLAGS.get(input_kind, input_kind)} expected {_a(input_kind)} "
+            f"model, got {_a(task.reads)} model (use {_FLAGS.get(task.reads, task.reads)})"
+        )
     return task, model, meta, read_run_artifacts(run_dir, task, meta)
 
 
@@ -104,12 +121,15 @@ def predict_each(
     raw: Sequence[Any],
     checkpoint: str = "best",
     input_kind: str | None = None,
+    verb: str = "predict",
+    decode: dict[str, Any] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """As :func:`predict_inputs`, but an input the model cannot take does not fail the others:
     its result is ``{"input": ..., "error": "expected ..., got ..."}``. Errors about the run
-    itself (no checkpoint, non-finite outputs) still raise."""
-    task, model, meta, artifacts = _open(run_dir, checkpoint, input_kind)
+    itself (no checkpoint, non-finite outputs) still raise. ``verb``: the command asking
+    (``"transcribe"`` for a CTC run); ``decode``: options of the task's ``predict`` (``beam``)."""
+    task, model, meta, artifacts = _open(run_dir, checkpoint, input_kind, verb)
     results: list[dict[str, Any] | None] = [None] * len(raw)
     good = []
     for k, item in enumerate(raw):
@@ -121,7 +141,8 @@ def predict_each(
             results[k] = {"input": item if isinstance(item, str) else str(item), "error": message}
     if good:
         prepared = task.prepare([raw[k] for k in good], artifacts, **options)
-        for k, result in zip(good, _checked(task.predict(model, prepared), meta), strict=True):
+        answers = _checked(task.predict(model, prepared, **(decode or {})), meta)
+        for k, result in zip(good, answers, strict=True):
             results[k] = result
     return [r for r in results if r is not None]
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
+from rnnlab import argtypes
 from rnnlab.allocator import retain_freed_memory
-from rnnlab.bench.suite import DEFAULT_IMPLS, memory_probe, run_benchmarks
+from rnnlab.bench.suite import DEFAULT_IMPLS, MIN_ROWS, memory_probe, run_benchmarks
 from rnnlab.bench.workloads import WORKLOADS
+from rnnlab.files import OutputRefusedError, atomic_write, check_output
 
 __all__ = ["main", "format_report", "build_parser"]
 
@@ -25,10 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. A,B (default: all)")
     p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="implementations to run")
     p.add_argument("--modes", default="train,infer", help="train, infer or both")
-    p.add_argument("--repeats", type=int, default=7, help="interleaved repeats (default 7)")
+    p.add_argument(
+        "--repeats", type=argtypes.positive_int, default=7, help="interleaved repeats (default 7)"
+    )
     p.add_argument(
         "--budget",
-        type=float,
+        type=argtypes.positive_float,
         default=20.0,
         help="seconds per slow implementation and mode (fewer repeats beyond it)",
     )
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep freed memory in the process (rnnlab.allocator.retain_freed_memory, what "
         "rnnlab train does) for every implementation alike; default: glibc's own behaviour",
     )
-    p.add_argument("--json", metavar="FILE", help="write everything to FILE as JSON")
+    p.add_argument("--json", metavar="FILE", help="write everything to FILE as JSON (a new file)")
+    p.add_argument("--force", action="store_true", help="--json: replace an existing FILE")
     p.add_argument("--memory-probe", help=argparse.SUPPRESS)  # child process of the memory probe
     return p
 
@@ -100,8 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe)))
         return 0
+    if args.json:  # refused now, not after minutes of benchmarks
+        try:
+            check_output(args.json, args.force, flag="--json")
+        except OutputRefusedError as exc:  # a user's error: one line, exit status 2
+            print(f"rnnlab bench: error: {exc}", file=sys.stderr)
+            return 2
     workloads = _split(args.workloads, WORKLOADS, "workloads")
-    impls = _split(args.impls, set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"}, "impls")
+    known = set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"} | set(MIN_ROWS)
+    impls = _split(args.impls, known, "impls")
     modes = _split(args.modes, {"train", "infer"}, "modes")
     repeats, budget, memory = args.repeats, args.budget, not args.no_memory
     if args.quick:
@@ -126,7 +136,5 @@ def main(argv: list[str] | None = None) -> int:
     report["wall_seconds"] = time.time() - start
     print(format_report(report))
     if args.json:  # whole or not at all: a partial file would read as a finished run
-        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, args.json)
+        atomic_write(args.json, json.dumps(report, indent=2).encode("utf-8"))
     return 0

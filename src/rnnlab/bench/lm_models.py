@@ -27,7 +27,32 @@ from rnnlab.nn.language_model import LanguageModel
 
 __all__ = ["LM_IMPLS", "LMRunner", "TorchLanguageModel", "build_language_model", "make_lm_batch"]
 
-LM_IMPLS = ("rnnlab", "rnnlab-bf16", "rnnlab-fused", "torch")
+LM_IMPLS = (
+    "rnnlab",
+    "rnnlab-bf16",
+    "rnnlab-fused",
+    "torch",
+    "rnnlab-mingru",
+    "rnnlab-minlstm",
+    "rnnlab-mingru-ref",
+    "rnnlab-minlstm-ref",
+    "rnnlab-slstm",
+    "rnnlab-mlstm",
+    "rnnlab-mingru-bf16",
+    "rnnlab-minlstm-bf16",
+)
+# the cells of 2024 (Feng et al.; Beck et al.): the same model with another cell of the
+# registry, on its fast path ("auto") or its step-by-step reference loop ("-ref")
+MIN_IMPLS = {
+    "rnnlab-mingru": ("mingru", "auto"),
+    "rnnlab-minlstm": ("minlstm", "auto"),
+    "rnnlab-mingru-ref": ("mingru", "reference"),
+    "rnnlab-minlstm-ref": ("minlstm", "reference"),
+    "rnnlab-slstm": ("slstm", "auto"),
+    "rnnlab-mlstm": ("mlstm", "auto"),
+    "rnnlab-mingru-bf16": ("mingru", "auto"),  # bf16 input GEMMs in the recurrent layers
+    "rnnlab-minlstm-bf16": ("minlstm", "auto"),
+}
 
 
 class TorchLanguageModel(nn.Module):
@@ -62,6 +87,12 @@ def build_language_model(w, impl: str) -> nn.Module:
     backend = {"rnnlab": "auto", "rnnlab-bf16": "auto", "rnnlab-fused": "fused"}
     if impl == "torch":
         return TorchLanguageModel(w.vocab, w.inputs, H, layers, w.tied)
+    if impl in MIN_IMPLS:
+        cell, how = MIN_IMPLS[impl]
+        lm = LanguageModel(w.vocab, w.inputs, H, layers, cell=cell, backend=how)
+        if impl.endswith("-bf16"):  # the layer's own bf16 mode; the decoder stays float32
+            lm.rnn.precision = "bf16"
+        return _RnnlabLM(lm)
     if impl not in backend:
         raise ValueError(f"expected a language-model implementation in {LM_IMPLS}, got {impl!r}")
     precision = "bf16" if impl == "rnnlab-bf16" else "fp32"

@@ -42,6 +42,20 @@ INFER_ONLY = ("onnxruntime",)  # exported graphs: inference rows only
 GRU_IMPLS = ("rnnlab-gru", "torch-gru")
 GRU_WORKLOADS = ("A", "C")  # GRU rows where the issue's models have a GRU counterpart
 BASELINE = {"rnnlab-gru": "torch-gru", "torch-gru": "torch"}
+# the 2024 cells' rows (language models only): (cell, gate blocks, baseline). The fast paths
+# are measured against rnnlab's LSTM, the reference loops against their fast path. FLOPs
+# count the input GEMM only (sLSTM's head-wise recurrent products and mLSTM's (T x T)
+# products are left out, so their GFLOP/s is a lower bound).
+MIN_ROWS = {
+    "rnnlab-mingru": ("mingru", 2, "rnnlab"),
+    "rnnlab-minlstm": ("minlstm", 3, "rnnlab"),
+    "rnnlab-mingru-ref": ("mingru", 2, "rnnlab-mingru"),
+    "rnnlab-minlstm-ref": ("minlstm", 3, "rnnlab-minlstm"),
+    "rnnlab-slstm": ("slstm", 4, "rnnlab"),
+    "rnnlab-mlstm": ("mlstm", 4, "rnnlab"),
+    "rnnlab-mingru-bf16": ("mingru", 2, "rnnlab-mingru"),
+    "rnnlab-minlstm-bf16": ("minlstm", 3, "rnnlab-minlstm"),
+}
 
 
 def environment() -> dict:
@@ -138,7 +152,7 @@ class _TorchRunner:
 def _impls_for(w: Workload, impls: tuple[str, ...]) -> list[str]:
     if w.language_model:  # whole language-model steps: no Keras or ONNX counterpart here
         return [i for i in impls if i in LM_IMPLS]
-    chosen = list(impls)
+    chosen = [i for i in impls if i not in MIN_ROWS]  # language-model rows only
     if w.name in GRU_WORKLOADS and not w.bidirectional:
         chosen += [i for i in GRU_IMPLS if i not in chosen]
     return chosen
@@ -217,13 +231,17 @@ def run_benchmarks(
                         times[impl].append(_time(getattr(r, mode), inner[impl]))
             for impl, ts in times.items():
                 med = statistics.median(ts)
-                gru = impl.endswith("gru")
+                gru = impl.endswith("gru") and impl not in MIN_ROWS
                 flops = lstm_flops(w, gates=3 if gru else 4, train=mode == "train")
                 base = BASELINE.get(impl, "torch") if gru else "torch"
+                cell = "gru" if gru else "lstm"
+                if impl in MIN_ROWS:
+                    cell, gates, base = MIN_ROWS[impl]
+                    flops = lstm_flops(w, gates, train=mode == "train", recurrent=False)
                 rec = {
                     "workload": name,
                     "impl": impl,
-                    "cell": "gru" if gru else "lstm",
+                    "cell": cell,
                     "mode": mode,
                     "samples_per_second": w.batch / med,
                     "samples_per_second_min": w.batch / max(ts),

@@ -66,12 +66,16 @@ WORKLOADS = {
 }
 
 
-def lstm_flops(w: Workload, gates: int = 4, train: bool = True) -> float:
+def lstm_flops(w: Workload, gates: int = 4, train: bool = True, recurrent: bool = True) -> float:
     """Matrix-product FLOPs of the recurrent layers for one batch: the forward is
     2 B T G H (I + H) per layer and direction; training adds dx, dW_ih, dW_hh and dh_{t-1},
-    twice the forward."""
+    twice the forward. ``recurrent=False`` for cells whose gates read x_t alone (minGRU,
+    minLSTM): 2 B T G H I."""
     D = 2 if w.bidirectional else 1
-    fwd = sum(2 * w.batch * w.steps * gates * H * (I + H) * D for I, H in w.recurrent_shapes())
+    fwd = sum(
+        2 * w.batch * w.steps * gates * H * (I + (H if recurrent else 0)) * D
+        for I, H in w.recurrent_shapes()
+    )
     return 3.0 * fwd if train else float(fwd)
 
 

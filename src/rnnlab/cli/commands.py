@@ -24,12 +24,7 @@ def train_command(args: argparse.Namespace) -> int:
     Under torchrun (``WORLD_SIZE`` > 1) it is one rank of a data-parallel run and only rank 0
     prints; ``--nproc N`` starts N such ranks on this machine and waits for them.
     """
-    if args.threads is not None:
-        if args.threads < 1:
-            raise RunError(f"--threads expected a positive int, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    # --threads: checked by its type and applied by rnnlab.cli.main before any verb runs
     if args.nproc is not None and args.nproc != 1:
         config = _config(args)
         return _launch(args, config, Path(args.resume or args.out or default_run_dir(config.name)))
@@ -181,6 +176,8 @@ def _predict_inputs(args: argparse.Namespace) -> tuple[list, list[str], dict, st
     """``(raw inputs, a label naming each, prepare options, input kind)`` from the flags."""
     if args.image:
         return list(args.image), list(args.image), {"invert": args.invert}, "image"
+    if getattr(args, "wav", None):
+        return list(args.wav), list(args.wav), {}, "audio"
     if args.text:
         return list(args.text), [f"--text {k + 1}" for k in range(len(args.text))], {}, "text"
     numbered = _read_reviews(args.file)

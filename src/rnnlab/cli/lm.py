@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from rnnlab import argtypes
+from rnnlab.cli.progress import progress_bar
 from rnnlab.data.corpus import read_text
 from rnnlab.generation import MAX_NEW_TOKENS, generate_run, score_run
 
@@ -24,13 +26,23 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir")
     p.add_argument("--prompt", default="", help="text to continue (default: a new review)")
     p.add_argument(
-        "--length", type=int, default=300, help=f"tokens to draw, 1..{MAX_NEW_TOKENS} (300)"
+        "--length",
+        type=argtypes.int_range(1, MAX_NEW_TOKENS, "a token count"),
+        default=300,
+        help=f"tokens to draw, 1..{MAX_NEW_TOKENS} (300)",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="> 0 (1.0; lower: safer)")
-    p.add_argument("--top-k", type=int, help="draw among the k most likely tokens only")
-    p.add_argument("--top-p", type=float, help="nucleus sampling: 0 < p <= 1")
-    p.add_argument("--seed", type=int, help="the same seed gives the same text")
+    p.add_argument(
+        "--temperature", type=argtypes.positive_float, default=1.0, help="> 0 (1.0; lower: safer)"
+    )
+    p.add_argument(
+        "--top-k", type=argtypes.positive_int, help="draw among the k most likely tokens only"
+    )
+    p.add_argument("--top-p", type=argtypes.probability, help="nucleus sampling: 0 < p <= 1")
+    p.add_argument("--seed", type=argtypes.seed, help="the same seed gives the same text")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
     p.set_defaults(func=generate_command)
 
 
@@ -48,6 +60,9 @@ def add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", action="store_true", help="also print every token's log-prob")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
     p.set_defaults(func=score_command)
 
 
@@ -83,7 +98,10 @@ def generate_command(args: argparse.Namespace) -> int:
 def score_command(args: argparse.Namespace) -> int:
     # --file: DataError for a missing, empty, binary or non-UTF-8 file
     texts = [read_text(Path(args.file))] if args.file is not None else args.text
-    for result in score_run(args.run_dir, texts, args.checkpoint):
+    per_token = args.tokens or args.json  # else a long text keeps no per-token lists
+    with progress_bar("scoring", "token") as progress:
+        results = score_run(args.run_dir, texts, args.checkpoint, per_token, progress)
+    for result in results:
         if args.json:
             print(json.dumps(result))
             continue

@@ -20,6 +20,7 @@ import textwrap
 import warnings
 from collections.abc import Sequence
 
+from rnnlab import argtypes
 from rnnlab.allocator import retain_freed_memory, retention_wanted
 from rnnlab.config import ConfigError, list_presets, load_preset
 
@@ -48,6 +49,7 @@ _MODEL_VERBS = (
     "serve",
     "generate",
     "score",
+    "transcribe",
     "translate",
 )
 
@@ -79,13 +81,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--threads",
-        type=int,
+        type=argtypes.threads,
         help="torch CPU threads (default: torch's choice; "
         "1 is often faster on a machine shared with other jobs)",
     )
     p.add_argument(
         "--nproc",
-        type=int,
+        type=argtypes.positive_int,
         metavar="N",
         help="data-parallel training in N "
         "processes on this machine (for several machines, start `rnnlab train` "
@@ -93,7 +95,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--dist-timeout",
-        type=float,
+        type=argtypes.positive_float,
         default=300.0,
         metavar="SECONDS",
         help="data parallelism: how long a rank waits for the others before failing (default 300)",
@@ -113,6 +115,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
     p.set_defaults(func=_evaluate)
 
 
@@ -129,6 +134,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--text", action="append", help="a review (repeatable)")
     src.add_argument("--file", help="a UTF-8 text file with one review per line")
     src.add_argument("--image", action="append", help="a 28x28 PNG or .npy image (repeatable)")
+    src.add_argument("--wav", action="extend", nargs="+", help="WAV recordings (speech runs)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument(
         "--invert",
@@ -141,6 +147,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--json",
         action="store_true",
         help="one JSON object per input: label (class index), probabilities, ...",
+    )
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
     )
     p.set_defaults(func=_predict)
 
@@ -162,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate(sub)
     add_score(sub)
+    from rnnlab.cli.transcribe import add_transcribe
+
+    add_transcribe(sub)
     from rnnlab.cli.translate import add_translate
 
     add_translate(sub)
@@ -187,16 +199,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from rnnlab.cli.progress import progress_bar
     from rnnlab.predict import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.data_dir, args.checkpoint, args.split)
+    with progress_bar(f"evaluating {args.split}", "batch") as progress:
+        result = evaluate_run(args.run_dir, args.data_dir, args.checkpoint, args.split, progress)
     if args.json:
         print(json.dumps(result))
     else:
-        skip = ("run", "checkpoint", "step", "split", "examples")
+        unit = result["unit"]  # "examples" or "tokens"
+        skip = ("run", "checkpoint", "step", "split", "unit", unit)
         figures = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in skip)
         print(
-            f"{result['split']} ({result['examples']} examples, checkpoint "
+            f"{result['split']} ({result[unit]} {unit}, checkpoint "
             f"{result['checkpoint']} at step {result['step']}): {figures}"
         )
     return 0
@@ -215,10 +230,14 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    for name in list_presets():
+    names = list_presets()
+    pad = max(14, *(len(n) + 2 for n in names))  # longer names (digits-speech-sample) still align
+    for name in names:
         text = " ".join(load_preset(name).description.split())
         print(
-            textwrap.fill(text, width=100, initial_indent=f"{name:14s}", subsequent_indent=" " * 14)
+            textwrap.fill(
+                text, width=100, initial_indent=name.ljust(pad), subsequent_indent=" " * pad
+            )
         )
     return 0
 
@@ -268,12 +287,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _warning_printer(verb: str):
     """A ``warnings.showwarning`` that prints a run's warnings as one line on stderr."""
+    from rnnlab.data import DataWarning
     from rnnlab.runs import RunWarning
 
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if issubclass(category, RunWarning):
+        if issubclass(category, (RunWarning, DataWarning)):
             print(f"rnnlab {verb}: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
@@ -297,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _warning_printer(argv[0])
             return _plugin(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    argtypes.set_threads(getattr(args, "threads", None))  # every verb that computes takes it
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_printer(args.verb)

@@ -15,7 +15,7 @@ truncated backpropagation through time (:mod:`rnnlab.data.streams`).
 """
 
 from rnnlab.data.corpus import Corpus, load_corpus
-from rnnlab.data.errors import DataError
+from rnnlab.data.errors import DataError, DataWarning
 from rnnlab.data.idx import read_idx
 from rnnlab.data.imdb import decode, encode_text, get_word_index, load_imdb, load_imdb_texts
 from rnnlab.data.imdb_archive import Reviews
@@ -29,6 +29,7 @@ from rnnlab.data.vocab import Vocabulary
 __all__ = [
     "Corpus",
     "DataError",
+    "DataWarning",
     "Reviews",
     "Vocabulary",
     "batchify",

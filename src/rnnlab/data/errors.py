@@ -1,4 +1,4 @@
-"""The one error type of :mod:`rnnlab.data`."""
+"""The error type of :mod:`rnnlab.data`, and its warning."""
 
 from __future__ import annotations
 
@@ -10,3 +10,8 @@ class DataError(ValueError):
     found, e.g. ``"/data/mnist/train-labels-idx1-ubyte.gz: expected sha256 65a5..., got 1f3c..."``.
     It subclasses :class:`ValueError` so callers that already catch bad-value errors keep working.
     """
+
+
+class DataWarning(UserWarning):
+    """The data can be used but is likely not what the user meant (e.g. a vocabulary so small
+    that most training tokens are ``<unk>``); ``rnnlab train`` prints it as one line."""

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnlab.files import check_output
+
 __all__ = [
     "DEFAULT_OPSET",
     "ExportError",
@@ -41,11 +43,13 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where the export went and what it holds (also written beside it as ``<file>.json``)."""
+    """Where the export went and what it holds (also written beside it as ``<file>.json``):
+    ``metadata`` holds JSON values (``inputs`` a list, ``opset`` an int); the file's
+    ``metadata_props`` hold the same, strings as they are and the others JSON-encoded."""
 
     path: Path
     sidecar: Path
-    metadata: dict[str, str]
+    metadata: dict[str, Any]
 
 
 def register_hook(fmt: str, model_type: type, hook: Callable[[nn.Module, int], Any]) -> None:
@@ -106,10 +110,14 @@ def export_model(
     out: str | os.PathLike,
     fmt: str = "onnx",
     opset: int = DEFAULT_OPSET,
-    extra: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> ExportResult:
     """Export ``model`` (put in eval mode) to ``out`` in ``fmt``, with versions, the opset and
-    ``extra`` recorded in the file's ``metadata_props`` and in the sidecar ``<out>.json``."""
+    ``extra`` recorded in the sidecar ``<out>.json`` (JSON values) and in the file's
+    ``metadata_props`` (strings: JSON-encoded unless already a string). An existing ``out``
+    or sidecar is replaced only with ``force``; a place inside a run's ``checkpoints/`` is
+    always refused (:func:`rnnlab.files.check_output`)."""
     import onnx
 
     newest = onnx.defs.onnx_opset_version()
@@ -124,6 +132,9 @@ def export_model(
         raise ExportError(f"expected an output file, got the directory {out}")
     if not out.parent.is_dir():
         raise ExportError(f"expected an existing directory for {out}, got none at {out.parent}")
+    sidecar = out.with_name(out.name + ".json")
+    check_output(out, force)
+    check_output(sidecar, force, flag="--out (its sidecar)")
     model.eval()
     with torch.no_grad():
         proto = _hook(fmt, model)(model, opset)
@@ -133,23 +144,21 @@ def export_model(
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "python": platform.python_version(),
-        "opset": str(opset),
-        "inputs": json.dumps(
-            [
-                {
-                    "name": i.name,
-                    "dtype": onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type),
-                    "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim],
-                }
-                for i in proto.graph.input
-            ]
-        ),
+        "opset": opset,
+        "inputs": [
+            {
+                "name": i.name,
+                "dtype": onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type),
+                "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim],
+            }
+            for i in proto.graph.input
+        ],
         **(extra or {}),
     }
-    onnx.helper.set_model_props(proto, metadata)
+    props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    onnx.helper.set_model_props(proto, props)
     proto.producer_name, proto.producer_version = "rnnlab", metadata["rnnlab"]
     onnx.checker.check_model(proto)
-    sidecar = out.with_name(out.name + ".json")
     _atomic_write(out, proto.SerializeToString())
     _atomic_write(sidecar, (json.dumps(metadata, indent=2) + "\n").encode())
     return ExportResult(out, sidecar, metadata)
@@ -174,16 +183,25 @@ def export_run(
     out: str | os.PathLike | None = None,
     checkpoint: str = "best",
     opset: int = DEFAULT_OPSET,
+    force: bool = False,
 ) -> ExportResult:
     """Export the ``checkpoint`` of the run in ``run_dir`` to ``out`` (default
-    ``<run_dir>/model.<fmt>``); the preset, checkpoint tag and step are recorded too."""
+    ``<run_dir>/model.<fmt>``; replaced only with ``force``); the preset, checkpoint tag and
+    step are recorded too, and what the run's kind says of its outputs
+    (:meth:`rnnlab.tasks.Task.export_fields`: a classifier's ``num_classes``, a language
+    model's ``vocab_size`` and ``level``)."""
     run_dir = Path(run_dir)
     config, model, meta = _read_run(run_dir, checkpoint)
     out = Path(out) if out is not None else run_dir / f"model.{fmt}"
+    from rnnlab.tasks import get_task
+
+    task = get_task(config)
+    task.bind_run(run_dir)
+    step = meta.get("step", meta.get("state", {}).get("step"))
     extra = {
         "preset": str(config.name),
         "checkpoint": str(meta.get("tag", checkpoint)),
-        "step": str(meta.get("step", meta.get("state", {}).get("step", ""))),
-        "num_classes": str(config.model.num_classes),
+        "step": step,
+        **task.export_fields(),
     }
-    return export_model(model, out, fmt, opset, extra)
+    return export_model(model, out, fmt, opset, extra, force)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["main"]
+from rnnlab import argtypes
+
+__all__ = ["build_parser", "main"]
 
 
-def main(argv: list[str]) -> int:
-    """``rnnlab export RUN --format onnx [--out FILE] [--checkpoint best|last]``."""
+def build_parser() -> argparse.ArgumentParser:
     from rnnlab.export.api import DEFAULT_OPSET
 
     p = argparse.ArgumentParser(
@@ -19,10 +20,30 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("run_dir")
     p.add_argument("--format", choices=["onnx"], default="onnx", dest="fmt")
-    p.add_argument("--out", help="file to write (default RUN_DIR/model.onnx)")
+    p.add_argument(
+        "--out",
+        help="file to write (default RUN_DIR/model.onnx); never inside a run's checkpoints/",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing file (and its sidecar)"
+    )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"default {DEFAULT_OPSET}")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--opset",
+        type=argtypes.positive_int,
+        default=DEFAULT_OPSET,
+        help=f"default {DEFAULT_OPSET}",
+    )
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``rnnlab export RUN --format onnx [--out FILE] [--force] [--checkpoint best|last]``."""
+    args = build_parser().parse_args(argv)
+    argtypes.set_threads(args.threads)
     from rnnlab.checkpoint import CheckpointError
     from rnnlab.config import ConfigError
     from rnnlab.export.api import ExportError, export_run
@@ -38,7 +59,9 @@ def main(argv: list[str]) -> int:
         )
         return 2
     try:
-        result = export_run(args.run_dir, args.fmt, args.out, args.checkpoint, args.opset)
+        result = export_run(
+            args.run_dir, args.fmt, args.out, args.checkpoint, args.opset, args.force
+        )
     except (ExportError, RunError, CheckpointError, ConfigError, OSError) as exc:
         print(f"rnnlab export: error: {exc}", file=sys.stderr)
         return 2

@@ -79,7 +79,7 @@ class OnnxModel:
                     f"{self.path.name}: expected lengths in 1..{T}, got {lengths.min()} to "
                     f"{lengths.max()}"
                 )
-        return self.session.run(["logits"], feeds)[0]
+        return self.session.run([self.session.get_outputs()[0].name], feeds)[0]  # logits, ...
 
 
 def load_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxModel:

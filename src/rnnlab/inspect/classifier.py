@@ -66,6 +66,7 @@ def inspect_run(
     checkpoint: str = "best",
     data_dir: PathLike | None = None,
     stats_examples: int = 0,
+    force: bool = False,
 ) -> InspectResult:
     """Run a trained run's model on one input with ``return_gates=True`` and write into ``out``
     (default ``RUN_DIR/inspect``):
@@ -84,7 +85,7 @@ def inspect_run(
     """
     config, model, meta = load_run(run_dir, checkpoint)
     out = Path(out) if out is not None else Path(run_dir) / "inspect"
-    check_out(out)
+    check_out(out, force)
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InspectError(f"top expected a positive int, got {top!r}")
     task = get_task(config)
@@ -182,6 +183,7 @@ def command(args: argparse.Namespace) -> int:
         top=args.top,
         mode=args.mode,
         checkpoint=args.checkpoint,
+        force=args.force,
         data_dir=args.data_dir,
         stats_examples=args.stats_examples,
     )

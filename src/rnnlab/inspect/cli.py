@@ -7,6 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from rnnlab import argtypes
+
 __all__ = ["build_parser", "inspect_command", "main"]
 
 
@@ -21,23 +23,39 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="a review, for text models")
     src.add_argument("--image", help="a 28x28 PNG or .npy image, for image models")
-    src.add_argument("--index", type=int, help="an example of the test split, for image models")
-    p.add_argument(
-        "--out",
-        help="output folder (default RUN_DIR/inspect); replaced if it holds "
-        "an earlier inspect output",
+    src.add_argument("--wav", help="a WAV recording, for CTC runs that read audio")
+    src.add_argument(
+        "--index",
+        type=argtypes.nonnegative_int,
+        help="an example of the test split, for image models",
     )
     p.add_argument(
-        "--units", type=int, nargs="+", help="units to draw (default: the most active, see --top)"
+        "--out",
+        help="output folder (default RUN_DIR/inspect): new or empty, or an earlier inspect "
+        "output with --force; never inside a run's checkpoints/",
+    )
+    p.add_argument("--force", action="store_true", help="replace an earlier inspect output")
+    p.add_argument(
+        "--units",
+        type=argtypes.nonnegative_int,
+        nargs="+",
+        help="units to draw (default: the most active, see --top)",
     )
     p.add_argument(
         "--top",
-        type=int,
+        type=argtypes.positive_int,
         default=16,
         help="how many of the most active units to draw by default (16)",
     )
-    p.add_argument("--layer", type=int, default=0, help="recurrent layer, 0-based (0)")
-    p.add_argument("--direction", type=int, default=0, help="0 forwards, 1 backwards (0)")
+    p.add_argument(
+        "--layer", type=argtypes.nonnegative_int, default=0, help="recurrent layer, 0-based (0)"
+    )
+    p.add_argument(
+        "--direction",
+        type=argtypes.int_range(0, 1, "a direction"),
+        default=0,
+        help="0 forwards, 1 backwards (0)",
+    )
     p.add_argument(
         "--mode",
         choices=["c", "h", "f", "z"],
@@ -46,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stats-examples",
-        type=int,
+        type=argtypes.nonnegative_int,
         default=0,
         metavar="N",
         help="gate saturation over the first N test examples instead of the input "
@@ -60,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--data-dir", help="data root for --index (default: the run's own)")
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
     p.set_defaults(func=inspect_command)
     return p
 
@@ -77,6 +98,7 @@ def inspect_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``inspect`` verb: parse ``argv`` (everything after ``rnnlab inspect``)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argtypes.set_threads(args.threads)
     try:
         return args.func(args)
     except (ValueError, OSError) as exc:  # RunError, CheckpointError, PredictError, DataError...

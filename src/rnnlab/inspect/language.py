@@ -57,10 +57,11 @@ SHOWN = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5"}  # visible stand-ins for
 
 
 def record_language_model(
-    model: Any, ids: torch.Tensor, top: int = TOP_PREDICTIONS
+    model: Any, ids: torch.Tensor, top: int = TOP_PREDICTIONS, state: Any = None
 ) -> tuple[list[dict], list[tuple[tuple[int, float], ...]]]:
-    """Read (1, T) ``ids`` with :meth:`rnnlab.LanguageModel.steps`, forced to the text from the
-    zero state, its gates recorded (the reference loop): ``(gates, predictions)``,
+    """Read (1, T) ``ids`` with :meth:`rnnlab.LanguageModel.steps`, forced to the text from
+    ``state`` (the run's start state, or zeros), its gates recorded (the reference loop):
+    ``(gates, predictions)``,
     ``gates[layer]`` name -> (T, H) numpy (LSTM: i, f, g, o, c, h), ``predictions[t]`` the
     ``top`` likeliest ``(id, probability)`` of the next token after position t.
 
@@ -68,7 +69,10 @@ def record_language_model(
     position t is step t + 1's; the one after the last position comes from one more step past
     the text (drawn from a fixed private generator, and not shown)."""
     text = ids[0].tolist()
-    steps = list(model.steps([], len(text) + 1, seed=0, top=top, record_gates=True, forced=text))
+    steps = model.steps(
+        [], len(text) + 1, seed=0, top=top, record_gates=True, forced=text, state=state
+    )
+    steps = list(steps)
     read = steps[:-1]  # the text's own steps
     gates = [
         {name: torch.stack([s.gates[layer][name] for s in read]).numpy() for name in layer_gates}
@@ -227,6 +231,7 @@ def inspect_language_model(
     mode: str | None = None,
     checkpoint: str = "best",
     find: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run a language-model run on ``text`` with its gates recorded and write into ``out``
     (default ``RUN_DIR/inspect``) ``tokens.html`` (coloured by ``units[0]``, default the most
@@ -237,10 +242,11 @@ def inspect_language_model(
     if not isinstance(task, LanguageModelTask):
         raise InspectError(f"{run_dir}: expected a language-model run, got {config.model.kind!r}")
     out = Path(out) if out is not None else Path(run_dir) / "inspect"
-    check_out(out)
+    check_out(out, force)
     task.bind_run(run_dir)
     example = task.example(text, {})
-    gates, predictions = record_language_model(model, example.inputs[0])  # [(T, H)], T
+    start = task.start_state(model)  # where generation and scoring start too
+    gates, predictions = record_language_model(model, example.inputs[0], state=start)
     if not 0 <= layer < len(gates):
         raise InspectError(f"--layer expected 0..{len(gates) - 1}, got {layer}")
     vocab = task.vocab
@@ -304,6 +310,7 @@ def command(args: argparse.Namespace) -> int:
         top=args.top,
         mode=args.mode,
         checkpoint=args.checkpoint,
+        force=args.force,
         find=args.find_units,
     )
     print(f"{s['cell'].upper()} language model, layer {s['layer']}, {s['steps']} tokens read")

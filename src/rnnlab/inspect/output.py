@@ -1,6 +1,7 @@
 """Writing an inspection's files: the output folder appears whole or not at all. Every file is
 rendered in memory, written into a temporary folder beside the destination, and the folder is
-renamed into place; an earlier inspect output there (marked by :data:`MARKER`) is replaced."""
+renamed into place; an earlier inspect output there (marked by :data:`MARKER`) is replaced when
+the user says so (``--force``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rnnlab.files import inside_run_checkpoints
 from rnnlab.inspect.trace import InspectError
 
 __all__ = ["MARKER", "check_out", "json_bytes", "publish"]
@@ -18,15 +20,28 @@ __all__ = ["MARKER", "check_out", "json_bytes", "publish"]
 MARKER = "inspect.json"  # names a folder as ours, so a later run may replace it
 
 
-def check_out(out: Path) -> None:
-    """``out`` must be new, empty, or an earlier inspect output; its parent must be writable."""
+def check_out(out: Path, force: bool = False) -> None:
+    """``out`` must be new, empty, or (with ``force``) an earlier inspect output, and never
+    inside a run's ``checkpoints/``; its parent must be writable."""
+    checkpoints = inside_run_checkpoints(out)
+    if checkpoints is not None:
+        raise InspectError(
+            f"--out {out}: expected a folder outside a run's checkpoints/, got one inside "
+            f"{checkpoints} (not even with --force)"
+        )
     if out.exists() and not out.is_dir():
         raise InspectError(f"--out {out}: expected a folder, got a file")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise InspectError(
-            f"--out {out}: expected a new or empty folder (or an earlier inspect "
-            "output), got a folder with other files"
-        )
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise InspectError(
+                f"--out {out}: expected a new or empty folder (or an earlier inspect "
+                "output, with --force), got a folder with other files"
+            )
+        if not force:
+            raise InspectError(
+                f"--out {out}: expected a new or empty folder, got an earlier inspect output "
+                "(add --force to replace it, or choose another --out)"
+            )
     ancestor = out.parent  # checked without creating anything: a later error leaves no trace
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent

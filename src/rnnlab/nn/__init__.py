@@ -10,7 +10,10 @@ from rnnlab.nn import interop  # noqa: F401  (attaches the conversion methods to
 from rnnlab.nn.blocks import Recurrent, final_hidden
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.layers import GRU, LSTM, RNN, RecurrentLayer
+from rnnlab.nn.layers_2024 import MLSTM, SLSTM, MinGRU, MinLSTM
+from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
 from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
+from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __all__ = [
     "Cell",
@@ -22,6 +25,16 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "MinGRUCell",
+    "MinLSTMCell",
+    "MinGRU",
+    "MinLSTM",
+    "SLSTMCell",
+    "SLSTMState",
+    "SLSTM",
+    "MLSTMCell",
+    "MLSTMState",
+    "MLSTM",
     "Recurrent",
     "final_hidden",
     "summary",

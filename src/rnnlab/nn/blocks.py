@@ -22,7 +22,7 @@ def final_hidden(state: Tensor | LSTMState, num_directions: int) -> Tensor:
     backward direction, the output after reading the whole sequence back to its first step
     (what Keras's ``Bidirectional(LSTM(...))`` returns without ``return_sequences``).
     """
-    h = state.h if isinstance(state, LSTMState) else state  # (L*D, B, H)
+    h = state[0] if isinstance(state, tuple) else state  # (L*D, B, H): h comes first
     last = h[-num_directions:]  # (D, B, H)
     return last.transpose(0, 1).reshape(h.shape[1], -1)  # (B, D*H)
 

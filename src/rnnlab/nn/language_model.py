@@ -12,14 +12,13 @@ generate``, ``rnnlab serve`` and ``rnnlab inspect`` all read those steps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from rnnlab.nn.backends import PRECISIONS, Precision
-from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.decoder_loss import decoder_cross_entropy
 from rnnlab.nn.registry import CELL_NAMES, layer_class
 from rnnlab.nn.sampling import GenerationStep, check_sampling, sample_next
@@ -34,7 +33,7 @@ __all__ = [
     "MAX_NEW_TOKENS",
 ]
 
-State = Tensor | LSTMState  # (L, B, H), or an LSTMState of two such
+State = Tensor | tuple  # (L, B, H), or the cell's named tuple of such (LSTMState, SLSTMState...)
 MAX_NEW_TOKENS = 100_000  # generate() refuses more: a typo should not run for hours
 SCORE_CHUNK = 1024  # score() runs long texts in pieces of this many steps, carrying the state
 
@@ -42,8 +41,8 @@ SCORE_CHUNK = 1024  # score() runs long texts in pieces of this many steps, carr
 def detach_state(state: State) -> State:
     """The state cut from the graph that made it: truncated BPTT between windows (the
     ``repackage_hidden`` of PyTorch's word_language_model example)."""
-    if isinstance(state, LSTMState):
-        return LSTMState(state.h.detach(), state.c.detach())
+    if isinstance(state, tuple):  # a cell's named tuple (LSTMState, SLSTMState, ...)
+        return type(state)(*(part.detach() for part in state))
     return state.detach()
 
 
@@ -132,10 +131,9 @@ class LanguageModel(nn.Module):
         return f"cell={self.cell!r}, tie_weights={self.tie_weights}"
 
     def init_state(self, batch_size: int) -> State:
-        """Zeros for ``batch_size`` streams: (L, B, H), for LSTM an ``LSTMState`` of two such."""
-        weight = self.decoder.weight
-        h = weight.new_zeros(self.num_layers, batch_size, self.hidden_size)  # (L, B, H)
-        return LSTMState(h, torch.zeros_like(h)) if self.cell == "lstm" else h
+        """Zeros for ``batch_size`` streams: (L, B, H), or the cell's named tuple of zeros
+        (an ``LSTMState`` of two (L, B, H) for LSTM), as the layer starts from."""
+        return self.rnn.zero_state(batch_size)
 
     def forward(
         self, ids: Tensor, state: State | None = None, *, targets: Tensor | None = None
@@ -201,7 +199,13 @@ class LanguageModel(nn.Module):
         finally:
             self.train(was_training)
 
-    def score(self, ids: Sequence[int] | Tensor, context: Sequence[int] | Tensor = ()) -> Tensor:
+    def score(
+        self,
+        ids: Sequence[int] | Tensor,
+        context: Sequence[int] | Tensor = (),
+        progress: Callable[[int], None] | None = None,
+        state: State | None = None,
+    ) -> Tensor:
         """Log-probability of each token of ``ids`` given the tokens before it.
 
         Args:
@@ -209,6 +213,8 @@ class LanguageModel(nn.Module):
             context: (C,) or (B, C) ids read before ``ids`` and not scored (e.g. ``[<eos>]``, so
                 the first word is scored as the start of a line). Without it the first token has
                 nothing to be predicted from, and only tokens 1..T-1 are scored.
+            progress: called with the number of steps read after each piece (a progress bar).
+            state: what the context is read from, (L, 1, H) or (L, B, H); None: zeros.
 
         Returns:
             float (T,) or (B, T) natural-log probabilities, (T - 1,) or (B, T - 1) without a
@@ -228,15 +234,25 @@ class LanguageModel(nn.Module):
         context = context.reshape(1, -1).expand(ids.shape[0], -1) if context.dim() < 2 else context
         full = torch.cat([context, ids], dim=1)  # (B, C + T)
         inputs, targets = full[:, :-1], full[:, 1:]  # (B, C + T - 1) each
-        pieces, state = [], None
+        # written in place, not concatenated: a small tensor kept per piece pinned the freed
+        # (B, t, V) blocks between them (glibc), and a 1 MB text grew the process by 300 MB
+        scores: Tensor | None = None  # (B, C + T - 1)
+        if state is not None and ids.shape[0] > 1:  # one start state for every row
+            rows = lambda s: s.expand(s.shape[0], ids.shape[0], *s.shape[2:]).contiguous()  # noqa: E731
+            state = type(state)(*map(rows, state)) if isinstance(state, tuple) else rows(state)
         with self._evaluating():
             for t0 in range(0, inputs.shape[1], SCORE_CHUNK):
                 logits, state = self(inputs[:, t0 : t0 + SCORE_CHUNK], state)  # (B, t, V)
                 wide = torch.promote_types(logits.dtype, torch.float32)  # bf16 -> fp32
                 logp = torch.log_softmax(logits, dim=-1, dtype=wide)  # (B, t, V)
                 target = targets[:, t0 : t0 + SCORE_CHUNK].unsqueeze(-1)  # (B, t, 1)
-                pieces.append(logp.gather(-1, target).squeeze(-1))  # (B, t)
-        scores = torch.cat(pieces, dim=1)[:, max(context.shape[1] - 1, 0) :]  # (B, T or T - 1)
+                if scores is None:
+                    scores = torch.empty(targets.shape, dtype=wide, device=device)
+                scores[:, t0 : t0 + target.shape[1]] = logp.gather(-1, target).squeeze(-1)
+                del logits, logp  # (B, t, V) each
+                if progress is not None:
+                    progress(target.shape[1])
+        scores = scores[:, max(context.shape[1] - 1, 0) :]  # (B, T or T - 1)
         return scores[0] if single else scores
 
     def generate(
@@ -270,6 +286,7 @@ class LanguageModel(nn.Module):
         top: int = 5,
         record_gates: bool = False,
         forced: Sequence[int] = (),
+        state: State | None = None,
     ) -> Iterator[GenerationStep]:
         """The one decoding loop: yield ``max_new_tokens`` :class:`GenerationStep`, one per
         ``next()``.
@@ -298,6 +315,9 @@ class LanguageModel(nn.Module):
                 ``return_gates`` (the reference loop, the only one that records them).
             forced: ids read as the first steps instead of drawn (teacher forcing, as
                 ``rnnlab inspect`` reads a text); at most ``max_new_tokens`` of them.
+            state: the batch-of-one state (L, 1, H) the prompt is read from; None: zeros. A
+                language-model run keeps a real one, reached in training just before a
+                document boundary (:meth:`rnnlab.tasks.LanguageModelTask.start_state`).
         """
         device = self.decoder.weight.device
         prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
@@ -328,6 +348,7 @@ class LanguageModel(nn.Module):
             top,
             record_gates,
             forced,
+            state,
         )
 
     def _steps(
@@ -338,14 +359,14 @@ class LanguageModel(nn.Module):
         top: int,
         record_gates: bool,
         forced: list[int],
+        state: State | None,
     ) -> Iterator[GenerationStep]:
         """The loop of :meth:`steps` (arguments already checked)."""
         logits: Tensor | None = None  # (1, t, V): the prediction after the last token read
-        state: State | None = None
         for k in range(max_new_tokens):
             with self._evaluating():  # per step: no grad mode or eval mode held across yields
                 if logits is None:
-                    logits, state, _ = self._read(prompt[None], None, False)  # the prompt, once
+                    logits, state, _ = self._read(prompt[None], state, False)  # the prompt, once
                 last = logits[0, -1]  # (V,)
                 token = forced[k] if k < len(forced) else sample_next(last, *sampling)
                 probs = torch.softmax(last.double(), dim=-1)  # (V,), at temperature 1
@@ -363,9 +384,9 @@ class LanguageModel(nn.Module):
     ) -> tuple[Tensor, State, tuple[dict[str, Tensor], ...] | None]:
         """(1, t) ``ids`` read from ``state``: logits (1, t, V), the state after them and, with
         ``record_gates``, per layer name -> (H,) gates of the one step read (t = 1)."""
-        if ids.shape[1] == 0:  # nothing read yet: the zero state's prediction
-            state = self.init_state(1)
-            h = state.h if isinstance(state, LSTMState) else state  # (L, 1, H)
+        if ids.shape[1] == 0:  # nothing read yet: the given (or zero) state's prediction
+            state = self.init_state(1) if state is None else state
+            h = state.h if isinstance(state, tuple) else state  # (L, 1, H)
             return self.decoder(h[-1:]), state, None  # (1, 1, V)
         if not record_gates:
             logits, state = self(ids, state)  # (1, t, V)

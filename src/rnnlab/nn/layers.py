@@ -25,7 +25,9 @@ from torch import Tensor, nn
 from rnnlab.nn import backends
 from rnnlab.nn.backends import BACKENDS, Backend, Precision
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnlab.nn.mincells import MinCell
 from rnnlab.nn.validation import check_input, check_state, make_mask
+from rnnlab.nn.xlstm import MLSTMCell, SLSTMCell
 
 __all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RecurrentLayer"]
 
@@ -39,8 +41,9 @@ class RecurrentLayer(nn.Module):
     recurrent layer" (inspect, export, the classifiers) tests against this class.
     """
 
-    cell_type: type[Cell]
-    precision: Precision = "fp32"  # only LSTM has a bf16 mode
+    cell_type: type[Cell] | type[MinCell] | type[SLSTMCell] | type[MLSTMCell]
+    state_type: type | None = None  # a named tuple of states other than LSTMState (xLSTM's)
+    precision: Precision = "fp32"  # LSTM, MinGRU and MinLSTM have a bf16 mode
 
     def __init__(
         self,
@@ -50,7 +53,7 @@ class RecurrentLayer(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         backend: Backend = "auto",
-        **cell_kwargs: float,
+        **cell_kwargs: float | int | str,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -81,7 +84,7 @@ class RecurrentLayer(nn.Module):
             raise ValueError(f"{type(self).__name__} expected backend in {BACKENDS}, got {value!r}")
         self._backend = value
 
-    def cell(self, layer: int, direction: int = 0) -> Cell:
+    def cell(self, layer: int, direction: int = 0) -> Cell | MinCell:
         """The cell of ``layer`` (0-based) and ``direction`` (0 forwards, 1 backwards)."""
         return self.cells[layer * self.num_directions + direction]
 
@@ -93,7 +96,18 @@ class RecurrentLayer(nn.Module):
             s += f", dropout={self.dropout}"
         return s + f", backend={self.backend!r}"
 
-    # -- state helpers, overridden by LSTM ------------------------------------------------------
+    def zero_state(self, batch_size: int) -> Tensor | tuple:
+        """The state before any step for ``batch_size`` sequences, in the parameters' dtype and
+        device: (L*D, B, H) zeros, or the layer's named tuple of them (LSTMState, SLSTMState,
+        MLSTMState), as ``forward`` makes when given ``state=None``."""
+        like = self.cells[0].weight_ih
+        return self._zero_state(like.new_zeros(batch_size, 1, self.input_size))
+
+    # -- state helpers, overridden by LSTM and the xLSTM layers ---------------------------------
+    def _state_shapes(self, B: int) -> dict[str, tuple[int, ...]] | None:
+        """Each field's shape of a ``state_type`` state (None: (L*D, B, H) for every field)."""
+        return None
+
     def _zero_state(self, x: Tensor) -> Tensor | LSTMState:
         LD, B, H = self.num_layers * self.num_directions, x.shape[0], self.hidden_size
         return x.new_zeros(LD, B, H)
@@ -114,7 +128,7 @@ class RecurrentLayer(nn.Module):
         :func:`rnnlab.nn.backends.scan_layer`. A forced backend that cannot run the call
         raises, naming the cause and the fix."""
         if x is None:
-            x = self.cells[0].weight_hh
+            x = self.cells[0].weight_ih
         backend = self.backend if backend is None else backend
         return backends.resolve_backend(self.cells[0], x, backend, return_gates=return_gates)
 
@@ -149,14 +163,14 @@ class RecurrentLayer(nn.Module):
             backend: this call's backend (see :data:`rnnlab.nn.backends.Backend`); None uses the
                 layer's own. Options travel with the call: nothing on the layer changes.
             precision: this call's precision, ``"fp32"`` or ``"bf16"`` (LSTM's compiled
-                kernels only); None uses the layer's own.
+                kernels, MinGRU's and MinLSTM's parallel path); None uses the layer's own.
 
         Returns:
             ``(output, state)``: output (B, T, D*H), the last layer's hidden states (both
             directions concatenated); state the final state, shaped as the ``state`` argument.
             With ``return_gates=True``, ``(output, state, gates)`` where ``gates[layer][direction]``
-            maps a name (LSTM: i, f, g, o, c, h; GRU: r, z, n, h; RNN: h) to a (B, T, H) tensor,
-            zero at padded steps.
+            maps a name (LSTM: i, f, g, o, c, h; GRU: r, z, n, h; RNN: h; MinGRU: z, h_tilde, h;
+            MinLSTM: f, i, h_tilde, h) to a (B, T, H) tensor, zero at padded steps.
         """
         name = type(self).__name__
         check_input(name, x, self.input_size)
@@ -165,7 +179,16 @@ class RecurrentLayer(nn.Module):
         state = self._zero_state(x) if state is None else state
         D = self.num_directions
         LD, H = self.num_layers * D, self.hidden_size
-        state = check_state(name, state, x, LD, H, pair=self.cell_type is LSTMCell)
+        state = check_state(
+            name,
+            state,
+            x,
+            LD,
+            H,
+            pair=self.cell_type is LSTMCell,
+            state_type=self.state_type,
+            shapes=self._state_shapes(B),
+        )
         step_mask = make_mask(name, lengths, mask, padding, B, T, x.device)  # (B, T) bool or None
 
         finals, trace = [], []

@@ -22,8 +22,10 @@ def check_input(name: str, x: object, input_size: int) -> None:
         raise ValueError(f"{name} expected at least one time step, got shape {tuple(x.shape)}")
 
 
-def _check_state_tensor(name: str, what: str, s: object, x: Tensor, LD: int, H: int) -> None:
-    expected = (LD, x.shape[0], H)
+def _check_state_tensor(
+    name: str, what: str, s: object, x: Tensor, LD: int, H: int, shape: tuple | None = None
+) -> None:
+    expected = (LD, x.shape[0], H) if shape is None else tuple(shape)
     if not isinstance(s, Tensor):
         raise TypeError(f"{name} expected {what} to be a torch.Tensor, got {type(s).__name__}")
     if tuple(s.shape) != expected:
@@ -33,10 +35,30 @@ def _check_state_tensor(name: str, what: str, s: object, x: Tensor, LD: int, H: 
 
 
 def check_state(
-    name: str, state: object, x: Tensor, LD: int, H: int, pair: bool
-) -> Tensor | LSTMState:
-    """Validate an initial state, (L*D, B, H) or a pair of them for LSTM; returns it normalised
-    (a plain ``(h, c)`` tuple becomes an :class:`LSTMState`)."""
+    name: str,
+    state: object,
+    x: Tensor,
+    LD: int,
+    H: int,
+    pair: bool,
+    state_type: type | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> Tensor | tuple:
+    """Validate an initial state, (L*D, B, H) or a pair of them for LSTM (or, given a named
+    tuple ``state_type`` such as ``SLSTMState``, one tensor per field, each of its shape in
+    ``shapes`` or (L*D, B, H)); returns it
+    normalised (a plain ``(h, c)`` tuple becomes an :class:`LSTMState`)."""
+    if state_type is not None:
+        fields = state_type._fields
+        if not isinstance(state, tuple) or len(state) != len(fields):
+            raise TypeError(
+                f"{name} expected state to be a {state_type.__name__}{fields} of tensors, "
+                f"got {type(state).__name__}"
+            )
+        for field, s in zip(fields, state, strict=True):
+            shape = None if shapes is None else shapes[field]
+            _check_state_tensor(name, f"state.{field}", s, x, LD, H, shape)
+        return state_type(*state)
     if pair:
         if not isinstance(state, tuple) or len(state) != 2:
             raise TypeError(

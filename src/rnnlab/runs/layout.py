@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.config import Config, ConfigError
-from rnnlab.files import atomic_write
+from rnnlab.files import atomic_write, inside_run_checkpoints
 
 __all__ = [
     "RunError",
@@ -56,7 +56,14 @@ def default_run_dir(name: str) -> Path:
 def check_new_out(out: Path, create: bool = False) -> None:
     """``out`` must be new or an empty directory (the ``--out`` of a fresh run), or hold an
     rnnlab claim (``.rnnlab.lock``: :func:`rnnlab.runs.lock.claim_new_run_dir` decides whether
-    it was abandoned); with ``create``, make it and check that it is writable."""
+    it was abandoned), and never be inside a run's ``checkpoints/``; with ``create``, make it
+    and check that it is writable."""
+    checkpoints = inside_run_checkpoints(out)
+    if checkpoints is not None:
+        raise RunError(
+            f"--out {out}: expected a directory outside a run's checkpoints/, got one inside "
+            f"{checkpoints}"
+        )
     claimed = (out / ".rnnlab.lock").is_file()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not claimed)):
         raise RunError(

@@ -11,7 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["build_parser", "host_warning", "main", "run_names"]
+from rnnlab import argtypes
+
+__all__ = ["allowed_hosts", "build_parser", "host_warning", "main", "run_names"]
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -30,16 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default 127.0.0.1, this machine only; any other address "
         "lets other machines reach the server)",
     )
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 any free one)")
+    p.add_argument(
+        "--port", type=argtypes.port, default=8000, help="port (default 8000; 0 any free one)"
+    )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=argtypes.positive_float,
         default=10.0,
         metavar="SECONDS",
         help="most seconds one request's model work may take (default 10)",
     )
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -81,6 +87,16 @@ def host_warning(host: str) -> str | None:
         f"rnnlab serve: warning: listening on {host}, not 127.0.0.1: other machines that can "
         "reach this one can use the server (it has no authentication)"
     )
+
+
+def allowed_hosts(host: str, bound: str) -> list[str] | None:
+    """The Host headers a server listening on ``host`` (bound to the address ``bound``)
+    answers: on an IPv4 loopback address only the loopback names (so no DNS-rebinding page
+    reaches it); on any other address (``0.0.0.0``, a LAN address, IPv6) None, every Host,
+    since other machines name it however their network does (the README says so)."""
+    if _is_loopback(host) and ":" not in bound:
+        return ["127.0.0.1", "localhost", host]
+    return None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -126,13 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rnnlab.serve.models import load_served_run
     from rnnlab.tasks import PredictError
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.timeout <= 0:
-        print(f"rnnlab serve: error: --timeout expected > 0, got {args.timeout}", file=sys.stderr)
-        return 2
+    argtypes.set_threads(args.threads)
     try:
         runs = [
             load_served_run(run_dir, name, args.checkpoint)
@@ -152,11 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    loopback_v4 = _is_loopback(args.host) and ":" not in sock.getsockname()[0]
     app = create_app(
-        runs,
-        timeout=args.timeout,
-        allowed_hosts=["127.0.0.1", "localhost", args.host] if loopback_v4 else None,
+        runs, timeout=args.timeout, allowed_hosts=allowed_hosts(args.host, sock.getsockname()[0])
     )
     url = _url(sock)
     for k, run in enumerate(runs):

@@ -23,7 +23,6 @@ import torch
 from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
 
-from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.language_model import LanguageModel, State, check_sampling
 from rnnlab.serve.models import InputError, Lookup, ServedRun, check_analysis
 from rnnlab.serve.schemas import GenerateRequest, ScoreRequest, check_text
@@ -37,27 +36,40 @@ _END = object()
 TOP = 5  # alternatives shown per generated token
 
 
+def has_cell_state(model: LanguageModel) -> bool:
+    """Whether the model's cells carry a cell state ``c`` of (L, B, H) (LSTM, sLSTM)."""
+    zeros = model.init_state(1)
+    return isinstance(zeros, tuple) and "c" in zeros._fields and zeros.c.dim() == 3
+
+
 def _layer_values(state: State, layer: int, which: str) -> torch.Tensor:
     """(H,): ``which`` ("c" or "h") of ``layer`` in a batch-of-one state (L, 1, H)."""
-    if not isinstance(state, LSTMState):
-        return state[layer, 0]  # GRU and RNN carry h only
-    return (state.c if which == "c" else state.h)[layer, 0]
+    if not isinstance(state, tuple):
+        return state[layer, 0]  # RNN, GRU and the min cells carry h only
+    return getattr(state, which)[layer, 0]  # a named tuple: LSTMState, SLSTMState, ...
 
 
 def check_generation(
-    model: LanguageModel, temperature: float, top_k: int, layer: int, unit: int, state: str
+    model: LanguageModel,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    layer: int,
+    unit: int,
+    state: str,
 ) -> None:
-    """Raise :class:`InputError` naming the field for settings that cannot work."""
+    """Raise :class:`InputError` naming the field for settings that cannot work (sampling by
+    :func:`~rnnlab.nn.sampling.check_sampling`, the CLI's rule: ``top_k`` None or >= 1)."""
     try:
-        check_sampling(temperature, top_k or None, None)
+        check_sampling(temperature, top_k, top_p)
     except ValueError as exc:
-        field = "temperature" if "temperature" in str(exc) else "top_k"
+        field = next(f for f in ("temperature", "top_k", "top_p") if f in str(exc))
         raise InputError(field, str(exc)) from exc
     if not 0 <= layer < model.num_layers:
         raise InputError("layer", f"expected 0..{model.num_layers - 1}, got {layer}")
     if not 0 <= unit < model.hidden_size:
         raise InputError("unit", f"expected 0..{model.hidden_size - 1}, got {unit}")
-    if state == "c" and model.cell != "lstm":
+    if state == "c" and not has_cell_state(model):
         raise InputError(
             "state", f"expected 'h' (a {model.cell.upper()} has no cell state c), got 'c'"
         )
@@ -69,12 +81,13 @@ def generate_tokens(
     ids: list[int],
     max_tokens: int,
     temperature: float,
-    top_k: int,
+    top_k: int | None,
     layer: int,
     unit: int,
     state: str,
     seed: int | None,
     every_unit: bool = False,
+    top_p: float | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One dict per drawn token: ``token`` (its text, see
     :meth:`~rnnlab.tasks.LanguageModelTask.piece`), ``id``, ``probability`` (the model's, at
@@ -83,7 +96,8 @@ def generate_tokens(
     ``every_unit``, ``values`` (H,): every unit's, so a page can recolour by another unit
     without generating again. Arguments are checked by the caller (:func:`check_generation`,
     :meth:`~rnnlab.tasks.LanguageModelTask.prompt_ids`)."""
-    steps = model.steps(ids, max_tokens, temperature, top_k or None, None, seed, top=TOP)
+    start = task.start_state(model)  # a new document, as training saw one begin
+    steps = model.steps(ids, max_tokens, temperature, top_k, top_p, seed, top=TOP, state=start)
     for step in steps:
         values = _layer_values(step.state, layer, state).double()  # (H,)
         item: dict[str, Any] = {
@@ -139,9 +153,10 @@ class LanguageRun(ServedRun):
         prompt: str,
         max_tokens: int,
         temperature: float,
-        top_k: int,
+        top_k: int | None,
         unit: int,
         *,
+        top_p: float | None = None,
         layer: int = 0,
         state: str | None = None,
         seed: int | None = None,
@@ -150,13 +165,14 @@ class LanguageRun(ServedRun):
         """An iterator of one dict per generated token ``{"token", "id", "probability", "top":
         [{"token", "probability"}] (the 5 likeliest), "value": the ``state`` ("c", the default
         for LSTMs, or "h") of ``unit`` in ``layer`` after it}``, stepping the carried state
-        (never re-reading the prompt). ``top_k`` 0 samples from the whole vocabulary; ``seed``
+        (never re-reading the prompt). ``top_k`` and ``top_p`` None sample from the whole
+        vocabulary (``top_k`` 0 is refused, as the CLI refuses ``--top-k 0``); ``seed``
         makes the draw repeatable; ``every_unit`` adds ``values``, every unit's value of
         ``layer`` (H,). Everything is checked here, before the first token
         (:class:`InputError` naming the field)."""
         model = self.model
-        state = state or ("c" if model.cell == "lstm" else "h")
-        check_generation(model, temperature, top_k, layer, unit, state)
+        state = state or ("c" if has_cell_state(model) else "h")
+        check_generation(model, temperature, top_k, top_p, layer, unit, state)
         try:
             ids, _, _ = self.task.prompt_ids(prompt, "prompt")
         except PredictError as exc:
@@ -173,6 +189,7 @@ class LanguageRun(ServedRun):
             state,
             seed,
             every_unit,
+            top_p,
         )
 
     def score(self, text: str) -> dict[str, Any]:
@@ -183,6 +200,7 @@ class LanguageRun(ServedRun):
 
     def warm_up(self) -> None:
         warm_up(self.model)
+        self.task.start_state(self.model)  # computed once, before requests share it
 
     @classmethod
     def add_routes(cls, app: Any, lookup: Lookup, work: Callable[..., Any]) -> None:
@@ -202,6 +220,7 @@ class LanguageRun(ServedRun):
                 body.temperature,
                 body.top_k,
                 body.unit,
+                top_p=body.top_p,
                 layer=body.layer,
                 state=body.state,
                 seed=body.seed,

@@ -68,7 +68,15 @@ class GenerateRequest(_Body):
     prompt: str = Field(..., description="text the model continues, at most 100 kB of UTF-8")
     max_tokens: int = Field(200, ge=1, le=MAX_TOKENS, description="tokens to generate")
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="softmax temperature")
-    top_k: int = Field(0, ge=0, le=1000, description="sample from the k likeliest; 0 all")
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="sample from the k likeliest (>= 1, as the CLI's --top-k); absent: all",
+    )
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="nucleus sampling, as the CLI's --top-p; absent: 1"
+    )
     unit: int = Field(0, ge=0, description="unit whose value colours each token")
     layer: int = Field(0, ge=0, description="stacked layer of that unit, 0 first")
     state: Literal["c", "h"] | None = Field(

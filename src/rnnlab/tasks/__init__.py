@@ -21,21 +21,25 @@ from rnnlab.tasks.base import (
     TaskData,
     load_attribute,
 )
+from rnnlab.tasks.ctc import CTCTranscription
 from rnnlab.tasks.image import ImageClassification
 from rnnlab.tasks.language_model import LanguageModelTask
 from rnnlab.tasks.seq2seq import Seq2SeqTask
+from rnnlab.tasks.speech import SpeechClassification
 from rnnlab.tasks.text import TextClassification
 
 __all__ = [
     "TASKS",
     "Example",
     "Floors",
+    "CTCTranscription",
     "ImageClassification",
     "LanguageModelTask",
     "MetricSpec",
     "Prepared",
     "PredictError",
     "Seq2SeqTask",
+    "SpeechClassification",
     "Task",
     "TaskData",
     "TextClassification",
@@ -47,7 +51,14 @@ __all__ = [
 
 TASKS: dict[str, type[Task]] = {
     task.kind: task
-    for task in (ImageClassification, TextClassification, LanguageModelTask, Seq2SeqTask)
+    for task in (
+        ImageClassification,
+        TextClassification,
+        LanguageModelTask,
+        SpeechClassification,
+        CTCTranscription,
+        Seq2SeqTask,
+    )
 }
 
 

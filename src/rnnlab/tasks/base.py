@@ -158,6 +158,11 @@ class Task(ABC):
         self.config = config
         self.check_config()
 
+    @property
+    def reads(self) -> str:
+        """What a user gives this run (``floors.reads``; a kind reading several says which)."""
+        return self.floors.reads
+
     def floor(self, name: str) -> Any:
         """The object this kind gives the upper floor ``name`` ("serve", "inspect" or
         "export"; see :class:`Floors`); a floor it does not offer is a clear error."""
@@ -234,6 +239,11 @@ class Task(ABC):
         return {f"test_{k}": v for k, v in metrics.items()}
 
     # run-directory artifacts
+    def export_fields(self) -> dict[str, Any]:
+        """What an exported file's sidecar says of the model's outputs, as JSON values (a
+        classifier: ``num_classes``; a language model overrides it)."""
+        return {"num_classes": self.config.model.num_classes}
+
     def bind_run(self, run_dir: PathLike) -> None:  # noqa: B027 (optional hook)
         """Take from a run directory what building its model needs beyond the configuration
         (a language model: its vocabulary, hence its size). Called before :meth:`build_model`

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,11 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.config import ConfigError
-from rnnlab.data import DataError
-from rnnlab.data.corpus import Corpus, corpus_summary, load_corpus
-from rnnlab.data.streams import batchify, check_stream, num_windows, shard_rows, windows
+from rnnlab.data import DataError, DataWarning
+from rnnlab.data.corpus import Corpus, corpus_summary, load_corpus, unknown_warning
+from rnnlab.data.streams import check_stream
 from rnnlab.data.vocab import Vocabulary
 from rnnlab.models import check_bf16
-from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.language_model import LanguageModel, State
 from rnnlab.tasks.base import (
     Example,
@@ -56,53 +56,14 @@ from rnnlab.tasks.base import (
     Task,
     TaskData,
 )
-from rnnlab.train import Batch, BatchLoss, Carry, Selection, Split
+from rnnlab.tasks.lm_start import START, read_start_ids, start_ids, warm_state
+from rnnlab.tasks.lm_streams import StreamBatches, stream_split, to_carry, to_state
+from rnnlab.train import BatchLoss, Carry, Selection, Split
 
 __all__ = ["LanguageModelTask", "StreamBatches", "VOCAB"]
 
 VOCAB = "vocab.json"
 CORPUS = "corpus.json"
-
-
-class StreamBatches:
-    """The windows of one token stream (a :class:`rnnlab.train.BatchSource`): (N,) ids cut
-    into ``batch_size`` contiguous rows, this rank's ``batch_size / world_size`` of them, read
-    ``bptt`` steps at a time. Every epoch is the same sequence of windows (a stateful model
-    must see row b continue), so ``epoch`` only matters through ``start``."""
-
-    def __init__(
-        self, stream: Tensor, batch_size: int, bptt: int, rank: int = 0, world_size: int = 1
-    ) -> None:
-        self.data = shard_rows(batchify(stream, batch_size), rank, world_size)  # (B/W, N // B)
-        self.bptt, self.world_size = bptt, world_size
-
-    def __len__(self) -> int:
-        return num_windows(self.data.shape[1], self.bptt)
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        for inputs, targets in windows(self.data, self.bptt, start):  # (b, t) each
-            yield (inputs,), targets
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self.epoch(0)
-
-
-def to_state(carry: Carry | None, cell: str) -> State | None:
-    """The trainer's carry (a tuple of tensors) as the model's state, and back: :func:`to_carry`."""
-    if carry is None:
-        return None
-    return LSTMState(*carry) if cell == "lstm" else carry[0]
-
-
-def to_carry(state: State) -> Carry:
-    return tuple(state) if isinstance(state, LSTMState) else (state,)
-
-
-def stream_split(ids: np.ndarray) -> Split:
-    """A token stream as a :class:`Split` of N one-token rows (inputs and targets share it;
-    :class:`StreamBatches` makes the windows)."""
-    stream = torch.from_numpy(np.ascontiguousarray(ids))  # (N,) small int dtype
-    return Split((stream,), stream)
 
 
 class LanguageModelTask(Task):
@@ -124,6 +85,8 @@ class LanguageModelTask(Task):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.vocab: Vocabulary | None = None  # from load() or bind_run()
+        self.start: list[int] = []  # the run's warm-up ids (lm_start), from load() or bind_run()
+        self._warm: tuple[int, State | None] | None = None  # (id(model), its start state)
 
     @property
     def metric_specs(self) -> tuple[MetricSpec, ...]:  # type: ignore[override]
@@ -184,9 +147,16 @@ class LanguageModelTask(Task):
         for name, ids in (("valid", valid), ("test", test)):
             check_stream(ids, t.eval_batch_size, d.bptt, f"{corpus.source} {name} split")
         self.vocab = corpus.vocab
+        warning = unknown_warning(corpus)
+        if warning:  # printed by the CLI, kept in the run's corpus.json
+            warnings.warn(DataWarning(warning), stacklevel=2)
+        summary = corpus_summary(corpus) | {"eval_tokens": d.eval_tokens}
+        start = start_ids(corpus.train, self._boundary())
+        self.start, self._warm = start["ids"], None
         artifacts = {
             VOCAB: json.loads(corpus.vocab.to_json()),
-            CORPUS: corpus_summary(corpus) | {"eval_tokens": d.eval_tokens},
+            CORPUS: summary | {"warnings": [warning] if warning else []},
+            START: start,
         }
         val = None if d.validation == "none" else stream_split(valid)
         return TaskData(stream_split(corpus.train), val, stream_split(test), artifacts)
@@ -197,6 +167,7 @@ class LanguageModelTask(Task):
         if not path.is_file():
             raise PredictError(f"{path}: expected this run's vocabulary, got no such file")
         self.vocab = Vocabulary.load(path)
+        self.start, self._warm = read_start_ids(Path(run_dir)), None
         if self.vocab.level != self.config.data.level:
             raise DataError(
                 f"{path}: expected a {self.config.data.level} vocabulary (data.level), got a "
@@ -218,6 +189,10 @@ class LanguageModelTask(Task):
             "a language model's size expected its vocabulary (load the corpus or a run's "
             "vocab.json first) or data.max_vocab > 0, got neither"
         )
+
+    def export_fields(self) -> dict[str, Any]:
+        """A language model's outputs are logits over its vocabulary (bound by ``bind_run``)."""
+        return {"vocab_size": self.vocab_size, "level": self._bound().level}
 
     def build_model(self) -> LanguageModel:
         m = self.config.model
@@ -284,12 +259,26 @@ class LanguageModelTask(Task):
         return encoded.ids, encoded.unknown, encoded.unknown_tokens
 
     def start_context(self) -> list[int]:
-        """What reading starts from: ``<eos>`` at word level (the start of a line, as after
-        every review), a newline at character level if the vocabulary has one, else nothing."""
+        """What reading starts from: the document boundary, ``<eos>`` at word level (the end
+        of every review), a newline at character level if the vocabulary has one, else
+        nothing; read from :meth:`start_state`."""
+        boundary = self._boundary()
+        return [] if boundary is None else [boundary]
+
+    def _boundary(self) -> int | None:
         vocab = self._bound()
         if vocab.eos_id is not None:
-            return [vocab.eos_id]
-        return [int(vocab.lookup(["\n"])[0])] if "\n" in vocab else []
+            return vocab.eos_id
+        return int(vocab.lookup(["\n"])[0]) if "\n" in vocab else None
+
+    def start_state(self, model: LanguageModel) -> State | None:
+        """The state ``model`` is in just before a document boundary in training (reading the
+        run's ``start.json``, see :mod:`rnnlab.tasks.lm_start`), from which generation and
+        scoring read :meth:`start_context`; None (zeros) for a run without one. Kept for the
+        last model asked about."""
+        if self._warm is None or self._warm[0] != id(model):
+            self._warm = (id(model), warm_state(model, self.start))
+        return self._warm[1]
 
     def prompt_ids(self, prompt: str, field: str) -> tuple[list[int], int, tuple[str, ...]]:
         """What the model reads before generating: ``(ids, unknown count, up to 10 unknown
@@ -343,25 +332,29 @@ class LanguageModelTask(Task):
             notes.append({"input": text, "unknown": unknown, "unknown_tokens": list(tokens)})
         return Prepared(tuple(rows), notes)
 
-    def predict(self, model: nn.Module, prepared: Prepared) -> list[dict[str, Any]]:
+    def predict(
+        self,
+        model: nn.Module,
+        prepared: Prepared,
+        per_token: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Per text: every token's log-probability (natural log) given the text before it
-        and :meth:`start_context`, their mean loss, and ``bpc`` or ``perplexity``."""
+        and :meth:`start_context` (``tokens`` and ``log_probs``, left out without
+        ``per_token``: for a long text they are most of the memory), their mean loss, and
+        ``bpc`` or ``perplexity``. ``progress(n)`` is called as n more tokens are read."""
         vocab, out = self._bound(), []
         for ids, notes in zip(prepared.inputs, prepared.notes, strict=True):
-            logp = model.score(ids[0], context=self.start_context()).double()  # (N,)
+            start = self.start_state(model)
+            logp = model.score(ids[0], self.start_context(), progress, start).double()  # (N,)
             loss = float(-logp.mean())
             figure = loss / math.log(2) if self.figure == "bpc" else _exp(loss)
-            tokens = [vocab.tokens[i] for i in ids[0].tolist()]
-            out.append(
-                {
-                    "tokens": tokens,
-                    "log_probs": logp.tolist(),
-                    "loss": loss,
-                    self.figure: figure,
-                    "count": len(tokens),
-                    **notes,
-                }
-            )
+            each = {}
+            if per_token:
+                each = {"tokens": [vocab.tokens[i] for i in ids[0].tolist()]}
+                each["log_probs"] = logp.tolist()
+            count = ids.shape[1]
+            out.append({**each, "loss": loss, self.figure: figure, "count": count, **notes})
         return out
 
     def example(self, raw: str, artifacts: dict[str, Any]) -> Example:

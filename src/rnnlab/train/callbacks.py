@@ -130,7 +130,7 @@ class ProgressBar:
             total=trainer.num_batches,
             initial=trainer.state.batch,
             file=self.stream,
-            desc=f"Epoch {epoch + 1}/{total}",
+            desc=f"Epoch {epoch + 1}/{total}" if total else f"Epoch {epoch + 1}",
             unit="step",
             leave=False,
             dynamic_ncols=True,
@@ -170,7 +170,8 @@ def format_epoch(record: dict[str, Any], epochs: int) -> str:
     """A Keras-like line: ``Epoch 3/20 - 41s 812ms/step - loss: 0.51 - acc: 0.74 - ...``
     (every metric of the record, then every validation figure)."""
     names = _metric_names(record)
-    line = f"Epoch {record['epoch']}/{epochs} - {record['seconds']:.0f}s "
+    of_total = f"/{epochs}" if epochs else ""  # epochs 0: until the time limit
+    line = f"Epoch {record['epoch']}{of_total} - {record['seconds']:.0f}s "
     line += f"{record['ms_per_step']:.0f}ms/step - "
     line += " - ".join(f"{_SHORT.get(k, k)}: {_number(record[k])}" for k in names)
     if "val_loss" in record:

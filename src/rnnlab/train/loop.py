@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -109,11 +110,12 @@ def evaluate(
     batches: Iterable[Batch],
     objective: Objective,
     reduce: Reduce | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Mean ``loss`` and the objective's metrics of ``model`` over ``batches`` (eval mode; the
     model's previous mode is restored). A carry goes from batch to batch, starting from None.
     ``reduce`` sums the totals over processes when each sees a shard of the data (e.g. an
-    ``all_reduce``)."""
+    ``all_reduce``); ``progress(1)`` is called after each batch (a command's progress bar)."""
     was_training = model.training
     model.eval()
     loss_sum, n, sums, carry = 0.0, 0, {}, None
@@ -125,6 +127,8 @@ def evaluate(
             _add(sums, out.sums)
             carry = out.carry
             fault_point("evaluate")
+            if progress is not None:
+                progress(1)
     finally:
         model.train(was_training)
     loss_sum, n, sums = _reduced(reduce, loss_sum, n, sums)
@@ -175,7 +179,8 @@ class Trainer:
                 method(self, *args)
 
     def fit(self, train: BatchSource, val: BatchSource | None = None) -> TrainState:
-        """Train until ``config.epochs`` epochs are complete, from wherever ``state`` stands.
+        """Train until ``config.epochs`` epochs are complete (``epochs`` 0: until
+        ``config.time_limit``), from wherever ``state`` stands.
         The carry starts each epoch at None and is detached after every step.
 
         With ``config.time_limit`` (seconds of training, as ``state.train_seconds`` counts
@@ -190,7 +195,8 @@ class Trainer:
             state.wall_seconds = wall_base + time.perf_counter() - wall_start
 
         self._emit("on_train_begin")
-        for epoch in range(state.epoch, cfg.epochs if state.stopped is None else 0):
+        last = cfg.epochs or sys.maxsize  # epochs 0: the time limit ends the run
+        for epoch in range(state.epoch, last if state.stopped is None else 0):
             self.model.train()
             if state.batch == 0:
                 state.carry = None

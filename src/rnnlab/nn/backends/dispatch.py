@@ -23,8 +23,10 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from rnnlab.nn.backends import _ext, compiled, fused, native, reference
+from rnnlab.nn.backends import _ext, compiled, fused, mlstm, native, parallel, reference, slstm
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
+from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __all__ = [
     "BACKENDS",
@@ -61,14 +63,24 @@ Kernel = Literal[
     "torch.lstm",
     "torch.gru",
     "torch.rnn",
+    "parallel.mingru",
+    "parallel.minlstm",
+    "fused.slstm",
+    "parallel.mlstm",
 ]
-State = Tensor | LSTMState
-_FUSED: dict[type[Cell], Kernel] = {
+State = Tensor | LSTMState | SLSTMState | MLSTMState
+AnyCell = Cell | MinCell | SLSTMCell | MLSTMCell  # the classic cells, and those of 2024
+_NO_NATIVE = (MinCell, SLSTMCell, MLSTMCell)  # cells with no compiled and no torch kernel
+_FUSED: dict[type[AnyCell], Kernel] = {
     LSTMCell: "fused.lstm",
     GRUCell: "fused.gru",
     RNNCell: "fused.rnn",
+    MinGRUCell: "parallel.mingru",
+    MinLSTMCell: "parallel.minlstm",
+    SLSTMCell: "fused.slstm",
+    MLSTMCell: "parallel.mlstm",
 }
-_TORCH: dict[type[Cell], Kernel] = {
+_TORCH: dict[type[AnyCell], Kernel] = {
     LSTMCell: "torch.lstm",
     GRUCell: "torch.gru",
     RNNCell: "torch.rnn",
@@ -100,7 +112,7 @@ class LayerScan(NamedTuple):
 
 
 def scan_layer(
-    cells: Sequence[Cell],
+    cells: Sequence[AnyCell],
     x: Tensor,
     states: Sequence[State],
     mask: Tensor | None,
@@ -126,6 +138,15 @@ def scan_layer(
                                                                        float32 GEMMs)
         reference    any                                             reference.scan
         fused        LSTM / GRU / RNN cell                           fused.lstm / .gru / .rnn
+        fused, auto  minGRU / minLSTM cell                           parallel.mingru / .minlstm
+                                                                       (one GEMM, then a
+                                                                       blocked scan over time)
+        fused, auto  sLSTM cell                                      fused.slstm (one input
+                                                                       GEMM, then the steps)
+        fused, auto  mLSTM cell                                      parallel.mlstm (every
+                                                                       step at once)
+        compiled,    minGRU / minLSTM / sLSTM / mLSTM cell           RuntimeError: no such
+          torch                                                        kernel; use 'auto'
         torch        mask                                            ValueError: torch's ops
                                                                        cannot skip padding
         torch        dtype not float32/float64                       RuntimeError: the dtype
@@ -150,12 +171,17 @@ def scan_layer(
         -----------  ----------------------------------------------  -------------------------
         fp32         compiled, LSTM, under                           on
                        torch.autocast("cpu", dtype=torch.bfloat16)
+        fp32         fused, minGRU / minLSTM, under autocast         on
         fp32         anything else                                   off
         bf16         compiled, LSTM, float32                         on
+        bf16         fused, minGRU / minLSTM, float32                on (the input GEMM; the
+                                                                       scan stays float32)
         bf16         anything else                                   RuntimeError: the reason
                                                                        and the fix
 
-    bf16 keeps float32 parameters, gates, cell state and outputs (see :func:`use_bf16`).
+    bf16 keeps float32 parameters, gates, cell state and outputs (see :func:`use_bf16`). The
+    minGRU / minLSTM rows are :mod:`rnnlab.nn.backends.parallel`; they have no compiled or
+    torch kernel, so ``"auto"`` takes their parallel path without asking for the extension.
 
     Recording gates is a per-call request that outranks the layer's configuration: whatever
     ``backend`` and ``precision`` say, ``return_gates=True`` runs the reference loop on the
@@ -186,7 +212,7 @@ def scan_layer(
 
 
 def route_layer(
-    cells: Sequence[Cell],
+    cells: Sequence[AnyCell],
     x: Tensor,
     states: Sequence[State],
     mask: Tensor | None,
@@ -221,7 +247,7 @@ def route_layer(
 
 
 def _pair_applies(
-    cells: Sequence[Cell], x: Tensor, states: Sequence[State], mask: Tensor | None
+    cells: Sequence[AnyCell], x: Tensor, states: Sequence[State], mask: Tensor | None
 ) -> bool:
     """The bidirectional pair kernel's rows of the table: two LSTM cells, unpadded float32
     inference."""
@@ -234,7 +260,7 @@ def _pair_applies(
     )
 
 
-def _cell_kernel(table: dict[type[Cell], Kernel], cell: Cell) -> Kernel:
+def _cell_kernel(table: dict[type[AnyCell], Kernel], cell: AnyCell) -> Kernel:
     """The fused or torch row of the table: the kernel written for the cell's type."""
     for cell_type, kernel in table.items():
         if isinstance(cell, cell_type):
@@ -242,7 +268,7 @@ def _cell_kernel(table: dict[type[Cell], Kernel], cell: Cell) -> Kernel:
     raise TypeError(f"expected an RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
 
 
-def _compiled_kernel(cell: Cell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
+def _compiled_kernel(cell: AnyCell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
     """The compiled rows of the table for one direction."""
     grad = needs_backward(x, [cell], [state])
     if isinstance(cell, LSTMCell):
@@ -257,7 +283,7 @@ def _compiled_kernel(cell: Cell, x: Tensor, state: State, mask: Tensor | None) -
 def _run(
     kernel: Kernel,
     route: Route,
-    cell: Cell,
+    cell: AnyCell,
     x: Tensor,
     state: State,
     mask: Tensor | None,
@@ -291,13 +317,21 @@ def _run(
         out, final = native.gru(cell, x, state, reverse=reverse)
     elif kernel == "torch.rnn":
         out, final = native.rnn(cell, x, state, reverse=reverse)
+    elif kernel == "parallel.mingru":
+        out, final = parallel.mingru(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
+    elif kernel == "parallel.minlstm":
+        out, final = parallel.minlstm(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
+    elif kernel == "fused.slstm":
+        out, final = slstm.slstm(cell, x, state, mask, reverse=reverse)
+    elif kernel == "parallel.mlstm":
+        out, final = mlstm.mlstm(cell, x, state, mask, reverse=reverse)
     else:
         raise AssertionError(f"no single-direction kernel named {kernel!r}")
     return out, final, None
 
 
 def resolve_backend(
-    cell: Cell, x: Tensor, requested: Backend, *, return_gates: bool = False
+    cell: AnyCell, x: Tensor, requested: Backend, *, return_gates: bool = False
 ) -> Literal["reference", "fused", "compiled", "torch"]:
     """The backend the table's first rows give ``requested`` for ``cell`` on ``x``: "reference"
     when asked for or when gates are (only it records them, whatever backend the layer has),
@@ -310,6 +344,14 @@ def resolve_backend(
         raise ValueError(f"expected backend in {BACKENDS}, got {requested!r}")
     if requested == "reference" or return_gates:
         return "reference"
+    if isinstance(cell, _NO_NATIVE):
+        if requested in ("auto", "fused"):
+            return "fused"
+        raise RuntimeError(
+            f"backend={requested!r} has no kernel for {type(cell).__name__} (neither rnnlab's "
+            "compiled kernels nor torch have one). Use backend='auto' or 'fused' (its pure-torch "
+            "fast path) or 'reference' (the step-by-step loop)."
+        )
     if requested in ("fused", "torch"):
         return requested
     reason = compiled.compiled_unavailable(cell, x)
@@ -331,7 +373,7 @@ def resolve_backend(
 
 
 def use_bf16(
-    cell: Cell,
+    cell: AnyCell,
     x: Tensor,
     *,
     backend: Literal["reference", "fused", "compiled", "torch"],
@@ -344,6 +386,8 @@ def use_bf16(
     operands (x, h, the weights, the backward's gate gradients) are rounded to bf16, and oneDNN
     accumulates in fp32 on avx512_bf16. Asking for it (``precision="bf16"``) where the compiled
     kernels do not run raises, naming the cause; autocast there falls back to float32."""
+    if isinstance(cell, MinCell):
+        return _min_bf16(cell, x, backend=backend, precision=precision)
     if precision == "fp32":
         return backend == "compiled" and isinstance(cell, LSTMCell) and autocast_bf16()
     if backend == "compiled" and isinstance(cell, LSTMCell) and x.dtype == torch.float32:
@@ -359,14 +403,31 @@ def use_bf16(
     )
 
 
-def needs_backward(x: Tensor, cells: Sequence[Cell], states: Sequence[State]) -> bool:
+def _min_bf16(cell: MinCell, x: Tensor, *, backend: str, precision: Precision) -> bool:
+    """:func:`use_bf16`'s rows for minGRU / minLSTM: their parallel path's input GEMM."""
+    if precision == "fp32":
+        return backend == "fused" and autocast_bf16()
+    if backend == "fused" and x.dtype == torch.float32:
+        return True
+    why = (
+        f"this call uses backend {backend!r}"
+        if backend != "fused"
+        else f"bf16 mode takes float32 input and weights, got {x.dtype}"
+    )
+    raise RuntimeError(
+        f"precision='bf16' runs {type(cell).__name__}'s input GEMM in bf16 on its parallel path "
+        f"(backend 'auto' or 'fused'), but {why}. Use backend='auto', or precision='fp32'."
+    )
+
+
+def needs_backward(x: Tensor, cells: Sequence[AnyCell], states: Sequence[State]) -> bool:
     """Whether autograd will want gradients of this scan: of x, the cells' weights or the
     initial states. Otherwise the compiled kernels skip saving what a backward pass needs."""
     if not torch.is_grad_enabled():
         return False
     tensors = [x, *(p for cell in cells for p in cell.parameters())]
     for state in states:
-        tensors += list(state) if isinstance(state, LSTMState) else [state]
+        tensors += list(state) if isinstance(state, tuple) else [state]
     return any(t.requires_grad for t in tensors)
 
 
@@ -375,9 +436,9 @@ def autocast_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def autocast_input(x: Tensor, cell: Cell) -> Tensor:
+def autocast_input(x: Tensor, cell: AnyCell) -> Tensor:
     """Under CPU autocast a layer's input may arrive in bf16 (from an autocast Linear); the
     recurrent layers keep float32 weights and state, so such input is cast up to them."""
-    if x.dtype == torch.bfloat16 and cell.weight_hh.dtype == torch.float32 and autocast_bf16():
+    if x.dtype == torch.bfloat16 and cell.weight_ih.dtype == torch.float32 and autocast_bf16():
         return x.float()
     return x

@@ -31,15 +31,18 @@ def scan(
     discarded (``torch.where``) and the output is zero.
 
     Returns (output (B, T, H), final state, gates): with ``return_gates`` the gates map each
-    name the cell records (LSTM: i, f, g, o, c, h; GRU: r, z, n, h; RNN: h) to a (B, T, H)
+    name the cell records (LSTM: i, f, g, o, c, h; GRU: r, z, n, h; RNN: h; others: their
+    ``gate_names``) to a (B, T, H)
     tensor, zero at padded steps; otherwise None."""
     T = x.shape[1]
+    # unbind, not x[:, t]: the backward of T selects would fill T zero (B, T, I) tensors
+    steps = x.unbind(1)  # T of (B, I)
     outputs: list[Tensor] = [x.new_empty(0)] * T
     records: list[dict[str, Tensor]] = [{}] * T
     for t in reversed(range(T)) if reverse else range(T):
-        result = cell(x[:, t], state, return_gates=return_gates)
+        result = cell(steps[t], state, return_gates=return_gates)
         new_state, gates = result if return_gates else (result, None)
-        h = new_state[0] if isinstance(new_state, LSTMState) else new_state  # (B, H)
+        h = new_state[0] if isinstance(new_state, tuple) else new_state  # (B, H): h first
         if mask is None:
             state = new_state
             outputs[t] = h
@@ -56,8 +59,10 @@ def scan(
     return output, state, {k: torch.stack([r[k] for r in records], 1) for k in records[0]}
 
 
-def _where(m: Tensor, new: Tensor | LSTMState, old: Tensor | LSTMState) -> Tensor | LSTMState:
-    """``new`` where m (B, 1) is True, else ``old``; for a state or a pair of them."""
-    if isinstance(new, LSTMState):
-        return LSTMState(torch.where(m, new.h, old.h), torch.where(m, new.c, old.c))
+def _where(m: Tensor, new: Tensor | tuple, old: Tensor | tuple) -> Tensor | tuple:
+    """``new`` where m (B, 1) is True, else ``old``; for a state tensor or a named tuple of
+    them (LSTMState, SLSTMState)."""
+    if isinstance(new, tuple):
+        return type(new)(*(_where(m, a, b) for a, b in zip(new, old, strict=True)))
+    m = m.reshape(m.shape[0], *[1] * (new.dim() - 1))  # (B, 1, ...): e.g. mLSTM's (B, NH, DH, DH)
     return torch.where(m, new, old)

@@ -130,7 +130,7 @@
     el("stream").appendChild(prompt);
     var body = {
       prompt: el("prompt").value, temperature: Number(el("temperature").value),
-      top_k: Number(el("top-k").value), max_tokens: Number(el("max-tokens").value),
+      top_k: Number(el("top-k").value) || null, max_tokens: Number(el("max-tokens").value),
       layer: Number(el("layer").value), state: el("state").value,
       unit: Number(el("unit").value), every_unit: true,
     };

@@ -20,6 +20,11 @@ half way never blocks the next one; a waiter gives up after ``RNNLAB_BUILD_WAIT_
 the holder's PID. Under that lock no rnnlab build is running, so a ``lock`` file that torch's
 own builder (``FileBaton``, which waits on it forever) left in the build folder when its process
 was killed is stale, and is removed.
+
+The compile runs in a child process leading its own process group
+(:mod:`rnnlab.nn.backends._ext.isolated`): ninja, g++ and cc1plus die with the command that
+started them, even under ``kill -9``, and torch's builder never sees the module-level flags
+(it appends to the lists it is given; it gets copies).
 """
 
 from __future__ import annotations
@@ -66,7 +71,9 @@ _SOURCES = [
 _HEADERS = [_DIR / "recurrent.h"]
 # AVX-512 code with libmvec's vector exp/tanh. No -ffast-math: it would link crtfastmath.o, which
 # turns on flush-to-zero for the whole process.
-_CFLAGS = [
+# Tuples: torch's load() appends to the lists it is given (_prepare_ldflags), which changed
+# _build_name() after a build in the same process; it gets copies, in a child process.
+_CFLAGS = (
     "-O3",
     "-fopenmp",
     "-fno-math-errno",
@@ -76,8 +83,8 @@ _CFLAGS = [
     "-mavx512dq",
     "-mfma",
     "-mprefer-vector-width=512",
-]
-_LDFLAGS = ["-fopenmp", "-lmvec"]
+)
+_LDFLAGS = ("-fopenmp", "-lmvec")
 _DEFAULT_WAIT_S = 900.0
 
 _module: ModuleType | None = None
@@ -241,9 +248,25 @@ def _import_built(folder: Path) -> ModuleType:
     return module
 
 
+def compile_into(folder: str) -> None:
+    """Compile the extension into ``folder`` with torch's builder (ninja, g++), given copies
+    of the flags. Run by :func:`_compile` in a child process of its own process group
+    (:mod:`rnnlab.nn.backends._ext.isolated`), so a killed build takes its compilers with it."""
+    from torch.utils.cpp_extension import load as torch_load
+
+    torch_load(
+        name=Path(folder).name,
+        sources=[str(p) for p in _SOURCES],
+        extra_cflags=list(_CFLAGS),
+        extra_ldflags=list(_LDFLAGS),
+        build_directory=folder,
+        verbose=False,
+    )
+
+
 def _compile(report: Report | None) -> ModuleType:
     """Build (if needed) and import the module, holding rnnlab's build lock."""
-    from torch.utils.cpp_extension import load as torch_load
+    from rnnlab.nn.backends._ext.isolated import run_isolated
 
     folder = build_directory()
     with _build_lock(lock_path(), _wait_s(), report):
@@ -261,14 +284,8 @@ def _compile(report: Report | None) -> ModuleType:
             report(BUILD_MESSAGE)
         start = time.monotonic()
         folder.mkdir(parents=True, exist_ok=True)
-        module = torch_load(
-            name=folder.name,
-            sources=[str(p) for p in _SOURCES],
-            extra_cflags=_CFLAGS,
-            extra_ldflags=_LDFLAGS,
-            build_directory=str(folder),
-            verbose=False,
-        )
+        run_isolated(f"{__name__}:compile_into", [str(folder)])
+        module = _import_built(folder)
         if report is not None:
             report(f"built rnnlab CPU kernels in {time.monotonic() - start:.0f} s")
     return module
