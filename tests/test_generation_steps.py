@@ -116,3 +116,13 @@ def test_steps_leave_grad_mode_and_training_mode_as_they_were_between_steps():
     next(steps)
     assert torch.is_grad_enabled() and model.training  # nothing held across the yield
     assert len(list(steps)) == 2 and model.training
+
+
+def test_a_tiny_temperature_draws_the_likeliest_token_not_nan():
+    """Found by the fuzz suite: logits / 3e-247 overflowed to inf and softmax gave NaN."""
+    from rnnlab.nn.sampling import sample_next
+
+    logits = torch.tensor([1.0, 3.0, 2.0, float("-inf")])
+    assert sample_next(logits, 3e-247) == 1
+    assert sample_next(logits, 1e-300, top_k=2) == 1
+    assert sample_next(logits, 1e-300, top_p=0.9) == 1

@@ -13,6 +13,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from rnnlab import argtypes
+
 __all__ = ["add_translate", "translate_command"]
 
 BATCH = 64  # --file lines decoded together
@@ -30,12 +32,32 @@ def add_translate(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a source (repeatable)")
     src.add_argument("--file", help="UTF-8 text (or .gz), one source per line; - for stdin")
-    p.add_argument("--beam", type=int, default=1, help="beam width, 1..64 (1: greedy)")
-    p.add_argument("--n-best", type=int, default=1, help="outputs per source, 1..beam (1)")
     p.add_argument(
-        "--max-length", type=int, help="output tokens at most (the run's data.max_length)"
+        "--beam",
+        type=argtypes.int_range(1, 64, "a beam width"),
+        default=1,
+        help="beam width, 1..64 (1: greedy)",
     )
-    p.add_argument("--length-penalty", type=float, default=0.0, help="alpha of Wu et al. 2016 (0)")
+    p.add_argument(
+        "--n-best",
+        type=argtypes.int_range(1, 64, "a count"),
+        default=1,
+        help="outputs per source, 1..beam (1)",
+    )
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
+    p.add_argument(
+        "--max-length",
+        type=argtypes.int_range(1, None, "a length"),
+        help="output tokens at most (the run's data.max_length)",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=argtypes.float_range(0.0, 10.0, low_open=False, what="a length penalty"),
+        default=0.0,
+        help="alpha of Wu et al. 2016, 0..10 (0)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per source")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.set_defaults(func=translate_command)
@@ -91,6 +113,7 @@ def translate_command(args: argparse.Namespace) -> int:
     from rnnlab.runs.load import read_run_artifacts
     from rnnlab.tasks import PredictError, get_task
 
+    argtypes.set_threads(args.threads)
     config, model, meta = load_run(args.run_dir, args.checkpoint)
     task = get_task(config)
     task.check_verb("translate", args.run_dir)

@@ -65,7 +65,10 @@ def sample_next(
     """Draw one token id from (V,) ``logits``: divided by ``temperature``, then kept to the
     ``top_k`` largest, then to the nucleus of mass ``top_p`` (Holtzman et al. 2020); see
     :meth:`rnnlab.LanguageModel.steps`."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # (V,)
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (V,)
+    logits = wide / temperature  # (V,)
+    if not torch.isfinite(logits[torch.isfinite(wide)]).all():  # a tiny temperature overflowed:
+        logits = (wide.double() - wide.max()) / temperature  # the same distribution, finite max
     if top_k is not None and top_k < logits.shape[0]:
         kth = torch.topk(logits, top_k).values[-1]  # the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))  # (V,)
