@@ -89,30 +89,17 @@ def inspect_run(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InspectError(f"top expected a positive int, got {top!r}")
     task = get_task(config)
-    kind = task.input_kind
-    if kind == "stream":
+    if task.floor("inspect") is not command:  # a kind that draws itself (a language model...)
         raise InspectError(
-            f"{run_dir}: expected a classifier run, got a language model (use "
-            "rnnlab.inspect.inspect_language_model)"
+            f"{run_dir}: expected a classifier run, got a {task.kind!r} run (`rnnlab inspect` "
+            "draws it with its own command)"
         )
     names = task.label_names()
-    if kind == "text":
-        if text is None or image is not None or index is not None:
-            raise InspectError(
-                f'{run_dir}: a text model expected --text "...", got '
-                f"{'--image/--index' if text is None else 'also --image/--index'}"
-            )
-        vocab = read_run_artifacts(run_dir, task, meta)["vocab.json"]
-        example = text_example(config, vocab, text)
-    else:
-        if text is not None:
-            raise InspectError(
-                f"{run_dir}: an image model expected --image FILE or --index N, got --text"
-            )
-        example = image_example(config, run_dir, image, index, data_dir)
+    read = _READERS[task.floors.reads]  # what the run's task reads: text or an image
+    example, draw, shown = read(config, run_dir, task, meta, text, image, index, data_dir)
     gates = record_gates(model, example.inputs, layer, direction)
     trace = Trace(
-        kind,
+        task.floors.reads,
         config.model.cell,
         layer,
         direction,
@@ -133,10 +120,8 @@ def inspect_run(
         stats = saturation(gates, example.real, config.model.cell)
         stats["examples"] = 1
     files: dict[str, bytes] = {"gates.png": gate_heatmaps(trace, chosen)}
-    if kind == "text":
-        files["tokens.html"] = render_text_page(trace, text, chosen[0], mode).encode("utf-8")
-    else:
-        files["prediction.png"] = image_predictions(trace, example.image, example.target)
+    name, drawing = draw(trace, chosen, mode)
+    files[name] = drawing
     if stats["gates"]:
         files["saturation.png"] = saturation_scatter(stats)
     files["saturation.json"] = json_bytes(stats)
@@ -150,9 +135,7 @@ def inspect_run(
         "cell": trace.cell,
         "layer": layer,
         "direction": direction,
-        "input": text
-        if kind == "text"
-        else (str(image) if image is not None else {"test_index": index, "target": example.target}),
+        "input": shown,
         "steps": len(trace.labels),
         "real_steps": int(trace.real.sum()),
         "prediction": {"label": best, "label_name": names[best], "probabilities": final.tolist()},
@@ -164,6 +147,40 @@ def inspect_run(
     files[MARKER] = json_bytes(summary)
     written = publish(files, out)
     return InspectResult(out, written, summary)
+
+
+def _read_text(config, run_dir, task, meta, text, image, index, data_dir):
+    """A review: the example, its token page and the input as inspect.json shows it."""
+    if text is None or image is not None or index is not None:
+        raise InspectError(
+            f'{run_dir}: a text model expected --text "...", got '
+            f"{'--image/--index' if text is None else 'also --image/--index'}"
+        )
+    vocab = read_run_artifacts(run_dir, task, meta)["vocab.json"]
+
+    def draw(trace: Trace, chosen: list[int], mode: str | None) -> tuple[str, bytes]:
+        return "tokens.html", render_text_page(trace, text, chosen[0], mode).encode("utf-8")
+
+    return text_example(config, vocab, text), draw, text
+
+
+def _read_image(config, run_dir, task, meta, text, image, index, data_dir):
+    """An image file or a test example: the example, its row-by-row figure and the input."""
+    if text is not None:
+        raise InspectError(
+            f"{run_dir}: an image model expected --image FILE or --index N, got --text"
+        )
+    example = image_example(config, run_dir, image, index, data_dir)
+
+    def draw(trace: Trace, chosen: list[int], mode: str | None) -> tuple[str, bytes]:
+        return "prediction.png", image_predictions(trace, example.image, example.target)
+
+    shown = str(image) if image is not None else {"test_index": index, "target": example.target}
+    return example, draw, shown
+
+
+# how a classifier's input is read and drawn, by what its task reads (task.floors.reads)
+_READERS = {"text": _read_text, "image": _read_image}
 
 
 def command(args: argparse.Namespace) -> int:
