@@ -109,3 +109,16 @@ def test_the_projects_refuse_earlier_results_and_checkpoints(lm_run, tmp_path):
         options = {o: a for a in parser._actions for o in a.option_strings}
         assert "--force" in options
         assert all(a.type not in (int, float) for a in options.values())
+
+
+def test_every_kinds_inspect_function_takes_force():
+    """--force reaches each kind's inspect command: every inspect function the tasks' floors
+    lead to replaces an earlier output only when asked (found after the seq2seq and CTC
+    inspectors were merged without it)."""
+    import inspect as pyinspect
+
+    from rnnlab.inspect import ctc, seq2seq
+
+    for fn in (seq2seq.inspect_seq2seq, ctc.inspect_transcription):
+        assert pyinspect.signature(fn).parameters["force"].default is False
+        assert "force=args.force" in pyinspect.getsource(pyinspect.getmodule(fn).command)

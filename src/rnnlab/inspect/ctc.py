@@ -62,13 +62,14 @@ def inspect_transcription(
     index: int | None = None,
     beam: int = 1,
     checkpoint: str = "best",
+    force: bool = False,
     data_dir: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Transcribe one input and draw it (see the module docstring); returns
     ``(summary, files)``."""
     config, model, meta = load_run(run_dir, checkpoint)
     out = Path(out) if out is not None else Path(run_dir) / "inspect"
-    check_out(out)
+    check_out(out, force)
     task = get_task(config)
     given = [g for g in (wav, image, index) if g is not None]
     if len(given) != 1:
@@ -116,6 +117,7 @@ def command(args: argparse.Namespace) -> int:
         image=args.image,
         index=args.index,
         checkpoint=args.checkpoint,
+        force=args.force,
         data_dir=args.data_dir,
     )
     target = summary["target"]

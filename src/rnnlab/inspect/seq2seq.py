@@ -131,6 +131,7 @@ def inspect_seq2seq(
     layer: int = 0,
     top: int = 16,
     checkpoint: str = "best",
+    force: bool = False,
 ) -> dict[str, Any]:
     """Translate ``text`` greedily with a seq2seq run, the decoder's gates recorded, and write
     ``attention.png``, ``attention.html`` and ``inspect.json`` into ``out`` (default
@@ -139,7 +140,7 @@ def inspect_seq2seq(
     task = get_task(config)
     task.check_verb("translate", str(run_dir))
     out = Path(out) if out is not None else Path(run_dir) / "inspect"
-    check_out(out)
+    check_out(out, force)
     task.bind_run(run_dir)
     example = task.example(text, {})
     src = example.inputs[0][0]  # (S,)
@@ -199,6 +200,7 @@ def command(args: argparse.Namespace) -> int:
         layer=args.layer,
         top=args.top,
         checkpoint=args.checkpoint,
+        force=args.force,
     )
     print(f"{s['input']!r} -> {s['translation']!r} ({len(s['output'])} steps, greedy)")
     if s["unknown"]:
