@@ -136,8 +136,9 @@ def align(log_probs: np.ndarray, string: Sequence[int], blank: int = 0) -> list[
     return path
 
 
-def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
-    """Levenshtein distance: the fewest insertions, deletions and substitutions from a to b."""
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions from a to b
+    (any sequences of comparable items: symbol ids, phonemes, characters)."""
     row = list(range(len(b) + 1))
     for i, x in enumerate(a, 1):
         previous, row[0] = row[0], i

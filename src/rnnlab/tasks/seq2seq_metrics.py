@@ -13,19 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rnnlab.nn.ctc import edit_distance  # the one Levenshtein distance (CTC's SER uses it too)
+
 __all__ = ["closest", "edit_distance", "sequence_sums", "text_stat_sums", "text_scores"]
-
-
-def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions, each 1) of ``a`` and ``b``."""
-    if len(a) < len(b):
-        a, b = b, a
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
 
 
 def closest(hypothesis: Sequence, references: Sequence[Sequence]) -> tuple[int, int]:
