@@ -103,7 +103,7 @@ class RecurrentLayer(nn.Module):
         like = self.cells[0].weight_ih
         return self._zero_state(like.new_zeros(batch_size, 1, self.input_size))
 
-    # -- state helpers, overridden by LSTM and the xLSTM layers ---------------------------------
+    # -- state helpers: LSTM and the xLSTM layers make their own zero state ---------------------
     def _state_shapes(self, B: int) -> dict[str, tuple[int, ...]] | None:
         """Each field's shape of a ``state_type`` state (None: (L*D, B, H) for every field)."""
         return None
@@ -112,10 +112,16 @@ class RecurrentLayer(nn.Module):
         LD, B, H = self.num_layers * self.num_directions, x.shape[0], self.hidden_size
         return x.new_zeros(LD, B, H)
 
-    def _cell_state(self, state: Tensor | LSTMState, k: int) -> Tensor | LSTMState:
+    def _cell_state(self, state: Tensor | tuple, k: int) -> Tensor | tuple:
+        """Layer-direction ``k`` of a stacked state: every field of a named tuple indexed."""
+        if isinstance(state, tuple):  # LSTMState, SLSTMState, MLSTMState
+            return type(state)(*(field[k] for field in state))
         return state[k]
 
-    def _stack_states(self, states: list) -> Tensor | LSTMState:
+    def _stack_states(self, states: list) -> Tensor | tuple:
+        """The inverse of :meth:`_cell_state`: each field stacked over layer-directions."""
+        if isinstance(states[0], tuple):
+            return type(states[0])(*(torch.stack(f) for f in zip(*states, strict=True)))
         return torch.stack(states)
 
     # -- forward --------------------------------------------------------------------------------
@@ -323,9 +329,3 @@ class LSTM(RecurrentLayer):
     def _zero_state(self, x: Tensor) -> LSTMState:
         h = super()._zero_state(x)
         return LSTMState(h, torch.zeros_like(h))
-
-    def _cell_state(self, state: LSTMState, k: int) -> LSTMState:
-        return LSTMState(state.h[k], state.c[k])
-
-    def _stack_states(self, states: list[LSTMState]) -> LSTMState:
-        return LSTMState(torch.stack([s.h for s in states]), torch.stack([s.c for s in states]))

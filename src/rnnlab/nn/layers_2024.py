@@ -136,12 +136,6 @@ class SLSTM(RecurrentLayer):
         h = super()._zero_state(x)  # (L*D, B, H)
         return SLSTMState(h, *(torch.zeros_like(h) for _ in range(3)))
 
-    def _cell_state(self, state: SLSTMState, k: int) -> SLSTMState:
-        return SLSTMState(*(s[k] for s in state))
-
-    def _stack_states(self, states: list[SLSTMState]) -> SLSTMState:
-        return SLSTMState(*(torch.stack(field) for field in zip(*states, strict=True)))
-
 
 class MLSTM(RecurrentLayer):
     """mLSTM layer (stack of :class:`rnnlab.nn.xlstm.MLSTMCell`; Beck et al. 2024), batch first.
@@ -191,9 +185,3 @@ class MLSTM(RecurrentLayer):
     def _zero_state(self, x: Tensor) -> MLSTMState:
         shapes = self._state_shapes(x.shape[0])
         return MLSTMState(*(x.new_zeros(shape) for shape in shapes.values()))
-
-    def _cell_state(self, state: MLSTMState, k: int) -> MLSTMState:
-        return MLSTMState(*(s[k] for s in state))
-
-    def _stack_states(self, states: list[MLSTMState]) -> MLSTMState:
-        return MLSTMState(*(torch.stack(field) for field in zip(*states, strict=True)))
