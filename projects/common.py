@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
+import rnnlab.argtypes as argtypes
 from rnnlab.allocator import retain_freed_memory, retention_wanted
 from rnnlab.cli.kernels import ensure_kernels
 from rnnlab.files import OutputRefusedError, inside_run_checkpoints
+from rnnlab.nn.registry import CELL_NAMES
 
-__all__ = ["machine", "prepare", "run_command"]
+__all__ = ["add_run_arguments", "machine", "prepare", "run_command"]
 
 
 def check_writable(out: Path) -> None:
@@ -93,3 +95,19 @@ def run_command(
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, seeds: str, threads: str) -> None:
+    """The flags both projects take for what they train: ``--seeds``, ``--cells`` (any cell of
+    the registry), ``--steps`` and ``--threads`` (default 1; ``threads`` says why)."""
+    p.add_argument("--seeds", type=argtypes.nonnegative_int, nargs="+", help=f"seeds ({seeds})")
+    p.add_argument("--cells", nargs="+", choices=CELL_NAMES, help="cells to compare")
+    p.add_argument(
+        "--steps", type=argtypes.positive_int, help="training steps per model (default 3000)"
+    )
+    p.add_argument(
+        "--threads",
+        type=argtypes.threads,
+        default=1,
+        help=f"torch CPU threads (default 1: {threads})",
+    )

@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-import rnnlab.argtypes as argtypes
-from projects.common import machine, prepare, run_command
+from projects.common import add_run_arguments, machine, prepare, run_command
 from projects.context.experiment import ContextConfig, run_context
 from projects.context.report import format_table, write_results
 
@@ -38,17 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding aclImdb_v1.tar.gz (default: rnnlab's)")
     p.add_argument("--out", help="folder for the results (default runs/context[-quick])")
     p.add_argument("--force", action="store_true", help="replace earlier results in --out")
-    p.add_argument("--seeds", type=argtypes.nonnegative_int, nargs="+", help="seeds (default 0)")
-    p.add_argument("--cells", nargs="+", choices=["rnn", "lstm", "gru"], help="cells to compare")
-    p.add_argument(
-        "--steps", type=argtypes.positive_int, help="training steps per model (default 3000)"
-    )
-    p.add_argument(
-        "--threads",
-        type=argtypes.threads,
-        default=1,
-        help="torch CPU threads (default 1: on a busy machine a second thread spins in "
-        "barriers; measured 0.4 s a step with 1 thread, 2-7 s with 2, at load 12 on 2 cores)",
+    add_run_arguments(
+        p,
+        seeds="default 0",
+        threads="on a busy machine a second thread spins in barriers; measured 0.4 s a step "
+        "with 1 thread, 2-7 s with 2, at load 12 on 2 cores",
     )
     return p
 

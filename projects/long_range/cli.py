@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 import rnnlab.argtypes as argtypes
-from projects.common import machine, prepare, run_command
+from projects.common import add_run_arguments, machine, prepare, run_command
 from projects.long_range.experiment import LongRangeConfig, run_long_range
 from projects.long_range.report import format_table, write_results
 
@@ -40,19 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="gaps to run (default 10 20 50 100 200)",
     )
-    p.add_argument(
-        "--seeds", type=argtypes.nonnegative_int, nargs="+", help="seeds (default 0 1 2)"
-    )
-    p.add_argument("--cells", nargs="+", choices=["rnn", "lstm", "gru"], help="cells to compare")
-    p.add_argument(
-        "--steps", type=argtypes.positive_int, help="training steps per model (default 3000)"
-    )
-    p.add_argument(
-        "--threads",
-        type=argtypes.threads,
-        default=1,
-        help="torch CPU threads (default 1: these models are tiny, a second thread "
-        "only adds contention on a busy machine)",
+    add_run_arguments(
+        p,
+        seeds="default 0 1 2",
+        threads="these models are tiny, a second thread only adds contention on a busy machine",
     )
     return p
 
