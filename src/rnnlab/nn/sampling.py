@@ -67,8 +67,8 @@ def sample_next(
     :meth:`rnnlab.LanguageModel.steps`."""
     wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (V,)
     logits = wide / temperature  # (V,)
-    if not torch.isfinite(logits[torch.isfinite(wide)]).all():  # a tiny temperature overflowed:
-        logits = (wide.double() - wide.max()) / temperature  # the same distribution, finite max
+    if torch.isinf(logits.max()):  # a tiny temperature overflowed the largest logit:
+        logits = (wide.double() - wide.max()) / temperature  # the same distribution, max 0
     if top_k is not None and top_k < logits.shape[0]:
         kth = torch.topk(logits, top_k).values[-1]  # the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))  # (V,)
