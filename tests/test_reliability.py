@@ -232,22 +232,6 @@ def test_the_checkpoint_config_wins_over_an_edited_config_json(tiny_run, tmp_pat
     assert "rnnlab evaluate: warning: " in capsys.readouterr().err
 
 
-def test_a_config_json_from_before_a_key_was_added_loads_without_a_warning(tiny_run, tmp_path):
-    """A run written before Config gained a key (its config.json and checkpoint both lack it)
-    is not told that its config.json differs: both are read with today's defaults."""
-    import warnings
-
-    from rnnlab.predict import evaluate_run
-
-    run = _copy(tiny_run[0], tmp_path / "run")
-    config = json.loads((run / "config.json").read_text())
-    del config["data"]["max_length"]  # a key added by this release (sequence to sequence)
-    (run / "config.json").write_text(json.dumps(config))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        evaluate_run(run)
-
-
 _HOLD = """
 import sys
 from pathlib import Path

@@ -274,3 +274,18 @@ def test_punctuation_can_be_dropped_like_keras(tmp_path):
     comma = data.artifacts["vocab.json"][","] + 3
     assert comma < config.data.num_words and not (data.train.inputs[0] == comma).any()
     assert (get_task(load_preset("imdb-sample")).load().train.inputs[0] == comma).any()
+
+
+def test_a_config_json_from_before_a_key_was_added_loads_without_a_warning(mnist_run, tmp_path):
+    """A run written before Config gained a key (its config.json and checkpoint both lack it)
+    is not told that its config.json differs: both are read with today's defaults."""
+    import shutil
+    import warnings
+
+    run = shutil.copytree(mnist_run[0], tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    del config["data"]["max_length"]  # a key added by this release (sequence to sequence)
+    (run / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_run(run)
