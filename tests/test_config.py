@@ -49,8 +49,14 @@ def test_overrides_are_typed():
         ),
         ("model.dropout=1.5", "model.dropout: expected in [0, 1)"),
         ("model.bidirectional=1", "model.bidirectional: expected bool, got 1"),
-        ("model.precision=fp16", "model.precision: expected one of 'fp32' | 'bf16', got 'fp16'"),
-        ("model.precision=BF16", "model.precision: expected one of 'fp32' | 'bf16', got 'BF16'"),
+        (
+            "model.precision=fp16",
+            "model.precision: expected one of 'fp32' | 'bf16' | 'auto', got 'fp16'",
+        ),
+        (
+            "model.precision=BF16",
+            "model.precision: expected one of 'fp32' | 'bf16' | 'auto', got 'BF16'",
+        ),
         ("train.epochs", "expected section.key=value"),
     ],
 )

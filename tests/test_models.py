@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from rnnlab.config import ConfigError, load_preset
+from rnnlab.models import model_precision
 from rnnlab.nn.layers import LSTM
+from rnnlab.nn.seq2seq import Seq2Seq
 from rnnlab.tasks import build_model
 
 
@@ -150,3 +152,48 @@ def test_bf16_without_compiled_kernels_is_refused_when_the_model_is_built(monkey
     ):
         build_model(config)
     assert build_model(load_preset("mnist-seed")) is not None  # float32 still builds
+
+
+def _lstm_precisions(model) -> list[str]:
+    return [m.precision for m in model.modules() if isinstance(m, LSTM)]
+
+
+@pytest.mark.parametrize(
+    "preset",
+    ["g2p-sample", "digits-ctc-sample", "mnist-lines-sample", "digits-speech-sample"],
+)
+def test_bf16_precision_reaches_the_lstm_layers_of_every_kind(preset, monkeypatch):
+    """seq2seq, CTC and speech models take model.precision like the classifiers: every LSTM of
+    the encoder, decoder or stack runs it, and their parameters stay float32."""
+    _needs_compiled_kernels()
+    model = build_model(load_preset(preset, ["model.precision=bf16"]))
+    assert _lstm_precisions(model) and set(_lstm_precisions(model)) == {"bf16"}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert set(_lstm_precisions(build_model(load_preset(preset)))) == {"fp32"}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_native_bf16(native, monkeypatch):
+    """'auto' resolves per host: bf16 on a CPU with native bf16 (the kernels built), float32
+    on one without, and float32 for any model that is not all LSTMs."""
+    _needs_compiled_kernels()
+    import rnnlab.models.classifiers as classifiers
+
+    monkeypatch.setattr(classifiers, "native_bf16", lambda: native)
+    auto = load_preset("g2p-sample", ["model.precision=auto"])
+    assert model_precision(auto.model) == ("bf16" if native else "fp32")
+    assert set(_lstm_precisions(build_model(auto))) == {"bf16" if native else "fp32"}
+    gru = load_preset("g2p-sample", ["model.precision=auto", "model.decoder_cell=gru"])
+    assert model_precision(gru.model) == "fp32"
+    text = load_preset("imdb-seed", ["model.precision=auto", "model.cell=gru"])
+    assert model_precision(text.model) == "fp32"
+    assert model_precision(load_preset("g2p-sample").model) == "fp32"  # fp32 stays fp32
+
+
+def test_bf16_seq2seq_with_a_gru_decoder_is_refused_naming_both():
+    with pytest.raises(
+        ConfigError, match="expected model.decoder_cell='lstm'.*got decoder_cell='gru'"
+    ):
+        load_preset("g2p-sample", ["model.precision=bf16", "model.decoder_cell=gru"])
+    with pytest.raises(ValueError, match="expected cell='lstm' and decoder_cell='lstm'"):
+        Seq2Seq(10, 10, 8, 8, decoder_cell="gru", precision="bf16")

@@ -7,6 +7,13 @@ from rnnlab.models.classifiers import (
     SequenceClassifier,
     TextClassifier,
     check_bf16,
+    model_precision,
 )
 
-__all__ = ["RecurrentStack", "SequenceClassifier", "TextClassifier", "check_bf16"]
+__all__ = [
+    "RecurrentStack",
+    "SequenceClassifier",
+    "TextClassifier",
+    "check_bf16",
+    "model_precision",
+]

@@ -19,13 +19,21 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.config import ConfigError, ModelConfig
-from rnnlab.nn.backends import compiled
+from rnnlab.nn.backends import Precision, compiled, native_bf16
 from rnnlab.nn.blocks import final_hidden
+from rnnlab.nn.cells import LSTMCell
 from rnnlab.nn.layers import RecurrentLayer
 from rnnlab.nn.registry import LAYERS, layer_class
 from rnnlab.nn.validation import make_mask
 
-__all__ = ["LAYERS", "RecurrentStack", "SequenceClassifier", "TextClassifier", "check_bf16"]
+__all__ = [
+    "LAYERS",
+    "RecurrentStack",
+    "SequenceClassifier",
+    "TextClassifier",
+    "check_bf16",
+    "model_precision",
+]
 
 Padding = Literal["pre", "post"]
 
@@ -40,7 +48,9 @@ def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> Recurren
     """One one-layer rnnlab layer of ``cfg.cell`` with the config's backend and precision."""
     # ModelConfig refuses precision="bf16" for GRU and RNN, which have no bf16 mode
     kwargs = (
-        {"forget_bias": cfg.forget_bias, "precision": cfg.precision} if cfg.cell == "lstm" else {}
+        {"forget_bias": cfg.forget_bias, "precision": model_precision(cfg)}
+        if cfg.cell == "lstm"
+        else {}
     )
     return layer_class(cfg.cell)(
         input_size, hidden, bidirectional=cfg.bidirectional, backend=cfg.backend, **kwargs
@@ -171,12 +181,26 @@ class TextClassifier(nn.Module):
         return self.head(out)  # (B, C)
 
 
+def model_precision(cfg: ModelConfig) -> Precision:
+    """``model.precision`` as the layers take it: ``"auto"`` is ``"bf16"`` for a model whose
+    recurrent layers are all LSTMs on the compiled kernels (backend ``auto`` or ``compiled``,
+    the extension built) on a CPU with native bf16 (:func:`rnnlab.nn.backends.native_bf16`),
+    and ``"fp32"`` anywhere else, so a preset that says ``"auto"`` runs on any host."""
+    if cfg.precision != "auto":
+        return cfg.precision  # type: ignore[return-value]
+    cells = {cfg.cell, cfg.decoder_cell} if cfg.kind == "seq2seq" else {cfg.cell}
+    if cells != {"lstm"} or cfg.backend not in ("auto", "compiled") or not native_bf16():
+        return "fp32"
+    probe = LSTMCell(1, 1)
+    return "bf16" if compiled.compiled_unavailable(probe, probe.weight_hh) is None else "fp32"
+
+
 def check_bf16(model: nn.Module, cfg: ModelConfig) -> None:
     """With ``model.precision="bf16"``, check that the compiled kernels can run (building them
     on first use) and raise ConfigError naming why not: said when the model is built rather
     than at the first training step, where rnnlab.LSTM would raise it. Any model whose
     recurrent layers are rnnlab's (the classifiers, the language model)."""
-    if cfg.precision != "bf16":
+    if model_precision(cfg) != "bf16":
         return
     layer = next(m for m in model.modules() if isinstance(m, RecurrentLayer))
     cell = layer.cells[0]

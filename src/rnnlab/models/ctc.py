@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnlab.config import ModelConfig
+from rnnlab.models.classifiers import model_precision
 from rnnlab.nn.registry import layer_class
 
 __all__ = ["BLANK", "CTCModel", "ctc_loss", "target_lengths"]
@@ -35,7 +36,12 @@ class CTCModel(nn.Module):
         self.projection = nn.Linear(size, cfg.projection) if cfg.projection else None
         size = cfg.projection or size
         D = 2 if cfg.bidirectional else 1
-        kwargs = {"forget_bias": cfg.forget_bias} if cfg.cell == "lstm" else {}
+        # ModelConfig refuses precision="bf16" for cells without a bf16 mode
+        kwargs = (
+            {"forget_bias": cfg.forget_bias, "precision": model_precision(cfg)}
+            if cfg.cell == "lstm"
+            else {}
+        )
         layers = []
         for hidden in cfg.hidden_sizes:
             layers.append(

@@ -115,6 +115,9 @@ class Seq2Seq(nn.Module):
         tie_weights: the output layer reuses the target embedding (Press & Wolf 2017); needs
             E == H.
         backend: the recurrent layers' backend.
+        precision: ``"bf16"`` runs the encoder's and decoder's matrix products on bf16
+            operands (:class:`rnnlab.LSTM`'s ``precision``; weights and states stay float32);
+            it needs ``cell`` and ``decoder_cell`` ``"lstm"``.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class Seq2Seq(nn.Module):
         dropout: float = 0.0,
         tie_weights: bool = False,
         backend: str = "auto",
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         for name in ("source_vocab", "target_vocab", "embedding_dim", "hidden_size"):
@@ -158,6 +162,13 @@ class Seq2Seq(nn.Module):
                 "Seq2Seq with tie_weights=True expected embedding_dim == hidden_size, got "
                 f"embedding_dim={embedding_dim}, hidden_size={hidden_size}"
             )
+        if precision != "fp32" and (cell, decoder_cell) != ("lstm", "lstm"):
+            raise ValueError(
+                f"Seq2Seq with precision={precision!r} expected cell='lstm' and "
+                f"decoder_cell='lstm' (only rnnlab.LSTM has a bf16 mode), got cell={cell!r}, "
+                f"decoder_cell={decoder_cell!r}"
+            )
+        bf16 = {"precision": precision} if precision != "fp32" else {}
         E, H = embedding_dim, hidden_size
         self.source_vocab, self.target_vocab, self.hidden_size = source_vocab, target_vocab, H
         self.decoder_layers, self.decoder_cell = decoder_layers, decoder_cell
@@ -165,11 +176,16 @@ class Seq2Seq(nn.Module):
         self.source_embedding = nn.Embedding(source_vocab, E, padding_idx=PAD)
         self.target_embedding = nn.Embedding(target_vocab, E, padding_idx=PAD)
         self.encoder = layer_class(cell)(
-            E, H // 2, encoder_layers, bidirectional=True, dropout=dropout, backend=backend
+            E, H // 2, encoder_layers, bidirectional=True, dropout=dropout, backend=backend, **bf16
         )
         self.bridge = nn.Linear(H, decoder_layers * H)
         self.decoder = layer_class(decoder_cell)(
-            E + H if input_feeding else E, H, decoder_layers, dropout=dropout, backend=backend
+            E + H if input_feeding else E,
+            H,
+            decoder_layers,
+            dropout=dropout,
+            backend=backend,
+            **bf16,
         )
         self.attention = Attention(H, attention)  # type: ignore[arg-type]
         self.drop = nn.Dropout(dropout)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from rnnlab.config import ConfigError
 from rnnlab.data.strings import LINE_HEIGHT
+from rnnlab.models import check_bf16
 from rnnlab.models.ctc import BLANK, CTCModel, ctc_loss
 from rnnlab.nn.ctc import align, collapse, edit_distance, prefix_beam_search
 from rnnlab.tasks.base import (
@@ -110,7 +111,9 @@ class CTCTranscription(Task):
         return load_strings(self.config, data_dir)
 
     def build_model(self) -> nn.Module:
-        return CTCModel(self.config.model)
+        model = CTCModel(self.config.model)
+        check_bf16(model, self.config.model)
+        return model
 
     def example_inputs(self, batch_size: int) -> tuple[Tensor, ...]:
         T = 100

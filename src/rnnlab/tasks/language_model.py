@@ -44,7 +44,7 @@ from rnnlab.data import DataError, DataWarning
 from rnnlab.data.corpus import Corpus, corpus_summary, load_corpus, unknown_warning
 from rnnlab.data.streams import check_stream
 from rnnlab.data.vocab import Vocabulary
-from rnnlab.models import check_bf16
+from rnnlab.models import check_bf16, model_precision
 from rnnlab.nn.language_model import LanguageModel, State
 from rnnlab.tasks.base import (
     Example,
@@ -205,7 +205,7 @@ class LanguageModelTask(Task):
             dropout=m.dropout,
             tie_weights=m.tie_weights,
             backend=m.backend,
-            precision=m.precision,
+            precision=model_precision(m),
         )
         check_bf16(model, m)
         return model

@@ -36,6 +36,7 @@ from rnnlab.data import DataError
 from rnnlab.data.pairs import BOS, EOS, PAD, Entry, PairSplits, PairVocab, load_cmudict, load_pairs
 from rnnlab.data.pairs import tokens_of as split_tokens
 from rnnlab.data.paths import sample_dir
+from rnnlab.models import check_bf16, model_precision
 from rnnlab.nn.beam import check_options
 from rnnlab.nn.seq2seq import Seq2Seq
 from rnnlab.tasks.base import (
@@ -189,7 +190,7 @@ class Seq2SeqTask(Task):
     def build_model(self) -> Seq2Seq:
         m = self.config.model
         source, target = self._bound()
-        return Seq2Seq(
+        model = Seq2Seq(
             len(source),
             len(target),
             m.embedding_dim,
@@ -203,7 +204,10 @@ class Seq2SeqTask(Task):
             dropout=m.dropout,
             tie_weights=m.tie_weights,
             backend=m.backend,
+            precision=model_precision(m),
         )
+        check_bf16(model, m)
+        return model
 
     def check_weights(self, tensors: dict[str, Tensor], where: str) -> None:
         for name, vocab in zip(("source", "target"), (self.source, self.target), strict=True):

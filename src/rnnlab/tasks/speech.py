@@ -31,7 +31,7 @@ from rnnlab.data.audio import (
     trim,
 )
 from rnnlab.data.fsdd import load_fsdd, official_split
-from rnnlab.models import SequenceClassifier
+from rnnlab.models import SequenceClassifier, check_bf16
 from rnnlab.tasks.base import (
     Example,
     Floors,
@@ -146,7 +146,9 @@ class SpeechClassification(ClassificationTask):
         return Batches(split, self.eval_batch_size(world_size), bucket=True, trim="post", **shard)
 
     def build_model(self) -> nn.Module:
-        return SequenceClassifier(self.config.model)
+        model = SequenceClassifier(self.config.model)
+        check_bf16(model, self.config.model)
+        return model
 
     def batch_loss(
         self,

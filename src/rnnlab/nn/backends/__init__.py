@@ -29,6 +29,7 @@ from rnnlab.nn.backends.dispatch import (
     route_layer,
     scan_layer,
 )
+from rnnlab.nn.backends.precision import native_bf16
 
 __all__ = [
     "BACKENDS",
@@ -40,6 +41,7 @@ __all__ = [
     "Route",
     "autocast_input",
     "compiled_unavailable",
+    "native_bf16",
     "resolve_backend",
     "route_layer",
     "scan_layer",

@@ -20,12 +20,24 @@ __all__ = [
     "Precision",
     "autocast_bf16",
     "autocast_input",
+    "native_bf16",
     "needs_backward",
     "use_bf16",
 ]
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles), where bf16 GEMMs
+    run faster than float32; elsewhere oneDNN emulates them and they run slower. Read from
+    torch's own CPU checks, which are private: a torch without them reads as no."""
+    cpu = torch.cpu
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def use_bf16(
