@@ -151,6 +151,39 @@ def test_inspect_draws_the_posteriogram_and_alignment(runs, tmp_path, capsys):
     assert not bad.exists()  # nothing half-written
 
 
+def test_inspect_draws_a_spoken_digit_frame_by_frame(runs, tmp_path, capsys):
+    """A speech classifier's inspect: gates, and P(digit) had the recording ended after each
+    frame, whose last row is the model's own prediction for the whole recording."""
+    from rnnlab.inspect import inspect_run
+    from rnnlab.runs import load_run
+    from rnnlab.tasks import get_task
+
+    wav = WAVS / "4_jackson_0.wav"
+    out = tmp_path / "inspect"
+    assert main(["inspect", str(runs / "speech"), "--wav", str(wav), "--out", str(out)]) == 0
+    assert {"gates.png", "prediction.png", "inspect.json"} <= {p.name for p in out.iterdir()}
+    assert (out / "prediction.png").read_bytes()[:4] == b"\x89PNG"
+    assert "prediction" in capsys.readouterr().out
+    config, model, _ = load_run(runs / "speech")
+    task = get_task(config)
+    example = task.example(wav, {})
+    probabilities = task.prefix_probabilities(model.eval(), example, chunk=7)  # (T, C)
+    with torch.no_grad():
+        whole = torch.softmax(model(*example.inputs), -1)[0].numpy()  # (C,)
+    np.testing.assert_allclose(probabilities[-1], whole, atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    summary = json.loads((out / "inspect.json").read_text())
+    np.testing.assert_allclose(summary["prediction"]["probabilities"], whole, atol=1e-5)
+    tested = inspect_run(runs / "speech", tmp_path / "test0", index=0).summary
+    assert tested["input"]["test_index"] == 0 and 0 <= tested["input"]["target"] <= 9
+    bad = tmp_path / "bad"
+    assert main(["inspect", str(runs / "speech"), "--text", "four", "--out", str(bad)]) == 2
+    assert "expected --wav FILE or --index N for a spoken-digit model, got --text" in (
+        capsys.readouterr().err
+    )
+    assert not bad.exists()  # nothing half-written
+
+
 def test_serve_transcribes_uploads_within_the_cap(runs):
     from fastapi.testclient import TestClient
 

@@ -1,6 +1,6 @@
-"""The classifiers' ``rnnlab inspect`` (text and image kinds): :func:`inspect_run` does it all
-as one importable function, :func:`command` prints its result for the CLI. The output folder
-appears whole or not at all (:mod:`rnnlab.inspect.output`).
+"""The classifiers' ``rnnlab inspect`` (text, image and spoken-digit kinds): :func:`inspect_run`
+does it all as one importable function, :func:`command` prints its result for the CLI. The
+output folder appears whole or not at all (:mod:`rnnlab.inspect.output`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from rnnlab.inspect.inputs import (
     text_example,
 )
 from rnnlab.inspect.output import MARKER, check_out, json_bytes, publish
-from rnnlab.inspect.plots import gate_heatmaps, image_predictions, saturation_scatter
+from rnnlab.inspect.plots import (
+    audio_predictions,
+    gate_heatmaps,
+    image_predictions,
+    saturation_scatter,
+)
 from rnnlab.inspect.trace import (
     InspectError,
     Trace,
@@ -58,6 +63,7 @@ def inspect_run(
     text: str | None = None,
     image: PathLike | None = None,
     index: int | None = None,
+    wav: PathLike | None = None,
     units: list[int] | None = None,
     layer: int = 0,
     direction: int = 0,
@@ -81,6 +87,8 @@ def inspect_run(
       mean forget gate, with a unit picker and the prediction after each token;
     * image models (``image`` file or test ``index``): ``prediction.png``, the image beside the
       class probabilities after each row;
+    * spoken-digit models (``wav`` file or test ``index``): ``prediction.png``, the log-mel
+      frames above the class probabilities had the recording ended after each frame;
     * ``inspect.json``: the input, the prediction, the units drawn and the file list.
     """
     config, model, meta = load_run(run_dir, checkpoint)
@@ -96,7 +104,8 @@ def inspect_run(
         )
     names = task.label_names()
     read = _READERS[task.floors.reads]  # what the run's task reads: text or an image
-    example, draw, shown = read(config, run_dir, task, meta, text, image, index, data_dir)
+    given = {"text": text, "image": image, "index": index, "wav": wav}
+    example, draw, shown = read(config, run_dir, task, meta, given, data_dir)
     gates = record_gates(model, example.inputs, layer, direction)
     trace = Trace(
         task.floors.reads,
@@ -149,13 +158,17 @@ def inspect_run(
     return InspectResult(out, written, summary)
 
 
-def _read_text(config, run_dir, task, meta, text, image, index, data_dir):
+def _only(run_dir: PathLike, given: dict[str, Any], allowed: tuple[str, ...], want: str) -> None:
+    """Refuse inputs a kind does not read, naming what it expected and what came."""
+    came = [f"--{name}" for name, value in given.items() if value is not None]
+    if not came or any(flag[2:] not in allowed for flag in came) or len(came) > 1:
+        raise InspectError(f"{run_dir}: expected {want}, got {' and '.join(came) or 'none'}")
+
+
+def _read_text(config, run_dir, task, meta, given, data_dir):
     """A review: the example, its token page and the input as inspect.json shows it."""
-    if text is None or image is not None or index is not None:
-        raise InspectError(
-            f'{run_dir}: a text model expected --text "...", got '
-            f"{'--image/--index' if text is None else 'also --image/--index'}"
-        )
+    _only(run_dir, given, ("text",), '--text "..." for a text model')
+    text = given["text"]
     vocab = read_run_artifacts(run_dir, task, meta)["vocab.json"]
 
     def draw(trace: Trace, chosen: list[int], mode: str | None) -> tuple[str, bytes]:
@@ -164,12 +177,10 @@ def _read_text(config, run_dir, task, meta, text, image, index, data_dir):
     return text_example(config, vocab, text), draw, text
 
 
-def _read_image(config, run_dir, task, meta, text, image, index, data_dir):
+def _read_image(config, run_dir, task, meta, given, data_dir):
     """An image file or a test example: the example, its row-by-row figure and the input."""
-    if text is not None:
-        raise InspectError(
-            f"{run_dir}: an image model expected --image FILE or --index N, got --text"
-        )
+    _only(run_dir, given, ("image", "index"), "--image FILE or --index N for an image model")
+    image, index = given["image"], given["index"]
     example = image_example(config, run_dir, image, index, data_dir)
 
     def draw(trace: Trace, chosen: list[int], mode: str | None) -> tuple[str, bytes]:
@@ -179,8 +190,32 @@ def _read_image(config, run_dir, task, meta, text, image, index, data_dir):
     return example, draw, shown
 
 
+def _read_audio(config, run_dir, task, meta, given, data_dir):
+    """A WAV file or a test recording: the example, its frame-by-frame figure and the input."""
+    _only(run_dir, given, ("wav", "index"), "--wav FILE or --index N for a spoken-digit model")
+    wav, index = given["wav"], given["index"]
+    if wav is not None:
+        example, shown = task.example(wav, {}), str(wav)
+    else:
+        test = test_split(config, run_dir, data_dir)
+        if not 0 <= index < len(test):
+            raise InspectError(f"--index expected 0..{len(test) - 1} (the test split), got {index}")
+        x, lengths = test.inputs
+        frames = x[index, : int(lengths[index])].numpy()  # (T, F)
+        target = int(test.targets[index])
+        example, shown = (
+            task.frames_example(frames, target),
+            {"test_index": index, "target": target},
+        )
+
+    def draw(trace: Trace, chosen: list[int], mode: str | None) -> tuple[str, bytes]:
+        return "prediction.png", audio_predictions(trace, example.image, example.target)
+
+    return example, draw, shown
+
+
 # how a classifier's input is read and drawn, by what its task reads (task.floors.reads)
-_READERS = {"text": _read_text, "image": _read_image}
+_READERS = {"text": _read_text, "image": _read_image, "audio": _read_audio}
 
 
 def command(args: argparse.Namespace) -> int:
@@ -194,6 +229,7 @@ def command(args: argparse.Namespace) -> int:
         text=args.text,
         image=args.image,
         index=args.index,
+        wav=args.wav,
         units=args.units,
         layer=args.layer,
         direction=args.direction,

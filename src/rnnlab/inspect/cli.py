@@ -23,11 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="a review, for text models")
     src.add_argument("--image", help="a 28x28 PNG or .npy image, for image models")
-    src.add_argument("--wav", help="a WAV recording, for CTC runs that read audio")
+    src.add_argument("--wav", help="a WAV recording, for spoken-digit and CTC runs that read audio")
     src.add_argument(
         "--index",
         type=argtypes.nonnegative_int,
-        help="an example of the test split, for image models",
+        help="an example of the test split, for image, audio and CTC models",
     )
     p.add_argument(
         "--out",

@@ -11,7 +11,7 @@ import numpy as np
 
 from rnnlab.inspect.trace import HIGH, LOW, Trace
 
-__all__ = ["gate_heatmaps", "image_predictions", "saturation_scatter"]
+__all__ = ["audio_predictions", "gate_heatmaps", "image_predictions", "saturation_scatter"]
 
 TITLES = {
     "i": "input gate i",
@@ -153,6 +153,44 @@ def saturation_scatter(stats: dict, title: str = "") -> bytes:
         or f"gate saturation, each dot a unit: {stats['steps']} steps of "
         f"{examples} example{'s' if examples != 1 else ''}",
         fontsize=10,
+    )
+    fig.tight_layout()
+    return _png(fig)
+
+
+def audio_predictions(trace: Trace, frames: np.ndarray, target: int | None = None) -> bytes:
+    """A recording's (T, F) features (log-mel bands over frames) above the class probabilities
+    had the recording ended after each frame, on the same frame axis, and below them the
+    probability of the final prediction (and of the true class) as the frames arrive."""
+    probs = trace.probabilities  # (T, C)
+    final = int(np.argmax(trace.final_probabilities))
+    T = probs.shape[0]
+    fig = _figure(min(16, 5 + T * 0.06), 7.5)
+    top, middle, bottom = fig.subplots(
+        3, 1, sharex=True, gridspec_kw={"height_ratios": [1.2, 1, 1]}
+    )
+    top.imshow(frames.T, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
+    top.set_ylabel("band")
+    top.set_title("input features (frames read left to right)", fontsize=9)
+    middle.imshow(
+        probs.T, aspect="auto", origin="lower", cmap="Greys", vmin=0, vmax=1,
+        interpolation="nearest",
+    )  # fmt: skip
+    middle.set_yticks(range(len(trace.class_names)), trace.class_names, fontsize=8)
+    middle.set_title("P(class) had the recording ended after each frame", fontsize=9)
+    frames_read = np.arange(T)
+    bottom.plot(frames_read, probs[:, final], "-", label=f"predicted {trace.class_names[final]}")
+    if target is not None and target != final:
+        bottom.plot(frames_read, probs[:, target], "--", label=f"true {trace.class_names[target]}")
+    bottom.set_ylim(-0.02, 1.02)
+    bottom.set_xlabel("frame")
+    bottom.set_ylabel("probability")
+    bottom.grid(alpha=0.3)
+    bottom.legend(fontsize=8)
+    truth = "" if target is None else f", true class {trace.class_names[target]}"
+    bottom.set_title(
+        f"final: {trace.class_names[final]} ({trace.final_probabilities[final]:.3f}){truth}",
+        fontsize=9,
     )
     fig.tight_layout()
     return _png(fig)

@@ -115,6 +115,7 @@ class SpeechClassification(ClassificationTask):
         verbs=("predict",),
         reads="audio",
         serve="rnnlab.serve.ctc:SpokenDigitRun",  # the transcribe page: record or upload
+        inspect="rnnlab.inspect.classifier:command",  # gates, and P(digit) frame by frame
         export="rnnlab.export.classifier:classifier_graph",  # x (B, T, F) unpadded
     )
     class_names = tuple(str(d) for d in range(10))
@@ -173,10 +174,24 @@ class SpeechClassification(ClassificationTask):
 
     def example(self, raw: PathLike, artifacts: dict[str, Any]) -> Example:
         frames, _ = read_audio([raw], feature_spec(self.config))
-        x, lengths = pad_frames(frames)
+        return self.frames_example(frames[0])
+
+    def frames_example(self, frames: np.ndarray, target: int | None = None) -> Example:
+        """(T, F) features, already computed (a test recording), as :meth:`example` gives them."""
+        x, lengths = pad_frames([frames])
         T = x.shape[1]
         labels = [f"frame {k}" for k in range(T)]
-        return Example((x, lengths), np.ones(T, dtype=bool), labels, image=frames[0])
+        return Example((x, lengths), np.ones(T, dtype=bool), labels, image=frames, target=target)
+
+    def prefix_batches(self, example: Example, chunk: int) -> list[tuple[Tensor, ...]]:
+        """The recording cut after each frame: the same frames with lengths 1..T (padding after
+        them is skipped), ``chunk`` cuts a batch."""
+        x = example.inputs[0]  # (1, T, F)
+        T = x.shape[1]
+        return [
+            (x.expand(len(ends), -1, -1).contiguous(), ends)
+            for ends in torch.arange(1, T + 1).split(chunk)
+        ]
 
     def real_steps(self, inputs: tuple[Tensor, ...]) -> Tensor:
         return real_frames(inputs[1], inputs[0].shape[1])
