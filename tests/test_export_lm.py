@@ -13,7 +13,14 @@ pytest.importorskip("onnx")
 
 
 @pytest.mark.parametrize(
-    ("cell", "layers", "tie"), [("lstm", 2, True), ("gru", 1, False), ("rnn", 2, False)]
+    ("cell", "layers", "tie"),
+    [
+        ("lstm", 2, True),
+        ("gru", 1, False),
+        ("rnn", 2, False),
+        ("mingru", 2, False),  # MatMul, then a Scan of h = a * h + b
+        ("minlstm", 2, True),
+    ],
 )
 def test_language_model_onnx_parity(tmp_path, cell, layers, tie):
     torch.manual_seed(0)
@@ -38,3 +45,30 @@ def test_language_model_onnx_parity(tmp_path, cell, layers, tie):
             for got, want in zip(out[1:], torch_state, strict=True):
                 np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=1e-5)
             feeds.update(dict(zip(names[1:], out[1:], strict=True)))
+
+
+def test_one_token_at_a_time_through_onnx_is_generation(tmp_path):
+    """The step form: a minLSTM model fed one token per call, its state carried from call to
+    call, gives the full forward's logits at every position."""
+    torch.manual_seed(1)
+    model = LanguageModel(23, 8, 16, 2, cell="minlstm").eval()
+    path = tmp_path / "step.onnx"
+    export_model(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids = torch.randint(0, 23, (2, 7))
+    with torch.no_grad():
+        whole, _ = model(ids)  # (B, T, V)
+    h = np.zeros((2, 2, 16), np.float32)
+    for t in range(7):
+        logits, h = session.run(None, {"ids": ids[:, t : t + 1].numpy(), "h0": h})
+        np.testing.assert_allclose(logits[:, 0], whole[:, t].numpy(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["slstm", "mlstm"])
+def test_models_of_cells_without_an_onnx_form_are_refused_by_name(tmp_path, cell):
+    from rnnlab.export import ExportError
+
+    model = LanguageModel(11, 8, 8, 1, cell=cell).eval()
+    with pytest.raises(ExportError, match=r"expected an LSTM, GRU or RNN cell here, got [SM]LSTM"):
+        export_model(model, tmp_path / "lm.onnx")
+    assert list(tmp_path.iterdir()) == []  # nothing written

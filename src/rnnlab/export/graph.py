@@ -17,9 +17,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnnlab.nn.cells import GRUCell, LSTMCell
+from rnnlab.export.api import ExportError
+from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell
+from rnnlab.nn.mincells import MinCell, MinGRUCell
 
-__all__ = ["GATE_ORDER", "Graph", "linear", "onnx_kind", "recurrent_weights", "reorder", "to_numpy"]
+__all__ = [
+    "GATE_ORDER",
+    "Graph",
+    "linear",
+    "min_layer",
+    "onnx_kind",
+    "recurrent_weights",
+    "reorder",
+    "to_numpy",
+]
 
 # ONNX gate order, as indices of rnnlab's H-row blocks
 GATE_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}
@@ -59,8 +70,57 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def onnx_kind(cell: nn.Module) -> str:
-    """The ONNX op of an rnnlab cell: ``"LSTM"``, ``"GRU"`` or ``"RNN"``."""
-    return "LSTM" if isinstance(cell, LSTMCell) else "GRU" if isinstance(cell, GRUCell) else "RNN"
+    """The ONNX op of an rnnlab cell: ``"LSTM"``, ``"GRU"`` or ``"RNN"``; any other cell (the
+    cells of 2024 have no ONNX op) is refused, naming it."""
+    for kind, cls in (("LSTM", LSTMCell), ("GRU", GRUCell), ("RNN", RNNCell)):
+        if isinstance(cell, cls):
+            return kind
+    raise ExportError(
+        f"ONNX export expected an LSTM, GRU or RNN cell here, got {type(cell).__name__} (a "
+        "language model of minGRU or minLSTM exports; other models of the 2024 cells do not yet)"
+    )
+
+
+def min_layer(g: Graph, x: str, cell: MinCell, h0: str) -> tuple[str, str]:
+    """One minGRU / minLSTM layer: x (T, B, F) and h0 (1, B, H) -> Y (T, B, H) and h_T
+    (1, B, H). The pre-activations of every step are one MatMul; a_t and b_t of
+    h_t = a_t * h_{t-1} + b_t follow elementwise (:meth:`rnnlab.nn.mincells.MinCell.coefficients`),
+    and an ONNX ``Scan`` runs the recurrence, so T is dynamic and T = 1 is the step form."""
+    from onnx import TensorProto, helper
+
+    H, G = cell.hidden_size, cell.gates
+    k = g.op("MatMul", [x, g.const("weight_ih", to_numpy(cell.weight_ih.T))])  # (T, B, G*H)
+    k = g.op("Add", [k, g.const("bias", to_numpy(cell.bias))])
+    sizes = g.const("split", np.full(G, H, np.int64))
+    blocks = g.op("Split", [k, sizes], n_out=G, axis=2)  # G x (T, B, H)
+    one = g.const("one", np.array(1.0, np.float32))
+    if isinstance(cell, MinGRUCell):
+        z, h_tilde = blocks
+        z = g.op("Sigmoid", [z])
+        a, b = g.op("Sub", [one, z]), g.op("Mul", [z, h_tilde])
+    else:  # minLSTM: f' = sigmoid(log f - log i), log sigmoid(v) = -softplus(-v)
+        k_f, k_i, h_tilde = blocks
+        log_f, log_i = (g.op("Neg", [g.op("Softplus", [g.op("Neg", [v])])]) for v in (k_f, k_i))
+        a = g.op("Sigmoid", [g.op("Sub", [log_f, log_i])])
+        b = g.op("Mul", [g.op("Sub", [one, a]), h_tilde])
+    float_bh = ["B", H]
+    body = helper.make_graph(
+        [
+            helper.make_node("Mul", ["a_t", "h_prev"], ["ah"]),
+            helper.make_node("Add", ["ah", "b_t"], ["h_next"]),
+            helper.make_node("Identity", ["h_next"], ["y_t"]),
+        ],
+        "min_step",
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, float_bh)
+            for n in ("h_prev", "a_t", "b_t")
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, float_bh) for n in ("h_next", "y_t")],
+    )
+    axis0 = g.const("axis0", np.array([0], np.int64))
+    h = g.op("Squeeze", [h0, axis0])  # (B, H)
+    h_T, Y = g.op("Scan", [h, a, b], n_out=2, body=body, num_scan_inputs=2)  # (B, H), (T, B, H)
+    return Y, g.op("Unsqueeze", [h_T, axis0])
 
 
 def reorder(rows: torch.Tensor, kind: str, H: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ call's ``h0``/``c0``. Zeros as the initial state give the model's own start. The
 
     ids --Gather(embedding)--> (B, T, E) --Transpose--> (T, B, E)
     --> per layer l: LSTM/GRU/RNN op (initial_h = h0[l], initial_c = c0[l]) --> Y (T, B, H)
+        (minGRU / minLSTM: MatMul to every step's gates, then a Scan of h = a * h + b)
     --> Transpose (B, T, H) --> MatMul + Add (decoder) --> logits (B, T, V)
 
 Gate orders and the GRU candidate are handled as for the classifiers
@@ -22,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from rnnlab.export.api import register_hook
-from rnnlab.export.graph import Graph, linear, onnx_kind, recurrent_weights, to_numpy
+from rnnlab.export.graph import Graph, linear, min_layer, onnx_kind, recurrent_weights, to_numpy
 from rnnlab.nn.language_model import LanguageModel
+from rnnlab.nn.mincells import MinCell
 
 __all__ = ["language_model_graph"]
 
@@ -45,7 +47,7 @@ def language_model_graph(model: LanguageModel, opset: int) -> Any:
             f"language_model_graph expected a LanguageModel, got {type(model).__name__}"
         )
     g, rnn = Graph(), model.rnn
-    kind = onnx_kind(rnn.cells[0])
+    kind = "MIN" if isinstance(rnn.cells[0], MinCell) else onnx_kind(rnn.cells[0])
     L, H, V = model.num_layers, model.hidden_size, model.vocab_size
     state_names = ["h0", "c0"] if kind == "LSTM" else ["h0"]
     inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])]
@@ -57,6 +59,10 @@ def language_model_graph(model: LanguageModel, opset: int) -> Any:
     finals: dict[str, list[str]] = {"h": [], "c": []}
     axis1 = g.const("axis1", np.array([1], np.int64))
     for layer, c in enumerate(rnn.cells):  # one direction: cell k is layer k
+        if kind == "MIN":
+            x, h_T = min_layer(g, x, c, _layer_state(g, "h0", layer))  # (T, B, H), (1, B, H)
+            finals["h"].append(h_T)
+            continue
         W, R, B = (w[None] for w in recurrent_weights(c, kind, H))  # (1, G*H, F|H), (1, 2GH)
         states = [_layer_state(g, name, layer) for name in state_names]  # (1, B, H) each
         attrs: dict[str, Any] = {"hidden_size": H}
