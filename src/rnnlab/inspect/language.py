@@ -39,6 +39,7 @@ from rnnlab.checkpoint import versions
 from rnnlab.inspect.html import _SCRIPT, _STYLE, colour, picker
 from rnnlab.inspect.html import modes as colour_modes
 from rnnlab.inspect.output import MARKER, check_out, json_bytes, publish
+from rnnlab.inspect.plots import gate_heatmaps
 from rnnlab.inspect.trace import InspectError, Trace, activity, pick_units
 from rnnlab.runs import load_run
 from rnnlab.tasks import LanguageModelTask, get_task
@@ -235,7 +236,9 @@ def inspect_language_model(
 ) -> dict[str, Any]:
     """Run a language-model run on ``text`` with its gates recorded and write into ``out``
     (default ``RUN_DIR/inspect``) ``tokens.html`` (coloured by ``units[0]``, default the most
-    active unit of ``layer``) and ``inspect.json``; with ``find``, also ``units.json``, the
+    active unit of ``layer``), ``states.png`` (heatmaps of every gate and state the cell
+    records, for the chosen units; mLSTM's memory and normaliser norms per head) and
+    ``inspect.json``; with ``find``, also ``units.json``, the
     units best correlated with each text feature (:func:`find_units`). Returns inspect.json."""
     config, model, meta = load_run(run_dir, checkpoint)
     task = get_task(config)
@@ -269,7 +272,12 @@ def inspect_language_model(
     mode = mode or ("c" if "c" in gates[layer] else "h")
     heading = f"{config.model.cell.upper()} language model, layer {layer}"
     page = render_language_page(trace, top_k, chosen[0], mode, heading)
-    files = {"tokens.html": page.encode("utf-8")}
+    files = {
+        "tokens.html": page.encode("utf-8"),
+        "states.png": gate_heatmaps(
+            trace, chosen, title=f"{heading}: every recorded gate and state, token by token"
+        ),
+    }
     summary: dict[str, Any] = {
         "run": str(run_dir),
         "checkpoint": meta["tag"],
@@ -281,6 +289,7 @@ def inspect_language_model(
         "steps": int(real.sum()),
         "units": chosen,
         "units_by": "given" if units is not None else "activity (std over steps of c, or h)",
+        "states": list(gates[layer]),  # what states.png draws, in its order
     }
     if find:
         labels = [example.labels[t] for t in np.flatnonzero(real)]

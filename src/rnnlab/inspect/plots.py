@@ -23,6 +23,10 @@ TITLES = {
     "r": "reset gate r",
     "z": "update gate z",
     "n": "candidate n",
+    "h_tilde": "candidate h~",
+    "m": "stabiliser m",
+    "C_norm": "memory |C| per head",
+    "n_norm": "normaliser |n| per head",
 }
 MAX_TICK_LABELS = 60
 
@@ -42,10 +46,14 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _colour_scale(name: str, values: np.ndarray) -> tuple[str, float, float]:
-    if name in ("i", "f", "o", "r", "z"):  # sigmoid: 0..1
+def _colour_scale(name: str, values: np.ndarray, cell: str = "lstm") -> tuple[str, float, float]:
+    exponential = cell in ("slstm", "mlstm") and name in ("i", "f")  # xLSTM: exp(.) gates
+    if name in ("i", "f", "o", "r", "z") and not exponential:  # sigmoid: 0..1
         return "viridis", 0.0, 1.0
-    if name == "c":  # unbounded: symmetric around 0
+    if exponential or name in ("C_norm", "n_norm", "n", "m"):  # unbounded, mostly one sign
+        lo, hi = float(values.min()), float(values.max())
+        return "viridis", lo, max(hi, lo + 1e-6)
+    if name in ("c", "h_tilde") or np.abs(values).max() > 1.0:  # unbounded: symmetric around 0
         bound = max(float(np.abs(values).max()), 1e-6)
         return "RdBu_r", -bound, bound
     return "RdBu_r", -1.0, 1.0  # tanh-valued
@@ -58,17 +66,22 @@ def gate_heatmaps(trace: Trace, units: list[int], title: str = "") -> bytes:
     T, U = len(trace.labels), len(units)
     fig = _figure(min(4 + 0.16 * T, 24), 1.2 + len(names) * (0.6 + 0.13 * U))
     axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
+    H = trace.hidden_size
     for ax, name in zip(axes, names, strict=True):
-        values = trace.gates[name][:, units].T  # (U, T)
-        cmap, lo, hi = _colour_scale(name, values)
+        record = trace.gates[name]  # (T, H), or (T, heads) for mLSTM's per-head quantities
+        shown = units if record.shape[1] == H else list(range(record.shape[1]))
+        values = record[:, shown].T  # (U, T)
+        cmap, lo, hi = _colour_scale(name, values, trace.cell)
         image = ax.imshow(
             values, aspect="auto", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest"
         )
         fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
         ax.set_ylabel(TITLES.get(name, name), fontsize=8)
-        ticks = range(U) if U <= 32 else range(0, U, max(1, U // 16))
+        rows = len(shown)
+        ticks = range(rows) if rows <= 32 else range(0, rows, max(1, rows // 16))
         ax.set_yticks(list(ticks))
-        ax.set_yticklabels([str(units[k]) for k in ticks], fontsize=6)
+        prefix = "" if shown is units else "head "
+        ax.set_yticklabels([f"{prefix}{shown[k]}" for k in ticks], fontsize=6)
         for t in np.flatnonzero(~trace.real):  # padding: hatched over
             ax.axvspan(t - 0.5, t + 0.5, color="white", alpha=0.6, linewidth=0)
     if T <= MAX_TICK_LABELS:

@@ -59,7 +59,7 @@ class Trace:
 
     @property
     def hidden_size(self) -> int:
-        return next(iter(self.gates.values())).shape[1]
+        return (self.gates["c"] if "c" in self.gates else self.gates["h"]).shape[1]
 
     @property
     def final_probabilities(self) -> np.ndarray:
@@ -138,7 +138,7 @@ def pick_units(
 ) -> list[int]:
     """``units`` checked against H, or by default the ``count`` most active (see
     :func:`activity`), most active first."""
-    H = next(iter(gates.values())).shape[1]
+    H = (gates["c"] if "c" in gates else gates["h"]).shape[1]  # per-head records are narrower
     if units is not None:
         if not units:
             raise InspectError("--units expected at least one unit index, got none")
