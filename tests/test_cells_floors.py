@@ -14,7 +14,6 @@ from rnnlab.serve.app import create_app
 from rnnlab.serve.models import load_served_run
 from serve_runs import LM_SETTINGS, make_run
 
-
 STATES = {
     "slstm": ["i", "f", "z", "o", "c", "n", "m", "h"],
     "mlstm": ["i", "f", "o", "C_norm", "n_norm", "h"],  # the memory's and normaliser's norms
