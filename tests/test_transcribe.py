@@ -178,7 +178,7 @@ def test_inspect_draws_a_spoken_digit_frame_by_frame(runs, tmp_path, capsys):
     assert tested["input"]["test_index"] == 0 and 0 <= tested["input"]["target"] <= 9
     bad = tmp_path / "bad"
     assert main(["inspect", str(runs / "speech"), "--text", "four", "--out", str(bad)]) == 2
-    assert "expected --wav FILE or --index N for a spoken-digit model, got --text" in (
+    assert "a spoken-digit model expected --wav FILE or --index N, got --text" in (
         capsys.readouterr().err
     )
     assert not bad.exists()  # nothing half-written

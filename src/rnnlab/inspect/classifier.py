@@ -159,16 +159,20 @@ def inspect_run(
 
 
 def _only(run_dir: PathLike, given: dict[str, Any], allowed: tuple[str, ...], want: str) -> None:
-    """Refuse inputs a kind does not read, naming what it expected and what came."""
-    came = [f"--{name}" for name, value in given.items() if value is not None]
-    if not came or any(flag[2:] not in allowed for flag in came) or len(came) > 1:
-        raise InspectError(f"{run_dir}: expected {want}, got {' and '.join(came) or 'none'}")
+    """Refuse the inputs a kind does not read, naming what it expected and what came."""
+    foreign = [
+        f"--{name}" for name, value in given.items() if value is not None and name not in allowed
+    ]
+    if foreign:
+        raise InspectError(f"{run_dir}: {want}, got {' and '.join(foreign)}")
 
 
 def _read_text(config, run_dir, task, meta, given, data_dir):
     """A review: the example, its token page and the input as inspect.json shows it."""
-    _only(run_dir, given, ("text",), '--text "..." for a text model')
+    _only(run_dir, given, ("text",), 'a text model expected --text "..."')
     text = given["text"]
+    if text is None:
+        raise InspectError(f'{run_dir}: a text model expected --text "...", got none')
     vocab = read_run_artifacts(run_dir, task, meta)["vocab.json"]
 
     def draw(trace: Trace, chosen: list[int], mode: str | None) -> tuple[str, bytes]:
@@ -179,7 +183,7 @@ def _read_text(config, run_dir, task, meta, given, data_dir):
 
 def _read_image(config, run_dir, task, meta, given, data_dir):
     """An image file or a test example: the example, its row-by-row figure and the input."""
-    _only(run_dir, given, ("image", "index"), "--image FILE or --index N for an image model")
+    _only(run_dir, given, ("image", "index"), "an image model expected --image FILE or --index N")
     image, index = given["image"], given["index"]
     example = image_example(config, run_dir, image, index, data_dir)
 
@@ -192,8 +196,13 @@ def _read_image(config, run_dir, task, meta, given, data_dir):
 
 def _read_audio(config, run_dir, task, meta, given, data_dir):
     """A WAV file or a test recording: the example, its frame-by-frame figure and the input."""
-    _only(run_dir, given, ("wav", "index"), "--wav FILE or --index N for a spoken-digit model")
+    _only(run_dir, given, ("wav", "index"), "a spoken-digit model expected --wav FILE or --index N")
     wav, index = given["wav"], given["index"]
+    if (wav is None) == (index is None):
+        raise InspectError(
+            f"{run_dir}: a spoken-digit model expected exactly one of --wav FILE or --index N, "
+            f"got {'both' if wav is not None else 'neither'}"
+        )
     if wav is not None:
         example, shown = task.example(wav, {}), str(wav)
     else:
