@@ -189,3 +189,20 @@ def test_rnnlab_experiment_names_the_command_that_replaced_it(capsys):
     assert "`python -m projects.long_range --gaps 2 --out 'my runs'`" in err
     assert rnnlab(["experiment"]) == 2
     assert "python -m projects.context" in capsys.readouterr().err
+
+
+def test_every_registry_cell_is_named_coloured_and_styled():
+    """--cells takes any registry cell; a cell missing here crashed a finished 76-minute run
+    when its table and plot were written."""
+    from projects.long_range.report import COLOURS, NAMES, STYLES
+    from rnnlab.nn.registry import CELL_NAMES
+
+    assert set(CELL_NAMES) <= set(NAMES) & set(COLOURS) & set(STYLES)
+
+
+def test_results_of_the_new_cells_are_written(tmp_path):
+    config = LongRangeConfig(**{**TINY, "cells": ("mingru", "mlstm"), "gaps": (2,)})
+    results = run_long_range(config)
+    paths = write_results(results, tmp_path / "out")
+    assert format_table(results).splitlines()[0] == "| gap | minGRU | mLSTM |"
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"

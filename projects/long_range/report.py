@@ -17,10 +17,35 @@ from rnnlab.files import atomic_write
 
 __all__ = ["format_table", "plot_accuracy_vs_gap", "write_results"]
 
-NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-COLOURS = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
-STYLES = {"rnn": ("o", "-", 2.0), "lstm": ("s", "-", 3.5), "gru": ("^", "--", 1.8)}  # lines that
-# coincide (LSTM and GRU both at 1.0) stay visible: the LSTM's is drawn wider, beneath
+# one name, colour and line style for every cell of the registry (--cells takes any of them;
+# tests/test_long_range.py checks that none is missing, which once crashed a finished run)
+NAMES = {
+    "rnn": "RNN",
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "mingru": "minGRU",
+    "minlstm": "minLSTM",
+    "slstm": "sLSTM",
+    "mlstm": "mLSTM",
+}
+COLOURS = {
+    "rnn": "tab:red",
+    "lstm": "tab:blue",
+    "gru": "tab:green",
+    "mingru": "tab:olive",
+    "minlstm": "tab:cyan",
+    "slstm": "tab:purple",
+    "mlstm": "tab:orange",
+}
+STYLES = {  # lines that coincide (all at 1.0) stay visible: the earlier ones drawn wider, beneath
+    "rnn": ("o", "-", 2.0),
+    "lstm": ("s", "-", 3.5),
+    "gru": ("^", "--", 1.8),
+    "mingru": ("v", ":", 1.6),
+    "minlstm": ("D", "-.", 1.4),
+    "slstm": ("P", "-", 1.2),
+    "mlstm": ("X", "--", 1.0),
+}
 
 
 def format_table(results: LongRangeResults) -> str:
