@@ -329,7 +329,8 @@ class Config:
         before the image kind had its one name (``model.kind = "sequence"``) reads as
         ``"image"``."""
         model = values.get("model")
-        if isinstance(model, Mapping) and model.get("kind") in _OLD_KINDS:
+        kind = model.get("kind") if isinstance(model, Mapping) else None
+        if isinstance(kind, str) and kind in _OLD_KINDS:  # a list or dict is refused below
             values = {**values, "model": {**model, "kind": _OLD_KINDS[model["kind"]]}}
         return strict_dataclass(cls, values, "")
 
