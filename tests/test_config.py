@@ -49,6 +49,7 @@ def test_overrides_are_typed():
         ),
         ("model.dropout=1.5", "model.dropout: expected in [0, 1)"),
         ("model.bidirectional=1", "model.bidirectional: expected bool, got 1"),
+        ("model.kind=[]", "model.kind: expected str, got []"),  # once a TypeError
         (
             "model.precision=fp16",
             "model.precision: expected one of 'fp32' | 'bf16' | 'auto', got 'fp16'",
