@@ -104,8 +104,6 @@ def image_predictions(trace: Trace, image: np.ndarray, target: int | None = None
     the same row axis, and the probability of the final prediction (and of the true class)
     as the rows arrive."""
     probs = trace.probabilities  # (T, C)
-    final = int(np.argmax(trace.final_probabilities))
-    T = probs.shape[0]
     fig = _figure(11, 4.2)
     left, middle, right = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.1, 1.4]})
     left.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -120,26 +118,30 @@ def image_predictions(trace: Trace, image: np.ndarray, target: int | None = None
     middle.set_xticklabels(trace.class_names, fontsize=8)
     middle.set_title("P(class) after each row", fontsize=9)
     middle.set_ylabel("row")
-    rows = np.arange(T)
-    right.plot(
-        rows, probs[:, final], "o-", markersize=3, label=f"predicted {trace.class_names[final]}"
-    )
-    if target is not None and target != final:
-        right.plot(
-            rows, probs[:, target], "s-", markersize=3, label=f"true {trace.class_names[target]}"
-        )
-    right.set_ylim(-0.02, 1.02)
-    right.set_xlabel("rows read")
-    right.set_ylabel("probability")
-    right.grid(alpha=0.3)
-    right.legend(fontsize=8)
-    truth = "" if target is None else f", true class {trace.class_names[target]}"
-    right.set_title(
-        f"final: {trace.class_names[final]} ({trace.final_probabilities[final]:.3f}){truth}",
-        fontsize=9,
-    )
+    _final_curve(right, trace, target, "rows read", ("o-", "s-"))
     fig.tight_layout()
     return _png(fig)
+
+
+def _final_curve(ax, trace: Trace, target: int | None, xlabel: str, styles: tuple[str, str]):
+    """The probability of the final prediction (and of the true class, when it differs) after
+    each step, titled with the final prediction: the last panel of the prediction figures."""
+    probs = trace.probabilities  # (T, C)
+    final = int(np.argmax(trace.final_probabilities))
+    steps = np.arange(probs.shape[0])
+    names = trace.class_names
+    ax.plot(steps, probs[:, final], styles[0], markersize=3, label=f"predicted {names[final]}")
+    if target is not None and target != final:
+        ax.plot(steps, probs[:, target], styles[1], markersize=3, label=f"true {names[target]}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("probability")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    truth = "" if target is None else f", true class {names[target]}"
+    ax.set_title(
+        f"final: {names[final]} ({trace.final_probabilities[final]:.3f}){truth}", fontsize=9
+    )
 
 
 def saturation_scatter(stats: dict, title: str = "") -> bytes:
@@ -176,7 +178,6 @@ def audio_predictions(trace: Trace, frames: np.ndarray, target: int | None = Non
     had the recording ended after each frame, on the same frame axis, and below them the
     probability of the final prediction (and of the true class) as the frames arrive."""
     probs = trace.probabilities  # (T, C)
-    final = int(np.argmax(trace.final_probabilities))
     T = probs.shape[0]
     fig = _figure(min(16, 5 + T * 0.06), 7.5)
     top, middle, bottom = fig.subplots(
@@ -191,19 +192,6 @@ def audio_predictions(trace: Trace, frames: np.ndarray, target: int | None = Non
     )  # fmt: skip
     middle.set_yticks(range(len(trace.class_names)), trace.class_names, fontsize=8)
     middle.set_title("P(class) had the recording ended after each frame", fontsize=9)
-    frames_read = np.arange(T)
-    bottom.plot(frames_read, probs[:, final], "-", label=f"predicted {trace.class_names[final]}")
-    if target is not None and target != final:
-        bottom.plot(frames_read, probs[:, target], "--", label=f"true {trace.class_names[target]}")
-    bottom.set_ylim(-0.02, 1.02)
-    bottom.set_xlabel("frame")
-    bottom.set_ylabel("probability")
-    bottom.grid(alpha=0.3)
-    bottom.legend(fontsize=8)
-    truth = "" if target is None else f", true class {trace.class_names[target]}"
-    bottom.set_title(
-        f"final: {trace.class_names[final]} ({trace.final_probabilities[final]:.3f}){truth}",
-        fontsize=9,
-    )
+    _final_curve(bottom, trace, target, "frame", ("-", "--"))
     fig.tight_layout()
     return _png(fig)
