@@ -37,19 +37,25 @@ GATE_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}
 
 
 class Graph:
-    """Nodes and initializers under construction, with fresh names."""
+    """Nodes and initializers under construction, with fresh names.
 
-    def __init__(self) -> None:
+    A loop body (the graph of a ``Scan``) is a Graph of its own with a ``prefix`` that no other
+    name has, such as ``g.name("slstm_step") + "/"``: ONNX wants every name unique across a
+    graph and the bodies nested in it. A body may read the outer graph's values (its weights,
+    made with the outer ``g.const``) by name."""
+
+    def __init__(self, prefix: str = "") -> None:
         from onnx import helper
 
         self.helper = helper
+        self.prefix = prefix
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self.count = 0
 
     def name(self, stem: str) -> str:
         self.count += 1
-        return f"{stem}_{self.count}"
+        return f"{self.prefix}{stem}_{self.count}"
 
     def const(self, stem: str, value: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -71,13 +77,15 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def onnx_kind(cell: nn.Module) -> str:
     """The ONNX op of an rnnlab cell: ``"LSTM"``, ``"GRU"`` or ``"RNN"``; any other cell (the
-    cells of 2024 have no ONNX op) is refused, naming it."""
+    cells of 2024 have no ONNX op; a language model's exporter writes their steps as a ``Scan``:
+    :func:`min_layer`, :mod:`rnnlab.export.xlstm`) is refused, naming it."""
     for kind, cls in (("LSTM", LSTMCell), ("GRU", GRUCell), ("RNN", RNNCell)):
         if isinstance(cell, cls):
             return kind
     raise ExportError(
         f"ONNX export expected an LSTM, GRU or RNN cell here, got {type(cell).__name__} (a "
-        "language model of minGRU or minLSTM exports; other models of the 2024 cells do not yet)"
+        "language model of minGRU, minLSTM, sLSTM or mLSTM exports; other models of the 2024 "
+        "cells do not yet)"
     )
 
 
