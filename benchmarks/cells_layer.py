@@ -1,10 +1,13 @@
-"""One recurrent layer's training step (forward + backward), parallel path against the
-step-by-step reference, for minGRU and minLSTM, at the shapes of workloads E and F.
+"""One recurrent layer's training step (forward + backward) for minGRU and minLSTM at the shapes
+of workloads E and F: the step-by-step reference loop, the pure-torch parallel path
+(``backend="fused"``: one GEMM, then a blocked scan in torch ops) and the compiled path
+(``backend="compiled"``, what ``"auto"`` takes where the extension builds: the same GEMM, then
+the time loop in C++).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/cells_layer.py
 
-Interleaved repeats (reference, parallel, reference, ...), median and min-max of 7, after a
-warm-up; the ratio is reference time / parallel time from the same run (rule 12). Freed
+Interleaved repeats (reference, fused, compiled, reference, ...), median and min-max of 7, after
+a warm-up; each ratio is the reference's time over the path's, from the same run (rule 12). Freed
 memory is retained (rnnlab.allocator), as in rnnlab train.
 """
 
@@ -42,7 +45,7 @@ def main() -> None:
         x = torch.randn(B, T, I, requires_grad=True)
         for cls in (rnnlab.MinGRU, rnnlab.MinLSTM):
             layer = cls(I, H)
-            times = {"reference": [], "auto": []}
+            times = {"reference": [], "fused": [], "compiled": []}
             for backend in times:
                 step(layer, x, backend)  # warm-up
             for _ in range(7):
@@ -51,14 +54,14 @@ def main() -> None:
                     step(layer, x, backend)
                     times[backend].append(time.perf_counter() - start)
             med = {b: statistics.median(t) for b, t in times.items()}
-            spread = {b: (min(t), max(t)) for b, t in times.items()}
-            print(
-                f"{name:22s} {cls.__name__:8s} reference {1e3 * med['reference']:8.1f} ms "
-                f"({1e3 * spread['reference'][0]:.1f}-{1e3 * spread['reference'][1]:.1f})  "
-                f"parallel {1e3 * med['auto']:8.1f} ms "
-                f"({1e3 * spread['auto'][0]:.1f}-{1e3 * spread['auto'][1]:.1f})  "
-                f"x {med['reference'] / med['auto']:.2f}"
-            )
+            cells = []
+            for backend, ts in times.items():
+                cell = f"{backend} {1e3 * med[backend]:7.1f} ms ({1e3 * min(ts):.1f}-{1e3 * max(ts):.1f})"
+                if backend != "reference":
+                    cell += f" x {med['reference'] / med[backend]:.2f}"
+                cells.append(cell)
+            print(f"{name:20s} {cls.__name__:8s} " + "  ".join(cells), flush=True)
+    print(time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime()), os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rnnlab
+from compiled_kernels import require_compiled_kernels
 from rnnlab.nn.backends import parallel
 from rnnlab.nn.backends.parallel import linear_scan
 
@@ -79,6 +80,19 @@ def chunks(request, monkeypatch) -> str:
     return request.param
 
 
+@pytest.fixture(params=["fused-sweep", "fused-blocked", "compiled"])
+def fast(request, monkeypatch) -> str:
+    """Each fast path of the layers, as a backend name: the pure-torch parallel path with
+    either form of its scan, and the compiled time loop (skipped where it cannot build)."""
+    if request.param == "compiled":
+        require_compiled_kernels()
+        return "compiled"
+    blocked = request.param == "fused-blocked"
+    rule = (lambda B, T, H: max(1, math.isqrt(T))) if blocked else (lambda B, T, H: 1)
+    monkeypatch.setattr(parallel, "chunk_length", rule)
+    return "fused"
+
+
 def test_chunk_length_rule() -> None:
     assert parallel.chunk_length(64, 128, 512) == 1  # B*H >= 4096: a sweep
     assert parallel.chunk_length(8, 4096, 64) == 64  # small steps: sqrt(T)
@@ -119,10 +133,22 @@ def test_long_scan_stays_finite_at_saturated_gates(chunks) -> None:
     h = linear_scan(a, b, h0)
     assert torch.isfinite(h).all()
     torch.testing.assert_close(h, naive_scan(a, b, h0), rtol=1e-5, atol=1e-5)
-    x = torch.randn(2, 300, 3) * 1e4  # saturated gates in the cells
-    for cls in LAYERS:
-        out, state = cls(3, 4)(x)
-        assert torch.isfinite(out).all() and torch.isfinite(state).all()
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_saturated_gates_stay_finite_on_every_path(fast, cls) -> None:
+    """Inputs of +-1e4 saturate every gate (f and i both underflow to 0 in minLSTM): outputs
+    and gradients stay finite and equal the reference's."""
+    torch.manual_seed(1)
+    layer = cls(3, 4)
+    x = torch.randn(2, 300, 3) * 1e4
+    h0 = torch.randn(1, 2, 4)
+    want = run(layer, x, h0, "reference")
+    got = run(layer, x, h0, fast)
+    for w, h in zip(want, got, strict=True):  # h~ is of the order of 1e4: relative to the scale
+        assert torch.isfinite(h).all()
+        scale = w.abs().max()
+        torch.testing.assert_close(h / scale, w / scale, rtol=0, atol=1e-5)
 
 
 # -- the parallel path against the reference ------------------------------------------------------
@@ -139,7 +165,7 @@ def run(layer, x, h0, backend, **kwargs):
 
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("seed", range(4))
-def test_parallel_path_equals_the_reference(chunks, cls, seed: int) -> None:
+def test_fast_paths_equal_the_reference(fast, cls, seed: int) -> None:
     """Random sizes, lengths, padding side, layers and directions; fp32, 1e-5 relative."""
     g = torch.Generator().manual_seed(seed)
     B, T, I, H = (
@@ -155,16 +181,16 @@ def test_parallel_path_equals_the_reference(chunks, cls, seed: int) -> None:
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     padding = "pre" if seed % 3 == 0 else "post"
     want = run(layer, x, h0, "reference", lengths=lengths, padding=padding)
-    got = run(layer, x, h0, "auto", lengths=lengths, padding=padding)
+    got = run(layer, x, h0, fast, lengths=lengths, padding=padding)
     for w, h in zip(want, got, strict=True):
         torch.testing.assert_close(h, w, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls", LAYERS)
-def test_arbitrary_mask_leaves_the_state_unchanged(chunks, cls) -> None:
+def test_arbitrary_mask_leaves_the_state_unchanged(fast, cls) -> None:
     """A masked step (anywhere, not only at the ends) neither moves the state nor outputs."""
     torch.manual_seed(2)
-    layer = cls(3, 4, bidirectional=True)
+    layer = cls(3, 4, bidirectional=True, backend=fast)
     randomise_biases(layer)
     x = torch.randn(2, 6, 3)
     mask = torch.tensor([[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 0, 1]], dtype=torch.bool)
@@ -180,9 +206,9 @@ def test_arbitrary_mask_leaves_the_state_unchanged(chunks, cls) -> None:
 
 
 @pytest.mark.parametrize("cls", LAYERS)
-def test_layer_gradcheck_float64(chunks, cls) -> None:
+def test_layer_gradcheck_float64(fast, cls) -> None:
     torch.manual_seed(3)
-    layer = cls(3, 2, num_layers=2, bidirectional=True).double()
+    layer = cls(3, 2, num_layers=2, bidirectional=True, backend=fast).double()
     randomise_biases(layer)
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
@@ -202,11 +228,11 @@ def test_layer_gradcheck_float64(chunks, cls) -> None:
 
 
 @pytest.mark.parametrize("cls", LAYERS)
-def test_carried_state_equals_one_pass(cls) -> None:
+def test_carried_state_equals_one_pass(fast, cls) -> None:
     """Two windows with the state carried = one pass over both, and stepping one step at a
     time (T = 1 calls, as generation does) gives the same outputs."""
     torch.manual_seed(4)
-    layer = cls(3, 5, num_layers=2)
+    layer = cls(3, 5, num_layers=2, backend=fast)
     randomise_biases(layer)
     x = torch.randn(2, 9, 3)
     whole, final = layer(x)
@@ -222,15 +248,15 @@ def test_carried_state_equals_one_pass(cls) -> None:
 
 
 @pytest.mark.parametrize("cls", LAYERS)
-def test_bf16_precision_is_close_to_fp32(cls) -> None:
+def test_bf16_precision_is_close_to_fp32(fast, cls) -> None:
     torch.manual_seed(5)
-    layer = cls(16, 32, num_layers=2)
+    layer = cls(16, 32, num_layers=2, backend=fast)
     x = torch.randn(4, 20, 16)
     want, _ = layer(x)
     got, state = layer(x, precision="bf16")
     assert got.dtype == torch.float32 and state.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
-    half, _ = layer.bfloat16()(x.bfloat16())  # a bf16 module: scanned in float32, cast back
+    half, _ = layer.bfloat16()(x.bfloat16(), backend="auto")  # scanned in float32, cast back
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), want, rtol=0.05, atol=0.05)
 

@@ -41,6 +41,8 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "compiled.lstm_infer_pair": (compiled, "lstm_infer_pair"),
     "compiled.gru_train": (compiled, "gru_train"),
     "compiled.gru_forward": (compiled, "gru_forward"),
+    "compiled.mingru": (compiled, "mingru"),
+    "compiled.minlstm": (compiled, "minlstm"),
     "torch.lstm": (native, "lstm"),
     "torch.gru": (native, "gru"),
     "torch.rnn": (native, "rnn"),
@@ -186,7 +188,7 @@ def test_auto_warns_once_when_the_build_failed(ran, monkeypatch) -> None:
 
 
 def test_forced_compiled_that_cannot_run_names_the_cause(ran) -> None:
-    with pytest.raises(RuntimeError, match="cover LSTM and GRU cells, not RNNCell.*backend='auto'"):
+    with pytest.raises(RuntimeError, match="minGRU and minLSTM cells, not RNNCell.*backend=.auto."):
         call(rnnlab.RNN(2, 3, backend="compiled"), X)
     with pytest.raises(
         RuntimeError, match="need float32 or float64 input.*got input torch.float16"

@@ -7,23 +7,48 @@ import pytest
 import torch
 
 import rnnlab
+from rnnlab.nn.backends import _ext
 from test_routing import LENGTHS, X, call, names
+from test_routing import ext as compiled_extension
 from test_routing import ran as recorded_kernels
 
 ran = recorded_kernels  # the fixture that records which kernels ran, under its usual name
+ext = compiled_extension  # the fixture that builds the extension or skips
 
-# -- minGRU and minLSTM: the parallel path ---------------------------------------------------------
-MIN_LAYERS = [(rnnlab.MinGRU, "parallel.mingru"), (rnnlab.MinLSTM, "parallel.minlstm")]
+# -- minGRU and minLSTM: the parallel path and the compiled time loop ------------------------------
+MIN_LAYERS = [(rnnlab.MinGRU, "mingru"), (rnnlab.MinLSTM, "minlstm")]
 
 
 @pytest.mark.parametrize("cls, kernel", MIN_LAYERS)
-@pytest.mark.parametrize("backend", ["auto", "fused"])
 @pytest.mark.parametrize("grad", [False, True])
-def test_min_cells_run_the_parallel_scan(ran, cls, kernel: str, backend: str, grad: bool) -> None:
-    """No extension is asked for: auto goes straight to the parallel path, masked or not."""
+def test_min_cells_fused_runs_the_parallel_scan(ran, cls, kernel: str, grad: bool) -> None:
+    call(cls(2, 3, num_layers=2, bidirectional=True, backend="fused"), X, grad, **LENGTHS)
+    call(cls(2, 3, backend="fused").double(), X.double(), grad)
+    assert ran == [(f"parallel.{kernel}", False)] * 5
+
+
+@pytest.mark.parametrize("cls, kernel", MIN_LAYERS)
+@pytest.mark.parametrize("backend", ["auto", "compiled"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_min_cells_auto_and_compiled_run_the_compiled_loop(
+    ran, ext, cls, kernel: str, backend: str, grad: bool
+) -> None:
+    """Masked or not, float32 or float64, with or without grad: one compiled row."""
     call(cls(2, 3, num_layers=2, bidirectional=True, backend=backend), X, grad, **LENGTHS)
     call(cls(2, 3, backend=backend).double(), X.double(), grad)
-    assert ran == [(kernel, False)] * 5
+    assert ran == [(f"compiled.{kernel}", False)] * 5
+
+
+@pytest.mark.parametrize("cls, kernel", MIN_LAYERS)
+def test_min_cells_auto_falls_back_to_the_parallel_scan(ran, monkeypatch, cls, kernel) -> None:
+    """Where the extension cannot run, auto takes the pure-torch parallel path; a forced
+    compiled backend names the reason."""
+    monkeypatch.setattr(_ext, "load", lambda: None)
+    monkeypatch.setattr(_ext, "unavailable_reason", lambda: "no compiler (test)")
+    call(cls(2, 3, backend="auto"), X, grad=True)
+    assert ran == [(f"parallel.{kernel}", False)]
+    with pytest.raises(RuntimeError, match="backend='compiled' cannot run here: no compiler"):
+        call(cls(2, 3, backend="compiled"), X)
 
 
 @pytest.mark.parametrize("cls, kernel", MIN_LAYERS)
@@ -35,26 +60,31 @@ def test_min_cells_reference_and_return_gates_run_the_loop(ran, cls, kernel: str
 
 
 @pytest.mark.parametrize("cls, kernel", MIN_LAYERS)
-@pytest.mark.parametrize("backend", ["compiled", "torch"])
-def test_min_cells_forced_compiled_or_torch_names_the_fix(ran, cls, kernel, backend: str) -> None:
-    with pytest.raises(RuntimeError, match=f"backend='{backend}' has no kernel for Min.*'auto'"):
-        call(cls(2, 3, backend=backend), X)
+def test_min_cells_forced_torch_names_the_fix(ran, cls, kernel) -> None:
+    with pytest.raises(RuntimeError, match="backend='torch' has no kernel for Min.*torch has none"):
+        call(cls(2, 3, backend="torch"), X)
     assert ran == []
 
 
 @pytest.mark.parametrize("cls, kernel", MIN_LAYERS)
-def test_min_cells_bf16_rows(ran, cls, kernel: str) -> None:
-    """precision='bf16' and autocast: bf16 GEMM operands on the parallel path; bf16 asked for
+@pytest.mark.parametrize("backend", ["fused", "compiled"])
+def test_min_cells_bf16_rows(ran, ext, cls, kernel: str, backend: str) -> None:
+    """precision='bf16' and autocast: bf16 GEMM operands on either fast path; bf16 asked for
     where it cannot run raises, naming the cause."""
-    call(cls(2, 4, precision="bf16"), X, grad=True)
+    call(cls(2, 4, precision="bf16", backend=backend), X, grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        call(cls(2, 4), X)
-    call(cls(2, 4), X)
-    assert ran == [(kernel, True), (kernel, True), (kernel, False)]
+        call(cls(2, 4, backend=backend), X)
+    call(cls(2, 4, backend=backend), X)
+    path = "parallel" if backend == "fused" else "compiled"
+    assert ran == [
+        (f"{path}.{kernel}", True),
+        (f"{path}.{kernel}", True),
+        (f"{path}.{kernel}", False),
+    ]
     with pytest.raises(RuntimeError, match="but this call uses backend 'reference'"):
         call(cls(2, 4, backend="reference", precision="bf16"), X)
     with pytest.raises(RuntimeError, match="bf16 mode takes float32 input.*got torch.float64"):
-        call(cls(2, 4, precision="bf16").double(), X.double())
+        call(cls(2, 4, precision="bf16", backend=backend).double(), X.double())
 
 
 # -- sLSTM: the fused path ----------------------------------------------------------------------

@@ -20,7 +20,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnlab.nn.backends import _ext
+from rnnlab.nn.backends.parallel import input_projection
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState
+from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
 
 __all__ = [
     "compiled_unavailable",
@@ -30,24 +32,29 @@ __all__ = [
     "lstm_infer_pair",
     "gru_train",
     "gru_forward",
+    "mingru",
+    "minlstm",
 ]
 
 _COMPILED_DTYPES = (torch.float32, torch.float64)
 
 
-def compiled_unavailable(cell: Cell, x: Tensor) -> str | None:
+def compiled_unavailable(cell: Cell | MinCell, x: Tensor) -> str | None:
     """Why the compiled kernels cannot run ``cell`` on ``x``, or None if they can: they cover
-    LSTM and GRU cells, float32 and float64 CPU tensors, and need the extension to be built
-    (AVX-512 CPU, C++ compiler, ninja; :func:`rnnlab.nn.backends._ext.load` builds it on the
-    first call). Public as :func:`rnnlab.nn.backends.compiled_unavailable`."""
-    if not isinstance(cell, (LSTMCell, GRUCell)):
-        return f"the compiled kernels cover LSTM and GRU cells, not {type(cell).__name__}"
+    LSTM, GRU, minGRU and minLSTM cells, float32 and float64 CPU tensors, and need the extension
+    to be built (AVX-512 CPU, C++ compiler, ninja; :func:`rnnlab.nn.backends._ext.load` builds
+    it on the first call). Public as :func:`rnnlab.nn.backends.compiled_unavailable`."""
+    if not isinstance(cell, (LSTMCell, GRUCell, MinCell)):
+        return (
+            "the compiled kernels cover LSTM, GRU, minGRU and minLSTM cells, not "
+            f"{type(cell).__name__}"
+        )
     if x.device.type != "cpu":
         return f"the compiled kernels run on the CPU, got a tensor on {x.device}"
-    if x.dtype not in _COMPILED_DTYPES or cell.weight_hh.dtype != x.dtype:
+    if x.dtype not in _COMPILED_DTYPES or cell.weight_ih.dtype != x.dtype:
         return (
             f"the compiled kernels need float32 or float64 input and weights of one dtype, got "
-            f"input {x.dtype} and weights {cell.weight_hh.dtype}"
+            f"input {x.dtype} and weights {cell.weight_ih.dtype}"
         )
     if _ext.load() is None:
         return _ext.unavailable_reason()
@@ -131,6 +138,62 @@ def gru_forward(
     args = (cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn, mask, reverse)
     out, h = _ext.load().gru_forward(x, state, *args, False)
     return out, h
+
+
+# -- minGRU / minLSTM ---------------------------------------------------------------------------
+def mingru(
+    cell: MinGRUCell, x: Tensor, state: Tensor, mask: Tensor | None, *, reverse: bool, bf16: bool
+) -> tuple[Tensor, Tensor]:
+    """One minGRU direction over x (B, T, I) from state (B, H): the input GEMM of the parallel
+    path (:func:`rnnlab.nn.backends.parallel.input_projection`, bf16 operands if ``bf16``), then
+    ``minscan.cpp``'s time loop, forwards and (under autograd) backwards. Training and inference
+    alike: without grad nothing is kept. Returns (output (B, T, H), zero at steps where ``mask``
+    (B, T) is False, final state (B, H))."""
+    return _min_scan(cell, x, state, mask, reverse=reverse, bf16=bf16, kind=0)
+
+
+def minlstm(
+    cell: MinLSTMCell, x: Tensor, state: Tensor, mask: Tensor | None, *, reverse: bool, bf16: bool
+) -> tuple[Tensor, Tensor]:
+    """One minLSTM direction, as :func:`mingru`."""
+    return _min_scan(cell, x, state, mask, reverse=reverse, bf16=bf16, kind=1)
+
+
+def _min_scan(
+    cell: MinCell,
+    x: Tensor,
+    state: Tensor,
+    mask: Tensor | None,
+    *,
+    reverse: bool,
+    bf16: bool,
+    kind: int,
+) -> tuple[Tensor, Tensor]:
+    k = input_projection(cell, x, bf16=bf16).contiguous()  # (B, T, G*H)
+    mask = None if mask is None else mask.contiguous()
+    h = _CompiledMinScan.apply(k, state.contiguous(), mask, reverse, kind)  # (B, T, H)
+    final = h[:, 0] if reverse else h[:, -1]  # the state after the last step read
+    return (h if mask is None else h * mask[:, :, None]), final
+
+
+class _CompiledMinScan(torch.autograd.Function):
+    """The minGRU / minLSTM recurrence over pre-activations k (B, T, G*H) in C++."""
+
+    @staticmethod
+    def forward(ctx, k, h0, mask, reverse, kind):
+        h = _ext.load().min_scan_forward(k, h0, mask, reverse, kind)
+        ctx.reverse, ctx.kind = reverse, kind
+        ctx.save_for_backward(k, h0, h, mask)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh):
+        k, h0, h, mask = ctx.saved_tensors
+        dk, dh0 = _ext.load().min_scan_backward(
+            k, h0, h, dh.contiguous(), mask, ctx.reverse, ctx.kind
+        )
+        return dk, dh0, None, None, None
 
 
 class _CompiledLSTM(torch.autograd.Function):

@@ -66,6 +66,8 @@ Kernel = Literal[
     "compiled.lstm_infer_pair",
     "compiled.gru_train",
     "compiled.gru_forward",
+    "compiled.mingru",
+    "compiled.minlstm",
     "torch.lstm",
     "torch.gru",
     "torch.rnn",
@@ -76,7 +78,7 @@ Kernel = Literal[
 ]
 State = Tensor | LSTMState | SLSTMState | MLSTMState
 AnyCell = Cell | MinCell | SLSTMCell | MLSTMCell  # the classic cells, and those of 2024
-_NO_NATIVE = (MinCell, SLSTMCell, MLSTMCell)  # cells with no compiled and no torch kernel
+_NO_NATIVE = (SLSTMCell, MLSTMCell)  # cells with no compiled and no torch kernel
 _FUSED: dict[type[AnyCell], Kernel] = {
     LSTMCell: "fused.lstm",
     GRUCell: "fused.gru",
@@ -144,15 +146,17 @@ def scan_layer(
                                                                        float32 GEMMs)
         reference    any                                             reference.scan
         fused        LSTM / GRU / RNN cell                           fused.lstm / .gru / .rnn
-        fused, auto  minGRU / minLSTM cell                           parallel.mingru / .minlstm
+        fused        minGRU / minLSTM cell                           parallel.mingru / .minlstm
                                                                        (one GEMM, then a
                                                                        blocked scan over time)
         fused, auto  sLSTM cell                                      fused.slstm (one input
                                                                        GEMM, then the steps)
         fused, auto  mLSTM cell                                      parallel.mlstm (every
                                                                        step at once)
-        compiled,    minGRU / minLSTM / sLSTM / mLSTM cell           RuntimeError: no such
+        compiled,    sLSTM / mLSTM cell                              RuntimeError: no such
           torch                                                        kernel; use 'auto'
+        torch        minGRU / minLSTM cell                           RuntimeError: no such
+                                                                       kernel; use 'auto'
         torch        mask                                            ValueError: torch's ops
                                                                        cannot skip padding
         torch        dtype not float32/float64                       RuntimeError: the dtype
@@ -161,7 +165,8 @@ def scan_layer(
                                                                        on CPU, cuDNN on CUDA)
         compiled     compiled cannot run                             RuntimeError: the reason
                                                                        and the fix
-        auto         compiled cannot run                             fused.lstm / .gru / .rnn
+        auto         compiled cannot run                             fused.lstm / .gru / .rnn,
+                                                                       parallel.mingru / .minlstm
                                                                        (warns once if the
                                                                        extension failed to build)
         compiled,    LSTM, bidirectional, no grad, no mask, float32  compiled.lstm_infer_pair
@@ -171,23 +176,29 @@ def scan_layer(
                      LSTM, no grad, mask or float64                  compiled.lstm_forward
                      GRU, grad                                       compiled.gru_train
                      GRU, no grad                                    compiled.gru_forward
+                     minGRU / minLSTM, grad or not, any mask         compiled.mingru / .minlstm
+                                                                       (the parallel path's GEMM,
+                                                                       then the time loop in C++)
 
         bf16 GEMM operands (Route.bf16), from the backend chosen above:
         precision    call conditions                                 bf16
         -----------  ----------------------------------------------  -------------------------
         fp32         compiled, LSTM, under                           on
                        torch.autocast("cpu", dtype=torch.bfloat16)
-        fp32         fused, minGRU / minLSTM, under autocast         on
+        fp32         fused or compiled, minGRU / minLSTM, under      on
+                       autocast
         fp32         anything else                                   off
         bf16         compiled, LSTM, float32                         on
-        bf16         fused, minGRU / minLSTM, float32                on (the input GEMM; the
+        bf16         fused or compiled, minGRU / minLSTM, float32    on (the input GEMM; the
                                                                        scan stays float32)
         bf16         anything else                                   RuntimeError: the reason
                                                                        and the fix
 
     bf16 keeps float32 parameters, gates, cell state and outputs (see :func:`use_bf16`). The
-    minGRU / minLSTM rows are :mod:`rnnlab.nn.backends.parallel`; they have no compiled or
-    torch kernel, so ``"auto"`` takes their parallel path without asking for the extension.
+    minGRU / minLSTM rows share the input GEMM (:func:`rnnlab.nn.backends.parallel.
+    input_projection`); their fused row scans over time in torch ops, their compiled row in one
+    C++ pass (``minscan.cpp``, which cannot be differentiated twice: gradgradcheck takes
+    ``"fused"``); torch has no kernel for them.
 
     Recording gates is a per-call request that outranks the layer's configuration: whatever
     ``backend`` and ``precision`` say, ``return_gates=True`` runs the reference loop on the
@@ -276,6 +287,8 @@ def _cell_kernel(table: dict[type[AnyCell], Kernel], cell: AnyCell) -> Kernel:
 
 def _compiled_kernel(cell: AnyCell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
     """The compiled rows of the table for one direction."""
+    if isinstance(cell, MinCell):
+        return "compiled.mingru" if isinstance(cell, MinGRUCell) else "compiled.minlstm"
     grad = needs_backward(x, [cell], [state])
     if isinstance(cell, LSTMCell):
         if grad:
@@ -327,6 +340,10 @@ def _run(
         out, final = parallel.mingru(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
     elif kernel == "parallel.minlstm":
         out, final = parallel.minlstm(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
+    elif kernel == "compiled.mingru":
+        out, final = compiled.mingru(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
+    elif kernel == "compiled.minlstm":
+        out, final = compiled.minlstm(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
     elif kernel == "fused.slstm":
         out, final = slstm.slstm(cell, x, state, mask, reverse=reverse)
     elif kernel == "parallel.mlstm":
@@ -350,13 +367,18 @@ def resolve_backend(
         raise ValueError(f"expected backend in {BACKENDS}, got {requested!r}")
     if requested == "reference" or return_gates:
         return "reference"
-    if isinstance(cell, _NO_NATIVE):
+    if isinstance(cell, _NO_NATIVE) or (isinstance(cell, MinCell) and requested == "torch"):
         if requested in ("auto", "fused"):
             return "fused"
+        missing = (
+            "torch has none"
+            if isinstance(cell, MinCell)
+            else "neither rnnlab's compiled kernels nor torch have one"
+        )
         raise RuntimeError(
-            f"backend={requested!r} has no kernel for {type(cell).__name__} (neither rnnlab's "
-            "compiled kernels nor torch have one). Use backend='auto' or 'fused' (its pure-torch "
-            "fast path) or 'reference' (the step-by-step loop)."
+            f"backend={requested!r} has no kernel for {type(cell).__name__} ({missing}). Use "
+            "backend='auto' or 'fused' (its pure-torch fast path) or 'reference' (the "
+            "step-by-step loop)."
         )
     if requested in ("fused", "torch"):
         return requested

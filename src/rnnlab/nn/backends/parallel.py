@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from rnnlab.nn.mincells import MinCell
 
-__all__ = ["linear_scan", "mingru", "minlstm"]
+__all__ = ["input_projection", "linear_scan", "mingru", "minlstm"]
 
 
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor, *, reverse: bool = False) -> Tensor:
@@ -129,14 +129,20 @@ def _sweep(a: Tensor, b: Tensor, h0: Tensor, *, reverse: bool) -> Tensor:
     return out
 
 
+def input_projection(cell: MinCell, x: Tensor, *, bf16: bool) -> Tensor:
+    """Step 1 of the module docstring: every step's pre-activations k = x W^T + b (B, T, G*H),
+    with bf16 operands and a float32 result (as under ``torch.autocast``) when ``bf16``. The
+    compiled rows (:func:`rnnlab.nn.backends.compiled.mingru`, ``.minlstm``) share it."""
+    if bf16:
+        return (x.bfloat16() @ cell.weight_ih.bfloat16().T).float() + cell.bias
+    return F.linear(x, cell.weight_ih, cell.bias)  # the bias inside the GEMM
+
+
 def _scan_cell(
     cell: MinCell, x: Tensor, h0: Tensor, mask: Tensor | None, *, reverse: bool, bf16: bool
 ) -> tuple[Tensor, Tensor]:
     """Steps 1-3 of the module docstring for one direction: (output (B, T, H), h_T (B, H))."""
-    if bf16:  # bf16 operands, float32 result, as torch.autocast would
-        k = (x.bfloat16() @ cell.weight_ih.bfloat16().T).float() + cell.bias  # (B, T, G*H)
-    else:
-        k = F.linear(x, cell.weight_ih, cell.bias)  # (B, T, G*H): the bias inside the GEMM
+    k = input_projection(cell, x, bf16=bf16)  # (B, T, G*H)
     a, b, _ = cell.coefficients(k)  # (B, T, H) each
     if mask is not None:
         m = mask[:, :, None]  # (B, T, 1)

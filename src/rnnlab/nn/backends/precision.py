@@ -72,19 +72,21 @@ def use_bf16(
 
 
 def _min_bf16(cell: MinCell, x: Tensor, *, backend: str, precision: Precision) -> bool:
-    """:func:`use_bf16`'s rows for minGRU / minLSTM: their parallel path's input GEMM."""
+    """:func:`use_bf16`'s rows for minGRU / minLSTM: the input GEMM of their fused and compiled
+    paths."""
     if precision == "fp32":
-        return backend == "fused" and autocast_bf16()
-    if backend == "fused" and x.dtype == torch.float32:
+        return backend in ("fused", "compiled") and autocast_bf16()
+    if backend in ("fused", "compiled") and x.dtype == torch.float32:
         return True
     why = (
         f"this call uses backend {backend!r}"
-        if backend != "fused"
+        if backend not in ("fused", "compiled")
         else f"bf16 mode takes float32 input and weights, got {x.dtype}"
     )
     raise RuntimeError(
-        f"precision='bf16' runs {type(cell).__name__}'s input GEMM in bf16 on its parallel path "
-        f"(backend 'auto' or 'fused'), but {why}. Use backend='auto', or precision='fp32'."
+        f"precision='bf16' runs {type(cell).__name__}'s input GEMM in bf16 on its fast paths "
+        f"(backend 'auto', 'compiled' or 'fused'), but {why}. Use backend='auto', or "
+        "precision='fp32'."
     )
 
 

@@ -64,9 +64,17 @@ BUILD_MESSAGE = "building rnnlab CPU kernels, once, about 40 s"
 
 _DIR = Path(__file__).parent
 # recurrent.h (shared helpers and the layout notes), then one file per kernel family (decoder.cpp:
-# a language model's softmax cross-entropy).
+# a language model's softmax cross-entropy; minscan.cpp: the minGRU / minLSTM time loop).
 _SOURCES = [
-    _DIR / name for name in ("lstm.cpp", "lstm_infer.cpp", "gru.cpp", "decoder.cpp", "module.cpp")
+    _DIR / name
+    for name in (
+        "lstm.cpp",
+        "lstm_infer.cpp",
+        "gru.cpp",
+        "decoder.cpp",
+        "minscan.cpp",
+        "module.cpp",
+    )
 ]
 _HEADERS = [_DIR / "recurrent.h"]
 # AVX-512 code with libmvec's vector exp/tanh. No -ffast-math: it would link crtfastmath.o, which

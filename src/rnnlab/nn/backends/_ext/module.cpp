@@ -27,4 +27,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_forward", &rnnlab_ext::gru_forward);
   m.def("gru_backward", &rnnlab_ext::gru_backward);
   m.def("softmax_xent_", &rnnlab_ext::softmax_xent_);
+  m.def("min_scan_forward", &rnnlab_ext::min_scan_forward);
+  m.def("min_scan_backward", &rnnlab_ext::min_scan_backward);
 }

@@ -1,0 +1,197 @@
+// The time loop of minGRU and minLSTM (Feng et al. 2024; rnnlab/nn/mincells.py), forward and
+// backward, in C++: the compiled rows of their routing table (rnnlab/nn/backends/compiled.py).
+//
+// Shape legend: B batch, T time, H hidden units, G blocks of pre-activations (2 minGRU, 3
+// minLSTM).
+//
+// Both cells are the linear recurrence h_t = a_t * h_{t-1} + b_t, with a_t and b_t elementwise
+// functions of the step's pre-activations k_t = W x_t + b, which one GEMM computes for every
+// step beforehand (in Python, so autograd gives dW, db and dx from dk). The pure-torch parallel
+// path (rnnlab/nn/backends/parallel.py) makes a, b and the scan's intermediates as whole
+// (B, T, H) tensors, about a dozen passes over memory forwards and as many backwards; here each
+// thread takes whole sequences (batch rows), reads k once and writes h once, with a and b
+// computed in registers:
+//
+//   minGRU   z = sigmoid(k_z)                       a = 1 - z    b = z * k_h
+//   minLSTM  f' = f / (f + i)                       a = f'       b = (1 - f') * k_h
+//
+// with f = sigmoid(k_f), i = sigmoid(k_i). MinLSTMCell.coefficients writes f' as
+// sigmoid(log f - log i) so that it stays finite where f and i both underflow; here the same
+// number is (1 + e^u) / ((1 + e^u) + (1 + e^v)) with u = -k_i, v = -k_f, every term scaled by
+// e^-m, m = max(u, v, 0): three exponentials of non-positive numbers (no overflow), one of them
+// e^0 = 1 (so no 0 / 0), and one division, where the log form takes five transcendental calls.
+// The backward
+// runs the recurrence the other way: with g_t = dL/dh_t in full (the output's gradient plus
+// a_{t+1} g_{t+1}), dL/db_t = g_t and dL/da_t = g_t h_{t-1}, chained through the formulas above
+// into dk_t; dL/dh0 = a_0 g_0. It recomputes a and b from k rather than storing them.
+//
+// Layouts are batch first and contiguous: k (B, T, G*H) with blocks [z, h~] or [f, i, h~],
+// h and dh (B, T, H), h0 (B, H); ``reverse`` runs time from T-1 down to 0. A padded step (mask
+// false) keeps the state (a = 1, b = 0) and its k gets no gradient.
+#include "recurrent.h"
+
+namespace rnnlab_ext {
+namespace {
+
+enum MinKind : int64_t { kMinGRU = 0, kMinLSTM = 1 };
+
+// minLSTM's normalised forget gate f' = f / (f + i) from k_f and k_i (see the top).
+template <typename T>
+inline T forget_share(T kf, T ki) {
+  const T u = -ki, v = -kf, m = std::max(std::max(u, v), T(0));
+  const T one = std::exp(-m), eu = std::exp(u - m), ev = std::exp(v - m);
+  const T a = one + eu, b = one + ev;  // (1 + e^u) e^-m and (1 + e^v) e^-m; a + b >= 1
+  return a / (a + b);
+}
+
+struct MinArgs {
+  int64_t B, T, H, G;
+  bool reverse;
+  MinKind kind;
+  const bool* mask;  // (B, T) or nullptr
+  bool on(int64_t b, int64_t t) const { return mask == nullptr || mask[b * T + t]; }
+  int64_t time(int64_t s) const { return reverse ? T - 1 - s : s; }  // the s-th step read
+};
+
+MinArgs min_args(const Tensor& k, const Tensor& h0, const Tensor& mask, bool reverse,
+                 int64_t kind) {
+  TORCH_CHECK(kind == kMinGRU || kind == kMinLSTM, "min_scan: kind 0 (minGRU) or 1 (minLSTM), got ",
+              kind);
+  const int64_t G = kind == kMinGRU ? 2 : 3;
+  TORCH_CHECK(k.dim() == 3 && k.is_contiguous() && k.size(2) % G == 0,
+              "min_scan expects contiguous pre-activations (B, T, ", G, "*H), got ", k.sizes());
+  const int64_t B = k.size(0), T = k.size(1), H = k.size(2) / G;
+  TORCH_CHECK(h0.sizes() == at::IntArrayRef({B, H}) && h0.is_contiguous() &&
+                  h0.scalar_type() == k.scalar_type(),
+              "min_scan expects a contiguous h0 (", B, ", ", H, ") of k's dtype, got ",
+              h0.scalar_type(), " ", h0.sizes());
+  const bool* m = nullptr;
+  if (mask.defined()) {
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.is_contiguous() &&
+                    mask.sizes() == at::IntArrayRef({B, T}),
+                "min_scan expects a contiguous bool mask (", B, ", ", T, "), got ",
+                mask.scalar_type(), " ", mask.sizes());
+    m = mask.data_ptr<bool>();
+  }
+  return {B, T, H, G, reverse, static_cast<MinKind>(kind), m};
+}
+
+template <typename scalar_t>
+void forward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* h0, scalar_t* h,
+                  int64_t b0, int64_t b1) {
+  const int64_t H = p.H, GH = p.G * p.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const scalar_t* prev = h0 + b * H;
+    for (int64_t s = 0; s < p.T; ++s) {
+      const int64_t t = p.time(s);
+      scalar_t* out = h + (b * p.T + t) * H;
+      if (!p.on(b, t)) {
+        std::copy(prev, prev + H, out);
+      } else if (p.kind == kMinGRU) {
+        const scalar_t *kz = k + (b * p.T + t) * GH, *kh = kz + H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t z = sigmoid(kz[j]);
+          out[j] = (scalar_t(1) - z) * prev[j] + z * kh[j];
+        }
+      } else {
+        const scalar_t *kf = k + (b * p.T + t) * GH, *ki = kf + H, *kh = ki + H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t f = forget_share(kf[j], ki[j]);
+          out[j] = f * prev[j] + (scalar_t(1) - f) * kh[j];
+        }
+      }
+      prev = out;
+    }
+  }
+}
+
+template <typename scalar_t>
+void backward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* h0, const scalar_t* h,
+                   const scalar_t* dh, scalar_t* dk, scalar_t* dh0, int64_t b0, int64_t b1) {
+  const int64_t H = p.H, GH = p.G * p.H;
+  std::vector<scalar_t> carry_buffer(H);
+  scalar_t* carry = carry_buffer.data();  // a_{t+1} g_{t+1}, the gradient reaching h_t from later
+  for (int64_t b = b0; b < b1; ++b) {
+    std::fill(carry, carry + H, scalar_t(0));
+    for (int64_t s = p.T - 1; s >= 0; --s) {
+      const int64_t t = p.time(s);
+      const scalar_t* prev = s == 0 ? h0 + b * H : h + (b * p.T + p.time(s - 1)) * H;
+      const scalar_t* d = dh + (b * p.T + t) * H;
+      scalar_t* dkt = dk + (b * p.T + t) * GH;
+      if (!p.on(b, t)) {  // a = 1, b = 0: the gradient passes on unchanged
+        std::fill(dkt, dkt + GH, scalar_t(0));
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) carry[j] += d[j];
+      } else if (p.kind == kMinGRU) {
+        const scalar_t *kz = k + (b * p.T + t) * GH, *kh = kz + H;
+        scalar_t *dkz = dkt, *dkh = dkt + H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t g = d[j] + carry[j];
+          const scalar_t z = sigmoid(kz[j]);
+          dkz[j] = g * (kh[j] - prev[j]) * z * (scalar_t(1) - z);  // dz = g (h~ - h_{t-1})
+          dkh[j] = g * z;
+          carry[j] = (scalar_t(1) - z) * g;
+        }
+      } else {
+        const scalar_t *kf = k + (b * p.T + t) * GH, *ki = kf + H, *kh = ki + H;
+        scalar_t *dkf = dkt, *dki = dkt + H, *dkh = dkt + 2 * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t g = d[j] + carry[j];
+          const scalar_t f = forget_share(kf[j], ki[j]);
+          // df'/dk_f = f'(1 - f') sigmoid(-k_f), df'/dk_i = -f'(1 - f') sigmoid(-k_i)
+          const scalar_t df = g * (prev[j] - kh[j]) * f * (scalar_t(1) - f);
+          dkf[j] = df * sigmoid(-kf[j]);
+          dki[j] = -df * sigmoid(-ki[j]);
+          dkh[j] = g * (scalar_t(1) - f);
+          carry[j] = f * g;
+        }
+      }
+    }
+    std::copy(carry, carry + H, dh0 + b * H);
+  }
+}
+
+}  // namespace
+
+// h (B, T, H): every step's state, from pre-activations k (B, T, G*H) and h0 (B, H).
+Tensor min_scan_forward(const Tensor& k, const Tensor& h0, const c10::optional<Tensor>& mask,
+                        bool reverse, int64_t kind) {
+  const MinArgs p = min_args(k, h0, mask.value_or(Tensor()), reverse, kind);
+  Tensor h = at::empty({p.B, p.T, p.H}, k.options());
+  AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "min_scan_forward", [&] {
+    const scalar_t *kp = k.data_ptr<scalar_t>(), *h0p = h0.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    at::parallel_for(0, p.B, 1, [&](int64_t b0, int64_t b1) {
+      forward_rows(p, kp, h0p, hp, b0, b1);
+    });
+  });
+  return h;
+}
+
+// {dk (B, T, G*H), dh0 (B, H)} from the forward's k, h0 and h and the gradient dh (B, T, H) of h.
+std::vector<Tensor> min_scan_backward(const Tensor& k, const Tensor& h0, const Tensor& h,
+                                      const Tensor& dh, const c10::optional<Tensor>& mask,
+                                      bool reverse, int64_t kind) {
+  const MinArgs p = min_args(k, h0, mask.value_or(Tensor()), reverse, kind);
+  TORCH_CHECK(h.is_contiguous() && dh.is_contiguous() &&
+                  h.sizes() == at::IntArrayRef({p.B, p.T, p.H}) && dh.sizes() == h.sizes() &&
+                  dh.scalar_type() == k.scalar_type(),
+              "min_scan_backward expects contiguous h and dh (", p.B, ", ", p.T, ", ", p.H,
+              ") of k's dtype, got ", h.sizes(), " and ", dh.scalar_type(), " ", dh.sizes());
+  Tensor dk = at::empty_like(k), dh0 = at::empty_like(h0);
+  AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "min_scan_backward", [&] {
+    const scalar_t *kp = k.data_ptr<scalar_t>(), *h0p = h0.data_ptr<scalar_t>();
+    const scalar_t *hp = h.data_ptr<scalar_t>(), *dhp = dh.data_ptr<scalar_t>();
+    scalar_t *dkp = dk.data_ptr<scalar_t>(), *dh0p = dh0.data_ptr<scalar_t>();
+    at::parallel_for(0, p.B, 1, [&](int64_t b0, int64_t b1) {
+      backward_rows(p, kp, h0p, hp, dhp, dkp, dh0p, b0, b1);
+    });
+  });
+  return {dk, dh0};
+}
+
+}  // namespace rnnlab_ext
