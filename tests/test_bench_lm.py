@@ -199,3 +199,36 @@ def test_bench_rows_for_mingru_and_minlstm(tmp_path, monkeypatch):
     assert rows["rnnlab-minlstm-ref"]["baseline"] == "rnnlab-minlstm"
     runner = LMRunner(tiny, "rnnlab-mingru-ref")
     assert runner.model.model.rnn.backend == "reference" and runner.model.model.cell == "mingru"
+
+
+def test_token_mode_times_one_generation_step_of_language_models_only(tmp_path, monkeypatch):
+    """--modes token: language models only, one id (batch 1, T = 1) from the carried state,
+    so samples/s is tokens/s; the carried steps equal one forward over the same ids."""
+    tiny = dataclasses.replace(WORKLOADS["F"], batch=2, steps=5, vocab=20, inputs=8, hidden=(8, 8))
+    monkeypatch.setitem(WORKLOADS, "F", tiny)
+    peak = {"mkl_gflops": 1.0, "onednn_gflops": 1.0, "onednn_bf16_gflops": 1.0}
+    fake = lambda shapes, repeats: {k: {"shape": list(v), **peak} for k, v in shapes.items()}  # noqa: E731
+    monkeypatch.setattr(suite, "gemm_peaks", fake)
+    out = tmp_path / "bench.json"
+    argv = ["--workloads", "A,F", "--impls", "rnnlab,torch,rnnlab-minlstm", "--quick"]
+    assert main([*argv, "--modes", "token", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["workload"], r["impl"], r["mode"]) for r in rows} == {
+        ("F", "rnnlab", "token"),
+        ("F", "torch", "token"),
+        ("F", "rnnlab-minlstm", "token"),
+    }
+    for r in rows:  # one token a call
+        assert r["samples_per_second"] == pytest.approx(1e3 / r["step_ms"])
+    for impl in ("rnnlab", "torch", "rnnlab-minlstm"):
+        runner = LMRunner(tiny, impl)
+        ids = runner.x[:1]  # (1, T)
+        state = None
+        with torch.no_grad():
+            whole, _ = runner.model.step(ids, None)
+            for t in range(ids.shape[1]):
+                runner.token_id = ids[:, t : t + 1]
+                runner.token()
+                logits, state = runner.model.step(ids[:, t : t + 1], state)
+                torch.testing.assert_close(logits[:, 0], whole[:, t], rtol=1e-5, atol=1e-6)
+        assert runner.model.training  # token() leaves the model as it found it

@@ -24,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. A,B (default: all)")
     p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="implementations to run")
-    p.add_argument("--modes", default="train,infer", help="train, infer or both")
+    p.add_argument(
+        "--modes",
+        default="train,infer",
+        help="train, infer, token (language models: one token of generation, batch 1, from the "
+        "carried state; samples/s is tokens/s and ms the per-token latency), comma-separated",
+    )
     p.add_argument(
         "--repeats", type=argtypes.positive_int, default=7, help="interleaved repeats (default 7)"
     )
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     workloads = _split(args.workloads, WORKLOADS, "workloads")
     known = set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"} | set(MIN_ROWS)
     impls = _split(args.impls, known, "impls")
-    modes = _split(args.modes, {"train", "infer"}, "modes")
+    modes = _split(args.modes, {"train", "infer", "token"}, "modes")
     repeats, budget, memory = args.repeats, args.budget, not args.no_memory
     if args.quick:
         repeats, budget, memory = 3, 3.0, False

@@ -71,6 +71,11 @@ class TorchLanguageModel(nn.Module):
         logits = self.decoder(out)  # (B, T, V)
         return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
 
+    def step(self, ids: Tensor, state):
+        """Logits (B, T, V) and the state after ``ids``, from ``state`` (None: zeros)."""
+        out, state = self.rnn(self.embedding(ids), state)
+        return self.decoder(out), state
+
 
 class _RnnlabLM(nn.Module):
     def __init__(self, model: LanguageModel) -> None:
@@ -79,6 +84,9 @@ class _RnnlabLM(nn.Module):
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         return self.model(x, targets=y)[0]  # the decoder and loss fused, bf16 with the rnn
+
+    def step(self, ids: Tensor, state):
+        return self.model(ids, state)
 
 
 def build_language_model(w, impl: str) -> nn.Module:
@@ -89,7 +97,7 @@ def build_language_model(w, impl: str) -> nn.Module:
         return TorchLanguageModel(w.vocab, w.inputs, H, layers, w.tied)
     if impl in MIN_IMPLS:
         cell, how = MIN_IMPLS[impl]
-        lm = LanguageModel(w.vocab, w.inputs, H, layers, cell=cell, backend=how)
+        lm = LanguageModel(w.vocab, w.inputs, H, layers, cell=cell, tie_weights=w.tied, backend=how)
         if impl.endswith("-bf16"):  # the layer's own bf16 mode; the decoder stays float32
             lm.rnn.precision = "bf16"
         return _RnnlabLM(lm)
@@ -118,13 +126,17 @@ def make_lm_batch(w, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 class LMRunner:
     """``train()`` = loss over every position, backward, Adam step; ``infer()`` = the loss
-    under no_grad (the decoder and softmax are part of inference for a language model)."""
+    under no_grad (the decoder and softmax are part of inference for a language model);
+    ``token()`` = one token of generation: a batch of one id read alone from the carried state
+    (T = 1, eval mode, no_grad) to its logits, as :meth:`LanguageModel.steps` does per token
+    (sampling left out: it is the same for every cell)."""
 
     def __init__(self, w, impl: str) -> None:
         torch.manual_seed(0)
         self.model = build_language_model(w, impl)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.x, self.y = make_lm_batch(w)
+        self.token_id, self.state = self.x[:1, :1], None  # (1, 1)
 
     def train(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -134,3 +146,9 @@ class LMRunner:
     def infer(self) -> None:
         with torch.no_grad():
             self.model.loss(self.x, self.y)
+
+    def token(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            _, self.state = self.model.step(self.token_id, self.state)
+        self.model.train()

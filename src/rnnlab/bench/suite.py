@@ -214,7 +214,13 @@ def run_benchmarks(
             runners[impl] = _runner(w, impl)
         for mode in modes:
             per_call = {}
-            active = {i: r for i, r in runners.items() if mode == "infer" or i not in INFER_ONLY}
+            active = {
+                i: r
+                for i, r in runners.items()
+                if hasattr(r, mode) and (mode == "infer" or i not in INFER_ONLY)
+            }
+            if not active:  # "token": language models only
+                continue
             for impl, r in active.items():  # warm up: lazy builds, allocator, optimizer state
                 fn = getattr(r, mode)
                 fn()
@@ -233,19 +239,22 @@ def run_benchmarks(
                 med = statistics.median(ts)
                 gru = impl.endswith("gru") and impl not in MIN_ROWS
                 flops = lstm_flops(w, gates=3 if gru else 4, train=mode == "train")
+                items = 1 if mode == "token" else w.batch  # token: one id, T = 1
                 base = BASELINE.get(impl, "torch") if gru else "torch"
                 cell = "gru" if gru else "lstm"
                 if impl in MIN_ROWS:
                     cell, gates, base = MIN_ROWS[impl]
                     flops = lstm_flops(w, gates, train=mode == "train", recurrent=False)
+                if mode == "token":
+                    flops /= w.batch * w.steps
                 rec = {
                     "workload": name,
                     "impl": impl,
                     "cell": cell,
                     "mode": mode,
-                    "samples_per_second": w.batch / med,
-                    "samples_per_second_min": w.batch / max(ts),
-                    "samples_per_second_max": w.batch / min(ts),
+                    "samples_per_second": items / med,
+                    "samples_per_second_min": items / max(ts),
+                    "samples_per_second_max": items / min(ts),
                     "step_ms": 1e3 * med,
                     "repeats": len(ts),
                     "calls_per_repeat": inner[impl],
