@@ -24,13 +24,13 @@ V, E, H, L = 37, 13, 15, 3  # odd sizes, three layers
 FIELDS = {"slstm": ("h", "c", "n", "m"), "mlstm": ("h", "C", "n", "m")}
 
 
-def _model(cell: str, heads: int = 1, forget_gate: str = "exp", seed: int = 0) -> LanguageModel:
+def _model(cell: str, heads: int = 1, forget_gate: str = "sigmoid", seed: int = 0) -> LanguageModel:
     """A random LM of ``cell``, every parameter moved off its initialisation (zero biases would
-    hide a misplaced bias). ``LanguageModel`` builds one head and an exponential forget gate;
-    other layouts are swapped in as a layer of the same sizes."""
+    hide a misplaced bias). ``LanguageModel`` builds one head and a sigmoid forget gate; other
+    layouts are swapped in as a layer of the same sizes."""
     torch.manual_seed(seed)
     model = LanguageModel(V, E, H, L, cell=cell, dropout=0.2)
-    if heads != 1 or forget_gate != "exp":
+    if heads != 1 or (cell == "slstm" and forget_gate != "sigmoid"):
         extra = {"forget_gate": forget_gate} if cell == "slstm" else {}
         layer = SLSTM if cell == "slstm" else MLSTM
         model.rnn = layer(E, H, L, dropout=0.2, num_heads=heads, **extra)
@@ -57,7 +57,8 @@ def _assert_close(got: list[np.ndarray], logits: torch.Tensor, state, tol: float
 
 
 CASES = [
-    ("slstm", 1, "exp"),  # what LanguageModel builds
+    ("slstm", 1, "sigmoid"),  # what LanguageModel builds
+    ("slstm", 1, "exp"),  # log f = f~
     ("slstm", 3, "sigmoid"),  # block-diagonal R: 3 heads of 5; log f = log sigmoid
     ("slstm", 5, "exp"),
     ("mlstm", 1, "exp"),

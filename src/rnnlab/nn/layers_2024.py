@@ -94,7 +94,7 @@ class SLSTM(RecurrentLayer):
     """sLSTM layer (stack of :class:`rnnlab.nn.xlstm.SLSTMCell`; Beck et al. 2024), batch first.
 
     ``SLSTM(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
-    backend="auto", num_heads=1, forget_gate="exp", forget_bias=1.0)``; ``forward`` as
+    backend="auto", num_heads=1, forget_gate="sigmoid", forget_bias=1.0)``; ``forward`` as
     :class:`LSTM`'s, with state an :class:`~rnnlab.nn.xlstm.SLSTMState` (h, c, n, m), each
     (L*D, B, H); all zeros (the default) is the state before any step.
 
@@ -116,7 +116,7 @@ class SLSTM(RecurrentLayer):
         dropout: float = 0.0,
         backend: Backend = "auto",
         num_heads: int = 1,
-        forget_gate: str = "exp",
+        forget_gate: str = "sigmoid",
         forget_bias: float = 1.0,
     ) -> None:
         super().__init__(

@@ -59,8 +59,8 @@ class SLSTMCell(nn.Module):
         \tilde\imath_t, \tilde f_t, \tilde z_t, \tilde o_t
             &= W x_t + R h_{t-1} + b     \quad (R \text{ block-diagonal, one block per head})\\
         \log i_t &= \tilde\imath_t          \quad\text{exponential input gate}\\
-        \log f_t &= \tilde f_t \text{ (``forget_gate="exp"``) or }
-                    \log\sigma(\tilde f_t) \text{ (``"sigmoid"``)}\\
+        \log f_t &= \log\sigma(\tilde f_t) \text{ (``forget_gate="sigmoid"``, the default) or }
+                    \tilde f_t \text{ (``"exp"``)}\\
         z_t &= \tanh(\tilde z_t), \qquad o_t = \sigma(\tilde o_t)\\
         m_t &= \max(\log f_t + m_{t-1}, \log i_t)
                \quad (m_t = \log i_t \text{ and } f'_t = 0 \text{ where } n_{t-1} = 0)\\
@@ -75,13 +75,23 @@ class SLSTMCell(nn.Module):
     Where n_{t-1} = 0 the formula's m would include a history that does not exist; taking
     m_t = log i_t there (as NX-AI's reference code does) gives n_1 = 1.
 
+    The forget gate is a sigmoid by default, as in NX-AI's reference code (the paper allows
+    either): f <= 1, so m_t <= max(m_{t-1}, log i_t) and a new input is weighed against a
+    memory that decays. An exponential forget gate has f = exp(f~) > 1 wherever f~ > 0 (at
+    initialisation with ``forget_bias`` 1: f = e): the memory then grows by a factor f every
+    step, m by log f, and once m exceeds log i by 60, i' = 0 and nothing new is written; the
+    gradient that could lower f~ is 0 too (f' = 1 exactly). Over a state carried across
+    windows (a language model's stream) that happened about 60 steps in, for good. Use
+    ``"exp"`` only with a ``forget_bias`` < 0 and sequences that start from zeros.
+
     Weight layout: ``weight_ih`` (4H, I) and ``bias`` (4H) stack i, f, z, o, rows ``[0:H]`` = i,
     ``[H:2H]`` = f, ``[2H:3H]`` = z, ``[3H:4H]`` = o, each block head-major (unit ``k * DH + j``
     is unit j of head k). ``weight_hh`` (NH, 4*DH, DH): head k's recurrent block, rows in the
     same gate order. 4H(I + 1) + 4 H DH parameters (4H(I + H + 1) for one head, as an LSTM).
 
     Initialisation: Glorot-uniform ``weight_ih``, orthogonal blocks of ``weight_hh``, zero bias
-    except the forget block, ``forget_bias`` (default 1.0).
+    except the forget block, ``forget_bias`` (default 1.0: sigma(1) = 0.73, the LSTM's rule of
+    Jozefowicz et al. 2015).
     """
 
     gates = 4
@@ -92,7 +102,7 @@ class SLSTMCell(nn.Module):
         input_size: int,
         hidden_size: int,
         num_heads: int = 1,
-        forget_gate: Literal["exp", "sigmoid"] = "exp",
+        forget_gate: Literal["exp", "sigmoid"] = "sigmoid",
         forget_bias: float = 1.0,
     ) -> None:
         super().__init__()
