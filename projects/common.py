@@ -16,6 +16,7 @@ import torch
 import rnnlab.argtypes as argtypes
 from rnnlab.allocator import retain_freed_memory, retention_wanted
 from rnnlab.cli.kernels import ensure_kernels
+from rnnlab.denormals import flush_denormals, flush_wanted
 from rnnlab.files import OutputRefusedError, inside_run_checkpoints
 from rnnlab.nn.registry import CELL_NAMES
 
@@ -80,13 +81,17 @@ def run_command(
 ) -> int:
     """Parse ``argv`` and run ``command`` as ``rnnlab train`` runs (glibc keeps freed memory
     unless ``RNNLAB_RETAIN_MEMORY=0``, see :mod:`rnnlab.allocator`; the compiled kernels are
-    built first, announced on stderr, so no model's time includes the compiler). A user error
+    built first, announced on stderr, so no model's time includes the compiler; subnormal
+    floats are flushed to zero unless ``RNNLAB_FLUSH_DENORMALS=0``, see
+    :mod:`rnnlab.denormals`). A user error
     (a bad value, an unwritable folder, a missing data file: ValueError, OSError) is one line
     on stderr and exit status 2."""
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if retention_wanted():
         retain_freed_memory()
     ensure_kernels(sys.stderr)
+    if flush_wanted():
+        flush_denormals()  # after the build: every thread of the pool (rnnlab.denormals)
     try:
         return command(args)
     except (ValueError, OSError) as exc:  # rnnlab's DataError is a ValueError

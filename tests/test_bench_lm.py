@@ -232,3 +232,26 @@ def test_token_mode_times_one_generation_step_of_language_models_only(tmp_path, 
                 logits, state = runner.model.step(ids[:, t : t + 1], state)
                 torch.testing.assert_close(logits[:, 0], whole[:, t], rtol=1e-5, atol=1e-6)
         assert runner.model.training  # token() leaves the model as it found it
+
+
+def test_bench_flags_cliffs_and_records_the_denormal_modes(tmp_path, monkeypatch, capsys):
+    """A train or infer step under 10% of the GEMM peak is named under "Cliffs" (token rows,
+    bound by reading the weights at batch 1, are not); --flush-denormals is recorded."""
+    tiny = dataclasses.replace(WORKLOADS["F"], batch=2, steps=5, vocab=20, inputs=8, hidden=(8, 8))
+    monkeypatch.setitem(WORKLOADS, "F", tiny)
+    peak = {"mkl_gflops": 1e6, "onednn_gflops": 1e6, "onednn_bf16_gflops": 1e6}  # all cliffs
+    fake = lambda shapes, repeats: {k: {"shape": list(v), **peak} for k, v in shapes.items()}  # noqa: E731
+    monkeypatch.setattr(suite, "gemm_peaks", fake)
+    out = tmp_path / "bench.json"
+    argv = ["--workloads", "F", "--impls", "rnnlab", "--quick", "--modes", "train,token"]
+    try:
+        assert main([*argv, "--flush-denormals", "--json", str(out)]) == 0
+    finally:
+        from rnnlab.denormals import flush_denormals
+
+        flush_denormals(False)
+    text = capsys.readouterr().out
+    cliffs = [line for line in text.splitlines() if line.startswith("Cliffs")]
+    assert len(cliffs) == 1 and "F rnnlab train (0%)" in cliffs[0] and "token" not in cliffs[0]
+    env = json.loads(out.read_text())["environment"]
+    assert env["denormals"].startswith("flushed to zero on ")

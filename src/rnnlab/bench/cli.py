@@ -11,7 +11,9 @@ from rnnlab import argtypes
 from rnnlab.allocator import retain_freed_memory
 from rnnlab.bench.suite import DEFAULT_IMPLS, MIN_ROWS, memory_probe, run_benchmarks
 from rnnlab.bench.workloads import WORKLOADS
+from rnnlab.denormals import flush_denormals
 from rnnlab.files import OutputRefusedError, atomic_write, check_output
+from rnnlab.nn.backends import _ext
 
 __all__ = ["main", "format_report", "build_parser"]
 
@@ -40,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per slow implementation and mode (fewer repeats beyond it)",
     )
     p.add_argument("--quick", action="store_true", help="3 repeats, 3 s budget, no memory")
+    p.add_argument(
+        "--flush-denormals",
+        action="store_true",
+        help="flush subnormal floats to zero on every thread, as rnnlab train does "
+        "(rnnlab.denormals); the default leaves the CPU's modes as torch has them",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument(
         "--retain-memory",
@@ -59,6 +67,9 @@ def _split(value: str, allowed, what: str) -> list[str]:
     if bad or not items:
         raise SystemExit(f"rnnlab bench: expected {what} from {sorted(allowed)}, got {value!r}")
     return items
+
+
+CLIFF = 0.10  # a train or infer step under this share of the GEMM peak is reported as a cliff
 
 
 def format_report(report: dict) -> str:
@@ -98,6 +109,13 @@ def format_report(report: dict) -> str:
                     f"  {key:22s} peak {m['peak_rss_mb']:8.0f}  growth over the "
                     f"pre-step RSS {m['step_peak_mb']:8.0f}"
                 )
+    cliffs = [
+        f"{r['workload']} {r['impl']} {r['mode']} ({100 * r['fraction_of_mkl_peak']:.0f}%)"
+        for r in report["results"]
+        if r["mode"] != "token" and r["fraction_of_mkl_peak"] < CLIFF
+    ]
+    if cliffs:  # token rows (batch 1) are bound by reading the weights, not a cliff
+        lines += ["", f"Cliffs (under {CLIFF:.0%} of the MKL GEMM peak): " + ", ".join(cliffs)]
     for impl, why in report["skipped"].items():
         lines.append(f"Skipped {impl}: {why}")
     return "\n".join(lines)
@@ -122,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         repeats, budget, memory = 3, 3.0, False
     retained = retain_freed_memory() if args.retain_memory else False
+    if args.flush_denormals:
+        _ext.load()  # built first, so that its OpenMP pool is the one set
+    flushed = flush_denormals() if args.flush_denormals else 0
     if args.retain_memory and not retained:
         raise SystemExit("rnnlab bench: --retain-memory needs glibc's mallopt, not found here")
     start = time.time()
@@ -137,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     report["command"] = "rnnlab bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report["environment"]["allocator"] = (
         "glibc, freed memory retained (--retain-memory)" if retained else "default"
+    )
+    report["environment"]["denormals"] = (
+        f"flushed to zero on {flushed} threads (--flush-denormals)" if flushed else "kept"
     )
     report["wall_seconds"] = time.time() - start
     print(format_report(report))

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from rnnlab import argtypes
 from rnnlab.allocator import retain_freed_memory, retention_wanted
 from rnnlab.config import ConfigError, list_presets, load_preset
+from rnnlab.denormals import flush_denormals, flush_wanted
 
 __all__ = ["PLUGIN_VERBS", "build_parser", "main"]
 
@@ -318,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plugin(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     argtypes.set_threads(getattr(args, "threads", None))  # every verb that computes takes it
+    if argv and argv[0] in _RETAIN_MEMORY_VERBS and flush_wanted():
+        flush_denormals()  # rnnlab.denormals: no microcode assists on vanishing gradients
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_printer(args.verb)

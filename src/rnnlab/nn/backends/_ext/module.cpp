@@ -2,6 +2,8 @@
 // this module; rnnlab/nn/backends/compiled.py calls it).
 #include <torch/extension.h>
 
+#include <xmmintrin.h>
+
 #include "recurrent.h"
 
 namespace rnnlab_ext {
@@ -13,6 +15,27 @@ Tensor round_bf16(const Tensor& x) {
   Tensor out = at::empty(src.sizes(), src.options().dtype(at::kBFloat16));
   to_bf16(src.data_ptr<float>(), out.data_ptr<at::BFloat16>(), src.numel());
   return out;
+}
+
+// Flush-to-zero and denormals-are-zero (MXCSR bits 15 and 6) on or off, for the calling thread and
+// every thread of the OpenMP pool that ATen, oneDNN and MKL run on (a thread keeps its MXCSR, and
+// threads started later copy their creator's); returns how many threads were set. Used by
+// rnnlab/denormals.py: a gradient that vanishes through hundreds of steps passes through the
+// subnormal range, where every arithmetic operation takes a microcode assist.
+int64_t set_flush_denormals(bool on) {
+  constexpr unsigned kFlushBits = 0x8040u;  // FTZ | DAZ
+  auto apply = [on] {
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(on ? (csr | kFlushBits) : (csr & ~kFlushBits));
+  };
+  apply();
+  int64_t threads = 0;
+#pragma omp parallel num_threads(at::get_num_threads()) reduction(+ : threads)
+  {
+    apply();
+    threads += 1;
+  }
+  return threads;
 }
 
 }  // namespace rnnlab_ext
@@ -29,4 +52,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_xent_", &rnnlab_ext::softmax_xent_);
   m.def("min_scan_forward", &rnnlab_ext::min_scan_forward);
   m.def("min_scan_backward", &rnnlab_ext::min_scan_backward);
+  m.def("set_flush_denormals", &rnnlab_ext::set_flush_denormals);
 }
