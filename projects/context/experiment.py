@@ -46,7 +46,7 @@ from torch import nn
 
 from projects.context.measure import context_use, final_logits, stops_gaining
 from projects.context.probe import DEFAULT_PAIRS, DEFAULT_TEMPLATES, ClozeProbe
-from rnnlab import LanguageModel, LSTMState
+from rnnlab import LanguageModel
 from rnnlab.data import Corpus, batchify, load_corpus, windows
 from rnnlab.nn.registry import CELL_NAMES
 
@@ -182,9 +182,10 @@ class ContextConfig:
 def detach_state(state: Any) -> Any:
     """The state cut from the graph that made it (truncated BPTT between windows). A local
     copy of ``rnnlab.nn.language_model.detach_state``, which is not part of rnnlab's top-level
-    API: an LSTM's state is an :class:`rnnlab.LSTMState` ``(h, c)``, the others' one tensor."""
-    if isinstance(state, LSTMState):
-        return LSTMState(state.h.detach(), state.c.detach())
+    API: a cell's named tuple of tensors (:class:`rnnlab.LSTMState` ``(h, c)``, sLSTM's
+    ``(h, c, n, m)``, mLSTM's ``(h, C, n, m)``) or one tensor."""
+    if isinstance(state, tuple):
+        return type(state)(*(part.detach() for part in state))
     return state.detach()
 
 
