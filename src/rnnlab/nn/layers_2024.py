@@ -71,12 +71,14 @@ class MinGRU(_MinLayer):
     backend="auto", precision="fp32")``; ``forward`` as :class:`RNN`'s, state h_n (L*D, B, H).
     2H(I + 1) parameters per direction.
 
-    Backends: ``"reference"`` steps the cell; ``"auto"`` and ``"fused"`` run the parallel path
-    (:mod:`rnnlab.nn.backends.parallel`: one GEMM for every step's gates, then a blocked scan
-    over time, on the same parameters); the reference loop runs for ``return_gates=True``.
-    There is no compiled or torch kernel (asking for one raises). ``precision="bf16"`` (or
-    ``torch.autocast``) gives the parallel path's GEMM bf16 operands; the scan stays float32.
-    A padded step leaves the state unchanged (a = 1, b = 0 in the scan).
+    Backends: ``"reference"`` steps the cell; ``"compiled"`` (what ``"auto"`` takes where the
+    extension builds) computes one GEMM for every step's gates, then runs the time loop in C++
+    (:func:`rnnlab.nn.backends.compiled.mingru`); ``"fused"`` (and ``"auto"`` without the
+    extension) is the parallel path (:mod:`rnnlab.nn.backends.parallel`: the same GEMM, then a
+    scan in torch ops), all on the same parameters; the reference loop runs for
+    ``return_gates=True``. There is no torch kernel (asking for one raises).
+    ``precision="bf16"`` (or ``torch.autocast``) gives the GEMM bf16 operands; the scan stays
+    float32. A padded step leaves the state unchanged (a = 1, b = 0 in the scan).
     """
 
     cell_type = MinGRUCell
