@@ -320,6 +320,62 @@ def test_torch_backend_equals_the_reference(cls, seed: int) -> None:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+# -- auto's torch rows: where torch's op was measured faster ---------------------------------------
+WIDE = dispatch.TORCH_LSTM_MIN_HIDDEN
+XW = torch.randn(2, 3, 4)  # (B, T, I) for the wide layers
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_auto_runs_torchs_op_for_wide_float32_lstms(ran, ext, grad, bidirectional) -> None:
+    call(rnnlab.LSTM(4, WIDE, num_layers=2, bidirectional=bidirectional), XW, grad)
+    assert names(ran) == ["torch.lstm"] * (4 if bidirectional else 2)
+
+
+def test_auto_keeps_the_compiled_kernels_elsewhere(ran, ext) -> None:
+    """Narrower than the threshold, a mask, float64, bf16 (asked for or autocast), a GRU."""
+    call(rnnlab.LSTM(4, WIDE - 1), XW, grad=True)
+    call(rnnlab.LSTM(4, WIDE), XW, grad=True, lengths=torch.tensor([3, 2]))
+    call(rnnlab.LSTM(4, WIDE).double(), XW.double())
+    call(rnnlab.LSTM(4, WIDE, precision="bf16"), XW, grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        call(rnnlab.LSTM(4, WIDE), XW)
+    call(rnnlab.GRU(4, WIDE), XW)
+    assert ran == [
+        ("compiled.lstm_train", False),
+        ("compiled.lstm_train", False),
+        ("compiled.lstm_forward", False),
+        ("compiled.lstm_train", True),
+        ("compiled.lstm_infer", True),
+        ("compiled.gru_forward", False),
+    ]
+
+
+def test_auto_torch_row_equals_the_reference() -> None:
+    """The wide LSTM through auto (torch's op): outputs, final state and every gradient."""
+    torch.manual_seed(0)
+    layer = rnnlab.LSTM(4, WIDE, num_layers=2)
+    with torch.no_grad():
+        for cell in layer.cells:
+            cell.bias.uniform_(-0.5, 0.5)
+    results = []
+    for backend in ("reference", "auto"):
+        x = XW.clone().requires_grad_()
+        out, (h, c) = layer(x, backend=backend)
+        loss = (out * torch.linspace(-1, 1, WIDE)).sum() + h.square().sum() + c.square().sum()
+        results.append([out, h, c, *torch.autograd.grad(loss, [x, *layer.parameters()])])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("cls, kernel", [(rnnlab.LSTM, "torch.lstm"), (rnnlab.GRU, "torch.gru")])
+def test_auto_on_cuda_runs_torchs_op(ran, cls, kernel: str) -> None:
+    layer = cls(2, 3, bidirectional=True).cuda()
+    out, _ = call(layer, X.cuda(), grad=True)
+    assert names(ran) == [kernel] * 2 and out.is_cuda
+
+
 def test_torch_backend_with_padding_or_half_names_the_cause(ran) -> None:
     layer = rnnlab.LSTM(2, 3, backend="torch")
     with pytest.raises(ValueError, match="backend='torch' expected no mask .* Use backend='auto'"):

@@ -94,6 +94,14 @@ _TORCH: dict[type[AnyCell], Kernel] = {
     RNNCell: "torch.rnn",
 }
 _warned_fallback = False
+# auto's torch rows: the float32 LSTM widths at which torch's own op (oneDNN) beats the compiled
+# kernels on rnnlab's parameters. Set by benchmarks/torch_row_sweep.py (results_torch_row_sweep.txt,
+# 2026-12-05, one layer, one thread, Intel Xeon with AVX-512 and AMX): at H >= 256 torch's op
+# was faster at all five (B, T) shapes of the bench's workloads, 1.05-1.42x in inference and
+# 1.02-1.35x in training (bidirectional: 1.03-2.14x and 1.03-1.31x); at H = 128 the compiled
+# kernels were faster or level (0.82-1.04x). The GRU's compiled kernels were faster or level at
+# every width (0.62-1.04x), so the GRU has no such row.
+TORCH_LSTM_MIN_HIDDEN = 256
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,11 @@ def scan_layer(
         torch        LSTM / GRU / RNN cell                           torch.lstm / .gru / .rnn
                                                                        (torch's own op: oneDNN
                                                                        on CPU, cuDNN on CUDA)
+        auto         no mask, float32, precision fp32, not under     torch.lstm / .gru / .rnn
+                       bf16 autocast, and either a CUDA tensor of an   (where torch's op is the
+                       LSTM / GRU / RNN cell, or an LSTM cell with     faster: the threshold
+                       H >= TORCH_LSTM_MIN_HIDDEN (256)                and its run are at
+                                                                       TORCH_LSTM_MIN_HIDDEN)
         compiled     compiled cannot run                             RuntimeError: the reason
                                                                        and the fix
         auto         compiled cannot run                             fused.lstm / .gru / .rnn,
@@ -204,8 +217,9 @@ def scan_layer(
     ``backend`` and ``precision`` say, ``return_gates=True`` runs the reference loop on the
     same parameters in float32, so a bf16 layer (its GEMMs rounded to bf16 in the compiled
     kernels) or a layer forced to another backend records the gates of its float32 twin.
-    ``"auto"`` never picks ``"torch"``: ask for it (speed comparisons against oneDNN/cuDNN on
-    the very same parameters; :mod:`rnnlab.nn.backends.native`).
+    ``"auto"`` picks ``"torch"`` only in its own row above, where it was measured faster (and
+    on CUDA, where rnnlab has no kernel of its own); ask for it anywhere else (speed comparisons
+    against oneDNN/cuDNN on the very same parameters; :mod:`rnnlab.nn.backends.native`).
 
     Returns a :class:`LayerScan`; :func:`route_layer` gives the decision without running it.
     """
@@ -245,6 +259,8 @@ def route_layer(
     chosen = resolve_backend(cells[0], x, backend, return_gates=return_gates)
     if return_gates:  # the first row: the reference loop in float32, whatever was configured
         return Route("reference", ("reference",) * len(cells), False, True)
+    if backend == "auto" and _auto_takes_torch(cells[0], x, mask, precision):
+        chosen = "torch"
     bf16 = use_bf16(cells[0], x, backend=chosen, precision=precision)
     if chosen == "reference":
         kernels: tuple[Kernel, ...] = ("reference",) * len(cells)
@@ -261,6 +277,17 @@ def route_layer(
             for cell, state in zip(cells, states, strict=True)
         )
     return Route(chosen, kernels, bf16, return_gates)
+
+
+def _auto_takes_torch(cell: AnyCell, x: Tensor, mask: Tensor | None, precision: str) -> bool:
+    """auto's torch rows: unpadded float32 in float32 mode (not under bf16 autocast), either a
+    CUDA tensor of an LSTM, GRU or RNN (cuDNN through the same op), or on the CPU an LSTM at
+    least :data:`TORCH_LSTM_MIN_HIDDEN` wide."""
+    if mask is not None or x.dtype != torch.float32 or precision != "fp32" or autocast_bf16():
+        return False
+    if x.device.type == "cuda":
+        return isinstance(cell, (LSTMCell, GRUCell, RNNCell))
+    return isinstance(cell, LSTMCell) and cell.hidden_size >= TORCH_LSTM_MIN_HIDDEN
 
 
 def _pair_applies(
