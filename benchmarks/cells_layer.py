@@ -56,7 +56,8 @@ def main() -> None:
             med = {b: statistics.median(t) for b, t in times.items()}
             cells = []
             for backend, ts in times.items():
-                cell = f"{backend} {1e3 * med[backend]:7.1f} ms ({1e3 * min(ts):.1f}-{1e3 * max(ts):.1f})"
+                spread = f"({1e3 * min(ts):.1f}-{1e3 * max(ts):.1f})"
+                cell = f"{backend} {1e3 * med[backend]:7.1f} ms {spread}"
                 if backend != "reference":
                     cell += f" x {med['reference'] / med[backend]:.2f}"
                 cells.append(cell)

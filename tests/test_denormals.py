@@ -56,9 +56,10 @@ def test_flush_takes_effect_on_every_thread_and_is_undone(restore) -> None:
 
 @pytest.mark.parametrize("backend", ["auto", "fused"])
 def test_long_sequence_gradients_change_only_below_the_normal_range(restore, backend) -> None:
-    """An LSTM over 784 steps (workload E's length): the gradient reaching early inputs vanishes through the subnormal
-    range (this is the regime, not a made-up one); flushing zeroes those values and moves no
-    gradient by more than 1e-36 (values near the range are sums of products of subnormals)."""
+    """An LSTM over 784 steps (workload E's length): the gradient reaching early inputs vanishes
+    through the subnormal range (this is the regime, not a made-up one); flushing zeroes those
+    values and moves no gradient by more than 1e-36 (values near the range are sums of products
+    of subnormals)."""
     torch.manual_seed(0)
     lstm = rnnlab.LSTM(1, 16, backend=backend)
     x = torch.randn(4, 784, 1)
