@@ -5,7 +5,9 @@ bound in ``module.cpp``, with the shared helpers and layout notes in ``recurrent
 algorithm of :mod:`rnnlab.nn.backends.fused` with each whole time loop in C++: per step GEMMs
 and one vectorised pass over the gates; for float32 LSTM and its bf16 mode each thread runs its
 own batch rows through all steps, without synchronisation. Inputs and outputs stay batch first;
-the kernels index time themselves, so nothing is flipped.
+the kernels index time themselves, so nothing is flipped. minGRU and minLSTM (``minscan.cpp``)
+keep the parallel path's input GEMM in torch and run only their elementwise time loop in C++,
+forwards and backwards, reading the gates' pre-activations once per direction.
 
 :func:`compiled_unavailable` says where they cannot run. Which of the functions below runs a
 call is decided by :func:`rnnlab.nn.backends.dispatch.scan_layer`, never here.

@@ -1,4 +1,5 @@
-"""Build and load the compiled LSTM/GRU kernels (``*.cpp`` beside this file) once per machine.
+"""Build and load the compiled LSTM/GRU/minGRU/minLSTM kernels (``*.cpp`` beside this file) once
+per machine.
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` (about 40 s on two cores) and
 cached under torch's extension directory (``TORCH_EXTENSIONS_DIR``, default
