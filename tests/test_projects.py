@@ -7,9 +7,10 @@ from pathlib import Path
 
 PROJECTS = Path(__file__).resolve().parents[1] / "projects"
 # rnnlab's public faces: the package, its data package, and the utility modules the projects'
-# command lines share with rnnlab's own (atomic files, versions, allocator, kernel build)
+# command lines share with rnnlab's own (atomic files, versions, allocator, floating-point modes,
+# kernel build)
 PUBLIC = ("rnnlab", "rnnlab.data", "rnnlab.files", "rnnlab.checkpoint", "rnnlab.allocator")
-PUBLIC += ("rnnlab.cli.kernels", "rnnlab.nn.registry", "rnnlab.argtypes")
+PUBLIC += ("rnnlab.denormals", "rnnlab.cli.kernels", "rnnlab.nn.registry", "rnnlab.argtypes")
 
 
 def _rnnlab_imports():
