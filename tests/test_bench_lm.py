@@ -12,6 +12,7 @@ from torch import nn
 from rnnlab.bench import main, suite
 from rnnlab.bench.lm_models import LMRunner, build_language_model
 from rnnlab.bench.workloads import WORKLOADS
+from rnnlab.denormals import flush_denormals
 from rnnlab.nn import decoder_loss
 from rnnlab.nn.backends.compiled import compiled_unavailable
 from rnnlab.nn.cells import LSTMCell
@@ -36,6 +37,20 @@ def _inputs(N=48, H=24, V=70, seed=0):
 
 def _reference(hidden, weight, bias, targets):
     return nn.functional.cross_entropy(nn.functional.linear(hidden, weight, bias), targets)
+
+
+def tiny_f(monkeypatch, peak: float = 1.0):
+    """Workload F shrunk to seconds, in place for the bench, with GEMM peaks of ``peak`` GFLOP/s
+    (measuring them at tiny shapes would take millions of calls, about 2 GFLOP per sample)."""
+    tiny = dataclasses.replace(WORKLOADS["F"], batch=2, steps=5, vocab=20, inputs=8, hidden=(8, 8))
+    monkeypatch.setitem(WORKLOADS, "F", tiny)
+    peaks = {"mkl_gflops": peak, "onednn_gflops": peak, "onednn_bf16_gflops": peak}
+
+    def fake(shapes, repeats):
+        return {name: {"shape": list(shape), **peaks} for name, shape in shapes.items()}
+
+    monkeypatch.setattr(suite, "gemm_peaks", fake)
+    return tiny
 
 
 @pytest.fixture(params=["compiled", "torch ops"])
@@ -183,12 +198,7 @@ def test_bench_runs_a_language_model_workload_against_torch(tmp_path, monkeypatc
 def test_bench_rows_for_mingru_and_minlstm(tmp_path, monkeypatch):
     """The 2024 cells in the same run as the LSTM: the parallel path against rnnlab's LSTM,
     the step-by-step reference against the parallel path; FLOPs without a recurrent GEMM."""
-    tiny = dataclasses.replace(WORKLOADS["F"], batch=2, steps=5, vocab=20, inputs=8, hidden=(8, 8))
-    monkeypatch.setitem(WORKLOADS, "F", tiny)
-    # GEMM peaks at tiny shapes would take millions of calls (about 2 GFLOP per sample)
-    peak = {"mkl_gflops": 1.0, "onednn_gflops": 1.0, "onednn_bf16_gflops": 1.0}
-    fake = lambda shapes, repeats: {k: {"shape": list(v), **peak} for k, v in shapes.items()}  # noqa: E731
-    monkeypatch.setattr(suite, "gemm_peaks", fake)
+    tiny = tiny_f(monkeypatch)
     out = tmp_path / "bench.json"
     impls = "rnnlab,rnnlab-mingru,rnnlab-minlstm,rnnlab-mingru-ref,rnnlab-minlstm-ref"
     argv = ["--workloads", "F", "--impls", impls, "--quick", "--modes", "train"]
@@ -204,11 +214,7 @@ def test_bench_rows_for_mingru_and_minlstm(tmp_path, monkeypatch):
 def test_token_mode_times_one_generation_step_of_language_models_only(tmp_path, monkeypatch):
     """--modes token: language models only, one id (batch 1, T = 1) from the carried state,
     so samples/s is tokens/s; the carried steps equal one forward over the same ids."""
-    tiny = dataclasses.replace(WORKLOADS["F"], batch=2, steps=5, vocab=20, inputs=8, hidden=(8, 8))
-    monkeypatch.setitem(WORKLOADS, "F", tiny)
-    peak = {"mkl_gflops": 1.0, "onednn_gflops": 1.0, "onednn_bf16_gflops": 1.0}
-    fake = lambda shapes, repeats: {k: {"shape": list(v), **peak} for k, v in shapes.items()}  # noqa: E731
-    monkeypatch.setattr(suite, "gemm_peaks", fake)
+    tiny = tiny_f(monkeypatch)
     out = tmp_path / "bench.json"
     argv = ["--workloads", "A,F", "--impls", "rnnlab,torch,rnnlab-minlstm", "--quick"]
     assert main([*argv, "--modes", "token", "--json", str(out)]) == 0
@@ -237,18 +243,12 @@ def test_token_mode_times_one_generation_step_of_language_models_only(tmp_path, 
 def test_bench_flags_cliffs_and_records_the_denormal_modes(tmp_path, monkeypatch, capsys):
     """A train or infer step under 10% of the GEMM peak is named under "Cliffs" (token rows,
     bound by reading the weights at batch 1, are not); --flush-denormals is recorded."""
-    tiny = dataclasses.replace(WORKLOADS["F"], batch=2, steps=5, vocab=20, inputs=8, hidden=(8, 8))
-    monkeypatch.setitem(WORKLOADS, "F", tiny)
-    peak = {"mkl_gflops": 1e6, "onednn_gflops": 1e6, "onednn_bf16_gflops": 1e6}  # all cliffs
-    fake = lambda shapes, repeats: {k: {"shape": list(v), **peak} for k, v in shapes.items()}  # noqa: E731
-    monkeypatch.setattr(suite, "gemm_peaks", fake)
+    tiny_f(monkeypatch, peak=1e6)  # every train and infer row under 10% of it
     out = tmp_path / "bench.json"
     argv = ["--workloads", "F", "--impls", "rnnlab", "--quick", "--modes", "train,token"]
     try:
         assert main([*argv, "--flush-denormals", "--json", str(out)]) == 0
     finally:
-        from rnnlab.denormals import flush_denormals
-
         flush_denormals(False)
     text = capsys.readouterr().out
     cliffs = [line for line in text.splitlines() if line.startswith("Cliffs")]

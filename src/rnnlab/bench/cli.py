@@ -140,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         repeats, budget, memory = 3, 3.0, False
     retained = retain_freed_memory() if args.retain_memory else False
+    flushed = 0
     if args.flush_denormals:
-        _ext.load()  # built first, so that its OpenMP pool is the one set
-    flushed = flush_denormals() if args.flush_denormals else 0
+        _ext.load()  # built first: flush_denormals sets the OpenMP pool through it
+        flushed = flush_denormals()
     if args.retain_memory and not retained:
         raise SystemExit("rnnlab bench: --retain-memory needs glibc's mallopt, not found here")
     start = time.time()

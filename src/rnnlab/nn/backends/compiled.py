@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnlab.nn.backends import _ext
-from rnnlab.nn.backends.parallel import input_projection
+from rnnlab.nn.backends.parallel import direction_output, input_projection
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
 
@@ -174,8 +174,7 @@ def _min_scan(
     k = input_projection(cell, x, bf16=bf16).contiguous()  # (B, T, G*H)
     mask = None if mask is None else mask.contiguous()
     h = _CompiledMinScan.apply(k, state.contiguous(), mask, reverse, kind)  # (B, T, H)
-    final = h[:, 0] if reverse else h[:, -1]  # the state after the last step read
-    return (h if mask is None else h * mask[:, :, None]), final
+    return direction_output(h, mask, reverse=reverse)
 
 
 class _CompiledMinScan(torch.autograd.Function):

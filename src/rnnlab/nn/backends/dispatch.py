@@ -285,8 +285,8 @@ def _auto_takes_torch(cell: AnyCell, x: Tensor, mask: Tensor | None, precision: 
     least :data:`TORCH_LSTM_MIN_HIDDEN` wide."""
     if mask is not None or x.dtype != torch.float32 or precision != "fp32" or autocast_bf16():
         return False
-    if getattr(cell, "weight_ih", x).dtype != torch.float32:  # a mixed-dtype call: let it fail
-        return False  # where the table's other rows say why
+    if cell.weight_ih.dtype != torch.float32:  # a mixed-dtype call: the other rows say why
+        return False
     if x.device.type == "cuda":
         return isinstance(cell, (LSTMCell, GRUCell, RNNCell))
     return isinstance(cell, LSTMCell) and cell.hidden_size >= TORCH_LSTM_MIN_HIDDEN

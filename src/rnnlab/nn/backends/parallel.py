@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from rnnlab.nn.mincells import MinCell
 
-__all__ = ["input_projection", "linear_scan", "mingru", "minlstm"]
+__all__ = ["direction_output", "input_projection", "linear_scan", "mingru", "minlstm"]
 
 
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor, *, reverse: bool = False) -> Tensor:
@@ -148,8 +148,14 @@ def _scan_cell(
         m = mask[:, :, None]  # (B, T, 1)
         a = torch.where(m, a, torch.ones_like(a))  # padded steps keep the state
         b = torch.where(m, b, torch.zeros_like(b))
-    h = linear_scan(a, b, h0, reverse=reverse)  # (B, T, H)
-    final = h[:, 0] if reverse else h[:, -1]  # (B, H): the state after the last step read
+    return direction_output(linear_scan(a, b, h0, reverse=reverse), mask, reverse=reverse)
+
+
+def direction_output(h: Tensor, mask: Tensor | None, *, reverse: bool) -> tuple[Tensor, Tensor]:
+    """From every step's state h (B, T, H): the output (zero at steps where ``mask`` (B, T) is
+    False) and the final state (B, H), the one after the last step read (a padded step keeps
+    the state, so that is h at the last index in reading order). The compiled rows share it."""
+    final = h[:, 0] if reverse else h[:, -1]
     return (h if mask is None else h * mask[:, :, None]), final
 
 
