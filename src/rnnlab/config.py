@@ -160,6 +160,9 @@ class ModelConfig:
     decoder_cell: Literal["lstm", "gru"] = "lstm"
     decoder_layers: int = 1
     beam: int = 1  # the beam width validation and test decode with (1: greedy)
+    # start from a trained run's weights (text classifiers: a word language model's run
+    # directory, whose vocabulary, embedding and recurrent layers the classifier takes)
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -227,10 +230,22 @@ class TrainConfig:
     divergence_factor: float = 10.0
     divergence_window: int = 50
     time_limit: float = 0.0  # seconds of training (0: none)
+    # fine-tuning a model started from another run (model.init_from): the pretrained
+    # parameters learn at lr * pretrained_lr_ratio, and not at all for the first frozen_steps
+    # steps, while the new layers (the head) find their feet (ULMFiT's gradual unfreezing and
+    # discriminative rates, Howard & Ruder 2018, in their simplest form)
+    pretrained_lr_ratio: float = 1.0
+    frozen_steps: int = 0
 
     def __post_init__(self) -> None:
         check_numbers(self)
         positive(self, "batch_size", "eval_batch_size", "step_epochs", "patience")
+        if not self.pretrained_lr_ratio > 0:
+            raise ConfigError(
+                f"train.pretrained_lr_ratio: expected > 0, got {self.pretrained_lr_ratio}"
+            )
+        if self.frozen_steps < 0:
+            raise ConfigError(f"train.frozen_steps: expected >= 0, got {self.frozen_steps}")
         if self.epochs < 0 or (self.epochs == 0 and not self.time_limit > 0):
             raise ConfigError(
                 "train.epochs: expected an int >= 1, or 0 (until train.time_limit) with a "

@@ -30,12 +30,13 @@ from rnnlab.runs.layout import (
     read_config,
     run_data_dir,
 )
-from rnnlab.tasks import Task, TaskData, get_task
+from rnnlab.tasks import PretrainedRun, Task, TaskData, get_task
 
 __all__ = [
     "artifact_digests",
     "checkpoint_config",
     "config_differences",
+    "load_pretrained",
     "load_run",
     "load_run_data",
     "read_run_artifacts",
@@ -147,6 +148,19 @@ def load_run(
     model.eval()
     meta["tag"] = tag
     return config, model, meta
+
+
+def load_pretrained(run_dir: PathLike) -> PretrainedRun:
+    """The run that ``model.init_from`` names, as the new run's task takes it: its best
+    checkpoint (its last when it had no validation), verified like any run :func:`load_run`
+    loads; an unfinished or foreign folder is a :class:`RunError` naming it."""
+    run_dir = Path(run_dir)
+    try:
+        config, model, meta = load_run(run_dir, "best")
+    except (RunError, CheckpointError, ConfigError) as exc:
+        raise RunError(f"model.init_from: expected a trained run, got {exc}") from exc
+    step = int(meta.get("state", {}).get("step", 0))
+    return PretrainedRun(run_dir, config, model, meta["tag"], step, str(meta["sha256"]))
 
 
 def _finite(tensor: torch.Tensor) -> bool:

@@ -46,7 +46,7 @@ from rnnlab.runs.layout import (
     default_run_dir,
     json_bytes,
 )
-from rnnlab.runs.load import artifact_digests
+from rnnlab.runs.load import artifact_digests, load_pretrained
 from rnnlab.runs.lock import RunLock, claim_new_run_dir
 from rnnlab.runs.report import Report
 from rnnlab.tasks import Task, TaskData, get_task
@@ -271,6 +271,25 @@ def _new_run_dir(out: PathLike | None, name: str) -> Path:
     return out
 
 
+PRESET_SOURCE = "preset:"  # model.init_from = "preset:NAME": train NAME first
+
+
+def _pretrain(
+    config: Config, out: Path, data_dir: PathLike | None, callbacks: Sequence[Any], context: Context
+) -> Config:
+    """``config`` ready to start from its source run: a ``model.init_from`` of the form
+    ``preset:NAME`` trains preset NAME first, into its own run directory ``<out>-pretrain``
+    (kept, and resumable on its own), and names that directory instead."""
+    source = config.model.init_from
+    if not source.startswith(PRESET_SOURCE):
+        return config
+    name = source.removeprefix(PRESET_SOURCE)
+    load_preset(name)  # an unknown name is said before any training
+    pretrain_out = out.with_name(f"{out.name}-pretrain")
+    train(name, pretrain_out, data_dir, callbacks=callbacks, context=context)
+    return config.override([f"model.init_from={pretrain_out}"])
+
+
 def train(
     config: Config | str,
     out: PathLike | None = None,
@@ -280,7 +299,9 @@ def train(
     context: Context | None = None,
 ) -> Report:
     """Train a preset name or configuration into a new run directory; returns its report
-    (what it wrote to report.json).
+    (what it wrote to report.json). A ``model.init_from`` naming a run starts the model from
+    its weights (the task says what it takes); ``preset:NAME`` trains that preset first
+    (:func:`_pretrain`).
 
     ``callbacks`` (e.g. :class:`rnnlab.train.ProgressBar`) are added to the run's own metrics
     writer and checkpointer. The directory is claimed first (made and locked, see
@@ -294,7 +315,10 @@ def train(
     context.check_batch_size(config.train.batch_size)
     check_data_dir(config, data_dir)
     out = context.on_main(lambda: _new_run_dir(out, config.name))  # one name for all ranks
+    config = _pretrain(config, out, data_dir, callbacks, context)
     session = RunSession(out, config, data_dir, callbacks, started, context)
+    if config.model.init_from:  # refused or bound before anything is written
+        session.task.bind_pretrained(load_pretrained(config.model.init_from))
     context.on_main(session.claim)
     try:
         try:

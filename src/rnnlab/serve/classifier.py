@@ -156,8 +156,7 @@ class TextRun(ClassifierRun):
             raise InputError("text", str(exc)) from exc
 
     def warm_up(self) -> None:
-        vocab = self.artifacts["vocab.json"]
-        self.trace(text=min(vocab, key=vocab.get))  # the most frequent word
+        self.trace(text=self.task.common_word(self.artifacts))
 
 
 class ImageRun(ClassifierRun):

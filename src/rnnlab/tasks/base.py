@@ -46,6 +46,7 @@ __all__ = [
     "MetricSpec",
     "Prepared",
     "PredictError",
+    "PretrainedRun",
     "Task",
     "TaskData",
     "carve_holdout",
@@ -140,6 +141,35 @@ def carve_holdout(train: Split, config: Config) -> tuple[Split, Split]:
     g = torch.Generator().manual_seed(d.holdout_seed)
     perm = torch.randperm(len(train), generator=g)
     return train.subset(perm[d.holdout :]), train.subset(perm[: d.holdout])
+
+
+@dataclass(frozen=True)
+class PretrainedRun:
+    """A trained run whose weights start a new run's model (``model.init_from``), loaded by the
+    runs floor and handed to :meth:`Task.bind_pretrained` before the data is read.
+
+    ``model`` is the run's model in eval mode, from its ``checkpoint`` (``"best"``, or
+    ``"last"`` for a run without validation) saved at ``step``; ``sha256`` is that
+    checkpoint's tensors file, so a run started from it can say exactly which weights it took.
+    """
+
+    run_dir: Path
+    config: Config
+    model: nn.Module
+    checkpoint: str
+    step: int
+    sha256: str
+
+    def record(self) -> dict[str, Any]:
+        """What the new run keeps of where its weights came from (``pretrained.json``)."""
+        return {
+            "run": str(self.run_dir.absolute()),
+            "preset": self.config.name,
+            "kind": self.config.model.kind,
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "tensors_sha256": self.sha256,
+        }
 
 
 class Task(ABC):
@@ -248,6 +278,16 @@ class Task(ABC):
         """Take from a run directory what building its model needs beyond the configuration
         (a language model: its vocabulary, hence its size). Called before :meth:`build_model`
         when a run is loaded or resumed."""
+
+    def bind_pretrained(self, source: PretrainedRun) -> None:
+        """Start this run's model from ``source``'s weights (``model.init_from``); called before
+        :meth:`load` (the source may bring the vocabulary). A kind that cannot start from
+        another run refuses here, before anything is written."""
+        raise ConfigError(
+            f"model.init_from: expected a run of a kind that starts from another run's weights "
+            f"(a text classifier from a language model), got model.kind={self.kind!r} "
+            f"(init_from={self.config.model.init_from!r})"
+        )
 
     def check_weights(self, tensors: dict[str, Tensor], where: str) -> None:  # noqa: B027
         """Raise a clear error when a checkpoint's tensors cannot be this run's model (before

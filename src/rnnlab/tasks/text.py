@@ -9,11 +9,18 @@ Reviews are encoded like ``keras.datasets.imdb.load_data(num_words, skip_top)`` 
 tokeniser keeps it). Model inputs are ``(ids (N, T) int64, lengths (N,) int64)``, the number of
 real (unpadded) ids per review. A new review is encoded here, exactly as the training data was
 (:meth:`TextClassification.encode`); the word index travels with the run as ``vocab.json``.
+
+With ``model.init_from`` (a word language model's run) the classifier reads the language model's
+vocabulary instead: each review is tokenised by that model's tokenizer, ``<eos>`` first, unknown
+words as ``<unk>`` (:mod:`rnnlab.tasks.text_pretrained`); ``vocab.json`` is then that
+vocabulary, and ``pretrained.json`` says which run and checkpoint the weights came from.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.config import ConfigError
-from rnnlab.data import get_word_index, load_imdb, pad_sequences, tokenize
+from rnnlab.data import get_word_index, load_imdb, load_imdb_texts, pad_sequences, tokenize
+from rnnlab.data.vocab import Vocabulary
 from rnnlab.models import TextClassifier, check_bf16
 from rnnlab.nn.validation import make_mask
 from rnnlab.tasks.base import (
@@ -30,10 +38,18 @@ from rnnlab.tasks.base import (
     PathLike,
     PredictError,
     Prepared,
+    PretrainedRun,
     TaskData,
     carve_holdout,
 )
 from rnnlab.tasks.classify import ClassificationTask
+from rnnlab.tasks.text_pretrained import (
+    check_source,
+    copy_weights,
+    encode_review,
+    encode_reviews,
+    pretrained_names,
+)
 from rnnlab.train import Batches, BatchSource, Split
 
 __all__ = ["TextClassification", "drop_ids", "punctuation_ids"]
@@ -41,6 +57,7 @@ __all__ = ["TextClassification", "drop_ids", "punctuation_ids"]
 START, OOV_ID, START_ID, INDEX_FROM = "[START]", 2, 1, 3  # Keras's imdb.load_data defaults
 PAD = "·"  # the label of a padding step on the inspect page
 VOCAB = "vocab.json"
+PRETRAINED = "pretrained.json"  # where a model started from another run took its weights
 
 
 def punctuation_ids(word_index: dict[str, int]) -> set[int]:
@@ -72,6 +89,16 @@ class TextClassification(ClassificationTask):
     class_names = ("negative", "positive")
     artifact_names = (VOCAB,)
 
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.lm_vocab: Vocabulary | None = None  # with model.init_from: the source's vocabulary
+        self.pretrained: PretrainedRun | None = None  # bound for a new run only
+
+    @property
+    def from_lm(self) -> bool:
+        """Whether this classifier reads a language model's vocabulary (``model.init_from``)."""
+        return bool(self.config.model.init_from)
+
     def check_config(self) -> None:
         if self.config.data.dataset != "imdb":
             raise ConfigError(
@@ -83,6 +110,34 @@ class TextClassification(ClassificationTask):
                 "model.backend='torch' expected model.mask=false (torch's own recurrent op "
                 "cannot skip padding), got mask=true"
             )
+        if self.from_lm and not self.config.data.punctuation:
+            raise ConfigError(
+                "data.punctuation: expected true with model.init_from (the language model read "
+                "punctuation as words), got false"
+            )
+
+    def bind_pretrained(self, source: PretrainedRun) -> None:
+        """Take ``source``'s vocabulary now and its weights in :meth:`build_model`; a source
+        that is not a word language model of this cell and these sizes is refused, both
+        named (:func:`rnnlab.tasks.text_pretrained.check_source`)."""
+        self.lm_vocab, self.pretrained = check_source(self.config, source), source
+
+    def bind_run(self, run_dir: PathLike) -> None:
+        """A classifier started from a language model reads that model's vocabulary, which
+        its run keeps as ``vocab.json``."""
+        if self.from_lm:
+            self.lm_vocab = Vocabulary.load(Path(run_dir) / VOCAB)
+
+    def _vocab(self, doc: dict[str, Any] | None = None) -> Vocabulary:
+        """The language model's vocabulary: bound, or read from a run's ``vocab.json`` value."""
+        if doc is not None and self.lm_vocab is None:
+            self.lm_vocab = Vocabulary.from_json(json.dumps(doc), VOCAB)
+        if self.lm_vocab is None:
+            raise ConfigError(
+                f"model.init_from: expected the language model's vocabulary to be bound, got "
+                f"none (init_from={self.config.model.init_from!r})"
+            )
+        return self.lm_vocab
 
     @property
     def masked(self) -> bool:
@@ -103,6 +158,8 @@ class TextClassification(ClassificationTask):
         return torch.from_numpy(ids), torch.from_numpy(lengths)
 
     def load(self, data_dir: PathLike | None = None) -> TaskData:
+        if self.from_lm:
+            return self._load_for_lm(data_dir)
         d = self.config.data
         (x_train, y_train), (x_test, y_test) = load_imdb(
             num_words=d.num_words, skip_top=d.skip_top, data_dir=data_dir, sample=d.sample
@@ -113,14 +170,38 @@ class TextClassification(ClassificationTask):
             x_train, x_test = drop_ids(x_train, dropped), drop_ids(x_test, dropped)
         train = Split(self.pad(x_train), torch.as_tensor(y_train))
         test = Split(self.pad(x_test), torch.as_tensor(y_test))
+        return TaskData(*self._splits(train, test), {VOCAB: word_index})
+
+    def _splits(self, train: Split, test: Split) -> tuple[Split, Split | None, Split]:
+        d = self.config.data
         val = test if d.validation == "test" else None
         if d.validation == "holdout":
             train, val = carve_holdout(train, self.config)
-        return TaskData(train, val, test, {VOCAB: word_index})
+        return train, val, test
+
+    def _load_for_lm(self, data_dir: PathLike | None) -> TaskData:
+        """The reviews' texts encoded with the language model's vocabulary."""
+        vocab, d = self._vocab(), self.config.data
+        splits = []
+        for name in ("train", "test"):
+            reviews = load_imdb_texts(name, data_dir=data_dir, sample=d.sample)
+            ids = encode_reviews(vocab, reviews.texts)
+            splits.append(Split(self.pad(ids), torch.as_tensor(reviews.labels)))
+        artifacts: dict[str, Any] = {VOCAB: json.loads(vocab.to_json())}
+        if self.pretrained is not None:
+            artifacts[PRETRAINED] = self.pretrained.record()
+        return TaskData(*self._splits(*splits), artifacts)
 
     def build_model(self) -> nn.Module:
         cfg = self.config.model
-        model = TextClassifier(cfg, self.config.data.num_words, padding=self.config.data.padding)
+        size = len(self._vocab()) if self.from_lm else self.config.data.num_words
+        model = TextClassifier(cfg, size, padding=self.config.data.padding)
+        if self.from_lm:
+            source_layers = len(cfg.hidden_sizes)
+            if self.pretrained is not None:
+                source_layers = len(self.pretrained.config.model.hidden_sizes)
+                copy_weights(model, self.pretrained.model)
+            model.pretrained_names = pretrained_names(model, source_layers)
         check_bf16(model, cfg)
         return model
 
@@ -145,11 +226,16 @@ class TextClassification(ClassificationTask):
         return Batches(split, self.eval_batch_size(world_size), bucket=True, trim=trim, **shard)
 
     def encode(
-        self, text: str, word_index: dict[str, int]
+        self, text: str, word_index: dict[str, Any]
     ) -> tuple[list[int], list[str], list[bool], bool]:
         """A review as training encoded it: ``(ids, words, oov, truncated)`` after dropping
         unknown words (and punctuation, if the run did) and truncating to ``data.maxlen``
-        (``truncated`` says whether words were cut); ``words[0]`` is the start marker."""
+        (``truncated`` says whether words were cut); ``words[0]`` is the start marker.
+        ``word_index`` is the run's ``vocab.json``: with ``model.init_from``, the language
+        model's vocabulary, whose ``<unk>`` takes unknown words (they are kept, marked oov)."""
+        if self.from_lm:
+            ids, labels, oov = encode_review(self._vocab(word_index), text)
+            return self._truncated(ids, labels, oov)
         d = self.config.data
         words = [w for w in tokenize(text) if w in word_index]
         ids = [START_ID] + [word_index[w] + INDEX_FROM for w in words]
@@ -164,17 +250,33 @@ class TextClassification(ClassificationTask):
                 [labels[k] for k in keep],
                 [oov[k] for k in keep],
             )
+        return self._truncated(ids, labels, oov)
+
+    def _truncated(
+        self, ids: list[int], labels: list[str], oov: list[bool]
+    ) -> tuple[list[int], list[str], list[bool], bool]:
+        d = self.config.data
         truncated = len(ids) > d.maxlen
         if truncated:
             keep = slice(-d.maxlen, None) if d.truncating == "pre" else slice(0, d.maxlen)
             ids, labels, oov = ids[keep], labels[keep], oov[keep]
         return ids, labels, oov, truncated
 
-    def _encoded(self, k: int, text: Any, word_index: dict[str, int]):
+    def common_word(self, artifacts: dict[str, Any]) -> str:
+        """The vocabulary's most frequent word (what ``rnnlab serve`` warms a run up with)."""
+        if self.from_lm:
+            vocab = self._vocab(artifacts[VOCAB])
+            return vocab.tokens[min(len(vocab.specials), len(vocab) - 1)]
+        word_index = artifacts[VOCAB]
+        return min(word_index, key=word_index.get)
+
+    def _encoded(self, k: int, text: Any, word_index: dict[str, Any]):
         if not isinstance(text, str) or not text.strip():
             raise PredictError(f"review {k + 1}: expected non-empty text, got {text!r}")
         encoded = self.encode(text, word_index)
-        if len(encoded[0]) <= 1:  # the start marker alone: no word the model was trained on
+        # the start marker alone (or, reading a language model's vocabulary, unknown words
+        # only): no word the model was trained on
+        if len(encoded[0]) <= 1 or (self.from_lm and all(encoded[2][1:])):
             raise PredictError(
                 f"review {k + 1}: expected at least one known word, got none in {text[:60]!r}"
             )

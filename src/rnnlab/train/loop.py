@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rnnlab.config import TrainConfig
 from rnnlab.faults import fault_point
 from rnnlab.train.objective import Batch, BatchLoss, BatchSource, Carry, Objective
-from rnnlab.train.schedule import learning_rate, make_optimizer
+from rnnlab.train.schedule import group_rate, learning_rate, make_optimizer
 
 __all__ = ["TrainState", "Trainer", "DivergenceError", "evaluate", "fit"]
 
@@ -243,7 +243,7 @@ class Trainer:
     ) -> dict[str, Any]:
         cfg, state = self.config, self.state
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group_rate(group, lr, state.step, cfg)
         out = self.objective.batch_loss(self.model, inputs, targets, state.carry, training=True)
         loss, loss_value, n, sums = self._loss(out)
         where = f"epoch {epoch + 1}, step {state.step + 1}"

@@ -7,19 +7,52 @@ stateful schedule, ``plateau``, keeps its two numbers in :class:`~rnnlab.train.l
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from rnnlab.config import TrainConfig
 
-__all__ = ["learning_rate", "make_optimizer"]
+__all__ = ["group_rate", "learning_rate", "make_optimizer", "parameter_groups"]
+
+
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters of ``model`` in one group, or two when the model names the
+    parameters it took from another run in its ``pretrained_names`` attribute (a set of
+    ``named_parameters()`` names; a model wrapped for data parallelism is looked into): those
+    form a second group marked ``pretrained``, whose rate is scaled by
+    ``train.pretrained_lr_ratio`` and held at zero for ``train.frozen_steps``
+    (:func:`group_rate`)."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel keeps the model here
+    names = frozenset(getattr(inner, "pretrained_names", ()))
+    named = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
+    unknown = names - {n for n, _ in inner.named_parameters()}
+    if unknown:
+        raise ValueError(
+            f"make_optimizer expected pretrained_names among the model's parameters, got "
+            f"{sorted(unknown)[:3]}"
+        )
+    fresh = [p for n, p in named if n not in names]
+    if not names:
+        return [{"params": fresh}]
+    taken = [p for n, p in named if n in names]
+    return [{"params": fresh}, {"params": taken, "pretrained": True}]
+
+
+def group_rate(group: dict[str, Any], lr: float, step: int, cfg: TrainConfig) -> float:
+    """The learning rate of parameter ``group`` at optimizer step ``step`` (0-based) given the
+    schedule's ``lr``: a pretrained group's is ``lr * pretrained_lr_ratio``, and 0 while
+    ``step < frozen_steps``."""
+    if not group.get("pretrained"):
+        return lr
+    return 0.0 if step < cfg.frozen_steps else lr * cfg.pretrained_lr_ratio
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015, Keras's defaults), AdamW (Loshchilov & Hutter 2019) or SGD with
-    momentum, over every trainable parameter of ``model``."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    momentum, over every trainable parameter of ``model`` (:func:`parameter_groups`)."""
+    params = parameter_groups(model, cfg)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
