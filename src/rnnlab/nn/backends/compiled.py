@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnlab.nn.backends import _ext
-from rnnlab.nn.backends.parallel import direction_output, input_projection
+from rnnlab.nn.backends.parallel import direction_output
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
 
@@ -147,8 +147,8 @@ def mingru(
     cell: MinGRUCell, x: Tensor, state: Tensor, mask: Tensor | None, *, reverse: bool, bf16: bool
 ) -> tuple[Tensor, Tensor]:
     """One minGRU direction over x (B, T, I) from state (B, H): the input GEMM of the parallel
-    path (:func:`rnnlab.nn.backends.parallel.input_projection`, bf16 operands if ``bf16``), then
-    ``minscan.cpp``'s time loop, forwards and (under autograd) backwards. Training and inference
+    path without its bias (:func:`_project`, bf16 operands if ``bf16``), then ``minscan.cpp``'s
+    time loop, which adds the bias, forwards and (under autograd) backwards. Training and inference
     alike: without grad nothing is kept. Returns (output (B, T, H), zero at steps where ``mask``
     (B, T) is False, final state (B, H))."""
     return _min_scan(cell, x, state, mask, reverse=reverse, bf16=bf16, kind=0)
@@ -171,30 +171,48 @@ def _min_scan(
     bf16: bool,
     kind: int,
 ) -> tuple[Tensor, Tensor]:
-    k = input_projection(cell, x, bf16=bf16).contiguous()  # (B, T, G*H)
     mask = None if mask is None else mask.contiguous()
-    h = _CompiledMinScan.apply(k, state.contiguous(), mask, reverse, kind)  # (B, T, H)
+    args = (cell.weight_ih, cell.bias, state.contiguous(), mask, reverse, kind, bf16)
+    h = _CompiledMinLayer.apply(x, *args)  # (B, T, H)
     return direction_output(h, mask, reverse=reverse)
 
 
-class _CompiledMinScan(torch.autograd.Function):
-    """The minGRU / minLSTM recurrence over pre-activations k (B, T, G*H) in C++."""
+def _project(x: Tensor, weight: Tensor, bf16: bool) -> Tensor:
+    """x (B, T, I) W^T -> (B, T, G*H) float32, without the bias (the time loop adds it); bf16
+    operands when ``bf16``, as :func:`rnnlab.nn.backends.parallel.input_projection`."""
+    if bf16:
+        return (x.bfloat16() @ weight.bfloat16().T).float()
+    return x @ weight.T
+
+
+class _CompiledMinLayer(torch.autograd.Function):
+    """A minGRU / minLSTM direction: the input GEMM k = x W^T (B, T, G*H), then the recurrence
+    in C++, which adds the bias as it reads k and returns dL/db with dk, so the bias costs
+    neither a broadcast copy into the GEMM's output nor a reduction of dk (minscan.cpp)."""
 
     @staticmethod
-    def forward(ctx, k, h0, mask, reverse, kind):
-        h = _ext.load().min_scan_forward(k, h0, mask, reverse, kind)
-        ctx.reverse, ctx.kind = reverse, kind
-        ctx.save_for_backward(k, h0, h, mask)
+    def forward(ctx, x, weight, bias, h0, mask, reverse, kind, bf16):
+        k = _project(x, weight, bf16).contiguous()  # (B, T, G*H)
+        h = _ext.load().min_scan_forward(k, bias, h0, mask, reverse, kind)
+        ctx.reverse, ctx.kind, ctx.bf16 = reverse, kind, bf16
+        ctx.save_for_backward(x, weight, bias, k, h0, h, mask)
         return h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dh):
-        k, h0, h, mask = ctx.saved_tensors
-        dk, dh0 = _ext.load().min_scan_backward(
-            k, h0, h, dh.contiguous(), mask, ctx.reverse, ctx.kind
+        x, weight, bias, k, h0, h, mask = ctx.saved_tensors
+        dk, dh0, db = _ext.load().min_scan_backward(
+            k, bias, h0, h, dh.contiguous(), mask, ctx.reverse, ctx.kind
         )
-        return dk, dh0, None, None, None
+        dk2, x2 = dk.flatten(0, 1), x.reshape(-1, x.shape[-1])  # (B*T, G*H), (B*T, I)
+        if ctx.bf16:  # the GEMMs' gradients in bf16 too, as autograd gives them
+            dk2, w, x2 = dk2.bfloat16(), weight.bfloat16(), x2.bfloat16()
+        else:
+            w = weight
+        dx = (dk2 @ w).float().view_as(x) if ctx.needs_input_grad[0] else None  # (B, T, I)
+        dw = (dk2.T @ x2).float() if ctx.needs_input_grad[1] else None  # (G*H, I)
+        return dx, dw, db, dh0, None, None, None, None
 
 
 class _CompiledLSTM(torch.autograd.Function):

@@ -132,7 +132,8 @@ def _sweep(a: Tensor, b: Tensor, h0: Tensor, *, reverse: bool) -> Tensor:
 def input_projection(cell: MinCell, x: Tensor, *, bf16: bool) -> Tensor:
     """Step 1 of the module docstring: every step's pre-activations k = x W^T + b (B, T, G*H),
     with bf16 operands and a float32 result (as under ``torch.autocast``) when ``bf16``. The
-    compiled rows (:func:`rnnlab.nn.backends.compiled.mingru`, ``.minlstm``) share it."""
+    compiled rows (:func:`rnnlab.nn.backends.compiled.mingru`, ``.minlstm``) make the same GEMM
+    and add the bias in their time loop."""
     if bf16:
         return (x.bfloat16() @ cell.weight_ih.bfloat16().T).float() + cell.bias
     return F.linear(x, cell.weight_ih, cell.bias)  # the bias inside the GEMM

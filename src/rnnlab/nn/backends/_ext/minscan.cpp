@@ -15,7 +15,10 @@
 //   minGRU   z = sigmoid(k_z)                       a = 1 - z    b = z * k_h
 //   minLSTM  f' = f / (f + i)                       a = f'       b = (1 - f') * k_h
 //
-// with f = sigmoid(k_f), i = sigmoid(k_i). MinLSTMCell.coefficients writes f' as
+// with f = sigmoid(k_f), i = sigmoid(k_i). k arrives without its bias (the GEMM is a plain
+// x W^T): the loops add the bias b (G*H) as they read k, and the backward sums dL/db over the
+// steps as it writes dk, so neither the broadcast copy of b into the GEMM's output nor a
+// separate reduction of dk over B*T (two passes over a (B, T, G*H) tensor) is made. MinLSTMCell.coefficients writes f' as
 // sigmoid(log f - log i) so that it stays finite where f and i both underflow; here the same
 // number is (1 + e^u) / ((1 + e^u) + (1 + e^v)) with u = -k_i, v = -k_f, every term scaled by
 // e^-m, m = max(u, v, 0): three exponentials of non-positive numbers (no overflow), one of them
@@ -26,7 +29,7 @@
 // into dk_t; dL/dh0 = a_0 g_0. It recomputes a and b from k rather than storing them.
 //
 // Layouts are batch first and contiguous: k (B, T, G*H) with blocks [z, h~] or [f, i, h~],
-// h and dh (B, T, H), h0 (B, H); ``reverse`` runs time from T-1 down to 0. A padded step (mask
+// bias (G*H), h and dh (B, T, H), h0 (B, H); ``reverse`` runs time from T-1 down to 0. A padded step (mask
 // false) keeps the state (a = 1, b = 0) and its k gets no gradient.
 #include "recurrent.h"
 
@@ -53,14 +56,18 @@ struct MinArgs {
   int64_t time(int64_t s) const { return reverse ? T - 1 - s : s; }  // the s-th step read
 };
 
-MinArgs min_args(const Tensor& k, const Tensor& h0, const Tensor& mask, bool reverse,
-                 int64_t kind) {
+MinArgs min_args(const Tensor& k, const Tensor& bias, const Tensor& h0, const Tensor& mask,
+                 bool reverse, int64_t kind) {
   TORCH_CHECK(kind == kMinGRU || kind == kMinLSTM, "min_scan: kind 0 (minGRU) or 1 (minLSTM), got ",
               kind);
   const int64_t G = kind == kMinGRU ? 2 : 3;
   TORCH_CHECK(k.dim() == 3 && k.is_contiguous() && k.size(2) % G == 0,
               "min_scan expects contiguous pre-activations (B, T, ", G, "*H), got ", k.sizes());
   const int64_t B = k.size(0), T = k.size(1), H = k.size(2) / G;
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == G * H && bias.is_contiguous() &&
+                  bias.scalar_type() == k.scalar_type(),
+              "min_scan expects a contiguous bias (", G * H, ") of k's dtype, got ",
+              bias.scalar_type(), " ", bias.sizes());
   TORCH_CHECK(h0.sizes() == at::IntArrayRef({B, H}) && h0.is_contiguous() &&
                   h0.scalar_type() == k.scalar_type(),
               "min_scan expects a contiguous h0 (", B, ", ", H, ") of k's dtype, got ",
@@ -77,8 +84,8 @@ MinArgs min_args(const Tensor& k, const Tensor& h0, const Tensor& mask, bool rev
 }
 
 template <typename scalar_t>
-void forward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* h0, scalar_t* h,
-                  int64_t b0, int64_t b1) {
+void forward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* bias, const scalar_t* h0,
+                  scalar_t* h, int64_t b0, int64_t b1) {
   const int64_t H = p.H, GH = p.G * p.H;
   for (int64_t b = b0; b < b1; ++b) {
     const scalar_t* prev = h0 + b * H;
@@ -88,18 +95,19 @@ void forward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* h0, scala
       if (!p.on(b, t)) {
         std::copy(prev, prev + H, out);
       } else if (p.kind == kMinGRU) {
-        const scalar_t *kz = k + (b * p.T + t) * GH, *kh = kz + H;
+        const scalar_t *kz = k + (b * p.T + t) * GH, *kh = kz + H, *bz = bias, *bh = bias + H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
-          const scalar_t z = sigmoid(kz[j]);
-          out[j] = (scalar_t(1) - z) * prev[j] + z * kh[j];
+          const scalar_t z = sigmoid(kz[j] + bz[j]);
+          out[j] = (scalar_t(1) - z) * prev[j] + z * (kh[j] + bh[j]);
         }
       } else {
         const scalar_t *kf = k + (b * p.T + t) * GH, *ki = kf + H, *kh = ki + H;
+        const scalar_t *bf = bias, *bi = bias + H, *bh = bias + 2 * H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
-          const scalar_t f = forget_share(kf[j], ki[j]);
-          out[j] = f * prev[j] + (scalar_t(1) - f) * kh[j];
+          const scalar_t f = forget_share(kf[j] + bf[j], ki[j] + bi[j]);
+          out[j] = f * prev[j] + (scalar_t(1) - f) * (kh[j] + bh[j]);
         }
       }
       prev = out;
@@ -107,9 +115,11 @@ void forward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* h0, scala
   }
 }
 
+// ``db`` (G*H) accumulates dL/db of rows b0..b1 (the caller gives each thread its own).
 template <typename scalar_t>
-void backward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* h0, const scalar_t* h,
-                   const scalar_t* dh, scalar_t* dk, scalar_t* dh0, int64_t b0, int64_t b1) {
+void backward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* bias, const scalar_t* h0,
+                   const scalar_t* h, const scalar_t* dh, scalar_t* dk, scalar_t* dh0,
+                   scalar_t* db, int64_t b0, int64_t b1) {
   const int64_t H = p.H, GH = p.G * p.H;
   std::vector<scalar_t> carry_buffer(H);
   scalar_t* carry = carry_buffer.data();  // a_{t+1} g_{t+1}, the gradient reaching h_t from later
@@ -125,28 +135,41 @@ void backward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* h0, cons
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) carry[j] += d[j];
       } else if (p.kind == kMinGRU) {
-        const scalar_t *kz = k + (b * p.T + t) * GH, *kh = kz + H;
-        scalar_t *dkz = dkt, *dkh = dkt + H;
+        const scalar_t *kz = k + (b * p.T + t) * GH, *kh = kz + H, *bz = bias, *bh = bias + H;
+        scalar_t *dkz = dkt, *dkh = dkt + H, *dbz = db, *dbh = db + H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const scalar_t g = d[j] + carry[j];
-          const scalar_t z = sigmoid(kz[j]);
-          dkz[j] = g * (kh[j] - prev[j]) * z * (scalar_t(1) - z);  // dz = g (h~ - h_{t-1})
-          dkh[j] = g * z;
+          const scalar_t z = sigmoid(kz[j] + bz[j]);
+          // dz = g (h~ - h_{t-1})
+          const scalar_t dz = g * (kh[j] + bh[j] - prev[j]) * z * (scalar_t(1) - z);
+          const scalar_t dhh = g * z;
+          dkz[j] = dz;
+          dkh[j] = dhh;
+          dbz[j] += dz;
+          dbh[j] += dhh;
           carry[j] = (scalar_t(1) - z) * g;
         }
       } else {
         const scalar_t *kf = k + (b * p.T + t) * GH, *ki = kf + H, *kh = ki + H;
+        const scalar_t *bf = bias, *bi = bias + H, *bh = bias + 2 * H;
         scalar_t *dkf = dkt, *dki = dkt + H, *dkh = dkt + 2 * H;
+        scalar_t *dbf = db, *dbi = db + H, *dbh = db + 2 * H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const scalar_t g = d[j] + carry[j];
-          const scalar_t f = forget_share(kf[j], ki[j]);
+          const scalar_t pf = kf[j] + bf[j], pi = ki[j] + bi[j];
+          const scalar_t f = forget_share(pf, pi);
           // df'/dk_f = f'(1 - f') sigmoid(-k_f), df'/dk_i = -f'(1 - f') sigmoid(-k_i)
-          const scalar_t df = g * (prev[j] - kh[j]) * f * (scalar_t(1) - f);
-          dkf[j] = df * sigmoid(-kf[j]);
-          dki[j] = -df * sigmoid(-ki[j]);
-          dkh[j] = g * (scalar_t(1) - f);
+          const scalar_t df = g * (prev[j] - kh[j] - bh[j]) * f * (scalar_t(1) - f);
+          const scalar_t dpf = df * sigmoid(-pf), dpi = -df * sigmoid(-pi);
+          const scalar_t dhh = g * (scalar_t(1) - f);
+          dkf[j] = dpf;
+          dki[j] = dpi;
+          dkh[j] = dhh;
+          dbf[j] += dpf;
+          dbi[j] += dpi;
+          dbh[j] += dhh;
           carry[j] = f * g;
         }
       }
@@ -157,41 +180,51 @@ void backward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* h0, cons
 
 }  // namespace
 
-// h (B, T, H): every step's state, from pre-activations k (B, T, G*H) and h0 (B, H).
-Tensor min_scan_forward(const Tensor& k, const Tensor& h0, const c10::optional<Tensor>& mask,
-                        bool reverse, int64_t kind) {
-  const MinArgs p = min_args(k, h0, mask.value_or(Tensor()), reverse, kind);
+// h (B, T, H): every step's state, from pre-activations k (B, T, G*H) less their bias (G*H),
+// and h0 (B, H).
+Tensor min_scan_forward(const Tensor& k, const Tensor& bias, const Tensor& h0,
+                        const c10::optional<Tensor>& mask, bool reverse, int64_t kind) {
+  const MinArgs p = min_args(k, bias, h0, mask.value_or(Tensor()), reverse, kind);
   Tensor h = at::empty({p.B, p.T, p.H}, k.options());
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "min_scan_forward", [&] {
     const scalar_t *kp = k.data_ptr<scalar_t>(), *h0p = h0.data_ptr<scalar_t>();
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
     at::parallel_for(0, p.B, 1, [&](int64_t b0, int64_t b1) {
-      forward_rows(p, kp, h0p, hp, b0, b1);
+      forward_rows(p, kp, bp, h0p, hp, b0, b1);
     });
   });
   return h;
 }
 
-// {dk (B, T, G*H), dh0 (B, H)} from the forward's k, h0 and h and the gradient dh (B, T, H) of h.
-std::vector<Tensor> min_scan_backward(const Tensor& k, const Tensor& h0, const Tensor& h,
-                                      const Tensor& dh, const c10::optional<Tensor>& mask,
-                                      bool reverse, int64_t kind) {
-  const MinArgs p = min_args(k, h0, mask.value_or(Tensor()), reverse, kind);
+// {dk (B, T, G*H), dh0 (B, H), db (G*H)} from the forward's k, bias, h0 and h and the gradient
+// dh (B, T, H) of h.
+std::vector<Tensor> min_scan_backward(const Tensor& k, const Tensor& bias, const Tensor& h0,
+                                      const Tensor& h, const Tensor& dh,
+                                      const c10::optional<Tensor>& mask, bool reverse,
+                                      int64_t kind) {
+  const MinArgs p = min_args(k, bias, h0, mask.value_or(Tensor()), reverse, kind);
   TORCH_CHECK(h.is_contiguous() && dh.is_contiguous() &&
                   h.sizes() == at::IntArrayRef({p.B, p.T, p.H}) && dh.sizes() == h.sizes() &&
                   dh.scalar_type() == k.scalar_type(),
               "min_scan_backward expects contiguous h and dh (", p.B, ", ", p.T, ", ", p.H,
               ") of k's dtype, got ", h.sizes(), " and ", dh.scalar_type(), " ", dh.sizes());
   Tensor dk = at::empty_like(k), dh0 = at::empty_like(h0);
+  // one row of bias gradient per thread, summed at the end (a fixed order for a fixed thread
+  // count, so a run is reproducible)
+  Tensor db_rows = at::zeros({at::get_num_threads(), p.G * p.H}, k.options());
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "min_scan_backward", [&] {
     const scalar_t *kp = k.data_ptr<scalar_t>(), *h0p = h0.data_ptr<scalar_t>();
     const scalar_t *hp = h.data_ptr<scalar_t>(), *dhp = dh.data_ptr<scalar_t>();
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
     scalar_t *dkp = dk.data_ptr<scalar_t>(), *dh0p = dh0.data_ptr<scalar_t>();
+    scalar_t* dbp = db_rows.data_ptr<scalar_t>();
     at::parallel_for(0, p.B, 1, [&](int64_t b0, int64_t b1) {
-      backward_rows(p, kp, h0p, hp, dhp, dkp, dh0p, b0, b1);
+      scalar_t* db = dbp + at::get_thread_num() * p.G * p.H;
+      backward_rows(p, kp, bp, h0p, hp, dhp, dkp, dh0p, db, b0, b1);
     });
   });
-  return {dk, dh0};
+  return {dk, dh0, db_rows.sum(0)};
 }
 
 }  // namespace rnnlab_ext

@@ -286,10 +286,11 @@ std::vector<Tensor> gru_backward(const Tensor& dout_, const Tensor& dh_n, const 
                                  const Tensor& w_ih, const Tensor& w_hh, const Tensor& acts,
                                  const Tensor& ghn, const Tensor& hs,
                                  const c10::optional<Tensor>& mask, bool reverse, bool need_dx);
-Tensor min_scan_forward(const Tensor& k, const Tensor& h0, const c10::optional<Tensor>& mask,
-                        bool reverse, int64_t kind);
-std::vector<Tensor> min_scan_backward(const Tensor& k, const Tensor& h0, const Tensor& h,
-                                      const Tensor& dh, const c10::optional<Tensor>& mask,
-                                      bool reverse, int64_t kind);
+Tensor min_scan_forward(const Tensor& k, const Tensor& bias, const Tensor& h0,
+                        const c10::optional<Tensor>& mask, bool reverse, int64_t kind);
+std::vector<Tensor> min_scan_backward(const Tensor& k, const Tensor& bias, const Tensor& h0,
+                                      const Tensor& h, const Tensor& dh,
+                                      const c10::optional<Tensor>& mask, bool reverse,
+                                      int64_t kind);
 
 }  // namespace rnnlab_ext
