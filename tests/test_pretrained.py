@@ -188,3 +188,13 @@ def test_a_preset_source_is_trained_first_into_its_own_run(tmp_path, monkeypatch
             overrides=[*CLASSIFIER_SETS, "model.init_from=preset:nope"],
         )
     assert not (tmp_path / "b").exists() and not (tmp_path / "b-pretrain").exists()
+
+
+def test_the_preset_is_summarised_before_its_language_model_exists():
+    """``rnnlab summary imdb-pretrained`` sizes the embedding by imdb-lm's data.max_vocab."""
+    from rnnlab.tasks import build_model
+
+    model = build_model(load_preset("imdb-pretrained"))
+    lm = load_preset("imdb-lm")
+    assert model.embedding.weight.shape == (lm.data.max_vocab, lm.model.embedding_dim)
+    assert model.pretrained_names >= {"embedding.weight"}

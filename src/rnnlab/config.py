@@ -113,6 +113,15 @@ class DataConfig:
         for name in ("max_vocab", "eval_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"data.{name}: expected >= 0, got {getattr(self, name)}")
+        if self.dataset != "fsdd" and (self.holdout_pick != "random" or self.speed_perturb):
+            raise ConfigError(
+                f"data.holdout_pick, data.speed_perturb: expected the defaults for dataset "
+                f"{self.dataset!r} (they are FSDD options), got {self.holdout_pick!r}, "
+                f"{list(self.speed_perturb)}"
+            )
+
+
+PRESET_SOURCE = "preset:"  # model.init_from = "preset:NAME": train preset NAME first
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,8 @@ class ModelConfig:
     decoder_layers: int = 1
     beam: int = 1  # the beam width validation and test decode with (1: greedy)
     # start from a trained run's weights (text classifiers: a word language model's run
-    # directory, whose vocabulary, embedding and recurrent layers the classifier takes)
+    # directory, whose vocabulary, embedding and recurrent layers the classifier takes), or
+    # from a preset trained first ("preset:NAME", PRESET_SOURCE)
     init_from: str = ""
 
     def __post_init__(self) -> None:

@@ -33,7 +33,7 @@ from rnnlab.checkpoint import (
     load_model_weights,
     versions,
 )
-from rnnlab.config import Config, load_preset
+from rnnlab.config import PRESET_SOURCE, Config, load_preset
 from rnnlab.distributed import Context
 from rnnlab.faults import fault_point
 from rnnlab.files import atomic_write
@@ -269,9 +269,6 @@ def _new_run_dir(out: PathLike | None, name: str) -> Path:
     out = Path(out) if out is not None else default_run_dir(name)
     check_new_out(out)  # the explanation before any slow work
     return out
-
-
-PRESET_SOURCE = "preset:"  # model.init_from = "preset:NAME": train NAME first
 
 
 def _pretrain(

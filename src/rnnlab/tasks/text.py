@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnlab.config import ConfigError
+from rnnlab.config import PRESET_SOURCE, ConfigError, load_preset
 from rnnlab.data import get_word_index, load_imdb, load_imdb_texts, pad_sequences, tokenize
 from rnnlab.data.vocab import Vocabulary
 from rnnlab.models import TextClassifier, check_bf16
@@ -192,9 +192,24 @@ class TextClassification(ClassificationTask):
             artifacts[PRETRAINED] = self.pretrained.record()
         return TaskData(*self._splits(*splits), artifacts)
 
+    def vocab_size(self) -> int:
+        """The embedding's rows: ``data.num_words``; with ``model.init_from``, the language
+        model's vocabulary size (before a preset source is trained: its ``data.max_vocab``,
+        the size it will have at most, which is what ``rnnlab summary`` shows)."""
+        if not self.from_lm:
+            return self.config.data.num_words
+        source = self.config.model.init_from
+        if self.lm_vocab is None and source.startswith(PRESET_SOURCE):
+            size = load_preset(source.removeprefix(PRESET_SOURCE)).data.max_vocab
+            if size:
+                return size
+        if self.lm_vocab is None and (Path(source) / VOCAB).is_file():
+            self.lm_vocab = Vocabulary.load(Path(source) / VOCAB)
+        return len(self._vocab())
+
     def build_model(self) -> nn.Module:
         cfg = self.config.model
-        size = len(self._vocab()) if self.from_lm else self.config.data.num_words
+        size = self.vocab_size()
         model = TextClassifier(cfg, size, padding=self.config.data.padding)
         if self.from_lm:
             source_layers = len(cfg.hidden_sizes)
