@@ -93,6 +93,10 @@ class DataConfig:
     bands: int = 40  # mel bands (or MFCCs): the model's input_size
     hop_ms: float = 16.0  # one frame every hop_ms (windows of 2 * hop_ms)
     spec_augment: bool = False  # mask random bands and frames of training features
+    # model.kind = "speech": which recordings validation holds out ("first_takes": the lowest
+    # indexes, rnnlab.data.fsdd.first_takes) and training copies played at these speeds
+    holdout_pick: Literal["random", "first_takes"] = "random"
+    speed_perturb: tuple[float, ...] = ()
     strings: int = 6000  # CTC: training strings (lines) built once from data.string_seed
     eval_strings: int = 1000  # CTC: validation and test strings (lines) each
     max_digits: int = 7  # CTC: digits per string, 1..max_digits

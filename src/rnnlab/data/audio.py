@@ -8,7 +8,8 @@ Nothing here is hand-written DSP: :func:`read_wav` reads through libsndfile (16-
 (``librosa.feature.melspectrogram``), its log (``librosa.power_to_db``), optionally the DCT of
 that (``librosa.feature.mfcc``), then each band normalised to zero mean and unit variance over
 the utterance (per-utterance normalisation: the level of the recording drops out).
-:func:`spec_augment` masks random bands and frames of training features (Park et al. 2019).
+:func:`spec_augment` masks random bands and frames of training features (Park et al. 2019);
+:func:`change_speed` plays a recording faster or slower (Ko et al. 2015's speed perturbation).
 
 What a file can be, and what happens (each error names what was expected and what came):
 
@@ -43,6 +44,7 @@ __all__ = [
     "AudioError",
     "FeatureSpec",
     "Wave",
+    "change_speed",
     "features",
     "read_wav",
     "spec_augment",
@@ -188,6 +190,21 @@ def normalise(frames: np.ndarray) -> np.ndarray:
     mean = frames.mean(axis=0, keepdims=True)  # (1, F)
     std = frames.std(axis=0, keepdims=True)  # (1, F)
     return ((frames - mean) / np.maximum(std, 1e-5)).astype(np.float32)
+
+
+def change_speed(samples: np.ndarray, factor: float, rate: int) -> np.ndarray:
+    """(S,) -> (about S / factor,): the recording played ``factor`` times as fast, tempo and
+    pitch together, as sox's ``speed`` effect (Ko et al. 2015, "Audio augmentation for speech
+    recognition": copies at speeds 0.9 and 1.1). The samples are read as if taken at
+    ``factor * rate`` Hz and resampled to ``rate`` (``librosa.resample``, soxr)."""
+    if not 0.5 <= factor <= 2.0:
+        raise AudioError(f"change_speed expected a factor in [0.5, 2], got {factor}")
+    if samples.ndim != 1 or len(samples) == 0:
+        raise AudioError(
+            f"change_speed expected samples of shape (S,) with S > 0, got {samples.shape}"
+        )
+    out = need("librosa").resample(samples, orig_sr=factor * rate, target_sr=rate)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def spec_augment(

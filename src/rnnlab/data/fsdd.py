@@ -15,6 +15,8 @@ is not in the list is refused (it is not an FSDD recording).
 
 :func:`official_split`: indexes 0-4 are the test set, 5-49 training (the dataset's README);
 ``speakers`` chooses whose recordings train and whose test (``"george,lucas/jackson"``).
+:func:`first_takes` picks a validation split that resembles the test: the earliest takes left
+in training (indexes 5, 6, ... of every speaker and digit), not a random draw.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "FSDD_RATE",
     "Recording",
     "SHA256_FILE",
+    "first_takes",
     "load_fsdd",
     "official_split",
     "parse_speakers",
@@ -180,3 +183,23 @@ def official_split(
             f"training and {len(test)} test recordings for {speakers!r}"
         )
     return train, test
+
+
+def first_takes(recordings: list[Recording], n: int) -> tuple[list[int], list[int]]:
+    """``(kept, held)``: positions in ``recordings`` of the ``n`` with the lowest indexes,
+    ties broken by (speaker, digit), held out, and of the rest. On training recordings
+    (indexes 5-49) of S speakers, ``n = 10 * S * k`` holds out indexes 5 to 4 + k of every
+    speaker and digit: each speaker's earliest takes after the test's 0-4, which sound more
+    like the test than takes drawn at random from 5-49 (a speaker's first takes of a digit
+    are the least practised)."""
+    if not 0 < n < len(recordings):
+        raise DataError(
+            f"data.holdout: expected 1 to {len(recordings) - 1} recordings to hold out of the "
+            f"{len(recordings)} training recordings, got {n}"
+        )
+    order = sorted(
+        range(len(recordings)),
+        key=lambda k: (recordings[k].index, recordings[k].speaker, recordings[k].digit),
+    )
+    held = sorted(order[:n])
+    return sorted(order[n:]), held

@@ -7,8 +7,18 @@ Each recording (:func:`rnnlab.data.fsdd.load_fsdd`) becomes (T, F) normalised fr
 ``data.hop_ms``, ``data.features``), padded after its end; a
 :class:`~rnnlab.models.SequenceClassifier` reads the real frames (``lengths``) and classifies.
 The split is FSDD's official one (indexes 0-4 test, 5-49 train), the speakers chosen by
-``data.speakers``; validation is carved from the training recordings. New recordings for
-``predict`` are WAV files (:func:`rnnlab.data.audio.read_wav`: mixed down, resampled).
+``data.speakers``; validation is carved from the training recordings: ``data.holdout`` of them,
+drawn at random (``data.holdout_pick = "random"``, with ``data.holdout_seed``) or the earliest
+takes (``"first_takes"``: :func:`rnnlab.data.fsdd.first_takes`, indexes 5-9 when 250 of 5
+speakers' recordings are held out), which resemble the test's takes 0-4 more.
+
+``data.speed_perturb`` (speeds such as ``[0.9, 1.1]``; Ko et al. 2015) adds, for every training
+recording, its features at each of those speeds (:func:`rnnlab.data.audio.change_speed`),
+computed once; each training example then reads the original or one of its copies, drawn
+uniformly per example and batch. The training split's inputs are then ``(x, lengths, x_1,
+lengths_1, ...)``, one pair per speed; the model only ever sees one ``(x, lengths)`` pair.
+New recordings for ``predict`` are WAV files (:func:`rnnlab.data.audio.read_wav`: mixed down,
+resampled).
 """
 
 from __future__ import annotations
@@ -25,12 +35,14 @@ from rnnlab.data.audio import (
     AudioError,
     FeatureSpec,
     Wave,
+    change_speed,
     features,
     read_wav,
     spec_augment,
     trim,
 )
-from rnnlab.data.fsdd import load_fsdd, official_split
+from rnnlab.data.errors import DataError
+from rnnlab.data.fsdd import first_takes, load_fsdd, official_split
 from rnnlab.models import SequenceClassifier, check_bf16
 from rnnlab.tasks.base import (
     Example,
@@ -63,6 +75,27 @@ def check_audio_config(config: Config) -> None:
         )
     if not d.hop_ms > 0:
         raise ConfigError(f"data.hop_ms: expected > 0, got {d.hop_ms}")
+    if m.kind != "speech" and (d.holdout_pick != "random" or d.speed_perturb):
+        raise ConfigError(
+            f"data.holdout_pick, data.speed_perturb: expected the defaults for model.kind "
+            f"{m.kind!r} (only 'speech' reads them), got {d.holdout_pick!r}, "
+            f"{list(d.speed_perturb)}"
+        )
+    for speed in d.speed_perturb:
+        if not (0.5 <= speed <= 2.0 and speed != 1.0):
+            raise ConfigError(
+                f"data.speed_perturb: expected speeds in [0.5, 2] other than 1 (the original "
+                f"is always kept), got {speed}"
+            )
+    if len(set(d.speed_perturb)) != len(d.speed_perturb):
+        raise ConfigError(
+            f"data.speed_perturb: expected distinct speeds, got {list(d.speed_perturb)}"
+        )
+    if d.holdout_pick != "random" and d.validation != "holdout":
+        raise ConfigError(
+            f"data.holdout_pick: expected data.validation = 'holdout' for "
+            f"{d.holdout_pick!r}, got {d.validation!r}"
+        )
 
 
 def pad_frames(frames: Sequence[np.ndarray], dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -102,6 +135,17 @@ def augment(x: Tensor, lengths: Tensor) -> Tensor:
     return out
 
 
+def pick_copies(inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    """``(x, lengths, x_1, lengths_1, ...)`` (the original and its copies at other speeds,
+    each (B, T_c, F) and (B,)) -> ``(x (B, T, F), lengths (B,))``: per example the original or
+    one copy, drawn uniformly from torch's RNG (so seeded runs repeat)."""
+    copies = [(inputs[k], inputs[k + 1]) for k in range(0, len(inputs), 2)]
+    pick = torch.randint(0, len(copies), (len(inputs[1]),)).tolist()  # (B,)
+    frames = [copies[c][0][k, : int(copies[c][1][k])] for k, c in enumerate(pick)]
+    x, lengths = pad_frames(frames, dtype=inputs[0].dtype)
+    return x.to(inputs[0].device), lengths.to(inputs[1].device)
+
+
 def real_frames(lengths: Tensor, T: int) -> Tensor:
     return torch.arange(T)[None, :] < lengths[:, None]  # (N, T)
 
@@ -128,14 +172,26 @@ class SpeechClassification(ClassificationTask):
         recordings = load_fsdd(data_dir, sample=d.sample)
         train_recs, test_recs = official_split(recordings, d.speakers)
 
-        def split(recs) -> Split:
-            x, lengths = pad_frames([features(r.samples, spec) for r in recs])
-            return Split((x, lengths), torch.tensor([r.digit for r in recs]))
+        def split(recs, speeds: Sequence[float] = ()) -> Split:
+            inputs = pad_frames([features(r.samples, spec) for r in recs])  # x (N, T, F), (N,)
+            for speed in speeds:  # x_s (N, T_s, F), lengths_s (N,)
+                inputs += pad_frames(
+                    [features(change_speed(r.samples, speed, spec.rate), spec) for r in recs]
+                )
+            return Split(inputs, torch.tensor([r.digit for r in recs]))
 
-        train, test = split(train_recs), split(test_recs)
+        train, test = split(train_recs, d.speed_perturb), split(test_recs)
         val = test if d.validation == "test" else None
-        if d.validation == "holdout":
+        if d.validation == "holdout" and d.holdout_pick == "first_takes":
+            try:
+                kept, held = first_takes(train_recs, d.holdout)
+            except DataError as exc:
+                raise ConfigError(str(exc)) from None
+            train, val = train.subset(torch.tensor(kept)), train.subset(torch.tensor(held))
+            val = Split(val.inputs[:2], val.targets)  # validation reads the originals only
+        elif d.validation == "holdout":
             train, val = carve_holdout(train, self.config)
+            val = Split(val.inputs[:2], val.targets)
         return TaskData(train, val, test)
 
     def batches(
@@ -159,9 +215,11 @@ class SpeechClassification(ClassificationTask):
         carry: Carry | None,
         training: bool,
     ) -> BatchLoss:
+        if training and len(inputs) > 2:  # speed perturbation: one copy per example
+            inputs = pick_copies(inputs)
         if training and self.config.data.spec_augment:
-            inputs = (augment(*inputs), inputs[1])
-        return super().batch_loss(model, inputs, targets, carry, training)
+            inputs = (augment(*inputs[:2]), inputs[1])
+        return super().batch_loss(model, inputs[:2], targets, carry, training)
 
     def example_inputs(self, batch_size: int) -> tuple[Tensor, ...]:
         T = 50
