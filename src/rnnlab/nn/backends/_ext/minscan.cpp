@@ -23,6 +23,10 @@
 // number is (1 + e^u) / ((1 + e^u) + (1 + e^v)) with u = -k_i, v = -k_f, every term scaled by
 // e^-m, m = max(u, v, 0): three exponentials of non-positive numbers (no overflow), one of them
 // e^0 = 1 (so no 0 / 0), and one division, where the log form takes five transcendental calls.
+// Its derivatives need no more: with a = (1 + e^u) e^-m and b = (1 + e^v) e^-m (a + b >= 1),
+// f' = a / (a + b), sigmoid(-k_f) = e^{v-m} / b and sigmoid(-k_i) = e^{u-m} / a, so
+// df'/dk_f = f'(1 - f') sigmoid(-k_f) = a e^{v-m} / (a + b)^2 and df'/dk_i = -b e^{u-m} / (a + b)^2:
+// the same three exponentials and one division, never by a or b alone (either may underflow).
 // The backward
 // runs the recurrence the other way: with g_t = dL/dh_t in full (the output's gradient plus
 // a_{t+1} g_{t+1}), dL/db_t = g_t and dL/da_t = g_t h_{t-1}, chained through the formulas above
@@ -38,13 +42,24 @@ namespace {
 
 enum MinKind : int64_t { kMinGRU = 0, kMinLSTM = 1 };
 
-// minLSTM's normalised forget gate f' = f / (f + i) from k_f and k_i (see the top).
+// minLSTM's forget terms from k_f and k_i (see the top): a = (1 + e^u) e^-m, b = (1 + e^v) e^-m,
+// e^{u-m} and e^{v-m}, with u = -k_i, v = -k_f, m = max(u, v, 0); f' = f / (f + i) = a / (a + b).
 template <typename T>
-inline T forget_share(T kf, T ki) {
+struct ForgetTerms {
+  T a, b, eu, ev;
+};
+
+template <typename T>
+inline ForgetTerms<T> forget_terms(T kf, T ki) {
   const T u = -ki, v = -kf, m = std::max(std::max(u, v), T(0));
   const T one = std::exp(-m), eu = std::exp(u - m), ev = std::exp(v - m);
-  const T a = one + eu, b = one + ev;  // (1 + e^u) e^-m and (1 + e^v) e^-m; a + b >= 1
-  return a / (a + b);
+  return {one + eu, one + ev, eu, ev};  // a + b >= 1: one of one, eu, ev is e^0
+}
+
+template <typename T>
+inline T forget_share(T kf, T ki) {
+  const ForgetTerms<T> q = forget_terms(kf, ki);
+  return q.a / (q.a + q.b);
 }
 
 struct MinArgs {
@@ -158,12 +173,13 @@ void backward_rows(const MinArgs& p, const scalar_t* k, const scalar_t* bias, co
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const scalar_t g = d[j] + carry[j];
-          const scalar_t pf = kf[j] + bf[j], pi = ki[j] + bi[j];
-          const scalar_t f = forget_share(pf, pi);
-          // df'/dk_f = f'(1 - f') sigmoid(-k_f), df'/dk_i = -f'(1 - f') sigmoid(-k_i)
-          const scalar_t df = g * (prev[j] - kh[j] - bh[j]) * f * (scalar_t(1) - f);
-          const scalar_t dpf = df * sigmoid(-pf), dpi = -df * sigmoid(-pi);
-          const scalar_t dhh = g * (scalar_t(1) - f);
+          const ForgetTerms<scalar_t> q = forget_terms(kf[j] + bf[j], ki[j] + bi[j]);
+          const scalar_t r = scalar_t(1) / (q.a + q.b);
+          const scalar_t f = q.a * r;  // f'; 1 - f' = b r
+          // dL/df' = g (h_{t-1} - h~); df'/dk_f = a e^{v-m} r^2, df'/dk_i = -b e^{u-m} r^2
+          const scalar_t e = g * (prev[j] - kh[j] - bh[j]) * r * r;
+          const scalar_t dpf = e * q.a * q.ev, dpi = -e * q.b * q.eu;
+          const scalar_t dhh = g * q.b * r;
           dkf[j] = dpf;
           dki[j] = dpi;
           dkh[j] = dhh;
