@@ -280,9 +280,8 @@ def _pretrain(
     source = config.model.init_from
     if not source.startswith(PRESET_SOURCE):
         return config
-    name = source.removeprefix(PRESET_SOURCE)
-    load_preset(name)  # an unknown name is said before any training
     pretrain_out = out.with_name(f"{out.name}-pretrain")
+    name = source.removeprefix(PRESET_SOURCE)  # train() loads it before touching the disk
     train(name, pretrain_out, data_dir, callbacks=callbacks, context=context)
     return config.override([f"model.init_from={pretrain_out}"])
 

@@ -30,7 +30,14 @@ from rnnlab.config import Config, ConfigError
 from rnnlab.data.vocab import EOS, Vocabulary
 from rnnlab.tasks.base import PretrainedRun
 
-__all__ = ["check_source", "copy_weights", "encode_review", "pretrained_names"]
+__all__ = [
+    "check_source",
+    "copy_weights",
+    "encode_review",
+    "encode_reviews",
+    "pretrained_names",
+    "review_tokens",
+]
 
 VOCAB = "vocab.json"
 
@@ -96,16 +103,20 @@ def copy_weights(model: nn.Module, source: nn.Module) -> None:
         layer.cells[0].load_state_dict(source.rnn.cells[k].state_dict())
 
 
+def review_tokens(vocab: Vocabulary, text: str) -> list[str]:
+    """``<eos>`` then the review's tokens by the vocabulary's tokenizer: the review as the
+    language model read it after the one before."""
+    return [EOS, *vocab.tokenize(text, end_lines=False)]
+
+
 def encode_review(vocab: Vocabulary, text: str) -> tuple[list[int], list[str], list[bool]]:
-    """``(ids, tokens, unknown)`` of one review: ``<eos>`` then the review's tokens by the
-    vocabulary's tokenizer, each token's id (``<unk>``'s when outside the vocabulary)."""
-    tokens = [EOS, *vocab.tokenize(text, end_lines=False)]
-    ids = vocab.lookup(tokens)  # (N,) int64
+    """``(ids, tokens, unknown)`` of one review (:func:`review_tokens`), each token's id
+    (``<unk>``'s when outside the vocabulary)."""
+    tokens = review_tokens(vocab, text)
     unknown = [t not in vocab for t in tokens]
-    return ids.tolist(), tokens, unknown
+    return vocab.lookup(tokens).tolist(), tokens, unknown
 
 
 def encode_reviews(vocab: Vocabulary, texts: Sequence[str]) -> list[np.ndarray]:
-    """Each review's ids (:func:`encode_review`), as int64 arrays."""
-    eos = np.array([vocab.eos_id], dtype=np.int64)
-    return [np.concatenate([eos, vocab.lookup(vocab.tokenize(t, end_lines=False))]) for t in texts]
+    """Each review's ids (:func:`review_tokens`), as int64 arrays (N_i,)."""
+    return [vocab.lookup(review_tokens(vocab, t)) for t in texts]

@@ -17,7 +17,7 @@ from rnnlab.config import TrainConfig
 __all__ = ["group_rate", "learning_rate", "make_optimizer", "parameter_groups"]
 
 
-def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
     """The trainable parameters of ``model`` in one group, or two when the model names the
     parameters it took from another run in its ``pretrained_names`` attribute (a set of
     ``named_parameters()`` names; a model wrapped for data parallelism is looked into): those
@@ -26,17 +26,17 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]
     (:func:`group_rate`)."""
     inner = getattr(model, "module", model)  # DistributedDataParallel keeps the model here
     names = frozenset(getattr(inner, "pretrained_names", ()))
-    named = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
-    unknown = names - {n for n, _ in inner.named_parameters()}
+    every = dict(inner.named_parameters())
+    unknown = names - every.keys()
     if unknown:
         raise ValueError(
             f"make_optimizer expected pretrained_names among the model's parameters, got "
             f"{sorted(unknown)[:3]}"
         )
-    fresh = [p for n, p in named if n not in names]
+    fresh = [p for n, p in every.items() if p.requires_grad and n not in names]
     if not names:
         return [{"params": fresh}]
-    taken = [p for n, p in named if n in names]
+    taken = [p for n, p in every.items() if p.requires_grad and n in names]
     return [{"params": fresh}, {"params": taken, "pretrained": True}]
 
 
@@ -52,7 +52,7 @@ def group_rate(group: dict[str, Any], lr: float, step: int, cfg: TrainConfig) ->
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015, Keras's defaults), AdamW (Loshchilov & Hutter 2019) or SGD with
     momentum, over every trainable parameter of ``model`` (:func:`parameter_groups`)."""
-    params = parameter_groups(model, cfg)
+    params = parameter_groups(model)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":

@@ -205,11 +205,9 @@ class _CompiledMinLayer(torch.autograd.Function):
         dk, dh0, db = _ext.load().min_scan_backward(
             k, bias, h0, h, dh.contiguous(), mask, ctx.reverse, ctx.kind
         )
-        dk2, x2 = dk.flatten(0, 1), x.reshape(-1, x.shape[-1])  # (B*T, G*H), (B*T, I)
+        dk2, w, x2 = dk.flatten(0, 1), weight, x.reshape(-1, x.shape[-1])  # (B*T, G*H), (B*T, I)
         if ctx.bf16:  # the GEMMs' gradients in bf16 too, as autograd gives them
-            dk2, w, x2 = dk2.bfloat16(), weight.bfloat16(), x2.bfloat16()
-        else:
-            w = weight
+            dk2, w, x2 = dk2.bfloat16(), w.bfloat16(), x2.bfloat16()
         dx = (dk2 @ w).float().view_as(x) if ctx.needs_input_grad[0] else None  # (B, T, I)
         dw = (dk2.T @ x2).float() if ctx.needs_input_grad[1] else None  # (G*H, I)
         return dx, dw, db, dh0, None, None, None, None
