@@ -137,8 +137,8 @@ def test_from_torch_refuses_what_rnnlab_cannot_express() -> None:
         GRU.from_torch(nn.Linear(2, 3))
     with pytest.raises(ValueError, match=r"expected nonlinearity='tanh'.*got 'relu'"):
         RNN.from_torch(nn.RNN(2, 3, nonlinearity="relu"))
-    with pytest.raises(ValueError, match=r"expected proj_size=0.*got proj_size=2"):
-        LSTM.from_torch(nn.LSTM(2, 3, proj_size=2))
+    # torch's proj_size (LSTMP) converts since issue 23: tests/test_variants.py checks it
+    assert LSTM.from_torch(nn.LSTM(2, 3, proj_size=2)).proj_size == 2
 
 
 # -- Keras --------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from rnnlab.nn.backends import (
     route_layer,
     scan_layer,
     slstm,
+    variant_fused,
 )
 
 KERNELS = {  # kernel name in the table -> (module, function)
@@ -50,6 +51,7 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "parallel.minlstm": (parallel, "minlstm"),
     "fused.slstm": (slstm, "slstm"),
     "parallel.mlstm": (mlstm, "mlstm"),
+    "fused.lstm_variant": (variant_fused, "lstm_variant"),
 }
 SRC = Path(rnnlab.__file__).parent
 

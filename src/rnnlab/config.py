@@ -34,6 +34,7 @@ from rnnlab.config_values import (
 )
 from rnnlab.nn.backends import Backend
 from rnnlab.nn.registry import CELL_NAMES, layer_class
+from rnnlab.nn.variants import VARIANT_OPTIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -177,6 +178,15 @@ class ModelConfig:
     # directory, whose vocabulary, embedding and recurrent layers the classifier takes), or
     # from a preset trained first ("preset:NAME", PRESET_SOURCE)
     init_from: str = ""
+    # the LSTM variants (rnnlab.LSTM's options, issue 23; cell="lstm" only): LayerNorm (Ba et al.
+    # 2016), a projection of h to proj_size units (LSTMP, torch's proj_size), peepholes,
+    # recurrent dropout (one mask per sequence on h_{t-1}, in training) and zoneout (the rate at
+    # which c and h keep their previous values, in training)
+    layer_norm: bool = False
+    proj_size: int = 0
+    peepholes: bool = False
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -205,9 +215,42 @@ class ModelConfig:
             )
         if self.projection < 0:
             raise ConfigError(f"model.projection: expected >= 0, got {self.projection}")
-        for name in ("dropout", "input_dropout"):
+        for name in ("dropout", "input_dropout", "recurrent_dropout", "zoneout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name}: expected in [0, 1), got {getattr(self, name)}")
+        self._check_variants()
+
+    def variant_options(self) -> dict[str, Any]:
+        """The LSTM variant options that differ from the plain LSTM's, as rnnlab.LSTM takes
+        them."""
+        values = {name: getattr(self, name) for name in VARIANT_OPTIONS}
+        return {k: v for k, v in values.items() if v != VARIANT_OPTIONS[k]}
+
+    def _check_variants(self) -> None:
+        variant = self.variant_options()
+        if not variant:
+            return
+        names = ", ".join(f"model.{k}" for k in variant)
+        if self.cell != "lstm":
+            raise ConfigError(
+                f"{names}: expected model.cell='lstm' (the variants are rnnlab.LSTM's options), "
+                f"got cell={self.cell!r}"
+            )
+        if self.proj_size < 0 or self.proj_size >= min(self.hidden_sizes):
+            raise ConfigError(
+                f"model.proj_size: expected 0 (none) or fewer units than every layer "
+                f"(model.hidden_sizes={list(self.hidden_sizes)}), got {self.proj_size}"
+            )
+        if self.proj_size and self.kind == "seq2seq":
+            raise ConfigError(
+                "model.proj_size: expected 0 for seq2seq (its attention and decoder read the "
+                f"encoder's full width), got {self.proj_size}"
+            )
+        if self.precision == "bf16":
+            raise ConfigError(
+                f"model.precision='bf16' expected the plain LSTM (the variants run float32), "
+                f"got {names}"
+            )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from rnnlab.models.classifiers import (
     SequenceClassifier,
     TextClassifier,
     check_bf16,
+    layer_options,
     model_precision,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "SequenceClassifier",
     "TextClassifier",
     "check_bf16",
+    "layer_options",
     "model_precision",
 ]

@@ -13,7 +13,7 @@ tutorial's models start where Keras starts them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ __all__ = [
     "SequenceClassifier",
     "TextClassifier",
     "check_bf16",
+    "layer_options",
     "model_precision",
 ]
 
@@ -44,16 +45,29 @@ def _keras_dense_init(linear: nn.Linear) -> nn.Linear:
     return linear
 
 
+def layer_options(cfg: ModelConfig) -> dict[str, Any]:
+    """The keyword arguments every kind gives its ``cfg.cell`` layers beyond the sizes: for
+    LSTM its forget bias, precision and variant options (LayerNorm, projection, peepholes,
+    recurrent dropout, zoneout; :meth:`ModelConfig.variant_options`), nothing for other cells.
+    ModelConfig refuses the LSTM-only settings for the others."""
+    if cfg.cell != "lstm":
+        return {}
+    return {
+        "forget_bias": cfg.forget_bias,
+        "precision": model_precision(cfg),
+        **cfg.variant_options(),
+    }
+
+
 def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> RecurrentLayer:
-    """One one-layer rnnlab layer of ``cfg.cell`` with the config's backend and precision."""
-    # ModelConfig refuses precision="bf16" for GRU and RNN, which have no bf16 mode
-    kwargs = (
-        {"forget_bias": cfg.forget_bias, "precision": model_precision(cfg)}
-        if cfg.cell == "lstm"
-        else {}
-    )
+    """One one-layer rnnlab layer of ``cfg.cell`` with the config's backend, precision and
+    variant options."""
     return layer_class(cfg.cell)(
-        input_size, hidden, bidirectional=cfg.bidirectional, backend=cfg.backend, **kwargs
+        input_size,
+        hidden,
+        bidirectional=cfg.bidirectional,
+        backend=cfg.backend,
+        **layer_options(cfg),
     )
 
 
@@ -78,13 +92,14 @@ class RecurrentStack(nn.Module):
         super().__init__()
         self.cell, self.pooling, self.padding = cfg.cell, cfg.pooling, padding
         D = 2 if cfg.bidirectional else 1
-        sizes = [input_size] + [D * h for h in cfg.hidden_sizes[:-1]]
-        self.layers = nn.ModuleList(
-            _recurrent_layer(cfg, i, h) for i, h in zip(sizes, cfg.hidden_sizes, strict=True)
-        )
+        layers, size = [], input_size
+        for hidden in cfg.hidden_sizes:
+            layers.append(_recurrent_layer(cfg, size, hidden))
+            size = D * layers[-1].output_size  # D*H, or D*P with a projection
+        self.layers = nn.ModuleList(layers)
         self.dropout = nn.Dropout(cfg.dropout)
         self.num_directions = D
-        self.output_size = D * cfg.hidden_sizes[-1] * (2 if cfg.pooling == "meanmax" else 1)
+        self.output_size = size * (2 if cfg.pooling == "meanmax" else 1)
 
     def forward(
         self, x: Tensor, lengths: Tensor | None = None, return_gates: bool = False
@@ -190,6 +205,8 @@ def model_precision(cfg: ModelConfig) -> Precision:
         return cfg.precision  # type: ignore[return-value]
     cells = {cfg.cell, cfg.decoder_cell} if cfg.kind == "seq2seq" else {cfg.cell}
     if cells != {"lstm"} or cfg.backend not in ("auto", "compiled") or not native_bf16():
+        return "fp32"
+    if cfg.variant_options():  # the variants run float32
         return "fp32"
     probe = LSTMCell(1, 1)
     return "bf16" if compiled.compiled_unavailable(probe, probe.weight_hh) is None else "fp32"

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnlab.config import ModelConfig
-from rnnlab.models.classifiers import model_precision
+from rnnlab.models.classifiers import layer_options
 from rnnlab.nn.registry import layer_class
 
 __all__ = ["BLANK", "CTCModel", "ctc_loss", "target_lengths"]
@@ -36,20 +36,18 @@ class CTCModel(nn.Module):
         self.projection = nn.Linear(size, cfg.projection) if cfg.projection else None
         size = cfg.projection or size
         D = 2 if cfg.bidirectional else 1
-        # ModelConfig refuses precision="bf16" for cells without a bf16 mode
-        kwargs = (
-            {"forget_bias": cfg.forget_bias, "precision": model_precision(cfg)}
-            if cfg.cell == "lstm"
-            else {}
-        )
         layers = []
         for hidden in cfg.hidden_sizes:
             layers.append(
                 layer_class(cfg.cell)(
-                    size, hidden, bidirectional=cfg.bidirectional, backend=cfg.backend, **kwargs
+                    size,
+                    hidden,
+                    bidirectional=cfg.bidirectional,
+                    backend=cfg.backend,
+                    **layer_options(cfg),
                 )
             )
-            size = D * hidden
+            size = D * layers[-1].output_size  # D*H, or D*P with a projection
         self.layers = nn.ModuleList(layers)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(size, self.num_symbols)

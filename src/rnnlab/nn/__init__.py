@@ -13,6 +13,7 @@ from rnnlab.nn.layers import GRU, LSTM, RNN, RecurrentLayer
 from rnnlab.nn.layers_2024 import MLSTM, SLSTM, MinGRU, MinLSTM
 from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
 from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
+from rnnlab.nn.variants import CellNoise, VariantLSTMCell
 from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "LSTMState",
+    "VariantLSTMCell",
+    "CellNoise",
     "RNN",
     "LSTM",
     "GRU",

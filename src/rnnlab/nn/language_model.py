@@ -66,6 +66,9 @@ class LanguageModel(nn.Module):
         precision: ``"fp32"``, or ``"bf16"`` (LSTM only): the recurrent layer's GEMMs and the
             fused decoder loss of :meth:`forward` with ``targets`` take bf16 operands, the
             parameters staying float32 (see :class:`rnnlab.nn.LSTM`).
+        **layer_options: passed to the recurrent layer: for LSTM ``forget_bias`` and the
+            variants (``layer_norm``, ``proj_size``, ``peepholes``, ``recurrent_dropout``,
+            ``zoneout``); with ``proj_size`` the decoder reads the P-wide projection.
 
     Initialisation as PyTorch's example: embedding and decoder weights uniform in [-0.1, 0.1],
     decoder bias zero; the recurrent layer keeps its own (LSTM forget bias 1, Jozefowicz et al.
@@ -83,6 +86,7 @@ class LanguageModel(nn.Module):
         tie_weights: bool = False,
         backend: str = "auto",
         precision: Precision = "fp32",
+        **layer_options: object,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -101,10 +105,12 @@ class LanguageModel(nn.Module):
             )
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"LanguageModel expected dropout in [0, 1), got {dropout!r}")
-        if tie_weights and hidden_size != embedding_dim:
+        width = layer_options.get("proj_size") or hidden_size  # what the decoder reads
+        if tie_weights and width != embedding_dim:
             raise ValueError(
                 "LanguageModel with tie_weights=True expected hidden_size == embedding_dim "
-                f"(the decoder reuses the (V, E) embedding), got hidden_size={hidden_size}, "
+                f"(or proj_size == embedding_dim: the decoder reuses the (V, E) embedding), got "
+                f"{'proj_size' if width != hidden_size else 'hidden_size'}={width}, "
                 f"embedding_dim={embedding_dim}"
             )
         self.vocab_size = vocab_size
@@ -115,11 +121,11 @@ class LanguageModel(nn.Module):
         self.tie_weights = bool(tie_weights)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.drop = nn.Dropout(dropout)
-        kwargs = {"precision": precision} if cell == "lstm" else {}
+        kwargs = {"precision": precision, **layer_options} if cell == "lstm" else layer_options
         self.rnn = layer_class(cell)(
             embedding_dim, hidden_size, num_layers, dropout=dropout, backend=backend, **kwargs
         )
-        self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.decoder = nn.Linear(self.rnn.output_size, vocab_size)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
         if self.tie_weights:

@@ -27,6 +27,7 @@ from rnnlab.nn.backends import BACKENDS, Backend, Precision
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.mincells import MinCell
 from rnnlab.nn.validation import check_input, check_state, make_mask
+from rnnlab.nn.variants import VARIANT_OPTIONS, CellNoise, VariantLSTMCell
 from rnnlab.nn.xlstm import MLSTMCell, SLSTMCell
 
 __all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RecurrentLayer"]
@@ -53,9 +54,12 @@ class RecurrentLayer(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         backend: Backend = "auto",
+        cell_type: type | None = None,
         **cell_kwargs: float | int | str,
     ) -> None:
         super().__init__()
+        if cell_type is not None:  # a subclass's choice for this instance (LSTM's variants)
+            self.cell_type = cell_type
         name = type(self).__name__
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"{name} expected num_layers to be a positive int, got {num_layers!r}")
@@ -69,10 +73,13 @@ class RecurrentLayer(nn.Module):
         self.dropout = float(dropout)
         self.backend = backend
         D = self.num_directions
-        sizes = [input_size] + [D * hidden_size] * (num_layers - 1)  # each layer's input
-        self.cells = nn.ModuleList(
+        first = self.cell_type(input_size, hidden_size, **cell_kwargs)
+        self.output_size = getattr(first, "output_size", hidden_size)  # R: P with a projection
+        sizes = [input_size] + [D * self.output_size] * (num_layers - 1)  # each layer's input
+        cells = [first] + [
             self.cell_type(size, hidden_size, **cell_kwargs) for size in sizes for _ in range(D)
-        )
+        ][1:]
+        self.cells = nn.ModuleList(cells)
 
     @property
     def backend(self) -> Backend:
@@ -124,6 +131,25 @@ class RecurrentLayer(nn.Module):
             return type(states[0])(*(torch.stack(f) for f in zip(*states, strict=True)))
         return torch.stack(states)
 
+    def _noise(
+        self, given: list | None, ks: range, B: int, T: int, x: Tensor
+    ) -> list[CellNoise | None] | None:
+        """The masks of layer-directions ``ks``: the caller's, else fresh ones for variant
+        cells with recurrent dropout or zoneout in training, else None."""
+        if given is not None:
+            if len(given) != self.num_layers * self.num_directions:
+                raise ValueError(
+                    f"{type(self).__name__} expected noise to have one entry per layer and "
+                    f"direction ({self.num_layers * self.num_directions}), got {len(given)}"
+                )
+            return [given[k] for k in ks]
+        if not self.training:
+            return None
+        cells = [self.cells[k] for k in ks]
+        if not any(getattr(cell, "has_noise", False) for cell in cells):
+            return None
+        return [cell.sample_noise(B, T, x) for cell in cells]
+
     # -- forward --------------------------------------------------------------------------------
     def resolve_backend(
         self, return_gates: bool = False, x: Tensor | None = None, backend: Backend | None = None
@@ -148,6 +174,7 @@ class RecurrentLayer(nn.Module):
         return_gates: bool = False,
         backend: Backend | None = None,
         precision: Precision | None = None,
+        noise: list[CellNoise | None] | None = None,
     ):
         """Run the stack over a batch of sequences.
 
@@ -170,6 +197,11 @@ class RecurrentLayer(nn.Module):
                 layer's own. Options travel with the call: nothing on the layer changes.
             precision: this call's precision, ``"fp32"`` or ``"bf16"`` (LSTM's compiled
                 kernels, MinGRU's and MinLSTM's parallel path); None uses the layer's own.
+            noise: an LSTM with ``recurrent_dropout`` or ``zoneout``: one
+                :class:`~rnnlab.nn.variants.CellNoise` (or None) per layer and direction, index
+                ``layer * D + direction``, used instead of the masks the layer would draw in
+                training (and applied in eval mode too); e.g. a test's or Keras's masks. None:
+                fresh masks in training (:meth:`VariantLSTMCell.sample_noise`), none in eval.
 
         Returns:
             ``(output, state)``: output (B, T, D*H), the last layer's hidden states (both
@@ -185,15 +217,16 @@ class RecurrentLayer(nn.Module):
         state = self._zero_state(x) if state is None else state
         D = self.num_directions
         LD, H = self.num_layers * D, self.hidden_size
+        shapes = self._state_shapes(B)
         state = check_state(
             name,
             state,
             x,
             LD,
             H,
-            pair=self.cell_type is LSTMCell,
-            state_type=self.state_type,
-            shapes=self._state_shapes(B),
+            pair=issubclass(self.cell_type, (LSTMCell, VariantLSTMCell)),
+            state_type=LSTMState if shapes and self.state_type is None else self.state_type,
+            shapes=shapes,
         )
         step_mask = make_mask(name, lengths, mask, padding, B, T, x.device)  # (B, T) bool or None
 
@@ -209,6 +242,7 @@ class RecurrentLayer(nn.Module):
                 backend=self.backend if backend is None else backend,
                 precision=self.precision if precision is None else precision,
                 return_gates=return_gates,
+                noise=self._noise(noise, ks, B, T, x),
             )
             layer_input = scan.output  # (B, T, D*H)
             finals += scan.finals
@@ -300,7 +334,21 @@ class LSTM(RecurrentLayer):
         forget_bias: float = 1.0,
         backend: Backend = "auto",
         precision: Precision = "fp32",
+        *,
+        proj_size: int = 0,
+        layer_norm: bool = False,
+        peepholes: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
     ) -> None:
+        options = {
+            "proj_size": proj_size,
+            "layer_norm": layer_norm,
+            "peepholes": peepholes,
+            "recurrent_dropout": recurrent_dropout,
+            "zoneout": zoneout,
+        }
+        variant = {k: v for k, v in options.items() if v != VARIANT_OPTIONS[k]}
         super().__init__(
             input_size,
             hidden_size,
@@ -308,9 +356,13 @@ class LSTM(RecurrentLayer):
             bidirectional=bidirectional,
             dropout=dropout,
             backend=backend,
+            cell_type=VariantLSTMCell if variant else LSTMCell,
             forget_bias=forget_bias,
+            **variant,
         )
         self.forget_bias = float(forget_bias)
+        self.variant_options = variant  # the options that differ from the plain LSTM's
+        self.proj_size = self.output_size if proj_size else 0
         self.precision = precision
 
     @property
@@ -324,8 +376,16 @@ class LSTM(RecurrentLayer):
         self._precision = value
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", precision='bf16'" if self.precision == "bf16" else "")
+        s = super().extra_repr() + (", precision='bf16'" if self.precision == "bf16" else "")
+        return s + "".join(f", {k}={v!r}" for k, v in self.variant_options.items())
+
+    def _state_shapes(self, B: int) -> dict[str, tuple[int, ...]] | None:
+        if not self.proj_size:
+            return None
+        LD = self.num_layers * self.num_directions
+        return {"h": (LD, B, self.proj_size), "c": (LD, B, self.hidden_size)}
 
     def _zero_state(self, x: Tensor) -> LSTMState:
-        h = super()._zero_state(x)
-        return LSTMState(h, torch.zeros_like(h))
+        c = super()._zero_state(x)  # (L*D, B, H)
+        h = c[..., : self.output_size].clone() if self.proj_size else torch.zeros_like(c)
+        return LSTMState(h, c)

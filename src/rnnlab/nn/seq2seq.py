@@ -115,6 +115,9 @@ class Seq2Seq(nn.Module):
         tie_weights: the output layer reuses the target embedding (Press & Wolf 2017); needs
             E == H.
         backend: the recurrent layers' backend.
+        encoder_options: the encoder LSTM's variant options (``layer_norm``, ``peepholes``,
+            ``recurrent_dropout``, ``zoneout``; :class:`rnnlab.nn.LSTM`); the decoder, which
+            steps one token at a time, stays the plain cell.
         precision: ``"bf16"`` runs the encoder's and decoder's matrix products on bf16
             operands (:class:`rnnlab.LSTM`'s ``precision``; weights and states stay float32);
             it needs ``cell`` and ``decoder_cell`` ``"lstm"``.
@@ -136,6 +139,7 @@ class Seq2Seq(nn.Module):
         tie_weights: bool = False,
         backend: str = "auto",
         precision: str = "fp32",
+        encoder_options: dict | None = None,
     ) -> None:
         super().__init__()
         for name in ("source_vocab", "target_vocab", "embedding_dim", "hidden_size"):
@@ -176,7 +180,14 @@ class Seq2Seq(nn.Module):
         self.source_embedding = nn.Embedding(source_vocab, E, padding_idx=PAD)
         self.target_embedding = nn.Embedding(target_vocab, E, padding_idx=PAD)
         self.encoder = layer_class(cell)(
-            E, H // 2, encoder_layers, bidirectional=True, dropout=dropout, backend=backend, **bf16
+            E,
+            H // 2,
+            encoder_layers,
+            bidirectional=True,
+            dropout=dropout,
+            backend=backend,
+            **bf16,
+            **(encoder_options or {}),
         )
         self.bridge = nn.Linear(H, decoder_layers * H)
         self.decoder = layer_class(decoder_cell)(

@@ -44,7 +44,7 @@ from rnnlab.data import DataError, DataWarning
 from rnnlab.data.corpus import Corpus, corpus_summary, load_corpus, unknown_warning
 from rnnlab.data.streams import check_stream
 from rnnlab.data.vocab import Vocabulary
-from rnnlab.models import check_bf16, model_precision
+from rnnlab.models import check_bf16, layer_options
 from rnnlab.nn.language_model import LanguageModel, State
 from rnnlab.tasks.base import (
     Example,
@@ -114,10 +114,12 @@ class LanguageModelTask(Task):
                 f"model.hidden_sizes: expected equal sizes for a language model's stack, got "
                 f"{list(m.hidden_sizes)}"
             )
-        if m.tie_weights and m.embedding_dim != m.hidden_sizes[0]:
+        width = m.proj_size or m.hidden_sizes[0]  # what the decoder reads
+        if m.tie_weights and m.embedding_dim != width:
+            what = "model.proj_size" if m.proj_size else "the hidden size"
             raise ConfigError(
-                f"model.tie_weights: expected model.embedding_dim == the hidden size "
-                f"{m.hidden_sizes[0]}, got embedding_dim={m.embedding_dim}"
+                f"model.tie_weights: expected model.embedding_dim == {what} {width}, got "
+                f"embedding_dim={m.embedding_dim}"
             )
         if m.bidirectional:
             raise ConfigError(
@@ -205,7 +207,7 @@ class LanguageModelTask(Task):
             dropout=m.dropout,
             tie_weights=m.tie_weights,
             backend=m.backend,
-            precision=model_precision(m),
+            **layer_options(m),
         )
         check_bf16(model, m)
         return model

@@ -205,6 +205,7 @@ class Seq2SeqTask(Task):
             tie_weights=m.tie_weights,
             backend=m.backend,
             precision=model_precision(m),
+            encoder_options=m.variant_options(),
         )
         check_bf16(model, m)
         return model

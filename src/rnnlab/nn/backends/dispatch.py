@@ -23,7 +23,17 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from rnnlab.nn.backends import _ext, compiled, fused, mlstm, native, parallel, reference, slstm
+from rnnlab.nn.backends import (
+    _ext,
+    compiled,
+    fused,
+    mlstm,
+    native,
+    parallel,
+    reference,
+    slstm,
+    variant_fused,
+)
 from rnnlab.nn.backends.precision import (
     PRECISIONS,
     Precision,
@@ -34,6 +44,7 @@ from rnnlab.nn.backends.precision import (
 )
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
+from rnnlab.nn.variants import CellNoise, VariantLSTMCell
 from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __all__ = [
@@ -75,11 +86,13 @@ Kernel = Literal[
     "parallel.minlstm",
     "fused.slstm",
     "parallel.mlstm",
+    "fused.lstm_variant",
 ]
 State = Tensor | LSTMState | SLSTMState | MLSTMState
-AnyCell = Cell | MinCell | SLSTMCell | MLSTMCell  # the classic cells, and those of 2024
+AnyCell = Cell | MinCell | SLSTMCell | MLSTMCell  # the classic cells (and variants), 2024's
 _NO_NATIVE = (SLSTMCell, MLSTMCell)  # cells with no compiled and no torch kernel
 _FUSED: dict[type[AnyCell], Kernel] = {
+    VariantLSTMCell: "fused.lstm_variant",
     LSTMCell: "fused.lstm",
     GRUCell: "fused.gru",
     RNNCell: "fused.rnn",
@@ -89,6 +102,7 @@ _FUSED: dict[type[AnyCell], Kernel] = {
     MLSTMCell: "parallel.mlstm",
 }
 _TORCH: dict[type[AnyCell], Kernel] = {
+    VariantLSTMCell: "torch.lstm",  # projection only: torch's proj_size
     LSTMCell: "torch.lstm",
     GRUCell: "torch.gru",
     RNNCell: "torch.rnn",
@@ -136,10 +150,14 @@ def scan_layer(
     backend: Backend = "auto",
     precision: Precision = "fp32",
     return_gates: bool = False,
+    noise: Sequence[CellNoise | None] | None = None,
 ) -> LayerScan:
     """Run one layer: ``cells`` (forward cell, then the backward one if bidirectional) over x
     (B, T, I) from ``states`` (each (B, H), an :class:`LSTMState` for LSTM), skipping steps where
-    ``mask`` (B, T) is False (None: every step is real).
+    ``mask`` (B, T) is False (None: every step is real). ``noise`` gives each direction of a
+    variant LSTM (:class:`rnnlab.nn.variants.VariantLSTMCell`) its recurrent-dropout and
+    zoneout masks (:class:`~rnnlab.nn.variants.CellNoise`, None: none); every kernel of a
+    variant applies them, so the masks never decide the route.
 
     Routing table. The first row whose conditions hold decides; "grad" means autograd will want
     gradients of the scan (grad mode on and x, a cell's parameter or an initial state requires
@@ -161,6 +179,14 @@ def scan_layer(
                                                                        GEMM, then the steps)
         fused, auto  mLSTM cell                                      parallel.mlstm (every
                                                                        step at once)
+        fused, auto  variant LSTM (LayerNorm, projection, peepholes,  fused.lstm_variant (the
+                       recurrent dropout or zoneout), compiled         input side hoisted, then
+                       cannot run                                      the cell's step under
+                                                                       autograd)
+        torch        variant LSTM with LayerNorm or peepholes        RuntimeError: torch's op
+                                                                       has neither
+        torch        variant LSTM, training masks (recurrent         RuntimeError: torch's op
+                       dropout, zoneout)                               takes no masks
         compiled,    sLSTM / mLSTM cell                              RuntimeError: no such
           torch                                                        kernel; use 'auto'
         torch        minGRU / minLSTM cell                           RuntimeError: no such
@@ -168,9 +194,10 @@ def scan_layer(
         torch        mask                                            ValueError: torch's ops
                                                                        cannot skip padding
         torch        dtype not float32/float64                       RuntimeError: the dtype
-        torch        LSTM / GRU / RNN cell                           torch.lstm / .gru / .rnn
-                                                                       (torch's own op: oneDNN
-                                                                       on CPU, cuDNN on CUDA)
+        torch        LSTM / GRU / RNN cell, variant LSTM with a      torch.lstm / .gru / .rnn
+                       projection only                                 (torch's own op: oneDNN
+                                                                       on CPU, cuDNN on CUDA;
+                                                                       proj_size for LSTMP)
         auto         no mask, float32, precision fp32, not under     torch.lstm / .gru / .rnn
                        bf16 autocast, and either a CUDA tensor of an   (where torch's op is the
                        LSTM / GRU / RNN cell, or an LSTM cell with     faster: the threshold
@@ -231,10 +258,14 @@ def scan_layer(
         output, finals = compiled.lstm_infer_pair(pair_cells, x, pair_states, bf16=route.bf16)
         return LayerScan(output, finals, [None, None])
     outputs, finals, gates = [], [], []
-    for direction, (kernel, cell, state) in enumerate(
-        zip(route.kernels, cells, states, strict=True)
+    noise = [None] * len(cells) if noise is None else noise
+    _check_noise(cells, noise, route)
+    for direction, (kernel, cell, state, masks) in enumerate(
+        zip(route.kernels, cells, states, noise, strict=True)
     ):
-        out, final, records = _run(kernel, route, cell, x, state, mask, reverse=direction == 1)
+        out, final, records = _run(
+            kernel, route, cell, x, state, mask, masks, reverse=direction == 1
+        )
         outputs.append(out)  # (B, T, H)
         finals.append(final)
         gates.append(records)
@@ -335,14 +366,18 @@ def _run(
     x: Tensor,
     state: State,
     mask: Tensor | None,
+    noise: CellNoise | None,
     *,
     reverse: bool,
 ) -> tuple[Tensor, State, dict[str, Tensor] | None]:
     """Call ``kernel`` on one direction: (output (B, T, H), final state, gates or None)."""
     if kernel == "reference":
         return reference.scan(
-            cell, x, state, mask, reverse=reverse, return_gates=route.return_gates
+            cell, x, state, mask, reverse=reverse, return_gates=route.return_gates, noise=noise
         )
+    if kernel == "fused.lstm_variant":
+        out, final = variant_fused.lstm_variant(cell, x, state, mask, noise, reverse=reverse)
+        return out, final, None
     if kernel == "fused.lstm":
         out, final = fused.lstm(cell, x, state, mask, reverse=reverse)
     elif kernel == "fused.gru":
@@ -382,6 +417,26 @@ def _run(
     return out, final, None
 
 
+def _check_noise(cells: Sequence[AnyCell], noise: Sequence, route: Route) -> None:
+    """Masks only for variant LSTM cells, one entry per direction, on a route that applies them
+    (torch's op has no recurrent dropout or zoneout)."""
+    if len(noise) != len(cells):
+        raise ValueError(f"expected one noise entry per direction ({len(cells)}), got {len(noise)}")
+    for cell, masks in zip(cells, noise, strict=True):
+        if masks is None:
+            continue
+        if not isinstance(cell, VariantLSTMCell):
+            raise ValueError(
+                f"recurrent dropout and zoneout masks apply to variant LSTM cells, got them for "
+                f"{type(cell).__name__}"
+            )
+        if route.backend == "torch" and any(m is not None for m in masks):
+            raise RuntimeError(
+                "backend='torch' has no recurrent dropout or zoneout (torch's op takes no masks). "
+                "Use backend='auto' or 'fused'."
+            )
+
+
 def resolve_backend(
     cell: AnyCell, x: Tensor, requested: Backend, *, return_gates: bool = False
 ) -> Literal["reference", "fused", "compiled", "torch"]:
@@ -409,6 +464,8 @@ def resolve_backend(
             "backend='auto' or 'fused' (its pure-torch fast path) or 'reference' (the "
             "step-by-step loop)."
         )
+    if requested == "torch" and isinstance(cell, VariantLSTMCell):
+        native.check_variant(cell)
     if requested in ("fused", "torch"):
         return requested
     reason = compiled.compiled_unavailable(cell, x)

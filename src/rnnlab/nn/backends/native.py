@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnlab.nn.variants import VariantLSTMCell
 
-__all__ = ["check_call", "lstm", "gru", "rnn"]
+__all__ = ["check_call", "check_variant", "lstm", "gru", "rnn"]
 
 # torch's functional ops after (input, hx, params): has_biases, num_layers, dropout, train,
 # bidirectional, batch_first
@@ -34,10 +35,14 @@ _ONE_LAYER = (True, 1, 0.0, False, False, True)
 
 
 def lstm(
-    cell: LSTMCell, x: Tensor, state: LSTMState, *, reverse: bool = False
+    cell: LSTMCell | VariantLSTMCell, x: Tensor, state: LSTMState, *, reverse: bool = False
 ) -> tuple[Tensor, LSTMState]:
-    """x (B, T, I), state (h, c) each (B, H) -> (output (B, T, H), final LSTMState)."""
+    """x (B, T, I), state (h (B, R), c (B, H)) -> (output (B, T, R), final LSTMState). A variant
+    cell with a projection (and nothing else, :func:`check_variant`) passes ``weight_hr`` as
+    torch's fifth parameter; torch reads the projection from h being narrower than c."""
     params = [cell.weight_ih, cell.weight_hh, cell.bias, torch.zeros_like(cell.bias)]
+    if getattr(cell, "proj_size", 0):
+        params.append(cell.weight_hr)
     hx = [state.h[None], state.c[None]]  # each (1, B, H)
     out, h, c = torch.lstm(_time(x, reverse), hx, params, *_ONE_LAYER)
     return _time(out, reverse), LSTMState(h[0], c[0])
@@ -72,6 +77,18 @@ def check_call(x: Tensor, mask: Tensor | None) -> None:
         raise RuntimeError(
             f"backend='torch' runs float32 or float64 here, got {x.dtype}. Cast the layer "
             "and input with .float(), or use backend='fused'."
+        )
+
+
+def check_variant(cell: VariantLSTMCell) -> None:
+    """torch's LSTM op has a projection (``proj_size``) and nothing else of the variants: refuse
+    a variant cell with LayerNorm or peepholes (recurrent dropout and zoneout are refused when
+    their masks come, in training)."""
+    extras = [name for name in ("layer_norm", "peepholes") if getattr(cell, name)]
+    if extras:
+        raise RuntimeError(
+            f"backend='torch' runs torch's own LSTM op, which has a projection (proj_size) but "
+            f"not {' or '.join(extras)}. Use backend='auto', 'compiled' or 'fused'."
         )
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.nn.cells import Cell, LSTMState
+from rnnlab.nn.variants import CellNoise, step_noise
 
 __all__ = ["scan"]
 
@@ -25,6 +26,7 @@ def scan(
     *,
     reverse: bool,
     return_gates: bool = False,
+    noise: CellNoise | None = None,
 ) -> tuple[Tensor, Tensor | LSTMState, dict[str, Tensor] | None]:
     """Run ``cell`` over x (B, T, I) from ``state`` (B, H) (an :class:`LSTMState` for LSTM),
     backwards in time if ``reverse``. At a step where ``mask`` (B, T) is False the new state is
@@ -33,14 +35,18 @@ def scan(
     Returns (output (B, T, H), final state, gates): with ``return_gates`` the gates map each
     name the cell records (LSTM: i, f, g, o, c, h; GRU: r, z, n, h; RNN: h; others: their
     ``gate_names``) to a (B, T, H)
-    tensor, zero at padded steps; otherwise None."""
+    tensor, zero at padded steps; otherwise None. ``noise`` (a variant LSTM cell's masks,
+    :class:`rnnlab.nn.variants.CellNoise`) gives each step its slice of them."""
     T = x.shape[1]
     # unbind, not x[:, t]: the backward of T selects would fill T zero (B, T, I) tensors
     steps = x.unbind(1)  # T of (B, I)
     outputs: list[Tensor] = [x.new_empty(0)] * T
     records: list[dict[str, Tensor]] = [{}] * T
     for t in reversed(range(T)) if reverse else range(T):
-        result = cell(steps[t], state, return_gates=return_gates)
+        if noise is None:
+            result = cell(steps[t], state, return_gates=return_gates)
+        else:
+            result = cell(steps[t], state, return_gates=return_gates, noise=step_noise(noise, t))
         new_state, gates = result if return_gates else (result, None)
         h = new_state[0] if isinstance(new_state, tuple) else new_state  # (B, H): h first
         if mask is None:

@@ -107,6 +107,14 @@ def to_keras(layer: RecurrentLayer, return_sequences: bool = False) -> Any:
     dtype_name = str(dtype).removeprefix("torch.")
     kind = getattr(keras.layers, _KERAS_NAMES[type(layer).cell_type])
     options = {"reset_after": True} if type(layer).cell_type is GRUCell else {}
+    variant = dict(getattr(layer, "variant_options", {}))
+    if "recurrent_dropout" in variant:  # Keras's own option, with the same semantics
+        options["recurrent_dropout"] = variant.pop("recurrent_dropout")
+    if variant:
+        raise ValueError(
+            f"{name} expected an LSTM that Keras's LSTM can express (recurrent_dropout at "
+            f"most), got one with {', '.join(sorted(variant))}"
+        )
     D, L = layer.num_directions, layer.num_layers
     stack = []
     for n in range(L):

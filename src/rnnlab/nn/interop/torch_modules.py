@@ -39,19 +39,16 @@ _TORCH_TYPES: dict[type[Cell], type[nn.RNNBase]] = {
 def from_torch(cls: type[Layer], module: nn.RNNBase, backend: str = "auto") -> Layer:
     """An rnnlab ``cls`` (RNN, LSTM or GRU) that computes what ``module`` computes, on the
     module's device and dtype, in the module's train/eval mode. See the module docstring for
-    biases and the time layout. Raises TypeError for the wrong module type and ValueError for
-    what rnnlab cannot express (``proj_size > 0``, a ``relu`` RNN)."""
+    biases and the time layout. An LSTM with ``proj_size`` P > 0 becomes an rnnlab LSTM with
+    the same projection (``weight_hr`` (P, H) copied). Raises TypeError for the wrong module type
+    and ValueError for what rnnlab cannot express (a ``relu`` RNN)."""
     name = f"{cls.__name__}.from_torch"
     torch_type = _TORCH_TYPES[cls.cell_type]
     if not isinstance(module, torch_type):
         raise TypeError(
             f"{name} expected a torch.nn.{torch_type.__name__}, got {type(module).__name__}"
         )
-    if getattr(module, "proj_size", 0) > 0:
-        raise ValueError(
-            f"{name} expected proj_size=0 (rnnlab LSTMs have no projection), "
-            f"got proj_size={module.proj_size}"
-        )
+    proj_size = getattr(module, "proj_size", 0)  # LSTM only; its weight_hr copies as is
     if getattr(module, "nonlinearity", "tanh") != "tanh":
         raise ValueError(
             f"{name} expected nonlinearity='tanh' (rnnlab's RNN is tanh only), "
@@ -65,6 +62,7 @@ def from_torch(cls: type[Layer], module: nn.RNNBase, backend: str = "auto") -> L
         bidirectional=module.bidirectional,
         dropout=module.dropout,
         backend=backend,
+        **({"proj_size": proj_size} if proj_size else {}),
     ).to(device=ref.device, dtype=ref.dtype)
     for k, cell in enumerate(layer.cells):
         suffix = _torch_suffix(k, layer.num_directions)
@@ -74,13 +72,25 @@ def from_torch(cls: type[Layer], module: nn.RNNBase, backend: str = "auto") -> L
         b_ih = getattr(module, f"bias_ih{suffix}") if module.bias else zeros  # (G*H,)
         b_hh = getattr(module, f"bias_hh{suffix}") if module.bias else zeros  # (G*H,)
         load_cell(cell, w_ih, w_hh, b_ih, b_hh)
+        if proj_size:
+            with torch.no_grad():
+                cell.weight_hr.copy_(getattr(module, f"weight_hr{suffix}"))  # (P, H)
     return layer.train(module.training)
 
 
 def to_torch(layer: RecurrentLayer) -> nn.RNNBase:
     """A ``batch_first=True`` torch.nn.LSTM / GRU / RNN (tanh) with ``layer``'s weights, device,
-    dtype and train/eval mode: ``b_ih = bias``, ``b_hh = 0`` (GRU: ``[0, 0, bias_hn]``)."""
+    dtype and train/eval mode: ``b_ih = bias``, ``b_hh = 0`` (GRU: ``[0, 0, bias_hn]``). An LSTM
+    with a projection becomes torch's ``proj_size`` LSTM; one with LayerNorm, peepholes,
+    recurrent dropout or zoneout is refused: torch.nn.LSTM has none of them."""
     ref = layer.cells[0].weight_ih
+    options = getattr(layer, "variant_options", {})
+    extra = sorted(set(options) - {"proj_size"})
+    if extra:
+        raise ValueError(
+            f"to_torch expected an LSTM that torch.nn.LSTM can express (a projection at most), "
+            f"got one with {', '.join(extra)}"
+        )
     module = _TORCH_TYPES[type(layer).cell_type](
         layer.input_size,
         layer.hidden_size,
@@ -92,6 +102,7 @@ def to_torch(layer: RecurrentLayer) -> nn.RNNBase:
         bidirectional=layer.bidirectional,
         device=ref.device,
         dtype=ref.dtype,
+        **({"proj_size": options["proj_size"]} if options else {}),
     )
     with torch.no_grad():
         for k, cell in enumerate(layer.cells):
@@ -103,6 +114,8 @@ def to_torch(layer: RecurrentLayer) -> nn.RNNBase:
             b_hh.zero_()
             if isinstance(cell, GRUCell):
                 b_hh[2 * cell.hidden_size :].copy_(cell.bias_hn)
+            if options:
+                getattr(module, f"weight_hr{suffix}").copy_(cell.weight_hr)
     return module.train(layer.training)
 
 
