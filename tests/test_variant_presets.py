@@ -99,3 +99,14 @@ def test_settings_that_cannot_apply_are_refused():
         load_preset("mnist-sample", ["model.zoneout=1.0"])
     with pytest.raises(ConfigError, match=r"model.precision='bf16' expected the plain LSTM"):
         load_preset("mnist-sample", ["model.precision=bf16", "model.peepholes=true"])
+
+
+def test_summary_counts_the_variants_parameters(capsys):
+    """mnist-seed's LSTM(128 -> 128) with a projection to 64 and LayerNorm: 4H(I + P + 1)
+    + PH + 10H = 98,816 + 8,192 + 1,280 = 108,288 parameters, its output 64 wide."""
+    from rnnlab.cli.main import main
+
+    sets = ["--set", "model.layer_norm=true", "--set", "model.proj_size=64"]
+    assert main(["summary", "mnist-seed", *sets]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "(LSTM)" in line)
+    assert "(None, 28, 64)" in row and row.rstrip().endswith("108,288")
