@@ -13,7 +13,9 @@ backward direction starts at each row's last real step), so the graph is:
 
     ids (B, T) --Gather--> (B, T, E)          x (B, T, I) --[MatMul + Add: projection]-->
     [pre padding: GatherElements turns each row to post padding]
-    --> Transpose (T, B, F) --> LSTM/GRU/RNN op per layer (D directions, sequence_lens)
+    --> Transpose (T, B, F) --> LSTM/GRU/RNN op per layer (D directions, sequence_lens;
+        peepholes as the LSTM op's P; an LSTM variant with LayerNorm or projection: a Scan of
+        its step per direction, :mod:`rnnlab.export.variants`)
     --> pooling: last = Y_h (D, B, H); mean / max / meanmax over the real steps
     --> MatMul + Add: logits (B, C)
 
@@ -31,7 +33,15 @@ import torch
 from torch import nn
 
 from rnnlab.export.api import register_hook
-from rnnlab.export.graph import Graph, linear, onnx_kind, recurrent_weights, to_numpy
+from rnnlab.export.graph import (
+    Graph,
+    linear,
+    onnx_kind,
+    recurrent_weights,
+    to_numpy,
+    with_peepholes,
+)
+from rnnlab.export.variants import needs_scan, variant_lstm
 from rnnlab.models import SequenceClassifier, TextClassifier
 from rnnlab.nn.layers import RecurrentLayer
 
@@ -39,11 +49,17 @@ __all__ = ["classifier_graph"]
 
 
 def _recurrent(g: Graph, layer: RecurrentLayer, x: str, seq_lens: str) -> tuple[str, str]:
-    """One rnnlab layer (one level, D directions) as one ONNX op. x (T, B, F) -> Y (T, B, D*H)
-    and Y_h (D, B, H)."""
-    kind = onnx_kind(layer.cells[0])
+    """One rnnlab layer (one level, D directions) as one ONNX op (a ``Scan`` per direction for
+    an LSTM variant with LayerNorm or projection). x (T, B, F) -> Y (T, B, D*R) and Y_h
+    (D, B, R), R = H or the projection P."""
     if layer.num_layers != 1:
         raise ValueError(f"ONNX export expected single-level layers, got {layer.num_layers}")
+    shape = g.const("shape", np.array([0, 0, -1], dtype=np.int64))
+    if needs_scan(layer.cells[0]):
+        Y, Y_h = variant_lstm(g, list(layer.cells), x, seq_lens)[:2]  # (T, D, B, R), (D, B, R)
+        Y = g.op("Transpose", [Y], perm=[0, 2, 1, 3])  # (T, B, D, R)
+        return g.op("Reshape", [Y, shape]), Y_h  # (T, B, D*R), (D, B, R)
+    kind = onnx_kind(layer.cells[0])
     H = layer.hidden_size
     W, R, B = zip(*(recurrent_weights(c, kind, H) for c in layer.cells), strict=True)
     D = layer.num_directions
@@ -60,9 +76,9 @@ def _recurrent(g: Graph, layer: RecurrentLayer, x: str, seq_lens: str) -> tuple[
         g.const("B", to_numpy(torch.stack(B))),  # (D, 2*G*H)
         seq_lens,
     ]
+    inputs = with_peepholes(g, list(layer.cells), inputs)  # P (D, 3H) for a peephole LSTM
     Y, Y_h = g.op(kind, inputs, n_out=2, **attrs)[:2]  # (T, D, B, H), (D, B, H)
     Y = g.op("Transpose", [Y], perm=[0, 2, 1, 3])  # (T, B, D, H)
-    shape = g.const("shape", np.array([0, 0, -1], dtype=np.int64))
     return g.op("Reshape", [Y, shape]), Y_h  # (T, B, D*H), (D, B, H)
 
 

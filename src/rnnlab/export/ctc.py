@@ -6,7 +6,9 @@ D directions, S symbols (blank first).
     x (B, T, I), lengths (B,) int64
     --[MatMul + Add: projection]--> Transpose (T, B, F)
     --> one LSTM / GRU / RNN op per layer (D directions, ``sequence_lens`` = lengths: the
-        backward direction starts at each row's last real frame, as rnnlab's does)
+        backward direction starts at each row's last real frame, as rnnlab's does; peepholes
+        as the LSTM op's P; an LSTM variant with LayerNorm or projection: a Scan of its step
+        per direction, :mod:`rnnlab.export.variants`)
     --> MatMul + Add: head (T, B, S) --> LogSoftmax --> Transpose: log_probs (B, T, S)
 
 Frames past a row's length are padding: the ONNX ops give them zero outputs, rnnlab leaves them
@@ -23,14 +25,27 @@ import torch
 from torch import nn
 
 from rnnlab.export.api import register_hook
-from rnnlab.export.graph import Graph, linear, onnx_kind, recurrent_weights, to_numpy
+from rnnlab.export.graph import (
+    Graph,
+    linear,
+    onnx_kind,
+    recurrent_weights,
+    to_numpy,
+    with_peepholes,
+)
+from rnnlab.export.variants import needs_scan, variant_lstm
 from rnnlab.models.ctc import CTCModel
 
 __all__ = ["ctc_graph"]
 
 
 def _layer(g: Graph, layer: nn.Module, x: str, seq_lens: str) -> str:
-    """One rnnlab layer as one ONNX op: x (T, B, F) -> (T, B, D*H)."""
+    """One rnnlab layer as one ONNX op (a ``Scan`` per direction for an LSTM variant with
+    LayerNorm or projection): x (T, B, F) -> (T, B, D*R), R = H or the projection."""
+    shape = g.const("shape", np.array([0, 0, -1], dtype=np.int64))
+    if needs_scan(layer.cells[0]):
+        Y = variant_lstm(g, list(layer.cells), x, seq_lens)[0]  # (T, D, B, R)
+        return g.op("Reshape", [g.op("Transpose", [Y], perm=[0, 2, 1, 3]), shape])
     kind = onnx_kind(layer.cells[0])
     H, D = layer.hidden_size, layer.num_directions
     W, R, B = zip(*(recurrent_weights(c, kind, H) for c in layer.cells), strict=True)
@@ -47,9 +62,10 @@ def _layer(g: Graph, layer: nn.Module, x: str, seq_lens: str) -> str:
         g.const("B", to_numpy(torch.stack(B))),  # (D, 2*G*H)
         seq_lens,
     ]
+    inputs = with_peepholes(g, list(layer.cells), inputs)  # P (D, 3H) for a peephole LSTM
     Y = g.op(kind, inputs, n_out=2, **attrs)[0]  # (T, D, B, H)
     Y = g.op("Transpose", [Y], perm=[0, 2, 1, 3])  # (T, B, D, H)
-    return g.op("Reshape", [Y, g.const("shape", np.array([0, 0, -1], dtype=np.int64))])
+    return g.op("Reshape", [Y, shape])  # (T, B, D*H)
 
 
 def ctc_graph(model: nn.Module, opset: int) -> Any:

@@ -20,16 +20,20 @@ from torch import nn
 from rnnlab.export.api import ExportError
 from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell
+from rnnlab.nn.variants import VariantLSTMCell
 
 __all__ = [
     "GATE_ORDER",
     "Graph",
+    "body_options",
     "linear",
     "min_layer",
     "onnx_kind",
     "recurrent_weights",
     "reorder",
+    "scan",
     "to_numpy",
+    "with_peepholes",
 ]
 
 # ONNX gate order, as indices of rnnlab's H-row blocks
@@ -75,13 +79,51 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).cpu().numpy()
 
 
+def body_options(cell: nn.Module) -> list[str]:
+    """The options of a :class:`~rnnlab.nn.variants.VariantLSTMCell` that ONNX's ``LSTM`` op
+    cannot express, so that its layers are a ``Scan`` of the cell's step
+    (:func:`rnnlab.export.variants.variant_lstm`): ``layer_norm`` and ``proj_size`` where on.
+    Empty for any other cell, and for a variant with only peepholes (the op's input P:
+    :func:`with_peepholes`), recurrent dropout and zoneout (both the identity in eval mode)."""
+    if not isinstance(cell, VariantLSTMCell):
+        return []
+    on = {"layer_norm": cell.layer_norm, "proj_size": cell.proj_size}
+    return [name for name, value in on.items() if value]
+
+
+def with_peepholes(g: Graph, cells: list[nn.Module], inputs: list[str]) -> list[str]:
+    """``inputs`` of ONNX's ``LSTM`` op (X, W, R, B[, sequence_lens, initial_h, initial_c])
+    with its 8th, P (D, 3H) in ONNX's order i, o, f (rnnlab's ``peephole`` rows are i, f, o),
+    where the cells have peepholes; unchanged for any other cells. ONNX's o gate reads the new
+    c_t and i, f read c_{t-1}, as :class:`~rnnlab.nn.variants.VariantLSTMCell` (Gers &
+    Schmidhuber 2000)."""
+    if not getattr(cells[0], "peepholes", False):
+        return inputs
+    H = cells[0].hidden_size
+    rows = [c.peephole.split(H) for c in cells]  # D x (p_i, p_f, p_o), each (H,)
+    P = np.stack([to_numpy(torch.cat([p_i, p_o, p_f])) for p_i, p_f, p_o in rows])  # (D, 3H)
+    return [*inputs, *[""] * (7 - len(inputs)), g.const("P", P)]
+
+
 def onnx_kind(cell: nn.Module) -> str:
-    """The ONNX op of an rnnlab cell: ``"LSTM"``, ``"GRU"`` or ``"RNN"``; any other cell (the
-    cells of 2024 have no ONNX op; a language model's exporter writes their steps as a ``Scan``:
-    :func:`min_layer`, :mod:`rnnlab.export.xlstm`) is refused, naming it."""
+    """The ONNX op of an rnnlab cell: ``"LSTM"``, ``"GRU"`` or ``"RNN"`` (``"LSTM"`` too for a
+    :class:`~rnnlab.nn.variants.VariantLSTMCell` with only peepholes, recurrent dropout or
+    zoneout: :func:`body_options`); any other cell (a variant with LayerNorm or projection:
+    :mod:`rnnlab.export.variants`; the cells of 2024 have no ONNX op; a language model's
+    exporter writes their steps as a ``Scan``: :func:`min_layer`, :mod:`rnnlab.export.xlstm`)
+    is refused, naming it."""
     for kind, cls in (("LSTM", LSTMCell), ("GRU", GRUCell), ("RNN", RNNCell)):
         if isinstance(cell, cls):
             return kind
+    if isinstance(cell, VariantLSTMCell):
+        options = body_options(cell)
+        if not options:
+            return "LSTM"
+        raise ExportError(
+            f"ONNX's LSTM op expected a cell without {', '.join(options)}, got a "
+            "VariantLSTMCell with them (its layers export as a Scan of the cell's step: "
+            "rnnlab.export.variants.variant_lstm)"
+        )
     raise ExportError(
         f"ONNX export expected an LSTM, GRU or RNN cell here, got {type(cell).__name__} (a "
         "language model of minGRU, minLSTM, sLSTM or mLSTM exports; other models of the 2024 "
@@ -129,6 +171,55 @@ def min_layer(g: Graph, x: str, cell: MinCell, h0: str) -> tuple[str, str]:
     h = g.op("Squeeze", [h0, axis0])  # (B, H)
     h_T, Y = g.op("Scan", [h, a, b], n_out=2, body=body, num_scan_inputs=2)  # (B, H), (T, B, H)
     return Y, g.op("Unsqueeze", [h_T, axis0])
+
+
+def scan(
+    g: Graph,
+    body: Graph,
+    states: dict[str, tuple[str, list[Any]]],
+    steps: dict[str, tuple[str, list[Any]]],
+    new_states: list[str],
+    y_t: str,
+    reverse: bool = False,
+) -> tuple[str, dict[str, str]]:
+    """Run ``body`` as a ``Scan`` over axis 0 of ``steps``' values (from the last step to the
+    first with ``reverse``; Y is then still in time order).
+
+    ``states`` maps a state's name to (its outer value of shape (1, ...), its shape in the body);
+    ``steps`` maps a body input to (its outer value (T, ...), its shape at one step); every
+    value is float32. A body shape may leave the batch axis unnamed (None): onnxruntime holds a
+    name such as "B" to one size across the whole file, and a file whose other inputs have
+    batch-1 defaults (seq2seq's) would then tie the body's B to 1. The body reads state ``s``
+    as ``body.prefix + s + "_prev"``;
+    ``new_states`` are its next states in the order of ``states``, ``y_t`` its output at the
+    step, shaped as state ``h``. Returns Y (T, ...) and each final state as (1, ...)."""
+    from onnx import TensorProto, helper
+
+    def info(name: str, shape: list[Any]) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    shapes = [shape for _, shape in states.values()]
+    outs = [body.op("Identity", [v]) for v in [*new_states, y_t]]  # distinct output names
+    graph = helper.make_graph(
+        body.nodes,
+        body.prefix.rstrip("/"),
+        [info(body.prefix + n + "_prev", shape) for n, shape in zip(states, shapes, strict=True)]
+        + [info(n, shape) for n, (_, shape) in steps.items()],
+        [info(o, shape) for o, shape in zip(outs, [*shapes, states["h"][1]], strict=True)],
+    )
+    axis0 = g.const("axis0", np.array([0], np.int64))
+    first = [g.op("Squeeze", [value, axis0]) for value, _ in states.values()]  # (...) each
+    directions = {"scan_input_directions": [1] * len(steps), "scan_output_directions": [1]}
+    results = g.op(
+        "Scan",
+        first + [value for value, _ in steps.values()],
+        n_out=len(states) + 1,
+        body=graph,
+        num_scan_inputs=len(steps),
+        **(directions if reverse else {}),
+    )
+    finals = {n: g.op("Unsqueeze", [r, axis0]) for n, r in zip(states, results[:-1], strict=True)}
+    return results[-1], finals
 
 
 def reorder(rows: torch.Tensor, kind: str, H: int) -> torch.Tensor:

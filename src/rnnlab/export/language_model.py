@@ -10,6 +10,7 @@ after the last step, one output per field, to feed back as the next call's input
 initial state give the model's own start. The state per cell:
 
     lstm                 h0, c0 (L, B, H)                -> h, c
+                         (with a projection P: h0 (L, B, P), c0 (L, B, H))
     gru, rnn, mingru,    h0 (L, B, H)                    -> h
       minlstm
     slstm                h0, c0, n0, m0 (L, B, H)        -> h, c, n, m
@@ -22,7 +23,8 @@ The graph::
     --> per layer l: LSTM/GRU/RNN op (initial_h = h0[l], initial_c = c0[l]) --> Y (T, B, H)
         (minGRU / minLSTM: MatMul to every step's gates, then a Scan of h = a * h + b;
          sLSTM / mLSTM: MatMul to every step's input projection, then a Scan of the cell's
-         step equations, :mod:`rnnlab.export.xlstm`)
+         step equations, :mod:`rnnlab.export.xlstm`; an LSTM with LayerNorm or projection: a
+         Scan of its step, :mod:`rnnlab.export.variants`; peepholes: the LSTM op's P)
     --> Transpose (B, T, H) --> MatMul + Add (decoder) --> logits (B, T, V)
 
 Gate orders and the GRU candidate are handled as for the classifiers
@@ -37,7 +39,16 @@ from typing import Any
 import numpy as np
 
 from rnnlab.export.api import ExportError, register_hook
-from rnnlab.export.graph import Graph, linear, min_layer, onnx_kind, recurrent_weights, to_numpy
+from rnnlab.export.graph import (
+    Graph,
+    linear,
+    min_layer,
+    onnx_kind,
+    recurrent_weights,
+    to_numpy,
+    with_peepholes,
+)
+from rnnlab.export.variants import needs_scan, variant_lstm
 from rnnlab.export.xlstm import mlstm_layer, slstm_layer
 from rnnlab.nn.language_model import LanguageModel
 from rnnlab.nn.mincells import MinCell
@@ -71,6 +82,9 @@ def _layer(g: Graph, x: str, cell: Any, state: dict[str, str]) -> tuple[str, dic
         return slstm_layer(g, x, cell, state)
     if isinstance(cell, MLSTMCell):
         return mlstm_layer(g, x, cell, state)
+    if needs_scan(cell):  # LayerNorm or projection: h (1, B, R), c (1, B, H)
+        Y, h, c = variant_lstm(g, [cell], x, "", state["h"], state["c"])  # Y (T, 1, B, R)
+        return g.op("Squeeze", [Y, g.const("axis1", np.array([1], np.int64))]), {"h": h, "c": c}
     kind, H = onnx_kind(cell), cell.hidden_size
     W, R, B = (w[None] for w in recurrent_weights(cell, kind, H))  # (1, G*H, F|H), (1, 2GH)
     attrs: dict[str, Any] = {"hidden_size": H}
@@ -79,6 +93,7 @@ def _layer(g: Graph, x: str, cell: Any, state: dict[str, str]) -> tuple[str, dic
     weights = [g.const(name, to_numpy(w)) for name, w in zip("WRB", (W, R, B), strict=True)]
     names = ["h", "c"] if kind == "LSTM" else ["h"]
     op_inputs = [x, *weights, "", *(state[n] for n in names)]  # initial_h, initial_c
+    op_inputs = with_peepholes(g, [cell], op_inputs)  # P (1, 3H) for a peephole LSTM
     outs = g.op(kind, op_inputs, n_out=len(names) + 1, **attrs)
     axis1 = g.const("axis1", np.array([1], np.int64))
     Y = g.op("Squeeze", [outs[0], axis1])  # (T, 1, B, H) -> (T, B, H)

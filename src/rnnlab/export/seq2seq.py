@@ -16,8 +16,10 @@ outputs:
   ``log_probs`` (B, V), ``h_out`` (and ``c_out``), ``feed_out``, ``attention`` (B, S).
 
 The encoder runs each layer as ONNX's bidirectional ``LSTM``/``GRU``/``RNN`` op with
-``sequence_lens``; gate orders as :mod:`rnnlab.export.graph` converts them. :func:`greedy`
-decodes with onnxruntime exactly as :func:`rnnlab.nn.beam.greedy` does.
+``sequence_lens`` (peepholes as the LSTM op's P; an LSTM variant with LayerNorm: a ``Scan``
+of its step per direction, :mod:`rnnlab.export.variants`); gate orders as
+:mod:`rnnlab.export.graph` converts them. :func:`greedy` decodes with onnxruntime exactly as
+:func:`rnnlab.nn.beam.greedy` does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from rnnlab.export.api import register_hook
-from rnnlab.export.graph import Graph, onnx_kind, recurrent_weights, to_numpy
+from rnnlab.export.graph import Graph, onnx_kind, recurrent_weights, to_numpy, with_peepholes
+from rnnlab.export.variants import needs_scan, variant_lstm
 from rnnlab.nn.seq2seq import BOS, EOS, PAD, Seq2Seq
 
 __all__ = ["greedy", "seq2seq_graph"]
@@ -51,9 +54,13 @@ def _matmul(g: Graph, x: str, weight: Any, bias: Any = None) -> str:
 
 def _rnn(g: Graph, layer: Any, index: int, x: str, states: list[str], extra: list[str]) -> list:
     """Layer ``index`` of an rnnlab stack as ONNX's op (both directions for a bidirectional
-    stack): outputs ``[Y (T, D, B, H), Y_h (D, B, H)[, Y_c]]``."""
+    stack; a ``Scan`` per direction for an LSTM variant with LayerNorm): outputs
+    ``[Y (T, D, B, H), Y_h (D, B, H)[, Y_c]]``."""
     D = layer.num_directions
     cells = [layer.cell(index, d) for d in range(D)]
+    if needs_scan(cells[0]):
+        h, c = [*states, "", ""][:2]
+        return variant_lstm(g, cells, x, extra[0], h, c)
     kind, H = onnx_kind(cells[0]), layer.hidden_size
     packed = [recurrent_weights(c, kind, H) for c in cells]
     W, R, B = (g.const(n, np.stack([to_numpy(p[k]) for p in packed])) for k, n in enumerate("WRB"))
@@ -65,7 +72,8 @@ def _rnn(g: Graph, layer: Any, index: int, x: str, states: list[str], extra: lis
     if kind != "LSTM":
         states = states[:1]
     n_out = 3 if kind == "LSTM" else 2
-    return g.op(kind, [x, W, R, B, *extra, *states], n_out=n_out, **attrs)
+    inputs = with_peepholes(g, cells, [x, W, R, B, *extra, *states])  # P for peepholes
+    return g.op(kind, inputs, n_out=n_out, **attrs)
 
 
 def _encoder(g: Graph, model: Seq2Seq, lstm: bool) -> None:

@@ -18,11 +18,9 @@ finite whatever the pre-activations, as the cells do.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from rnnlab.export.graph import Graph, to_numpy
+from rnnlab.export.graph import Graph, scan, to_numpy
 from rnnlab.nn.xlstm import GATE_EXP_FLOOR, MLSTMCell, SLSTMCell
 
 __all__ = ["mlstm_layer", "slstm_layer"]
@@ -34,48 +32,6 @@ def _ints(g: Graph, stem: str, values: list[int]) -> str:
 
 def _scalar(g: Graph, stem: str, value: float) -> str:
     return g.const(stem, np.array(value, np.float32))
-
-
-def _scan(
-    g: Graph,
-    body: Graph,
-    states: dict[str, tuple[str, list[Any]]],
-    steps: dict[str, tuple[str, list[Any]]],
-    new_states: list[str],
-    y_t: str,
-) -> tuple[str, dict[str, str]]:
-    """Run ``body`` as a ``Scan`` over axis 0 of ``steps``' values.
-
-    ``states`` maps a state's name to (its outer value of shape (1, ...), its shape in the body);
-    ``steps`` maps a body input to (its outer value (T, ...), its shape at one step).
-    The body reads state ``s`` as ``body.prefix + s + "_prev"``; ``new_states`` are its next
-    states in the order of ``states``, ``y_t`` its output at the step, shaped as state ``h``.
-    Returns Y (T, ...) and each final state as (1, ...)."""
-    from onnx import TensorProto, helper
-
-    def info(name: str, shape: list[Any]) -> Any:
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-    shapes = [shape for _, shape in states.values()]
-    outs = [body.op("Identity", [v]) for v in [*new_states, y_t]]  # distinct output names
-    graph = helper.make_graph(
-        body.nodes,
-        body.prefix.rstrip("/"),
-        [info(body.prefix + n + "_prev", shape) for n, shape in zip(states, shapes, strict=True)]
-        + [info(n, shape) for n, (_, shape) in steps.items()],
-        [info(o, shape) for o, shape in zip(outs, [*shapes, states["h"][1]], strict=True)],
-    )
-    axis0 = _ints(g, "axis0", [0])
-    first = [g.op("Squeeze", [value, axis0]) for value, _ in states.values()]  # (...) each
-    results = g.op(
-        "Scan",
-        first + [value for value, _ in steps.values()],
-        n_out=len(states) + 1,
-        body=graph,
-        num_scan_inputs=len(steps),
-    )
-    finals = {n: g.op("Unsqueeze", [r, axis0]) for n, r in zip(states, results[:-1], strict=True)}
-    return results[-1], finals
 
 
 def _gate_exp(body: Graph, a: str, floor: str, zero: str) -> str:
@@ -125,7 +81,7 @@ def slstm_layer(
     h = body.op("Div", [body.op("Mul", [o, c]), n])  # (B, H)
     bh = ["B", H]
     states = {s: (state[s], bh) for s in "hcnm"}
-    return _scan(g, body, states, {wx_t: (wx, ["B", 4 * H])}, [h, c, n, m], h)
+    return scan(g, body, states, {wx_t: (wx, ["B", 4 * H])}, [h, c, n, m], h)
 
 
 def mlstm_layer(
@@ -181,4 +137,4 @@ def mlstm_layer(
         log_i_t: (i_tilde, ["B", NH]),
         log_f_t: (log_f, ["B", NH]),
     }
-    return _scan(g, body, states, steps, [h, C, n, m], h)
+    return scan(g, body, states, steps, [h, C, n, m], h)
