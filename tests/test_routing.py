@@ -28,6 +28,7 @@ from rnnlab.nn.backends import (
     route_layer,
     scan_layer,
     slstm,
+    variant_compiled,
     variant_fused,
 )
 
@@ -52,6 +53,7 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "fused.slstm": (slstm, "slstm"),
     "parallel.mlstm": (mlstm, "mlstm"),
     "fused.lstm_variant": (variant_fused, "lstm_variant"),
+    "compiled.lstm_variant": (variant_compiled, "lstm_variant"),
 }
 SRC = Path(rnnlab.__file__).parent
 
@@ -434,3 +436,42 @@ def test_fused_is_pure_torch_and_layers_pick_no_kernel() -> None:
         and node.value.id == "backends"
     }
     assert used == {"scan_layer", "resolve_backend", "autocast_input"}, used
+
+
+# -- the LSTM variants (issue 23) -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "backend, grad, kernel",
+    [
+        ("auto", True, "compiled.lstm_variant"),
+        ("auto", False, "compiled.lstm_variant"),
+        ("compiled", True, "compiled.lstm_variant"),
+        ("fused", True, "fused.lstm_variant"),
+        ("reference", True, "reference"),
+    ],
+)
+def test_variant_rows_run_their_kernel(ran, backend: str, grad: bool, kernel: str) -> None:
+    """Each variant row of the table runs its kernel, with padding and training masks, and
+    gives the reference loop's outputs."""
+    require_compiled_kernels()
+    torch.manual_seed(0)
+    layer = rnnlab.LSTM(5, 6, layer_norm=True, proj_size=4, zoneout=0.3).train()
+    x = torch.randn(3, 7, 5, requires_grad=grad)
+    noise = [layer.cells[0].sample_noise(3, 7, x)]
+    lengths = torch.tensor([7, 3, 5])
+    with torch.set_grad_enabled(grad):
+        out, _ = layer(x, lengths=lengths, noise=noise, backend=backend)
+    assert [name for name, _ in ran] == [kernel]
+    want, _ = layer(x, lengths=lengths, noise=noise, backend="reference")
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_variant_bf16_row() -> None:
+    """precision="bf16" takes the compiled variant kernel's bf16 GEMMs; the fused path has none."""
+    require_compiled_kernels()
+    layer = rnnlab.LSTM(4, 6, layer_norm=True)
+    x = torch.randn(2, 3, 4)
+    state = [layer._cell_state(layer.zero_state(2), 0)]
+    route = route_layer(layer.cells[:1], x, state, None, precision="bf16")
+    assert route.kernels == ("compiled.lstm_variant",) and route.bf16
+    with pytest.raises(RuntimeError, match="bf16.*compiled kernel only"):
+        route_layer(layer.cells[:1], x, state, None, backend="fused", precision="bf16")

@@ -15,6 +15,7 @@ from rnnlab.config import ConfigError, load_preset
 from rnnlab.nn import LSTM, VariantLSTMCell
 from rnnlab.runs import train
 from rnnlab.runs.load import load_run
+from compiled_kernels import require_compiled_kernels
 from tiny import merge_settings
 
 VARIANTS = ["model.layer_norm=true", "model.recurrent_dropout=0.2", "model.zoneout=0.1"]
@@ -97,8 +98,27 @@ def test_settings_that_cannot_apply_are_refused():
         load_preset("g2p-sample", ["model.proj_size=8"])
     with pytest.raises(ConfigError, match=r"model.zoneout: expected in \[0, 1\)"):
         load_preset("mnist-sample", ["model.zoneout=1.0"])
-    with pytest.raises(ConfigError, match=r"model.precision='bf16' expected the plain LSTM"):
-        load_preset("mnist-sample", ["model.precision=bf16", "model.peepholes=true"])
+
+
+def test_bf16_variants_need_even_widths():
+    """The compiled variant kernel's bf16 mode packs pairs of rows (VNNI): an odd width is
+    refused when the model is built, naming it; "auto" then picks float32."""
+    from rnnlab.models import model_precision
+    from rnnlab.tasks import get_task
+
+    require_compiled_kernels()
+    odd = load_preset(
+        "mnist-sample", ["model.precision=bf16", "model.peepholes=true", "model.hidden_sizes=[15]"]
+    )
+    with pytest.raises(ConfigError, match=r"even hidden size and output width.*H = 15"):
+        get_task(odd).build_model()
+    auto = load_preset(
+        "mnist-sample", ["model.precision=auto", "model.peepholes=true", "model.hidden_sizes=[15]"]
+    )
+    assert model_precision(auto.model) == "fp32"
+    even = load_preset("mnist-sample", ["model.precision=bf16", "model.layer_norm=true"])
+    lstm = next(m for m in get_task(even).build_model().modules() if isinstance(m, LSTM))
+    assert lstm.precision == "bf16" and isinstance(lstm.cells[0], VariantLSTMCell)
 
 
 def test_summary_counts_the_variants_parameters(capsys):

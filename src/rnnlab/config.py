@@ -246,11 +246,6 @@ class ModelConfig:
                 "model.proj_size: expected 0 for seq2seq (its attention and decoder read the "
                 f"encoder's full width), got {self.proj_size}"
             )
-        if self.precision == "bf16":
-            raise ConfigError(
-                f"model.precision='bf16' expected the plain LSTM (the variants run float32), "
-                f"got {names}"
-            )
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.config import ConfigError, ModelConfig
-from rnnlab.nn.backends import Precision, compiled, native_bf16
+from rnnlab.nn.backends import Precision, compiled, native_bf16, variant_compiled
 from rnnlab.nn.blocks import final_hidden
 from rnnlab.nn.cells import LSTMCell
 from rnnlab.nn.layers import RecurrentLayer
 from rnnlab.nn.registry import LAYERS, layer_class
 from rnnlab.nn.validation import make_mask
+from rnnlab.nn.variants import VariantLSTMCell
 
 __all__ = [
     "LAYERS",
@@ -206,8 +207,14 @@ def model_precision(cfg: ModelConfig) -> Precision:
     cells = {cfg.cell, cfg.decoder_cell} if cfg.kind == "seq2seq" else {cfg.cell}
     if cells != {"lstm"} or cfg.backend not in ("auto", "compiled") or not native_bf16():
         return "fp32"
-    if cfg.variant_options():  # the variants run float32
-        return "fp32"
+    variant = cfg.variant_options()
+    if variant:  # the compiled variant kernel's bf16 mode: even H and R, a working ukernel
+        widths = [*cfg.hidden_sizes, *([cfg.proj_size] if cfg.proj_size else [])]
+        if any(w % 2 for w in widths):
+            return "fp32"
+        probe = VariantLSTMCell(2, 2, layer_norm=True)
+        why = variant_compiled.variant_unavailable(probe, probe.weight_hh, bf16=True)
+        return "bf16" if why is None else "fp32"
     probe = LSTMCell(1, 1)
     return "bf16" if compiled.compiled_unavailable(probe, probe.weight_hh) is None else "fp32"
 
@@ -219,9 +226,16 @@ def check_bf16(model: nn.Module, cfg: ModelConfig) -> None:
     recurrent layers are rnnlab's (the classifiers, the language model)."""
     if model_precision(cfg) != "bf16":
         return
-    layer = next(m for m in model.modules() if isinstance(m, RecurrentLayer))
-    cell = layer.cells[0]
-    reason = compiled.compiled_unavailable(cell, cell.weight_hh)
+    for layer in (m for m in model.modules() if isinstance(m, RecurrentLayer)):
+        cell = layer.cells[0]
+        if isinstance(cell, VariantLSTMCell):
+            reason = variant_compiled.variant_unavailable(cell, cell.weight_hh, bf16=True)
+        else:
+            reason = compiled.compiled_unavailable(cell, cell.weight_hh)
+        if reason is not None:
+            break
+    else:
+        return
     if reason is not None:
         raise ConfigError(
             f"model.precision='bf16' expected the compiled kernels to run here, got: "

@@ -32,6 +32,7 @@ from rnnlab.nn.backends import (
     parallel,
     reference,
     slstm,
+    variant_compiled,
     variant_fused,
 )
 from rnnlab.nn.backends.precision import (
@@ -87,6 +88,7 @@ Kernel = Literal[
     "fused.slstm",
     "parallel.mlstm",
     "fused.lstm_variant",
+    "compiled.lstm_variant",
 ]
 State = Tensor | LSTMState | SLSTMState | MLSTMState
 AnyCell = Cell | MinCell | SLSTMCell | MLSTMCell  # the classic cells (and variants), 2024's
@@ -164,7 +166,8 @@ def scan_layer(
     grad; the module's train/eval mode plays no part), "mask" a ``mask`` that is not None (the
     layers pass None when every step is real, e.g. all lengths equal T), "compiled runs" means
     :func:`rnnlab.nn.backends.compiled_unavailable` finds nothing against the cell and x (LSTM
-    or GRU, float32/float64 on the CPU, extension built)::
+    or GRU, float32/float64 on the CPU, extension built; for a variant LSTM
+    :func:`rnnlab.nn.backends.variant_compiled.variant_unavailable`)::
 
         backend      call conditions                                 kernel (each direction)
         -----------  ----------------------------------------------  -------------------------
@@ -179,9 +182,9 @@ def scan_layer(
                                                                        GEMM, then the steps)
         fused, auto  mLSTM cell                                      parallel.mlstm (every
                                                                        step at once)
-        fused, auto  variant LSTM (LayerNorm, projection, peepholes,  fused.lstm_variant (the
-                       recurrent dropout or zoneout), compiled         input side hoisted, then
-                       cannot run                                      the cell's step under
+        fused        variant LSTM (LayerNorm, projection, peepholes,  fused.lstm_variant (the
+                       recurrent dropout or zoneout)                   input side hoisted, then
+                                                                       the cell's step under
                                                                        autograd)
         torch        variant LSTM with LayerNorm or peepholes        RuntimeError: torch's op
                                                                        has neither
@@ -206,6 +209,7 @@ def scan_layer(
         compiled     compiled cannot run                             RuntimeError: the reason
                                                                        and the fix
         auto         compiled cannot run                             fused.lstm / .gru / .rnn,
+                                                                       fused.lstm_variant,
                                                                        parallel.mingru / .minlstm
                                                                        (warns once if the
                                                                        extension failed to build)
@@ -219,6 +223,10 @@ def scan_layer(
                      minGRU / minLSTM, grad or not, any mask         compiled.mingru / .minlstm
                                                                        (the parallel path's GEMM,
                                                                        then the time loop in C++)
+                     variant LSTM, grad or not, any mask, any        compiled.lstm_variant
+                       noise                                           (lstm_variant.cpp: the
+                                                                       options' equations, whole
+                                                                       time loops in C++)
 
         bf16 GEMM operands (Route.bf16), from the backend chosen above:
         precision    call conditions                                 bf16
@@ -347,6 +355,8 @@ def _cell_kernel(table: dict[type[AnyCell], Kernel], cell: AnyCell) -> Kernel:
 
 def _compiled_kernel(cell: AnyCell, x: Tensor, state: State, mask: Tensor | None) -> Kernel:
     """The compiled rows of the table for one direction."""
+    if isinstance(cell, VariantLSTMCell):
+        return "compiled.lstm_variant"
     if isinstance(cell, MinCell):
         return "compiled.mingru" if isinstance(cell, MinGRUCell) else "compiled.minlstm"
     grad = needs_backward(x, [cell], [state])
@@ -377,6 +387,11 @@ def _run(
         )
     if kernel == "fused.lstm_variant":
         out, final = variant_fused.lstm_variant(cell, x, state, mask, noise, reverse=reverse)
+        return out, final, None
+    if kernel == "compiled.lstm_variant":
+        out, final = variant_compiled.lstm_variant(
+            cell, x, state, mask, noise, reverse=reverse, bf16=route.bf16
+        )
         return out, final, None
     if kernel == "fused.lstm":
         out, final = fused.lstm(cell, x, state, mask, reverse=reverse)
@@ -468,7 +483,10 @@ def resolve_backend(
         native.check_variant(cell)
     if requested in ("fused", "torch"):
         return requested
-    reason = compiled.compiled_unavailable(cell, x)
+    if isinstance(cell, VariantLSTMCell):
+        reason = variant_compiled.variant_unavailable(cell, x)
+    else:
+        reason = compiled.compiled_unavailable(cell, x)
     if reason is None:
         return "compiled"
     if requested == "compiled":

@@ -11,9 +11,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from rnnlab.nn.backends import compiled
+from rnnlab.nn.backends import compiled, variant_compiled
 from rnnlab.nn.cells import LSTMCell
 from rnnlab.nn.mincells import MinCell
+from rnnlab.nn.variants import VariantLSTMCell
 
 __all__ = [
     "PRECISIONS",
@@ -56,6 +57,8 @@ def use_bf16(
     kernels do not run raises, naming the cause; autocast there falls back to float32."""
     if isinstance(cell, MinCell):
         return _min_bf16(cell, x, backend=backend, precision=precision)
+    if isinstance(cell, VariantLSTMCell):
+        return _variant_bf16(cell, x, backend=backend, precision=precision)
     if precision == "fp32":
         return backend == "compiled" and isinstance(cell, LSTMCell) and autocast_bf16()
     if backend == "compiled" and isinstance(cell, LSTMCell) and x.dtype == torch.float32:
@@ -68,6 +71,24 @@ def use_bf16(
         f"precision='bf16' runs the LSTM's GEMMs in bf16 on the compiled kernels only "
         f"(float32 parameters, CPU), but {why}. Use backend='auto' or 'compiled' where the "
         "extension builds, or precision='fp32'."
+    )
+
+
+def _variant_bf16(cell: VariantLSTMCell, x: Tensor, *, backend: str, precision: Precision) -> bool:
+    """:func:`use_bf16`'s rows for the LSTM variants: the compiled variant kernel's GEMMs, where
+    its bf16 mode runs (float32, even H and R, a working bf16 ukernel); autocast elsewhere
+    stays float32."""
+    why = None
+    if backend == "compiled":
+        why = variant_compiled.variant_unavailable(cell, x, bf16=True)
+    if precision == "fp32":
+        return backend == "compiled" and why is None and autocast_bf16()
+    if backend == "compiled" and why is None:
+        return True
+    raise RuntimeError(
+        f"precision='bf16' runs the LSTM variant's GEMMs in bf16 on its compiled kernel only, "
+        f"but {why or f'this call uses backend {backend!r}'}. Use backend='auto' or "
+        "'compiled' where the extension builds, or precision='fp32'."
     )
 
 

@@ -65,7 +65,8 @@ BUILD_MESSAGE = "building rnnlab CPU kernels, once, about 40 s"
 
 _DIR = Path(__file__).parent
 # recurrent.h (shared helpers and the layout notes), then one file per kernel family (decoder.cpp:
-# a language model's softmax cross-entropy; minscan.cpp: the minGRU / minLSTM time loop).
+# a language model's softmax cross-entropy; minscan.cpp: the minGRU / minLSTM time loop;
+# lstm_variant.cpp: the LSTM variants' time loop).
 _SOURCES = [
     _DIR / name
     for name in (
@@ -74,6 +75,7 @@ _SOURCES = [
         "gru.cpp",
         "decoder.cpp",
         "minscan.cpp",
+        "lstm_variant.cpp",
         "module.cpp",
     )
 ]

@@ -38,6 +38,20 @@ int64_t set_flush_denormals(bool on) {
   return threads;
 }
 
+// lstm_variant.cpp: the LSTM variants' time loop (VariantLSTMCell), forward and backward.
+std::vector<Tensor> lstm_variant_forward(const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                         const std::vector<c10::optional<Tensor>>& params,
+                                         const std::vector<c10::optional<Tensor>>& noise,
+                                         const c10::optional<Tensor>& mask, bool reverse,
+                                         double eps, bool train, bool bf16, int64_t mode);
+std::vector<Tensor> lstm_variant_backward(const Tensor& dout, const Tensor& dh_n,
+                                          const Tensor& dc_n,
+                                          const std::vector<c10::optional<Tensor>>& saved,
+                                          const std::vector<c10::optional<Tensor>>& params,
+                                          const std::vector<c10::optional<Tensor>>& noise,
+                                          const c10::optional<Tensor>& mask, bool reverse,
+                                          double eps, bool need_dx, bool bf16, int64_t mode);
+
 }  // namespace rnnlab_ext
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -53,4 +67,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("min_scan_forward", &rnnlab_ext::min_scan_forward);
   m.def("min_scan_backward", &rnnlab_ext::min_scan_backward);
   m.def("set_flush_denormals", &rnnlab_ext::set_flush_denormals);
+  m.def("lstm_variant_forward", &rnnlab_ext::lstm_variant_forward);
+  m.def("lstm_variant_backward", &rnnlab_ext::lstm_variant_backward);
 }
