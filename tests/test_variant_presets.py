@@ -11,11 +11,11 @@ import math
 import pytest
 import torch
 
+from compiled_kernels import require_compiled_kernels
 from rnnlab.config import ConfigError, load_preset
 from rnnlab.nn import LSTM, VariantLSTMCell
 from rnnlab.runs import train
 from rnnlab.runs.load import load_run
-from compiled_kernels import require_compiled_kernels
 from tiny import merge_settings
 
 VARIANTS = ["model.layer_norm=true", "model.recurrent_dropout=0.2", "model.zoneout=0.1"]
