@@ -9,6 +9,12 @@ the kernels index time themselves, so nothing is flipped. minGRU and minLSTM (``
 keep the parallel path's input GEMM in torch and run only their elementwise time loop in C++,
 forwards and backwards, reading the gates' pre-activations once per direction.
 
+Every kernel is a torch operator, ``torch.ops.rnnlab.*`` (:mod:`rnnlab.nn.backends.ops`), so
+``torch.compile`` sees each one as a single opaque node and a model of rnnlab layers compiles
+without a graph break. The autograd Functions below pair a forward operator with its backward
+operator, and Dynamo traces them. :func:`_kernel` picks, per call, the operator (whenever
+something traces) or the operator's own kernel function (a plain eager call).
+
 :func:`compiled_unavailable` says where they cannot run. Which of the functions below runs a
 call is decided by :func:`rnnlab.nn.backends.dispatch.scan_layer`, never here.
 
@@ -17,11 +23,14 @@ Shape legend: B batch, T time, I input features, H hidden units.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.nn.backends import _ext
+from rnnlab.nn.backends import _ext, ops
 from rnnlab.nn.backends.parallel import direction_output
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
@@ -58,9 +67,42 @@ def compiled_unavailable(cell: Cell | MinCell, x: Tensor) -> str | None:
             f"the compiled kernels need float32 or float64 input and weights of one dtype, got "
             f"input {x.dtype} and weights {cell.weight_ih.dtype}"
         )
-    if _ext.load() is None:
-        return _ext.unavailable_reason()
-    return None
+    return _extension_reason()
+
+
+def _extension_reason() -> str | None:
+    """Why the extension cannot be used here (None: it is loaded), building it on the first
+    call. The answer is fixed for the process (:func:`rnnlab.nn.backends._ext.build` remembers
+    it), so ``torch.compile`` may call this while tracing and keep the answer as a constant,
+    which is what the mark below tells Dynamo: the file-system work, the lock and the build of
+    the first call then happen outside the graph, and a model compiles with
+    ``fullgraph=True`` even when no eager call has loaded the extension first."""
+    return None if _ext.load() is not None else _ext.unavailable_reason()
+
+
+# The mark that torch.compiler.assume_constant_result(_extension_reason) sets, set here without
+# that call, which imports torch._dynamo (about a second) when rnnlab is imported;
+# tests/test_torch_compile.py checks that torch still marks constant functions this way.
+_extension_reason._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def _kernel(name: str, x: Tensor) -> Callable[..., Any]:
+    """The kernel ``name`` of :mod:`~rnnlab.nn.backends.ops` for a call on ``x``: the operator
+    ``torch.ops.rnnlab.<name>`` when something traces the call (torch.compile or torch.export,
+    a dispatch mode such as FakeTensorMode, a tensor subclass), so that the tracer records the
+    operator and its fake kernel gives the shapes; in a plain eager call, the operator's own
+    kernel, the same function the dispatcher would run, called directly. The dispatcher's
+    boxing of the arguments costs 10-40 us a call here, nothing next to a layer over a sequence
+    but 4-6% of a one-token generation step of minGRU or minLSTM at H = 512
+    (benchmarks/results_compile.txt)."""
+    if torch.compiler.is_compiling() or type(x) is not Tensor or _dispatch_modes():
+        return getattr(torch.ops.rnnlab, name)
+    return ops.KERNELS[name]
+
+
+def _dispatch_modes() -> int:
+    """How many torch dispatch modes (FakeTensorMode, make_fx's proxy mode...) are active."""
+    return torch._C._len_torch_dispatch_stack()
 
 
 # -- LSTM ---------------------------------------------------------------------------------------
@@ -83,7 +125,7 @@ def lstm_forward(
     backward pass (any mask, float32 or float64)."""
     x, mask = x.contiguous(), None if mask is None else mask.contiguous()
     w = (cell.weight_ih, cell.weight_hh, cell.bias)
-    out, h, c = _ext.load().lstm_forward(x, state.h, state.c, *w, mask, reverse, False, bf16)
+    out, h, c = _kernel("lstm_forward", x)(x, state.h, state.c, *w, mask, reverse, bf16)
     return out, LSTMState(h, c)
 
 
@@ -95,8 +137,7 @@ def lstm_infer(
     arithmetic as the training kernel."""
     w = (cell.weight_ih, cell.weight_hh, cell.bias)
     h0, c0 = state.h.contiguous(), state.c.contiguous()
-    threads = torch.get_num_threads()
-    out, h, c = _ext.load().lstm_infer(x.contiguous(), h0, c0, *w, reverse, threads, bf16)
+    out, h, c = _kernel("lstm_infer", x)(x.contiguous(), h0, c0, *w, reverse, bf16)
     return out, LSTMState(h, c)
 
 
@@ -115,9 +156,7 @@ def lstm_infer_pair(
     for cell, state in zip(cells, states, strict=True):
         args += [state.h.contiguous(), state.c.contiguous()]
         args += [cell.weight_ih, cell.weight_hh, cell.bias]
-    out, h_f, c_f, h_r, c_r = _ext.load().lstm_infer_pair(
-        x.contiguous(), *args, torch.get_num_threads(), bf16
-    )
+    out, h_f, c_f, h_r, c_r = _kernel("lstm_infer_pair", x)(x.contiguous(), *args, bf16)
     return out, [LSTMState(h_f, c_f), LSTMState(h_r, c_r)]
 
 
@@ -138,8 +177,7 @@ def gru_forward(
     """As :func:`gru_train` for inference: nothing saved for a backward pass."""
     x, mask = x.contiguous(), None if mask is None else mask.contiguous()
     args = (cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn, mask, reverse)
-    out, h = _ext.load().gru_forward(x, state, *args, False)
-    return out, h
+    return _kernel("gru_forward", x)(x, state, *args)
 
 
 # -- minGRU / minLSTM ---------------------------------------------------------------------------
@@ -193,7 +231,7 @@ class _CompiledMinLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, h0, mask, reverse, kind, bf16):
         k = _project(x, weight, bf16).contiguous()  # (B, T, G*H)
-        h = _ext.load().min_scan_forward(k, bias, h0, mask, reverse, kind)
+        h = _kernel("min_scan_forward", k)(k, bias, h0, mask, reverse, kind)
         ctx.reverse, ctx.kind, ctx.bf16 = reverse, kind, bf16
         ctx.save_for_backward(x, weight, bias, k, h0, h, mask)
         return h
@@ -202,7 +240,7 @@ class _CompiledMinLayer(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dh):
         x, weight, bias, k, h0, h, mask = ctx.saved_tensors
-        dk, dh0, db = _ext.load().min_scan_backward(
+        dk, dh0, db = _kernel("min_scan_backward", k)(
             k, bias, h0, h, dh.contiguous(), mask, ctx.reverse, ctx.kind
         )
         dk2, w, x2 = dk.flatten(0, 1), weight, x.reshape(-1, x.shape[-1])  # (B*T, G*H), (B*T, I)
@@ -218,8 +256,8 @@ class _CompiledLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b, mask, reverse, bf16):
-        out, h, c, acts, hs, cs, xt = _ext.load().lstm_forward(
-            x, h0, c0, w_ih, w_hh, b, mask, reverse, True, bf16
+        out, h, c, acts, hs, cs, xt = _kernel("lstm_train", x)(
+            x, h0, c0, w_ih, w_hh, b, mask, reverse, bf16
         )  # in bf16 mode hs and xt are the bf16 GEMM operands
         ctx.reverse = reverse
         ctx.save_for_backward(xt, w_ih, w_hh, acts, hs, cs, mask)
@@ -229,9 +267,11 @@ class _CompiledLSTM(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout, dh, dc):
         xt, w_ih, w_hh, acts, hs, cs, mask = ctx.saved_tensors
-        dx, dh0, dc0, dw_ih, dw_hh, db = _ext.load().lstm_backward(
-            dout, dh, dc, xt, w_ih, w_hh, acts, hs, cs, mask, ctx.reverse, ctx.needs_input_grad[0]
+        need_dx = ctx.needs_input_grad[0]
+        dx, dh0, dc0, dw_ih, dw_hh, db = _kernel("lstm_backward", acts)(
+            dout, dh, dc, xt, w_ih, w_hh, acts, hs, cs, mask, ctx.reverse, need_dx
         )
+        dx = dx if need_dx else None  # the operator returns an empty tensor in its place
         return dx, dh0, dc0, dw_ih, dw_hh, db, None, None, None
 
 
@@ -240,8 +280,8 @@ class _CompiledGRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b, b_hn, mask, reverse):
-        out, h, acts, ghn, hs, xt = _ext.load().gru_forward(
-            x, h0, w_ih, w_hh, b, b_hn, mask, reverse, True
+        out, h, acts, ghn, hs, xt = _kernel("gru_train", x)(
+            x, h0, w_ih, w_hh, b, b_hn, mask, reverse
         )
         ctx.reverse = reverse
         ctx.save_for_backward(xt, w_ih, w_hh, acts, ghn, hs, mask)
@@ -251,7 +291,9 @@ class _CompiledGRU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout, dh):
         xt, w_ih, w_hh, acts, ghn, hs, mask = ctx.saved_tensors
-        dx, dh0, dw_ih, dw_hh, db, db_hn = _ext.load().gru_backward(
-            dout, dh, xt, w_ih, w_hh, acts, ghn, hs, mask, ctx.reverse, ctx.needs_input_grad[0]
+        need_dx = ctx.needs_input_grad[0]
+        dx, dh0, dw_ih, dw_hh, db, db_hn = _kernel("gru_backward", acts)(
+            dout, dh, xt, w_ih, w_hh, acts, ghn, hs, mask, ctx.reverse, need_dx
         )
+        dx = dx if need_dx else None
         return dx, dh0, dw_ih, dw_hh, db, db_hn, None, None
