@@ -73,13 +73,13 @@ class RecurrentLayer(nn.Module):
         self.dropout = float(dropout)
         self.backend = backend
         D = self.num_directions
-        first = self.cell_type(input_size, hidden_size, **cell_kwargs)
-        self.output_size = getattr(first, "output_size", hidden_size)  # R: P with a projection
+        self.output_size = int(cell_kwargs.get("proj_size") or hidden_size)  # R: P if projected
         sizes = [input_size] + [D * self.output_size] * (num_layers - 1)  # each layer's input
-        cells = [first] + [
+        # built in this order (layer by layer, forwards then backwards): it decides which
+        # random numbers each cell's initialisation draws, so seeded runs stay reproducible
+        self.cells = nn.ModuleList(
             self.cell_type(size, hidden_size, **cell_kwargs) for size in sizes for _ in range(D)
-        ][1:]
-        self.cells = nn.ModuleList(cells)
+        )
 
     @property
     def backend(self) -> Backend:
