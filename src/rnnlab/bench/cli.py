@@ -9,6 +9,7 @@ import time
 
 from rnnlab import argtypes
 from rnnlab.allocator import retain_freed_memory
+from rnnlab.bench.int8 import INT8_IMPLS
 from rnnlab.bench.suite import DEFAULT_IMPLS, MIN_ROWS, memory_probe, run_benchmarks
 from rnnlab.bench.workloads import WORKLOADS
 from rnnlab.denormals import flush_denormals
@@ -80,8 +81,9 @@ def format_report(report: dict) -> str:
     for name, g in report["gemm"].items():
         one = f"  oneDNN {g['onednn_gflops']:7.1f}" if "onednn_gflops" in g else ""
         bf = f"  oneDNN bf16 {g['onednn_bf16_gflops']:7.1f}" if "onednn_bf16_gflops" in g else ""
+        i8 = f"  int8 dynamic {g['int8_dynamic_gflops']:7.1f}" if "int8_dynamic_gflops" in g else ""
         lines.append(
-            f"  {name:10s} {str(tuple(g['shape'])):22s} MKL {g['mkl_gflops']:7.1f}{one}{bf}"
+            f"  {name:10s} {str(tuple(g['shape'])):22s} MKL {g['mkl_gflops']:7.1f}{one}{bf}{i8}"
         )
     header = (
         f"  {'impl':17s} {'mode':5s} {'samples/s':>10s} {'(min-max)':>19s} {'ms':>9s} "
@@ -116,9 +118,27 @@ def format_report(report: dict) -> str:
     ]
     if cliffs:  # token rows (batch 1) are bound by reading the weights, not a cliff
         lines += ["", f"Cliffs (under {CLIFF:.0%} of the MKL GEMM peak): " + ", ".join(cliffs)]
+    lines += _int8_lines(report["results"])
     for impl, why in report["skipped"].items():
         lines.append(f"Skipped {impl}: {why}")
     return "\n".join(lines)
+
+
+def _int8_lines(results: list[dict]) -> list[str]:
+    """rnnlab-int8 against its float32 row (rnnlab, backend auto) and against torch-int8."""
+    by_key = {(r["workload"], r["impl"], r["mode"]): r for r in results}
+    lines = []
+    for r in results:
+        if r["impl"] != "rnnlab-int8":
+            continue
+        ratios = []
+        for other, label in (("rnnlab", "rnnlab float32"), ("torch-int8", "torch int8")):
+            o = by_key.get((r["workload"], other, r["mode"]))
+            if o:
+                ratios.append(f"{r['samples_per_second'] / o['samples_per_second']:.2f}x {label}")
+        if ratios:
+            lines.append(f"  {r['workload']} {r['mode']:5s} rnnlab-int8: " + ", ".join(ratios))
+    return ["", "int8 (same run):", *lines] if lines else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rnnlab bench: error: {exc}", file=sys.stderr)
             return 2
     workloads = _split(args.workloads, WORKLOADS, "workloads")
-    known = set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"} | set(MIN_ROWS)
+    known = set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"} | set(MIN_ROWS) | set(INT8_IMPLS)
     impls = _split(args.impls, known, "impls")
     modes = _split(args.modes, {"train", "infer", "token"}, "modes")
     repeats, budget, memory = args.repeats, args.budget, not args.no_memory

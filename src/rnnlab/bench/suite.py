@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 import rnnlab
+from rnnlab.bench.int8 import INT8_IMPLS, int8_engine, int8_runner
 from rnnlab.bench.keras_models import KerasRunner, keras_unavailable
 from rnnlab.bench.lm_models import LM_IMPLS, LMRunner
 from rnnlab.bench.onnx_runner import OnnxRunner, onnxruntime_unavailable
@@ -38,10 +39,13 @@ DEFAULT_IMPLS = (
     "keras-torch",
     "onnxruntime",
 )
-INFER_ONLY = ("onnxruntime",)  # exported graphs: inference rows only
+INFER_ONLY = ("onnxruntime", *INT8_IMPLS)  # exported graphs, int8 models: inference only
 GRU_IMPLS = ("rnnlab-gru", "torch-gru")
 GRU_WORKLOADS = ("A", "C")  # GRU rows where the issue's models have a GRU counterpart
 BASELINE = {"rnnlab-gru": "torch-gru", "torch-gru": "torch"}
+# int8 rows (rnnlab.bench.int8) against the float32 model they were made from; opt-in, as
+# rnnlab-gru: --impls rnnlab,rnnlab-int8,torch,torch-int8
+INT8_BASELINE = dict(INT8_IMPLS)
 # the 2024 cells' rows (language models only): (cell, gate blocks, baseline). The fast paths
 # are measured against rnnlab's LSTM, the reference loops against their fast path. FLOPs
 # count the input GEMM only (sLSTM's head-wise recurrent products and mLSTM's (T x T)
@@ -101,10 +105,13 @@ def _time(fn: Callable[[], None], inner: int) -> float:
     return (time.perf_counter() - start) / inner
 
 
-def gemm_peaks(shapes: dict[str, tuple[int, int, int]], repeats: int) -> dict[str, dict]:
+def gemm_peaks(
+    shapes: dict[str, tuple[int, int, int]], repeats: int, int8: bool = False
+) -> dict[str, dict]:
     """GEMM throughput (GFLOP/s, median of ``repeats``) at each named (M, K, N), interleaved:
     fp32 through MKL (torch.mm, torch's default) and oneDNN (what torch.nn.LSTM and rnnlab
-    use), and bf16 through oneDNN (what rnnlab-bf16 uses)."""
+    use), and bf16 through oneDNN (what rnnlab-bf16 uses); with ``int8``, also the dynamic
+    int8 product the int8 rows run (``int8_dynamic``: activations quantized per call, GOP/s)."""
     results = {}
     for name, (M, K, N) in shapes.items():
         a, w = torch.randn(M, K), torch.randn(N, K)
@@ -116,6 +123,11 @@ def gemm_peaks(shapes: dict[str, tuple[int, int, int]], repeats: int) -> dict[st
             calls["onednn"] = lambda a=a, w=w: _gemm.linear(a, w)
             ab, wb = a.bfloat16(), w.bfloat16()
             calls["onednn_bf16"] = lambda a=ab, w=wb: _gemm.linear(a, w)
+        if int8:
+            from rnnlab.nn.backends.quantized import Int8Weight
+
+            q = Int8Weight.quantize(w, None)
+            calls["int8_dynamic"] = lambda a=a, q=q: q(a)
         times: dict[str, list[float]] = {k: [] for k in calls}
         for fn in calls.values():
             _time(fn, 2)
@@ -151,7 +163,7 @@ class _TorchRunner:
 
 def _impls_for(w: Workload, impls: tuple[str, ...]) -> list[str]:
     if w.language_model:  # whole language-model steps: no Keras or ONNX counterpart here
-        return [i for i in impls if i in LM_IMPLS]
+        return [i for i in impls if i in LM_IMPLS or i in INT8_IMPLS]
     chosen = [i for i in impls if i not in MIN_ROWS]  # language-model rows only
     if w.name in GRU_WORKLOADS and not w.bidirectional:
         chosen += [i for i in GRU_IMPLS if i not in chosen]
@@ -159,6 +171,8 @@ def _impls_for(w: Workload, impls: tuple[str, ...]) -> list[str]:
 
 
 def _runner(w: Workload, impl: str):
+    if impl in INT8_IMPLS:
+        return int8_runner(w, impl, make_batch(w)[0])
     if w.language_model:
         return LMRunner(w, impl)
     x, y = make_batch(w)
@@ -201,7 +215,13 @@ def run_benchmarks(
         shapes[f"{name} step"] = (w.batch, H, 4 * H)
         shapes[f"{name} input"] = (w.batch * w.steps, I, 4 * H)
     say("GEMM peaks")
-    gemm = gemm_peaks(shapes, max(3, repeats // 2))
+    int8 = any(i in INT8_IMPLS for i in impls)
+    gemm = gemm_peaks(shapes, max(3, repeats // 2), int8=int8)
+    if int8:
+        env["int8"] = (
+            f"torch.ops.quantized.linear_dynamic, weights packed by {int8_engine()} (both int8 "
+            "rows); int8 weights per output row, activations uint8 per call"
+        )
     peak_mkl, peak_onednn = gemm["2048^3"]["mkl_gflops"], gemm["2048^3"].get("onednn_gflops")
 
     results = []
@@ -240,7 +260,7 @@ def run_benchmarks(
                 gru = impl.endswith("gru") and impl not in MIN_ROWS
                 flops = lstm_flops(w, gates=3 if gru else 4, train=mode == "train")
                 items = 1 if mode == "token" else w.batch  # token: one id, T = 1
-                base = BASELINE.get(impl, "torch") if gru else "torch"
+                base = BASELINE.get(impl, "torch") if gru else INT8_BASELINE.get(impl, "torch")
                 cell = "gru" if gru else "lstm"
                 if impl in MIN_ROWS:
                     cell, gates, base = MIN_ROWS[impl]

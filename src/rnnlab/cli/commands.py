@@ -15,7 +15,13 @@ from rnnlab.runs.layout import check_new_out
 from rnnlab.tasks import get_task
 from rnnlab.train import ConsoleLogger, ProgressBar
 
-__all__ = ["final_lines", "predict_command", "summary_command", "train_command"]
+__all__ = [
+    "final_lines",
+    "predict_command",
+    "quantize_command",
+    "summary_command",
+    "train_command",
+]
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -229,4 +235,45 @@ def summary_command(args: argparse.Namespace) -> int:
     inputs = task.example_inputs(2)  # ((B, T, I) pixels,) or ((B, T) ids,) or several
     example = inputs[0] if len(inputs) == 1 else list(inputs)
     print(summary(task.build_model(), input_data=example))
+    return 0
+
+
+def quantize_command(args: argparse.Namespace) -> int:
+    """``rnnlab quantize``: write the int8 model, then one line for the files and sizes and one
+    per figure measured (float32, int8, change), or int8.json's content with ``--json``."""
+    from rnnlab.cli.progress import progress_bar
+    from rnnlab.quantize import quantize_run
+
+    with progress_bar(f"measuring {args.split}: float32, then int8", "batch") as bar:
+
+        def progress(label: str, done: int, total: int) -> None:
+            bar(done + (total if label == "int8" else 0), 2 * total)
+
+        report = quantize_run(
+            args.run_dir,
+            args.checkpoint,
+            per_channel=not args.per_tensor,
+            force=args.force,
+            measure=not args.no_measure,
+            data_dir=args.data_dir,
+            split=args.split,
+            progress=progress,
+        )
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    source, size = report["source"], report["bytes"]
+    print(
+        f"int8 model of checkpoint {source['tag']} (step {source['step']}): {report['file']} "
+        f"({size['int8'] / 2**20:.2f} MiB of tensors; float32 {size['float32'] / 2**20:.2f} MiB), "
+        f"engine {report['scheme']['engine_when_written']}"
+    )
+    measured = report.get("measured")
+    if measured:
+        for name, before in measured["float32"].items():
+            after = measured["int8"][name]
+            print(
+                f"{measured['split']} {name}: float32 {before:.4f}, int8 {after:.4f} "
+                f"(change {after - before:+.4f})"
+            )
     return 0

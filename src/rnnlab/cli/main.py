@@ -39,7 +39,7 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
 
 # Verbs that train or run models, for which glibc keeps freed memory for reuse (rnnlab.allocator;
 # RNNLAB_RETAIN_MEMORY=0 turns it off). bench decides with its own --retain-memory flag.
-_RETAIN_MEMORY_VERBS = ("train", "evaluate", "predict")
+_RETAIN_MEMORY_VERBS = ("train", "evaluate", "predict", "quantize")
 # Verbs that run models: the kernels are built before them (rnnlab.cli.kernels), announced, so
 # no epoch's time includes the compiler.
 _MODEL_VERBS = (
@@ -52,6 +52,7 @@ _MODEL_VERBS = (
     "score",
     "transcribe",
     "translate",
+    "quantize",
 )
 
 
@@ -113,7 +114,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir")
     p.add_argument("--data-dir", help="data root (default: the one the run was trained on)")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last", "int8"],
+        default="best",
+        help="int8: the run's int8 model, made by `rnnlab quantize` (default best)",
+    )
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
@@ -155,6 +161,33 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_predict)
 
 
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="write a run's int8 model and measure it against float32",
+        description="Quantize RUN_DIR's checkpoint to int8 matrix products (recurrent layers "
+        "and Linear layers; torch's dynamic quantization kernels) into RUN_DIR/int8.safetensors "
+        "with the sidecar RUN_DIR/int8.json, after evaluating the float32 and the int8 model "
+        "on the test split. Use it with `rnnlab evaluate RUN_DIR --checkpoint int8`.",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="one weight scale per matrix (default: one per output row)",
+    )
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--no-measure", action="store_true", help="write the int8 model only")
+    p.add_argument("--data-dir", help="data root (default: the one the run was trained on)")
+    p.add_argument("--force", action="store_true", help="replace an existing int8 model")
+    p.add_argument("--json", action="store_true", help="print int8.json's content")
+    p.add_argument(
+        "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
+    )
+    p.set_defaults(func=_quantize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnlab",
@@ -168,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_quantize(sub)
     from rnnlab.cli.lm import add_generate, add_score
 
     add_generate(sub)
@@ -204,7 +238,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from rnnlab.predict import evaluate_run
 
     with progress_bar(f"evaluating {args.split}", "batch") as progress:
-        result = evaluate_run(args.run_dir, args.data_dir, args.checkpoint, args.split, progress)
+        if args.checkpoint == "int8":
+            from rnnlab.quantize import evaluate_quantized
+
+            result = evaluate_quantized(args.run_dir, args.data_dir, args.split, progress)
+        else:
+            result = evaluate_run(
+                args.run_dir, args.data_dir, args.checkpoint, args.split, progress
+            )
     if args.json:
         print(json.dumps(result))
     else:
@@ -222,6 +263,12 @@ def _predict(args: argparse.Namespace) -> int:
     from rnnlab.cli.commands import predict_command
 
     return predict_command(args)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from rnnlab.cli.commands import quantize_command
+
+    return quantize_command(args)
 
 
 def _summary(args: argparse.Namespace) -> int:
