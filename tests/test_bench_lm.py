@@ -46,7 +46,7 @@ def tiny_f(monkeypatch, peak: float = 1.0):
     monkeypatch.setitem(WORKLOADS, "F", tiny)
     peaks = {"mkl_gflops": peak, "onednn_gflops": peak, "onednn_bf16_gflops": peak}
 
-    def fake(shapes, repeats):
+    def fake(shapes, repeats, int8=False):  # int8: also the int8 product's rate (no row here)
         return {name: {"shape": list(shape), **peaks} for name, shape in shapes.items()}
 
     monkeypatch.setattr(suite, "gemm_peaks", fake)
