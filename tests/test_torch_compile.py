@@ -283,11 +283,6 @@ def test_lengths_compile_with_a_graph_break_in_the_mask(name: str) -> None:
     assert_equal_runs(infer(fast, x, lengths), infer(model, x, lengths))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rnnlab.nn.validation.make_mask branches on the lengths' values (int(lengths.min())); "
-    "traceable once it skips those branches under torch.compiler.is_compiling()",
-)
 def test_lengths_compile_whole() -> None:
     model = TinyModel(rnnlab.LSTM)
     fast = torch.compile(model, backend="aot_eager", fullgraph=True)
@@ -295,12 +290,6 @@ def test_lengths_compile_whole() -> None:
     assert_equal_runs(train_step(fast, x, lengths), train_step(model, x, lengths))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auto's torch row (LSTM, H >= 256) takes torch.lstm under torch.compile, which "
-    "AOTAutograd unrolls for training; the dispatch.py change in the issue 23 part 4 report "
-    "keeps the compiled kernels there",
-)
 def test_training_at_wide_layers_compiles_the_kernels_not_torch_lstm() -> None:
     model = TinyModel(rnnlab.LSTM, H=256, num_layers=1)
     recorder = Recorder()

@@ -97,6 +97,8 @@ def make_mask(
             raise ValueError(
                 f"{name} expected mask to be a bool tensor of shape {(B, T)}, got {got}"
             )
+        if torch.compiler.is_compiling():  # no branch on values in a graph: the mask is used
+            return mask.to(device)
         return None if bool(mask.all()) else mask.to(device)
     if lengths is None:
         return None
@@ -106,11 +108,20 @@ def make_mask(
         raise TypeError(f"{name} expected integer lengths, got dtype {lengths.dtype}")
     if tuple(lengths.shape) != (B,):
         raise ValueError(f"{name} expected lengths of shape ({B},), got {tuple(lengths.shape)}")
-    lo, hi = int(lengths.min()), int(lengths.max())
-    if lo < 1 or hi > T:
-        raise ValueError(f"{name} expected every length in [1, {T}], got values in [{lo}, {hi}]")
-    if lo == T:
-        return None
+    if torch.compiler.is_compiling():
+        # Under torch.compile the values cannot decide anything without a graph break: the
+        # range is checked when the graph runs, and the mask is always used (the masked kernels
+        # give the unmasked result when every length is T).
+        in_range = ((lengths >= 1) & (lengths <= T)).all()
+        torch._assert_async(in_range, f"{name} expected every length in [1, {T}]")
+    else:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > T:
+            raise ValueError(
+                f"{name} expected every length in [1, {T}], got values in [{lo}, {hi}]"
+            )
+        if lo == T:
+            return None
     steps = torch.arange(T, device=device)  # (T,)
     lengths = lengths.to(device)[:, None]  # (B, 1)
     return steps < lengths if padding == "post" else steps >= T - lengths  # (B, T)

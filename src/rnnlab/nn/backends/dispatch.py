@@ -204,8 +204,8 @@ def scan_layer(
         auto         no mask, float32, precision fp32, not under     torch.lstm / .gru / .rnn
                        bf16 autocast, and either a CUDA tensor of an   (where torch's op is the
                        LSTM / GRU / RNN cell, or an LSTM cell with     faster: the threshold
-                       H >= TORCH_LSTM_MIN_HIDDEN (256)                and its run are at
-                                                                       TORCH_LSTM_MIN_HIDDEN)
+                       H >= TORCH_LSTM_MIN_HIDDEN (256), not in grad   and its run are at
+                       mode under torch.compile                        TORCH_LSTM_MIN_HIDDEN)
         compiled     compiled cannot run                             RuntimeError: the reason
                                                                        and the fix
         auto         compiled cannot run                             fused.lstm / .gru / .rnn,
@@ -328,6 +328,12 @@ def _auto_takes_torch(cell: AnyCell, x: Tensor, mask: Tensor | None, precision: 
         return False
     if x.device.type == "cuda":
         return isinstance(cell, (LSTMCell, GRUCell, RNNCell))
+    if torch.compiler.is_compiling() and torch.is_grad_enabled():
+        # AOTAutograd decomposes torch.lstm into its per-step operations for training: an
+        # unrolled graph that took minutes to compile and ran F's training step 1.09x slower
+        # than eager, while the compiled kernels stay one operator each
+        # (benchmarks/results_compile.txt)
+        return False
     return isinstance(cell, LSTMCell) and cell.hidden_size >= TORCH_LSTM_MIN_HIDDEN
 
 
