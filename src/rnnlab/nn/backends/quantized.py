@@ -38,6 +38,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from rnnlab.nn.backends.fused import _time_major
 from rnnlab.nn.cells import LSTMState
 
 __all__ = [
@@ -192,19 +193,20 @@ class Int8Weight:
         return self.q.float() * self.scale[:, None]
 
 
-def _time_major(x: Tensor, mask: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor | None]:
-    """x (B, T, I) -> contiguous (T, B, I) and mask (B, T) -> (T, B, 1), in processing order."""
-    xs = x.transpose(0, 1)  # (T, B, I)
-    ms = None if mask is None else mask.t()[:, :, None]  # (T, B, 1)
-    if reverse:
-        xs = xs.flip(0)
-        ms = None if ms is None else ms.flip(0)
-    return xs.contiguous(), ms
-
-
 def _batch_first(out: Tensor, reverse: bool) -> Tensor:
     """(T, B, H) in processing order -> (B, T, H) in time order."""
     return (out.flip(0) if reverse else out).transpose(0, 1)
+
+
+def _keep_or_step(out: Tensor, t: int, ms: Tensor | None, h_new: Tensor, h: Tensor) -> Tensor:
+    """Write step ``t``'s output (h_new, zero where ``ms[t]`` (B, 1) is False) and return the
+    carried h: h_new at real steps, the old h at padded ones."""
+    if ms is None:
+        out[t] = h_new
+        return h_new
+    m = ms[t]  # (B, 1)
+    torch.mul(h_new, m, out=out[t])
+    return torch.where(m, h_new, h)
 
 
 XW_CHUNK_BYTES = 2 << 20  # the most output one input-projection product writes (see below)
@@ -313,13 +315,7 @@ def gru(
         r, z = rz.chunk(2, dim=1)  # each (B, H)
         n = torch.addcmul(xw[:, 2 * H :], r, gh[:, 2 * H :]).tanh_()  # (B, H)
         h_new = torch.lerp(n, h, z)  # (1 - z) n + z h
-        if ms is None:
-            h = h_new
-            out[t] = h
-        else:
-            m = ms[t]  # (B, 1)
-            torch.mul(h_new, m, out=out[t])
-            h = torch.where(m, h_new, h)
+        h = _keep_or_step(out, t, ms, h_new, h)
     return _batch_first(out, reverse), h
 
 
@@ -334,11 +330,5 @@ def rnn(
     out = xs.new_empty(T, B, h.shape[-1])  # (T, B, H)
     for t, xw in enumerate(_input_projections(xs, w_ih)):  # xw (B, H), bias included
         h_new = w_hh(h).add_(xw).tanh_()  # (B, H)
-        if ms is None:
-            h = h_new
-            out[t] = h
-        else:
-            m = ms[t]  # (B, 1)
-            torch.mul(h_new, m, out=out[t])
-            h = torch.where(m, h_new, h)
+        h = _keep_or_step(out, t, ms, h_new, h)
     return _batch_first(out, reverse), h
