@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -325,6 +326,36 @@ def test_quantize_a_language_model_run(tmp_path, capsys):
     assert main(["evaluate", str(chars), "--checkpoint", "int8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["bpc"] == pytest.approx(report["measured"]["int8"]["bpc"])
+
+
+def test_every_reading_command_takes_the_int8_model(mnist_run, tmp_path, capsys):
+    """predict, score and generate read ``--checkpoint int8`` as evaluate does (transcribe and
+    translate are checked beside their own runs, in test_transcribe and test_seq2seq_floors)."""
+    assert main(["quantize", str(mnist_run), "--no-measure", "--force"]) == 0
+    capsys.readouterr()
+    image = tmp_path / "digit.npy"
+    np.save(image, np.random.default_rng(0).uniform(0, 1, (28, 28)).astype(np.float32))
+    answers = {}
+    for tag in ("best", "int8"):
+        argv = ["predict", str(mnist_run), "--image", str(image), "--json", "--checkpoint", tag]
+        assert main(argv) == 0
+        answers[tag] = json.loads(capsys.readouterr().out)
+    assert answers["int8"]["probability"] == pytest.approx(answers["best"]["probability"], abs=0.05)
+    chars = make_run(tmp_path / "chars", "charlm-sample", LM_SETTINGS)
+    assert main(["quantize", str(chars), "--no-measure"]) == 0
+    capsys.readouterr()
+    scores = {}
+    for tag in ("last", "int8"):
+        assert main(["score", str(chars), "--text", "the cat sat", "--json", "--checkpoint", tag]) == 0
+        scores[tag] = json.loads(capsys.readouterr().out)["bpc"]
+    assert scores["int8"] == pytest.approx(scores["last"], abs=0.05) and scores["int8"] != scores["last"]
+    argv = ["generate", str(chars), "--prompt", "the", "--length", "20", "--seed", "3"]
+    assert main([*argv, "--checkpoint", "int8"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("the") and len(text.rstrip("\n")) >= 20
+    assert main([*argv, "--checkpoint", "int8"]) == 0
+    assert capsys.readouterr().out == text  # the same seed, the same text
+    assert main(["predict", str(tmp_path / "nothing"), "--image", str(image), "--checkpoint", "int8"]) == 2
 
 
 # -- the bench rows ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -132,3 +133,18 @@ def test_onnx_greedy_decoding_equals_rnnlabs(which, request, tmp_path):
         assert tokens == list(hyp.tokens), source
         assert sum(scores) == pytest.approx(hyp.score, abs=1e-4)
     assert result.metadata["preset"] == "pairs"
+
+
+def test_translate_reads_the_int8_model(tiny_run, tmp_path, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    assert rnnlab(["quantize", str(run), "--no-measure"]) == 0
+    capsys.readouterr()
+    found = {}
+    for tag in ("best", "int8"):
+        argv = ["translate", str(run), "--text", "abcd", "--json", "--checkpoint", tag]
+        assert rnnlab(argv) == 0
+        found[tag] = json.loads(capsys.readouterr().out)
+    assert found["int8"]["source"] == "abcd"
+    assert found["int8"]["outputs"][0]["log_prob"] == pytest.approx(
+        found["best"]["outputs"][0]["log_prob"], abs=0.5
+    )

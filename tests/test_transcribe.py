@@ -228,3 +228,17 @@ def test_a_run_that_cannot_load_its_data_leaves_no_run_directory(tmp_path):
     with pytest.raises(DataError, match="expected speakers among"):
         train("digits-ctc-sample", tmp_path / "run", overrides=["data.speakers=nobody"])
     assert not (tmp_path / "run").exists()
+
+
+def test_transcribe_reads_the_int8_model(runs, tmp_path, capsys):
+    run = shutil.copytree(runs / "spoken", tmp_path / "spoken")
+    args = ["transcribe", str(run), "--wav", str(WAVS / "3_george_0.wav"), "--json"]
+    assert main([*args, "--checkpoint", "int8"]) == 2
+    assert "make it with `rnnlab quantize" in capsys.readouterr().err
+    assert main(["quantize", str(run), "--no-measure"]) == 0
+    capsys.readouterr()
+    scores = {}
+    for tag in ("best", "int8"):
+        assert main([*args, "--checkpoint", tag]) == 0
+        scores[tag] = json.loads(capsys.readouterr().out)["log_prob"]
+    assert scores["int8"] == pytest.approx(scores["best"], rel=0.05)

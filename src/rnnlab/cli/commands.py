@@ -205,7 +205,9 @@ def predict_command(args: argparse.Namespace) -> int:
             r = {"line": int(label.rsplit(" ", 1)[1]), **r}
         if "error" in r:
             failed += 1
-            print(f"rnnlab predict: error: {label}: {r['error']}", file=sys.stderr)
+            # an image's error names its file already, as the label does
+            where = "" if r["error"].startswith(f"{label}:") else f"{label}: "
+            print(f"rnnlab predict: error: {where}{r['error']}", file=sys.stderr)
         elif r.get("truncated"):
             print(
                 f"rnnlab predict: note: {label} is longer than the model reads: only "

@@ -39,7 +39,12 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--top-p", type=argtypes.probability, help="nucleus sampling: 0 < p <= 1")
     p.add_argument("--seed", type=argtypes.seed, help="the same seed gives the same text")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last", "int8"],
+        default="best",
+        help="int8: the int8 model of `rnnlab quantize` (default best)",
+    )
     p.add_argument(
         "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
     )
@@ -59,7 +64,12 @@ def add_score(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--file", help="a UTF-8 text file (or .gz), scored as one text")
     p.add_argument("--tokens", action="store_true", help="also print every token's log-prob")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last", "int8"],
+        default="best",
+        help="int8: the int8 model of `rnnlab quantize` (default best)",
+    )
     p.add_argument(
         "--threads", type=argtypes.threads, help="torch CPU threads (default: torch's choice)"
     )

@@ -142,7 +142,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--file", help="a UTF-8 text file with one review per line")
     src.add_argument("--image", action="append", help="a 28x28 PNG or .npy image (repeatable)")
     src.add_argument("--wav", action="extend", nargs="+", help="WAV recordings (speech runs)")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last", "int8"],
+        default="best",
+        help="int8: the run's int8 model, made by `rnnlab quantize` (default best)",
+    )
     p.add_argument(
         "--invert",
         choices=["auto", "always", "never"],
@@ -238,14 +243,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from rnnlab.predict import evaluate_run
 
     with progress_bar(f"evaluating {args.split}", "batch") as progress:
-        if args.checkpoint == "int8":
-            from rnnlab.quantize import evaluate_quantized
-
-            result = evaluate_quantized(args.run_dir, args.data_dir, args.split, progress)
-        else:
-            result = evaluate_run(
-                args.run_dir, args.data_dir, args.checkpoint, args.split, progress
-            )
+        result = evaluate_run(args.run_dir, args.data_dir, args.checkpoint, args.split, progress)
     if args.json:
         print(json.dumps(result))
     else:

@@ -44,7 +44,12 @@ def add_transcribe(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON object per input")
     p.add_argument("--invert", choices=["auto", "always", "never"], default="auto")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last", "int8"],
+        default="best",
+        help="int8: the int8 model of `rnnlab quantize` (default best)",
+    )
     p.set_defaults(func=transcribe_command)
 
 

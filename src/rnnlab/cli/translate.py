@@ -59,7 +59,12 @@ def add_translate(sub: argparse._SubParsersAction) -> None:
         help="alpha of Wu et al. 2016, 0..10 (0)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per source")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last", "int8"],
+        default="best",
+        help="int8: the int8 model of `rnnlab quantize` (default best)",
+    )
     p.set_defaults(func=translate_command)
 
 

@@ -117,7 +117,13 @@ def load_run(
 ) -> tuple[Config, nn.Module, dict[str, Any]]:
     """``(config, model in eval mode, checkpoint meta)`` of a run; ``checkpoint`` ``"best"``
     falls back to ``"last"`` when the run has no best (no validation). ``meta["tag"]`` is the
-    checkpoint used; the configuration is the checkpoint's (see the module docstring)."""
+    checkpoint used; the configuration is the checkpoint's (see the module docstring).
+    ``checkpoint="int8"`` loads the int8 model ``rnnlab quantize`` wrote beside the checkpoints
+    (:func:`rnnlab.runs.quantized.load_quantized_run`)."""
+    if checkpoint == "int8":
+        from rnnlab.runs.quantized import load_quantized_run
+
+        return load_quantized_run(run_dir)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         read_config(run_dir)  # the foreign-folder error
