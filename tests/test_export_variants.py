@@ -409,3 +409,44 @@ def test_the_lstm_op_refuses_what_it_cannot_express_by_name():
     cell = VariantLSTMCell(4, 6, proj_size=3, layer_norm=True, peepholes=True)
     with pytest.raises(ExportError, match=r"expected a cell without layer_norm, proj_size, got"):
         onnx_kind(cell)
+
+
+# -- the GRU variants ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "op"), [(["layer_norm=true"], "Scan"), (NOISE, "GRU")], ids=["ln", "noise"]
+)
+@pytest.mark.parametrize(
+    ("bidirectional", "mask", "padding"), [(True, True, "pre"), (False, False, "post")]
+)
+def test_gru_variants_in_a_text_model(tmp_path, options, op, bidirectional, mask, padding):
+    """A GRU with LayerNorm is a Scan of VariantGRUCell's step; with only recurrent dropout or
+    zoneout (the identity in eval mode) it is ONNX's GRU op."""
+    settings = ["model.cell=gru", *(o if o.startswith("model.") else f"model.{o}" for o in options)]
+    model = _text_model(settings, bidirectional, mask, padding)
+    exact_model = _float64(model)
+    path = export_model(model, tmp_path / "m.onnx").path
+    assert op in _ops(path) and ({"GRU", "Scan"} - {op}).isdisjoint(_ops(path))
+    runner = load_onnx(path)
+    g = torch.Generator().manual_seed(1)
+    for B, T in SHAPES:
+        ids = torch.randint(0, 50, (B, T), generator=g)
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        lengths[0] = T
+        with torch.no_grad():
+            want, exact = model(ids, lengths), exact_model(ids, lengths)
+        _assert_agree(runner(ids.numpy(), lengths.numpy()), want, exact, f"B={B} T={T}")
+
+
+def test_gru_layer_norm_language_model_from_a_carried_state(tmp_path):
+    model = _perturbed(LanguageModel(29, 7, 6, 2, cell="gru", layer_norm=True))
+    path = export_model(model, tmp_path / "lm.onnx").path
+    assert "Scan" in _ops(path) and "GRU" not in _ops(path)
+    g = torch.Generator().manual_seed(2)
+    state = torch.randn(model.init_state(3).shape, generator=g)
+    ids = torch.randint(0, 29, (3, 8), generator=g)
+    with torch.no_grad():
+        logits, final = model(ids, state)
+        exact = _float64(model)(ids, state.double())
+    got = _session(path).run(None, {"ids": ids.numpy(), "h0": state.numpy()})
+    _assert_agree(got[0], logits, exact[0], "logits")
+    _assert_agree(got[1], final, exact[1], "h")

@@ -346,16 +346,24 @@ def test_every_reading_command_takes_the_int8_model(mnist_run, tmp_path, capsys)
     capsys.readouterr()
     scores = {}
     for tag in ("last", "int8"):
-        assert main(["score", str(chars), "--text", "the cat sat", "--json", "--checkpoint", tag]) == 0
+        assert (
+            main(["score", str(chars), "--text", "the cat sat", "--json", "--checkpoint", tag]) == 0
+        )
         scores[tag] = json.loads(capsys.readouterr().out)["bpc"]
-    assert scores["int8"] == pytest.approx(scores["last"], abs=0.05) and scores["int8"] != scores["last"]
+    assert (
+        scores["int8"] == pytest.approx(scores["last"], abs=0.05)
+        and scores["int8"] != scores["last"]
+    )
     argv = ["generate", str(chars), "--prompt", "the", "--length", "20", "--seed", "3"]
     assert main([*argv, "--checkpoint", "int8"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("the") and len(text.rstrip("\n")) >= 20
     assert main([*argv, "--checkpoint", "int8"]) == 0
     assert capsys.readouterr().out == text  # the same seed, the same text
-    assert main(["predict", str(tmp_path / "nothing"), "--image", str(image), "--checkpoint", "int8"]) == 2
+    assert (
+        main(["predict", str(tmp_path / "nothing"), "--image", str(image), "--checkpoint", "int8"])
+        == 2
+    )
 
 
 # -- the bench rows ----------------------------------------------------------------------------

@@ -54,6 +54,7 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "parallel.mlstm": (mlstm, "mlstm"),
     "fused.lstm_variant": (variant_fused, "lstm_variant"),
     "compiled.lstm_variant": (variant_compiled, "lstm_variant"),
+    "fused.gru_variant": (variant_fused, "gru_variant"),
 }
 SRC = Path(rnnlab.__file__).parent
 
@@ -475,3 +476,42 @@ def test_variant_bf16_row() -> None:
     assert route.kernels == ("compiled.lstm_variant",) and route.bf16
     with pytest.raises(RuntimeError, match="bf16.*compiled kernel only"):
         route_layer(layer.cells[:1], x, state, None, backend="fused", precision="bf16")
+
+
+# -- the GRU variants (issue 23) ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "backend, grad, training, kernel",
+    [
+        ("auto", True, True, "fused.gru_variant"),
+        ("auto", False, False, "fused.gru_variant"),
+        ("fused", True, True, "fused.gru_variant"),
+        ("reference", True, True, "reference"),
+        ("torch", False, False, "torch.gru"),  # no LayerNorm, eval: the masks are off
+    ],
+)
+def test_gru_variant_rows_run_their_kernel(ran, backend, grad, training, kernel) -> None:
+    """Each GRU-variant row runs its kernel and gives the reference loop's outputs; LayerNorm
+    and the training masks where the row takes them, padding where it can skip it."""
+    torch.manual_seed(0)
+    options = {"zoneout": 0.3, "recurrent_dropout": 0.2}
+    if backend != "torch":
+        options["layer_norm"] = True
+    layer = rnnlab.GRU(5, 6, **options).train(training)
+    x = torch.randn(3, 7, 5, requires_grad=grad)
+    noise = [layer.cells[0].sample_noise(3, 7, x)] if training else None
+    padding = {} if backend == "torch" else {"lengths": torch.tensor([7, 3, 5])}
+    with torch.set_grad_enabled(grad):
+        out, _ = layer(x, noise=noise, backend=backend, **padding)
+    assert [name for name, _ in ran] == [kernel]
+    want, _ = layer(x, noise=noise, backend="reference", **padding)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gru_variant_refusals() -> None:
+    layer = rnnlab.GRU(4, 6, layer_norm=True)
+    x = torch.randn(2, 3, 4)
+    state = [layer._cell_state(layer.zero_state(2), 0)]
+    with pytest.raises(RuntimeError, match="GRU variants have no compiled kernel"):
+        route_layer(layer.cells[:1], x, state, None, backend="compiled")
+    with pytest.raises(RuntimeError, match="bf16"):
+        route_layer(layer.cells[:1], x, state, None, precision="bf16")

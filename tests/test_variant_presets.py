@@ -90,8 +90,13 @@ def test_each_kind_trains_with_the_variants(preset, tmp_path):
 
 
 def test_settings_that_cannot_apply_are_refused():
-    with pytest.raises(ConfigError, match=r"model.layer_norm: expected model.cell='lstm'"):
-        load_preset("mnist-sample", ["model.cell=gru", "model.layer_norm=true"])
+    match = r"model.layer_norm: expected model.cell='lstm' or 'gru' .*got cell='rnn'"
+    with pytest.raises(ConfigError, match=match):
+        load_preset("mnist-sample", ["model.cell=rnn", "model.layer_norm=true"])
+    with pytest.raises(ConfigError, match=r"model.peepholes: expected model.cell='lstm' \("):
+        load_preset("mnist-sample", ["model.cell=gru", "model.peepholes=true"])
+    with pytest.raises(ConfigError, match=r"model.proj_size: expected model.cell='lstm' \("):
+        load_preset("mnist-sample", ["model.cell=gru", "model.proj_size=8"])
     with pytest.raises(ConfigError, match=r"model.proj_size: expected 0 \(none\) or fewer"):
         load_preset("mnist-sample", ["model.proj_size=128"])
     with pytest.raises(ConfigError, match=r"model.proj_size: expected 0 for seq2seq"):

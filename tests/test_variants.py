@@ -98,7 +98,7 @@ def test_gradcheck_fused_all_options():
             self.cell = cell
 
         def forward(self, x, h0, c0):
-            out, final = variant_fused.lstm_variant(
+            out, final = variant_fused.scan(
                 self.cell, x, LSTMState(h0, c0), mask, noise, reverse=True
             )
             return out, final.h, final.c

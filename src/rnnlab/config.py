@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any, Literal
 
+from rnnlab.config_model import check_model, variant_options
 from rnnlab.config_values import (
     MAX_PARAMETERS,
     ConfigError,
@@ -33,8 +34,7 @@ from rnnlab.config_values import (
     strict_dataclass,
 )
 from rnnlab.nn.backends import Backend
-from rnnlab.nn.registry import CELL_NAMES, layer_class
-from rnnlab.nn.variants import VARIANT_OPTIONS
+from rnnlab.nn.registry import layer_class
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -178,10 +178,10 @@ class ModelConfig:
     # directory, whose vocabulary, embedding and recurrent layers the classifier takes), or
     # from a preset trained first ("preset:NAME", PRESET_SOURCE)
     init_from: str = ""
-    # the LSTM variants (rnnlab.LSTM's options, issue 23; cell="lstm" only): LayerNorm (Ba et al.
-    # 2016), a projection of h to proj_size units (LSTMP, torch's proj_size), peepholes,
-    # recurrent dropout (one mask per sequence on h_{t-1}, in training) and zoneout (the rate at
-    # which c and h keep their previous values, in training)
+    # the LSTM and GRU variants (rnnlab.LSTM's and rnnlab.GRU's options, issue 23): LayerNorm
+    # (Ba et al. 2016), recurrent dropout (one mask per sequence on h_{t-1}, in training) and
+    # zoneout (the rate at which c and h keep their previous values, in training); LSTM only:
+    # a projection of h to proj_size units (LSTMP, torch's proj_size) and peepholes
     layer_norm: bool = False
     proj_size: int = 0
     peepholes: bool = False
@@ -191,61 +191,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_numbers(self)
         positive(self, "input_size", "embedding_dim", "num_classes", "decoder_layers", "beam")
-        if self.cell not in CELL_NAMES:
-            raise ConfigError(f"model.cell: expected one of {CELL_NAMES}, got {self.cell!r}")
-        if self.precision == "bf16" and self.cell != "lstm":
-            raise ConfigError(
-                f"model.precision='bf16' expected model.cell='lstm' (only rnnlab.LSTM has a "
-                f"bf16 mode; GRU and RNN run float32), got cell={self.cell!r}"
-            )
-        if self.precision == "bf16" and self.kind == "seq2seq" and self.decoder_cell != "lstm":
-            raise ConfigError(
-                f"model.precision='bf16' expected model.decoder_cell='lstm' (only rnnlab.LSTM "
-                f"has a bf16 mode), got decoder_cell={self.decoder_cell!r}"
-            )
-        if self.precision == "bf16" and self.backend not in ("auto", "compiled"):
-            raise ConfigError(
-                f"model.precision='bf16' expected model.backend='auto' or 'compiled' (bf16 runs "
-                f"on the compiled kernels only), got backend={self.backend!r}"
-            )
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise ConfigError(
-                f"model.hidden_sizes: expected a non-empty list of positive ints, "
-                f"got {list(self.hidden_sizes)}"
-            )
-        if self.projection < 0:
-            raise ConfigError(f"model.projection: expected >= 0, got {self.projection}")
-        for name in ("dropout", "input_dropout", "recurrent_dropout", "zoneout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"model.{name}: expected in [0, 1), got {getattr(self, name)}")
-        self._check_variants()
+        check_model(self)
 
     def variant_options(self) -> dict[str, Any]:
-        """The LSTM variant options that differ from the plain LSTM's, as rnnlab.LSTM takes
-        them."""
-        values = {name: getattr(self, name) for name in VARIANT_OPTIONS}
-        return {k: v for k, v in values.items() if v != VARIANT_OPTIONS[k]}
-
-    def _check_variants(self) -> None:
-        variant = self.variant_options()
-        if not variant:
-            return
-        names = ", ".join(f"model.{k}" for k in variant)
-        if self.cell != "lstm":
-            raise ConfigError(
-                f"{names}: expected model.cell='lstm' (the variants are rnnlab.LSTM's options), "
-                f"got cell={self.cell!r}"
-            )
-        if self.proj_size < 0 or self.proj_size >= min(self.hidden_sizes):
-            raise ConfigError(
-                f"model.proj_size: expected 0 (none) or fewer units than every layer "
-                f"(model.hidden_sizes={list(self.hidden_sizes)}), got {self.proj_size}"
-            )
-        if self.proj_size and self.kind == "seq2seq":
-            raise ConfigError(
-                "model.proj_size: expected 0 for seq2seq (its attention and decoder read the "
-                f"encoder's full width), got {self.proj_size}"
-            )
+        """The variant options of ``cell`` (LSTM: LayerNorm, projection, peepholes, recurrent
+        dropout, zoneout; GRU: LayerNorm, recurrent dropout, zoneout) that differ from the
+        plain cell's, as rnnlab.LSTM and rnnlab.GRU take them."""
+        return variant_options(self)
 
 
 @dataclass(frozen=True)

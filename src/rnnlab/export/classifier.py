@@ -41,7 +41,7 @@ from rnnlab.export.graph import (
     to_numpy,
     with_peepholes,
 )
-from rnnlab.export.variants import needs_scan, variant_lstm
+from rnnlab.export.variants import needs_scan, variant_layer
 from rnnlab.models import SequenceClassifier, TextClassifier
 from rnnlab.nn.layers import RecurrentLayer
 
@@ -56,7 +56,7 @@ def _recurrent(g: Graph, layer: RecurrentLayer, x: str, seq_lens: str) -> tuple[
         raise ValueError(f"ONNX export expected single-level layers, got {layer.num_layers}")
     shape = g.const("shape", np.array([0, 0, -1], dtype=np.int64))
     if needs_scan(layer.cells[0]):
-        Y, Y_h = variant_lstm(g, list(layer.cells), x, seq_lens)[:2]  # (T, D, B, R), (D, B, R)
+        Y, Y_h = variant_layer(g, list(layer.cells), x, seq_lens)[:2]  # (T, D, B, R), (D, B, R)
         Y = g.op("Transpose", [Y], perm=[0, 2, 1, 3])  # (T, B, D, R)
         return g.op("Reshape", [Y, shape]), Y_h  # (T, B, D*R), (D, B, R)
     kind = onnx_kind(layer.cells[0])

@@ -33,7 +33,7 @@ from rnnlab.export.graph import (
     to_numpy,
     with_peepholes,
 )
-from rnnlab.export.variants import needs_scan, variant_lstm
+from rnnlab.export.variants import needs_scan, variant_layer
 from rnnlab.models.ctc import CTCModel
 
 __all__ = ["ctc_graph"]
@@ -44,7 +44,7 @@ def _layer(g: Graph, layer: nn.Module, x: str, seq_lens: str) -> str:
     LayerNorm or projection): x (T, B, F) -> (T, B, D*R), R = H or the projection."""
     shape = g.const("shape", np.array([0, 0, -1], dtype=np.int64))
     if needs_scan(layer.cells[0]):
-        Y = variant_lstm(g, list(layer.cells), x, seq_lens)[0]  # (T, D, B, R)
+        Y = variant_layer(g, list(layer.cells), x, seq_lens)[0]  # (T, D, B, R)
         return g.op("Reshape", [g.op("Transpose", [Y], perm=[0, 2, 1, 3]), shape])
     kind = onnx_kind(layer.cells[0])
     H, D = layer.hidden_size, layer.num_directions

@@ -20,6 +20,7 @@ from torch import nn
 from rnnlab.export.api import ExportError
 from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell
+from rnnlab.nn.variant_gru import VariantGRUCell
 from rnnlab.nn.variants import VariantLSTMCell
 
 __all__ = [
@@ -80,11 +81,14 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def body_options(cell: nn.Module) -> list[str]:
-    """The options of a :class:`~rnnlab.nn.variants.VariantLSTMCell` that ONNX's ``LSTM`` op
-    cannot express, so that its layers are a ``Scan`` of the cell's step
-    (:func:`rnnlab.export.variants.variant_lstm`): ``layer_norm`` and ``proj_size`` where on.
+    """The options of a :class:`~rnnlab.nn.variants.VariantLSTMCell` or
+    :class:`~rnnlab.nn.variant_gru.VariantGRUCell` that ONNX's ``LSTM`` and ``GRU`` ops cannot
+    express, so that its layers are a ``Scan`` of the cell's step
+    (:func:`rnnlab.export.variants.variant_layer`): ``layer_norm`` and ``proj_size`` where on.
     Empty for any other cell, and for a variant with only peepholes (the op's input P:
     :func:`with_peepholes`), recurrent dropout and zoneout (both the identity in eval mode)."""
+    if isinstance(cell, VariantGRUCell):  # ONNX's GRU op has no LayerNorm either
+        return ["layer_norm"] if cell.layer_norm else []
     if not isinstance(cell, VariantLSTMCell):
         return []
     on = {"layer_norm": cell.layer_norm, "proj_size": cell.proj_size}
@@ -115,14 +119,16 @@ def onnx_kind(cell: nn.Module) -> str:
     for kind, cls in (("LSTM", LSTMCell), ("GRU", GRUCell), ("RNN", RNNCell)):
         if isinstance(cell, cls):
             return kind
-    if isinstance(cell, VariantLSTMCell):
+    for kind, cls in (("LSTM", VariantLSTMCell), ("GRU", VariantGRUCell)):
+        if not isinstance(cell, cls):
+            continue
         options = body_options(cell)
         if not options:
-            return "LSTM"
+            return kind
         raise ExportError(
-            f"ONNX's LSTM op expected a cell without {', '.join(options)}, got a "
-            "VariantLSTMCell with them (its layers export as a Scan of the cell's step: "
-            "rnnlab.export.variants.variant_lstm)"
+            f"ONNX's {kind} op expected a cell without {', '.join(options)}, got a "
+            f"{cls.__name__} with them (its layers export as a Scan of the cell's step: "
+            "rnnlab.export.variants.variant_layer)"
         )
     raise ExportError(
         f"ONNX export expected an LSTM, GRU or RNN cell here, got {type(cell).__name__} (a "

@@ -48,7 +48,7 @@ from rnnlab.export.graph import (
     to_numpy,
     with_peepholes,
 )
-from rnnlab.export.variants import needs_scan, variant_lstm
+from rnnlab.export.variants import needs_scan, variant_layer
 from rnnlab.export.xlstm import mlstm_layer, slstm_layer
 from rnnlab.nn.language_model import LanguageModel
 from rnnlab.nn.mincells import MinCell
@@ -82,9 +82,11 @@ def _layer(g: Graph, x: str, cell: Any, state: dict[str, str]) -> tuple[str, dic
         return slstm_layer(g, x, cell, state)
     if isinstance(cell, MLSTMCell):
         return mlstm_layer(g, x, cell, state)
-    if needs_scan(cell):  # LayerNorm or projection: h (1, B, R), c (1, B, H)
-        Y, h, c = variant_lstm(g, [cell], x, "", state["h"], state["c"])  # Y (T, 1, B, R)
-        return g.op("Squeeze", [Y, g.const("axis1", np.array([1], np.int64))]), {"h": h, "c": c}
+    if needs_scan(cell):  # LayerNorm or projection: h (1, B, R), c (1, B, H) for an LSTM
+        names = ["h", "c"] if "c" in state else ["h"]
+        Y, *finals = variant_layer(g, [cell], x, "", *(state[n] for n in names))  # (T, 1, B, R)
+        axis1 = g.const("axis1", np.array([1], np.int64))
+        return g.op("Squeeze", [Y, axis1]), dict(zip(names, finals, strict=True))
     kind, H = onnx_kind(cell), cell.hidden_size
     W, R, B = (w[None] for w in recurrent_weights(cell, kind, H))  # (1, G*H, F|H), (1, 2GH)
     attrs: dict[str, Any] = {"hidden_size": H}

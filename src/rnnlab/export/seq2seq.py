@@ -30,7 +30,7 @@ import numpy as np
 
 from rnnlab.export.api import register_hook
 from rnnlab.export.graph import Graph, onnx_kind, recurrent_weights, to_numpy, with_peepholes
-from rnnlab.export.variants import needs_scan, variant_lstm
+from rnnlab.export.variants import needs_scan, variant_layer
 from rnnlab.nn.seq2seq import BOS, EOS, PAD, Seq2Seq
 
 __all__ = ["greedy", "seq2seq_graph"]
@@ -60,7 +60,7 @@ def _rnn(g: Graph, layer: Any, index: int, x: str, states: list[str], extra: lis
     cells = [layer.cell(index, d) for d in range(D)]
     if needs_scan(cells[0]):
         h, c = [*states, "", ""][:2]
-        return variant_lstm(g, cells, x, extra[0], h, c)
+        return variant_layer(g, cells, x, extra[0], h, c)
     kind, H = onnx_kind(cells[0]), layer.hidden_size
     packed = [recurrent_weights(c, kind, H) for c in cells]
     W, R, B = (g.const(n, np.stack([to_numpy(p[k]) for p in packed])) for k, n in enumerate("WRB"))

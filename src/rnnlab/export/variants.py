@@ -1,7 +1,8 @@
-r"""ONNX graphs of rnnlab's LSTM variants (:class:`rnnlab.nn.variants.VariantLSTMCell`): the
-cell's step as the body of an ONNX ``Scan``, with the interface of ONNX's ``LSTM`` op, so every
-exporter (classifiers, CTC, the seq2seq encoder, the language model) writes
-:func:`variant_lstm` where it would write the op.
+r"""ONNX graphs of rnnlab's LSTM and GRU variants (:class:`rnnlab.nn.variants.VariantLSTMCell`,
+:class:`rnnlab.nn.variant_gru.VariantGRUCell`): the cell's step as the body of an ONNX
+``Scan``, with the interface of ONNX's ``LSTM`` and ``GRU`` ops, so every exporter
+(classifiers, CTC, the seq2seq encoder, the language model) writes :func:`variant_layer` where
+it would write the op.
 
 Shape legend: T time, B batch, F a layer's input features, H cell units, P projection size,
 R = P if P > 0 else H (the width of h), D directions.
@@ -24,6 +25,11 @@ Which graph a variant layer gets (:func:`rnnlab.export.graph.body_options`):
                                              m = o * tanh(LN(c_new) * gamma_c + beta_c)
                                              h_new = m W_hr^T                         (B, R)
 
+  A GRU with LayerNorm is the same ``Scan`` of :meth:`VariantGRUCell.forward`: a_x = LN(x
+  W_ih^T) * gamma_ih + b outside the loop; in the body a_h = LN(h W_hh^T) * gamma_hh,
+  r, z = sigmoid(a_x + a_h), n = tanh(a_x_n + r * (a_h_n + b_hn)), h_new = (1 - z) n + z h.
+  Without LayerNorm a GRU variant is ONNX's ``GRU`` op.
+
   LN is over the last axis with the biased variance and ``ln_eps``, as torch's
   ``layer_norm``. LN, sigmoid and tanh are written out in elementary ops, for accuracy
   (:func:`_layer_norm` and :func:`_sigmoid` say why not ONNX's ``LayerNormalization``,
@@ -42,14 +48,15 @@ from typing import Any
 import numpy as np
 
 from rnnlab.export.graph import Graph, body_options, scan, to_numpy
+from rnnlab.nn.variant_gru import VariantGRUCell
 from rnnlab.nn.variants import VariantLSTMCell
 
-__all__ = ["needs_scan", "variant_lstm"]
+__all__ = ["needs_scan", "variant_layer", "variant_lstm"]
 
 
 def needs_scan(cell: Any) -> bool:
-    """Whether ``cell``'s layers export through :func:`variant_lstm` (a variant with LayerNorm
-    or projection) rather than ONNX's ``LSTM`` op."""
+    """Whether ``cell``'s layers export through :func:`variant_layer` (a variant with LayerNorm
+    or projection) rather than ONNX's ``LSTM`` or ``GRU`` op."""
     return bool(body_options(cell))
 
 
@@ -211,3 +218,67 @@ def variant_lstm(
     if len(cells) == 1:
         return [Ys[0], hs[0], cs[0]]
     return [g.op("Concat", parts, axis=axis) for parts, axis in ((Ys, 1), (hs, 0), (cs, 0))]
+
+
+def _gru_direction(
+    g: Graph, cell: VariantGRUCell, x: str, mask: str, h0: str, reverse: bool
+) -> tuple[str, str]:
+    """One GRU direction: x (T, B, F), mask (T, B, 1) or "", h0 (1, B, H) -> Y (T, B, H) and
+    the final h (1, B, H)."""
+    from onnx import TensorProto
+
+    H, eps = cell.hidden_size, cell.ln_eps
+    a_x = g.op("MatMul", [x, g.const("weight_ih", to_numpy(cell.weight_ih.T))])  # (T, B, 3H)
+    if cell.layer_norm:
+        a_x = _layer_norm(g, g, a_x, cell.ln_ih_weight, None, eps)
+    a_x = g.op("Add", [a_x, g.const("bias", to_numpy(cell.bias))])  # (T, B, 3H)
+    body = Graph(prefix=g.name("variant_gru_step") + "/")
+    h_prev, a_x_t, mask_t = (body.prefix + n for n in ("h_prev", "a_x_t", "mask_t"))
+    a_h = body.op("MatMul", [h_prev, g.const("weight_hh", to_numpy(cell.weight_hh.T))])
+    if cell.layer_norm:
+        a_h = _layer_norm(g, body, a_h, cell.ln_hh_weight, None, eps)  # (B, 3H)
+    split = _ints(g, "split", [H] * 3)
+    x_r, x_z, x_n = body.op("Split", [a_x_t, split], n_out=3, axis=1)
+    h_r, h_z, h_n = body.op("Split", [a_h, split], n_out=3, axis=1)
+    r = _sigmoid(g, body, body.op("Add", [x_r, h_r]))  # (B, H)
+    z = _sigmoid(g, body, body.op("Add", [x_z, h_z]))
+    h_n = body.op("Add", [h_n, g.const("bias_hn", to_numpy(cell.bias_hn))])
+    n = _tanh(g, body, body.op("Add", [x_n, body.op("Mul", [r, h_n])]))
+    one = g.const("one", np.array(1.0, np.float32))
+    h_new = body.op(
+        "Add", [body.op("Mul", [body.op("Sub", [one, z]), n]), body.op("Mul", [z, h_prev])]
+    )  # (B, H)
+    h, y = h_new, h_new
+    steps = {a_x_t: (a_x, [None, 3 * H])}
+    if mask:  # a padded step keeps the state and outputs zero
+        real = body.op("Cast", [mask_t], to=TensorProto.BOOL)  # (B, 1)
+        h = body.op("Where", [real, h_new, h_prev])
+        y = body.op("Where", [real, h_new, g.const("zero", np.array(0.0, np.float32))])
+        steps[mask_t] = (mask, [None, 1])
+    Y, finals = scan(g, body, {"h": (h0, [None, H])}, steps, [h], y, reverse=reverse)
+    return Y, finals["h"]
+
+
+def variant_layer(
+    g: Graph,
+    cells: list[VariantLSTMCell] | list[VariantGRUCell],
+    x: str,
+    seq_lens: str = "",
+    initial_h: str = "",
+    initial_c: str = "",
+) -> list[str]:
+    """:func:`variant_lstm` for LSTM variants; for GRU variants the same level as ONNX's ``GRU``
+    op gives it: ``[Y (T, D, B, H), Y_h (D, B, H)]`` (``initial_c`` unused)."""
+    if not cells or not all(isinstance(c, VariantGRUCell) for c in cells):
+        return variant_lstm(g, cells, x, seq_lens, initial_h, initial_c)
+    mask = _step_mask(g, x, seq_lens) if seq_lens else ""
+    axis1 = _ints(g, "axis1", [1])
+    Ys, hs = [], []
+    for d, cell in enumerate(cells):
+        h0 = _initial(g, x, initial_h, d, cell.hidden_size)
+        Y, h = _gru_direction(g, cell, x, mask, h0, reverse=d == 1)
+        Ys.append(g.op("Unsqueeze", [Y, axis1]))  # (T, 1, B, H)
+        hs.append(h)
+    if len(cells) == 1:
+        return [Ys[0], hs[0]]
+    return [g.op("Concat", Ys, axis=1), g.op("Concat", hs, axis=0)]

@@ -49,10 +49,11 @@ def _keras_dense_init(linear: nn.Linear) -> nn.Linear:
 def layer_options(cfg: ModelConfig) -> dict[str, Any]:
     """The keyword arguments every kind gives its ``cfg.cell`` layers beyond the sizes: for
     LSTM its forget bias, precision and variant options (LayerNorm, projection, peepholes,
-    recurrent dropout, zoneout; :meth:`ModelConfig.variant_options`), nothing for other cells.
-    ModelConfig refuses the LSTM-only settings for the others."""
+    recurrent dropout, zoneout; :meth:`ModelConfig.variant_options`), for GRU its variant
+    options (LayerNorm, recurrent dropout, zoneout), nothing for other cells. ModelConfig
+    refuses the settings a cell lacks."""
     if cfg.cell != "lstm":
-        return {}
+        return cfg.variant_options()
     return {
         "forget_bias": cfg.forget_bias,
         "precision": model_precision(cfg),

@@ -13,6 +13,7 @@ from rnnlab.nn.layers import GRU, LSTM, RNN, RecurrentLayer
 from rnnlab.nn.layers_2024 import MLSTM, SLSTM, MinGRU, MinLSTM
 from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
 from rnnlab.nn.summary import ModelSummary, SummaryRow, print_summary, summary
+from rnnlab.nn.variant_gru import VariantGRUCell
 from rnnlab.nn.variants import CellNoise, VariantLSTMCell
 from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
@@ -24,6 +25,7 @@ __all__ = [
     "GRUCell",
     "LSTMState",
     "VariantLSTMCell",
+    "VariantGRUCell",
     "CellNoise",
     "RNN",
     "LSTM",

@@ -27,6 +27,7 @@ from rnnlab.nn.backends import BACKENDS, Backend, Precision
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.mincells import MinCell
 from rnnlab.nn.validation import check_input, check_state, make_mask
+from rnnlab.nn.variant_gru import GRU_VARIANT_OPTIONS, VariantGRUCell
 from rnnlab.nn.variants import VARIANT_OPTIONS, CellNoise, VariantLSTMCell
 from rnnlab.nn.xlstm import MLSTMCell, SLSTMCell
 
@@ -197,11 +198,11 @@ class RecurrentLayer(nn.Module):
                 layer's own. Options travel with the call: nothing on the layer changes.
             precision: this call's precision, ``"fp32"`` or ``"bf16"`` (LSTM's compiled
                 kernels, MinGRU's and MinLSTM's parallel path); None uses the layer's own.
-            noise: an LSTM with ``recurrent_dropout`` or ``zoneout``: one
+            noise: an LSTM or GRU with ``recurrent_dropout`` or ``zoneout``: one
                 :class:`~rnnlab.nn.variants.CellNoise` (or None) per layer and direction, index
                 ``layer * D + direction``, used instead of the masks the layer would draw in
                 training (and applied in eval mode too); e.g. a test's or Keras's masks. None:
-                fresh masks in training (:meth:`VariantLSTMCell.sample_noise`), none in eval.
+                fresh masks in training (the cell's ``sample_noise``), none in eval.
 
         Returns:
             ``(output, state)``: output (B, T, D*H), the last layer's hidden states (both
@@ -284,9 +285,52 @@ class GRU(RecurrentLayer):
     where they can run, else the pure-torch ``"fused"`` path, and the reference loop for
     ``return_gates``; ``"torch"`` runs ``torch.gru`` on the same parameters (``bias_hn`` as
     torch's ``b_hn``, zeros for its ``b_hr`` and ``b_hz``); no bf16 mode.
+
+    Keyword-only variants (:mod:`rnnlab.nn.variant_gru`, equations there): ``layer_norm``
+    (Ba et al. 2016), ``recurrent_dropout`` (Keras's, one mask per sequence on h_{t-1}) and
+    ``zoneout`` (Krueger et al. 2017, one rate). Any of them builds
+    :class:`~rnnlab.nn.variant_gru.VariantGRUCell` s, run by the reference loop and the fused
+    path (``"auto"`` takes it; the compiled kernels are the plain GRU's). ``torch`` runs a
+    variant only without LayerNorm and without masks (in eval mode).
     """
 
     cell_type = GRUCell
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        backend: Backend = "auto",
+        *,
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+    ) -> None:
+        options = {
+            "layer_norm": layer_norm,
+            "recurrent_dropout": recurrent_dropout,
+            "zoneout": zoneout,
+        }
+        variant = {k: v for k, v in options.items() if v != GRU_VARIANT_OPTIONS[k]}
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            dropout=dropout,
+            backend=backend,
+            cell_type=VariantGRUCell if variant else GRUCell,
+            **variant,
+        )
+        self.variant_options = variant  # the options that differ from the plain GRU's
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + "".join(
+            f", {k}={v!r}" for k, v in self.variant_options.items()
+        )
 
 
 class LSTM(RecurrentLayer):

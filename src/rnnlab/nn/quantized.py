@@ -285,9 +285,16 @@ def _swap(module: nn.Module, per_channel: bool, engine: str, prefix: str) -> Non
         where = f"{prefix}{name}"
         if isinstance(child, RecurrentLayer):
             if type(child.cells[0]) not in _CELLS:
+                cell = type(child.cells[0]).__name__
+                why = (
+                    "the variants (LayerNorm, projection, peepholes, recurrent dropout, "
+                    "zoneout) have no int8 path"
+                    if cell.startswith("Variant")
+                    else "the cells of 2024 have no int8 path"
+                )
                 raise QuantizationError(
-                    f"quantize_model expected recurrent layers of RNN, LSTM or GRU cells, got "
-                    f"{type(child).__name__} at {where} (the cells of 2024 have no int8 path)"
+                    f"quantize_model expected recurrent layers of plain RNN, LSTM or GRU cells, "
+                    f"got {type(child).__name__} of {cell} at {where} ({why})"
                 )
             setattr(module, name, QuantizedRecurrent(child, per_channel, engine))
         elif isinstance(child, nn.Linear):

@@ -115,9 +115,9 @@ class Seq2Seq(nn.Module):
         tie_weights: the output layer reuses the target embedding (Press & Wolf 2017); needs
             E == H.
         backend: the recurrent layers' backend.
-        encoder_options: the encoder LSTM's variant options (``layer_norm``, ``peepholes``,
-            ``recurrent_dropout``, ``zoneout``; :class:`rnnlab.nn.LSTM`); the decoder, which
-            steps one token at a time, stays the plain cell.
+        encoder_options: the encoder's variant options (LSTM: ``layer_norm``, ``peepholes``,
+            ``recurrent_dropout``, ``zoneout``; GRU: ``layer_norm``, ``recurrent_dropout``,
+            ``zoneout``); the decoder, which steps one token at a time, stays the plain cell.
         precision: ``"bf16"`` runs the encoder's and decoder's matrix products on bf16
             operands (:class:`rnnlab.LSTM`'s ``precision``; weights and states stay float32);
             it needs ``cell`` and ``decoder_cell`` ``"lstm"``.

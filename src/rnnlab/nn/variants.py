@@ -55,6 +55,8 @@ __all__ = [
     "VARIANT_OPTIONS",
     "step_noise",
     "zoneout_rates",
+    "check_rate",
+    "normalised_product",
 ]
 
 # The layer options that make an LSTM a variant, with their "off" values.
@@ -110,7 +112,14 @@ def zoneout_rates(name: str, zoneout: float | tuple[float, float] | list) -> tup
     return float(pair[0]), float(pair[1])
 
 
-def _check_rate(name: str, what: str, value: object) -> float:
+def normalised_product(v: Tensor, weight: Tensor, gain: Tensor | None, eps: float) -> Tensor:
+    """v (..., K) @ weight.T (G, K) -> (..., G), then LayerNorm over those G rows scaled by
+    ``gain`` (G) if ``gain`` is given (a LayerNorm cell's W_ih x and W_hh h)."""
+    a = v @ weight.T
+    return a if gain is None else F.layer_norm(a, a.shape[-1:], gain, None, eps)
+
+
+def check_rate(name: str, what: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} expected {what} in [0, 1), got {value!r}")
     return float(value)
@@ -160,7 +169,7 @@ class VariantLSTMCell(Cell):
         self.output_size = proj_size or hidden_size  # R
         self.layer_norm = bool(layer_norm)
         self.peepholes = bool(peepholes)
-        self.recurrent_dropout = _check_rate(name, "recurrent_dropout", recurrent_dropout)
+        self.recurrent_dropout = check_rate(name, "recurrent_dropout", recurrent_dropout)
         self.zoneout_cell, self.zoneout_hidden = zoneout_rates(name, zoneout)
         self.ln_eps = float(ln_eps)
         super().__init__(input_size, hidden_size)
@@ -232,10 +241,9 @@ class VariantLSTMCell(Cell):
         """a_x = W_ih x (LayerNorm-ed and scaled by ``ln_ih_weight`` with ``layer_norm``) for
         x (..., I) -> (..., 4H): the part of the gates that depends on the input alone, which
         the fused path computes for every step at once."""
-        a_x = x @ self.weight_ih.T
-        if self.layer_norm:
-            a_x = F.layer_norm(a_x, a_x.shape[-1:], self.ln_ih_weight, None, self.ln_eps)
-        return a_x
+        return normalised_product(
+            x, self.weight_ih, getattr(self, "ln_ih_weight", None), self.ln_eps
+        )
 
     def forward(
         self,
@@ -253,9 +261,8 @@ class VariantLSTMCell(Cell):
         noise = noise or StepNoise()
         h_in = h_prev if noise.recurrent is None else h_prev * noise.recurrent  # (B, R)
         a_x = self.gate_inputs(x) if a_x is None else a_x  # (B, 4H)
-        a_h = h_in @ self.weight_hh.T  # (B, 4H)
-        if self.layer_norm:
-            a_h = F.layer_norm(a_h, a_h.shape[-1:], self.ln_hh_weight, None, self.ln_eps)
+        gain = getattr(self, "ln_hh_weight", None)
+        a_h = normalised_product(h_in, self.weight_hh, gain, self.ln_eps)  # (B, 4H)
         a = a_x + a_h + self.bias  # (B, 4H)
         a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)  # each (B, H)
         if self.peepholes:

@@ -17,24 +17,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from rnnlab.nn.backends import (
-    _ext,
-    compiled,
-    fused,
-    mlstm,
-    native,
-    parallel,
-    reference,
-    slstm,
-    variant_compiled,
-    variant_fused,
-)
+from rnnlab.nn.backends import _ext, compiled, native, variant_compiled
+from rnnlab.nn.backends.kernels import AnyCell, Kernel, Route, State, check_noise, run_kernel
 from rnnlab.nn.backends.precision import (
     PRECISIONS,
     Precision,
@@ -43,10 +32,11 @@ from rnnlab.nn.backends.precision import (
     needs_backward,
     use_bf16,
 )
-from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
+from rnnlab.nn.variant_gru import VariantGRUCell
 from rnnlab.nn.variants import CellNoise, VariantLSTMCell
-from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
+from rnnlab.nn.xlstm import MLSTMCell, SLSTMCell
 
 __all__ = [
     "BACKENDS",
@@ -67,34 +57,10 @@ __all__ = [
 
 Backend = Literal["auto", "compiled", "fused", "reference", "torch"]
 BACKENDS: tuple[Backend, ...] = ("auto", "compiled", "fused", "reference", "torch")
-Kernel = Literal[
-    "reference",
-    "fused.lstm",
-    "fused.gru",
-    "fused.rnn",
-    "compiled.lstm_train",
-    "compiled.lstm_forward",
-    "compiled.lstm_infer",
-    "compiled.lstm_infer_pair",
-    "compiled.gru_train",
-    "compiled.gru_forward",
-    "compiled.mingru",
-    "compiled.minlstm",
-    "torch.lstm",
-    "torch.gru",
-    "torch.rnn",
-    "parallel.mingru",
-    "parallel.minlstm",
-    "fused.slstm",
-    "parallel.mlstm",
-    "fused.lstm_variant",
-    "compiled.lstm_variant",
-]
-State = Tensor | LSTMState | SLSTMState | MLSTMState
-AnyCell = Cell | MinCell | SLSTMCell | MLSTMCell  # the classic cells (and variants), 2024's
 _NO_NATIVE = (SLSTMCell, MLSTMCell)  # cells with no compiled and no torch kernel
 _FUSED: dict[type[AnyCell], Kernel] = {
     VariantLSTMCell: "fused.lstm_variant",
+    VariantGRUCell: "fused.gru_variant",
     LSTMCell: "fused.lstm",
     GRUCell: "fused.gru",
     RNNCell: "fused.rnn",
@@ -105,6 +71,7 @@ _FUSED: dict[type[AnyCell], Kernel] = {
 }
 _TORCH: dict[type[AnyCell], Kernel] = {
     VariantLSTMCell: "torch.lstm",  # projection only: torch's proj_size
+    VariantGRUCell: "torch.gru",  # without LayerNorm, in eval mode
     LSTMCell: "torch.lstm",
     GRUCell: "torch.gru",
     RNNCell: "torch.rnn",
@@ -118,19 +85,6 @@ _warned_fallback = False
 # kernels were faster or level (0.82-1.04x). The GRU's compiled kernels were faster or level at
 # every width (0.62-1.04x), so the GRU has no such row.
 TORCH_LSTM_MIN_HIDDEN = 256
-
-
-@dataclass(frozen=True)
-class Route:
-    """What runs one layer: ``backend`` resolved from the requested one; ``kernels`` one name
-    per direction (forwards, then backwards), or ``("compiled.lstm_infer_pair",)`` when one
-    call runs both; ``bf16`` whether the GEMM operands are rounded to bf16; ``return_gates``
-    whether the reference loop records the gates."""
-
-    backend: Literal["reference", "fused", "compiled", "torch"]
-    kernels: tuple[Kernel, ...]
-    bf16: bool = False
-    return_gates: bool = False
 
 
 class LayerScan(NamedTuple):
@@ -155,11 +109,12 @@ def scan_layer(
     noise: Sequence[CellNoise | None] | None = None,
 ) -> LayerScan:
     """Run one layer: ``cells`` (forward cell, then the backward one if bidirectional) over x
-    (B, T, I) from ``states`` (each (B, H), an :class:`LSTMState` for LSTM), skipping steps where
-    ``mask`` (B, T) is False (None: every step is real). ``noise`` gives each direction of a
-    variant LSTM (:class:`rnnlab.nn.variants.VariantLSTMCell`) its recurrent-dropout and
-    zoneout masks (:class:`~rnnlab.nn.variants.CellNoise`, None: none); every kernel of a
-    variant applies them, so the masks never decide the route.
+    (B, T, I) from ``states`` (each (B, H), an :class:`LSTMState` for LSTM), skipping steps
+    where ``mask`` (B, T) is False (None: every step is real). ``noise`` gives each direction of
+    a variant LSTM or GRU (:class:`rnnlab.nn.variants.VariantLSTMCell`,
+    :class:`rnnlab.nn.variant_gru.VariantGRUCell`) its recurrent-dropout and zoneout masks
+    (:class:`~rnnlab.nn.variants.CellNoise`, None: none); every kernel of a variant applies
+    them, so the masks never decide the route.
 
     Routing table. The first row whose conditions hold decides; "grad" means autograd will want
     gradients of the scan (grad mode on and x, a cell's parameter or an initial state requires
@@ -186,10 +141,14 @@ def scan_layer(
                        recurrent dropout or zoneout)                   input side hoisted, then
                                                                        the cell's step under
                                                                        autograd)
-        torch        variant LSTM with LayerNorm or peepholes        RuntimeError: torch's op
-                                                                       has neither
-        torch        variant LSTM, training masks (recurrent         RuntimeError: torch's op
-                       dropout, zoneout)                               takes no masks
+        fused, auto  variant GRU (LayerNorm, recurrent dropout,      fused.gru_variant (the
+                       zoneout)                                        same, for the GRU step)
+        compiled     variant GRU                                     RuntimeError: no compiled
+                                                                       kernel; use 'auto'
+        torch        variant LSTM with LayerNorm or peepholes,       RuntimeError: torch's op
+                       variant GRU with LayerNorm                      has none of them
+        torch        variant LSTM or GRU, training masks             RuntimeError: torch's op
+                       (recurrent dropout, zoneout)                    takes no masks
         compiled,    sLSTM / mLSTM cell                              RuntimeError: no such
           torch                                                        kernel; use 'auto'
         torch        minGRU / minLSTM cell                           RuntimeError: no such
@@ -198,8 +157,8 @@ def scan_layer(
                                                                        cannot skip padding
         torch        dtype not float32/float64                       RuntimeError: the dtype
         torch        LSTM / GRU / RNN cell, variant LSTM with a      torch.lstm / .gru / .rnn
-                       projection only                                 (torch's own op: oneDNN
-                                                                       on CPU, cuDNN on CUDA;
+                       projection only, variant GRU without            (torch's own op: oneDNN
+                       LayerNorm (its masks off: eval mode)            on CPU, cuDNN on CUDA;
                                                                        proj_size for LSTMP)
         auto         no mask, float32, precision fp32, not under     torch.lstm / .gru / .rnn
                        bf16 autocast, and either a CUDA tensor of an   (where torch's op is the
@@ -267,11 +226,11 @@ def scan_layer(
         return LayerScan(output, finals, [None, None])
     outputs, finals, gates = [], [], []
     noise = [None] * len(cells) if noise is None else noise
-    _check_noise(cells, noise, route)
+    check_noise(cells, noise, route)
     for direction, (kernel, cell, state, masks) in enumerate(
         zip(route.kernels, cells, states, noise, strict=True)
     ):
-        out, final, records = _run(
+        out, final, records = run_kernel(
             kernel, route, cell, x, state, mask, masks, reverse=direction == 1
         )
         outputs.append(out)  # (B, T, H)
@@ -375,89 +334,6 @@ def _compiled_kernel(cell: AnyCell, x: Tensor, state: State, mask: Tensor | None
     return "compiled.gru_train" if grad else "compiled.gru_forward"
 
 
-def _run(
-    kernel: Kernel,
-    route: Route,
-    cell: AnyCell,
-    x: Tensor,
-    state: State,
-    mask: Tensor | None,
-    noise: CellNoise | None,
-    *,
-    reverse: bool,
-) -> tuple[Tensor, State, dict[str, Tensor] | None]:
-    """Call ``kernel`` on one direction: (output (B, T, H), final state, gates or None)."""
-    if kernel == "reference":
-        return reference.scan(
-            cell, x, state, mask, reverse=reverse, return_gates=route.return_gates, noise=noise
-        )
-    if kernel == "fused.lstm_variant":
-        out, final = variant_fused.lstm_variant(cell, x, state, mask, noise, reverse=reverse)
-        return out, final, None
-    if kernel == "compiled.lstm_variant":
-        out, final = variant_compiled.lstm_variant(
-            cell, x, state, mask, noise, reverse=reverse, bf16=route.bf16
-        )
-        return out, final, None
-    if kernel == "fused.lstm":
-        out, final = fused.lstm(cell, x, state, mask, reverse=reverse)
-    elif kernel == "fused.gru":
-        out, final = fused.gru(cell, x, state, mask, reverse=reverse)
-    elif kernel == "fused.rnn":
-        out, final = fused.rnn(cell, x, state, mask, reverse=reverse)
-    elif kernel == "compiled.lstm_train":
-        out, final = compiled.lstm_train(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
-    elif kernel == "compiled.lstm_forward":
-        out, final = compiled.lstm_forward(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
-    elif kernel == "compiled.lstm_infer":
-        out, final = compiled.lstm_infer(cell, x, state, reverse=reverse, bf16=route.bf16)
-    elif kernel == "compiled.gru_train":
-        out, final = compiled.gru_train(cell, x, state, mask, reverse=reverse)
-    elif kernel == "compiled.gru_forward":
-        out, final = compiled.gru_forward(cell, x, state, mask, reverse=reverse)
-    elif kernel == "torch.lstm":
-        out, final = native.lstm(cell, x, state, reverse=reverse)
-    elif kernel == "torch.gru":
-        out, final = native.gru(cell, x, state, reverse=reverse)
-    elif kernel == "torch.rnn":
-        out, final = native.rnn(cell, x, state, reverse=reverse)
-    elif kernel == "parallel.mingru":
-        out, final = parallel.mingru(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
-    elif kernel == "parallel.minlstm":
-        out, final = parallel.minlstm(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
-    elif kernel == "compiled.mingru":
-        out, final = compiled.mingru(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
-    elif kernel == "compiled.minlstm":
-        out, final = compiled.minlstm(cell, x, state, mask, reverse=reverse, bf16=route.bf16)
-    elif kernel == "fused.slstm":
-        out, final = slstm.slstm(cell, x, state, mask, reverse=reverse)
-    elif kernel == "parallel.mlstm":
-        out, final = mlstm.mlstm(cell, x, state, mask, reverse=reverse)
-    else:
-        raise AssertionError(f"no single-direction kernel named {kernel!r}")
-    return out, final, None
-
-
-def _check_noise(cells: Sequence[AnyCell], noise: Sequence, route: Route) -> None:
-    """Masks only for variant LSTM cells, one entry per direction, on a route that applies them
-    (torch's op has no recurrent dropout or zoneout)."""
-    if len(noise) != len(cells):
-        raise ValueError(f"expected one noise entry per direction ({len(cells)}), got {len(noise)}")
-    for cell, masks in zip(cells, noise, strict=True):
-        if masks is None:
-            continue
-        if not isinstance(cell, VariantLSTMCell):
-            raise ValueError(
-                f"recurrent dropout and zoneout masks apply to variant LSTM cells, got them for "
-                f"{type(cell).__name__}"
-            )
-        if route.backend == "torch" and any(m is not None for m in masks):
-            raise RuntimeError(
-                "backend='torch' has no recurrent dropout or zoneout (torch's op takes no masks). "
-                "Use backend='auto' or 'fused'."
-            )
-
-
 def resolve_backend(
     cell: AnyCell, x: Tensor, requested: Backend, *, return_gates: bool = False
 ) -> Literal["reference", "fused", "compiled", "torch"]:
@@ -485,11 +361,13 @@ def resolve_backend(
             "backend='auto' or 'fused' (its pure-torch fast path) or 'reference' (the "
             "step-by-step loop)."
         )
-    if requested == "torch" and isinstance(cell, VariantLSTMCell):
+    if requested == "torch" and isinstance(cell, (VariantLSTMCell, VariantGRUCell)):
         native.check_variant(cell)
     if requested in ("fused", "torch"):
         return requested
-    if isinstance(cell, VariantLSTMCell):
+    if isinstance(cell, VariantGRUCell):  # auto's fused row; a forced compiled raises
+        reason = "the GRU variants have no compiled kernel (their fast path is 'fused')"
+    elif isinstance(cell, VariantLSTMCell):
         reason = variant_compiled.variant_unavailable(cell, x)
     else:
         reason = compiled.compiled_unavailable(cell, x)
@@ -500,7 +378,7 @@ def resolve_backend(
             f"backend='compiled' cannot run here: {reason}. Use backend='auto' (falls back to "
             "the pure-torch fused path) or backend='fused'."
         )
-    if _ext.build_failed() and not _warned_fallback:
+    if _ext.build_failed() and not _warned_fallback and not isinstance(cell, VariantGRUCell):
         _warned_fallback = True
         warnings.warn(
             f"rnnlab: using the slower pure-torch fused path because {reason}",

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnlab.nn.variant_gru import VariantGRUCell
 from rnnlab.nn.variants import VariantLSTMCell
 
 __all__ = ["check_call", "check_variant", "lstm", "gru", "rnn"]
@@ -48,7 +49,9 @@ def lstm(
     return _time(out, reverse), LSTMState(h[0], c[0])
 
 
-def gru(cell: GRUCell, x: Tensor, h: Tensor, *, reverse: bool = False) -> tuple[Tensor, Tensor]:
+def gru(
+    cell: GRUCell | VariantGRUCell, x: Tensor, h: Tensor, *, reverse: bool = False
+) -> tuple[Tensor, Tensor]:
     """x (B, T, I), h (B, H) -> (output (B, T, H), final h (B, H))."""
     H = cell.hidden_size
     bias_hh = torch.cat([cell.bias_hn.new_zeros(2 * H), cell.bias_hn])  # (3H,) 0 for r, z
@@ -80,16 +83,19 @@ def check_call(x: Tensor, mask: Tensor | None) -> None:
         )
 
 
-def check_variant(cell: VariantLSTMCell) -> None:
-    """torch's LSTM op has a projection (``proj_size``) and nothing else of the variants: refuse
-    a variant cell with LayerNorm or peepholes (recurrent dropout and zoneout are refused when
-    their masks come, in training)."""
-    extras = [name for name in ("layer_norm", "peepholes") if getattr(cell, name)]
+def check_variant(cell: VariantLSTMCell | VariantGRUCell) -> None:
+    """torch's LSTM op has a projection (``proj_size``) and nothing else of the variants, its GRU
+    op none: refuse a variant cell with LayerNorm or peepholes (recurrent dropout and zoneout
+    are refused when their masks come, in training)."""
+    extras = [name for name in ("layer_norm", "peepholes") if getattr(cell, name, False)]
     if extras:
-        raise RuntimeError(
-            f"backend='torch' runs torch's own LSTM op, which has a projection (proj_size) but "
-            f"not {' or '.join(extras)}. Use backend='auto', 'compiled' or 'fused'."
+        what = " or ".join(extras)
+        has = (
+            f"torch's own LSTM op, which has a projection (proj_size) but not {what}"
+            if isinstance(cell, VariantLSTMCell)
+            else f"torch's own GRU op, which has no {what}"
         )
+        raise RuntimeError(f"backend='torch' runs {has}. Use backend='auto' or 'fused'.")
 
 
 def _time(x: Tensor, reverse: bool) -> Tensor:

@@ -24,6 +24,7 @@ from torch import Tensor
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, RNNCell
 from rnnlab.nn.interop.torch_modules import load_cell
 from rnnlab.nn.layers import RecurrentLayer
+from rnnlab.nn.variant_gru import VariantGRUCell
 
 __all__ = ["from_keras", "to_keras"]
 
@@ -112,8 +113,8 @@ def to_keras(layer: RecurrentLayer, return_sequences: bool = False) -> Any:
         options["recurrent_dropout"] = variant.pop("recurrent_dropout")
     if variant:
         raise ValueError(
-            f"{name} expected an LSTM that Keras's LSTM can express (recurrent_dropout at "
-            f"most), got one with {', '.join(sorted(variant))}"
+            f"{name} expected a layer that Keras's {kind.__name__} can express "
+            f"(recurrent_dropout at most), got one with {', '.join(sorted(variant))}"
         )
     D, L = layer.num_directions, layer.num_layers
     stack = []
@@ -134,7 +135,7 @@ def to_keras(layer: RecurrentLayer, return_sequences: bool = False) -> Any:
 def _torch_to_keras_layout(cell: Cell) -> list:
     """``cell``'s weights as Keras stores them: [kernel, recurrent_kernel, bias] (numpy)."""
     w_ih, w_hh, bias = (p.detach().cpu() for p in (cell.weight_ih, cell.weight_hh, cell.bias))
-    if isinstance(cell, GRUCell):  # rnnlab stacks r, z, n; Keras z, r, h
+    if isinstance(cell, (GRUCell, VariantGRUCell)):  # rnnlab stacks r, z, n; Keras z, r, h
         zeros = torch.zeros_like(bias[: 2 * cell.hidden_size])  # (2H,) r and z
         recurrent_bias = torch.cat([zeros, cell.bias_hn.detach().cpu()])  # (3H,)
         w_ih, w_hh = _swap_first_blocks(w_ih), _swap_first_blocks(w_hh)

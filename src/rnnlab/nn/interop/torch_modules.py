@@ -81,15 +81,15 @@ def from_torch(cls: type[Layer], module: nn.RNNBase, backend: str = "auto") -> L
 def to_torch(layer: RecurrentLayer) -> nn.RNNBase:
     """A ``batch_first=True`` torch.nn.LSTM / GRU / RNN (tanh) with ``layer``'s weights, device,
     dtype and train/eval mode: ``b_ih = bias``, ``b_hh = 0`` (GRU: ``[0, 0, bias_hn]``). An LSTM
-    with a projection becomes torch's ``proj_size`` LSTM; one with LayerNorm, peepholes,
-    recurrent dropout or zoneout is refused: torch.nn.LSTM has none of them."""
+    with a projection becomes torch's ``proj_size`` LSTM; an LSTM or GRU with LayerNorm,
+    peepholes, recurrent dropout or zoneout is refused: torch's modules have none of them."""
     ref = layer.cells[0].weight_ih
     options = getattr(layer, "variant_options", {})
     extra = sorted(set(options) - {"proj_size"})
     if extra:
         raise ValueError(
-            f"to_torch expected an LSTM that torch.nn.LSTM can express (a projection at most), "
-            f"got one with {', '.join(extra)}"
+            f"to_torch expected a layer that torch.nn.{type(layer).__name__} can express (an "
+            f"LSTM's projection at most), got one with {', '.join(extra)}"
         )
     module = _TORCH_TYPES[type(layer).cell_type](
         layer.input_size,
