@@ -294,7 +294,7 @@ def _swap(module: nn.Module, per_channel: bool, engine: str, prefix: str) -> Non
                 )
                 raise QuantizationError(
                     f"quantize_model expected recurrent layers of plain RNN, LSTM or GRU cells, "
-                    f"got {type(child).__name__} of {cell} at {where} ({why})"
+                    f"got {type(child).__name__} at {where} ({cell}: {why})"
                 )
             setattr(module, name, QuantizedRecurrent(child, per_channel, engine))
         elif isinstance(child, nn.Linear):
