@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rnnlab.bench import main, run_benchmarks
 
 
@@ -80,3 +82,40 @@ def test_onnxruntime_rows_are_inference_only_and_run_the_exported_model() -> Non
     rows = {(r["impl"], r["mode"]) for r in report["results"]}
     assert ("onnxruntime", "infer") in rows and ("onnxruntime", "train") not in rows
     assert report["environment"]["onnxruntime"] is not None
+
+
+def test_roofline_counts_each_product_at_its_own_rate() -> None:
+    """Workload A (one LSTM layer, B 128, T 28, I 28 -> projected 128, H 128): one input product
+    of (3584, 128) x (128, 512) and 28 recurrent ones of (128, 128) x (128, 512) per forward; a
+    training step three times that. With rates of 100 and 10 GFLOP/s the roofline is their
+    sum of FLOPs over rates, by hand."""
+    from rnnlab.bench.roofline import gemm_shapes, rate_key, roofline_seconds
+    from rnnlab.bench.workloads import WORKLOADS
+
+    w = WORKLOADS["A"]
+    shapes = gemm_shapes(w)
+    assert shapes == {
+        "A L0 input G4": ((128 * 28, 128, 512), 1),
+        "A L0 step G4": ((128, 128, 512), 28),
+    }
+    gemm = {
+        "A L0 input G4": {"mkl_gflops": 100.0, "onednn_gflops": 50.0},
+        "A L0 step G4": {"mkl_gflops": 4.0, "onednn_gflops": 10.0, "onednn_bf16_gflops": 40.0},
+    }
+    want = 2 * 3584 * 128 * 512 / 100e9 + 28 * 2 * 128 * 128 * 512 / 10e9
+    assert roofline_seconds(shapes, gemm, "fp32", train=False) == pytest.approx(want)
+    assert roofline_seconds(shapes, gemm, "fp32", train=True) == pytest.approx(3 * want)
+    assert roofline_seconds(shapes, gemm, rate_key("rnnlab-bf16"), train=True) is None  # unmeasured
+    assert rate_key("torch-int8") == "int8_dynamic_gflops" and rate_key("torch-gru") == "fp32"
+    assert set(gemm_shapes(w, gates=3, recurrent=False)) == {"A L0 input G3"}
+    bidirectional = gemm_shapes(WORKLOADS["D"])
+    assert all(calls % 2 == 0 for _, calls in bidirectional.values())  # both directions
+
+
+def test_bench_report_prints_each_rows_share_of_its_roofline(capsys) -> None:
+    argv = ["--workloads", "A", "--impls", "rnnlab,torch,torch-gru", "--modes", "infer"]
+    assert main([*argv, "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "%roof" in out and "roofline of a infer step" in out
+    line = next(s for s in out.splitlines() if s.startswith("  roofline of a infer step"))
+    assert "for rnnlab, torch" in line and "for torch-gru" in line  # GRU: its own, 3 gates

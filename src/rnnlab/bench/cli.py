@@ -87,7 +87,8 @@ def format_report(report: dict) -> str:
         )
     header = (
         f"  {'impl':17s} {'mode':5s} {'samples/s':>10s} {'(min-max)':>19s} {'ms':>9s} "
-        f"{'x base':>7s} {'x torch':>7s} {'GFLOP/s':>8s} {'%MKL':>5s} {'%oDNN':>5s} n"
+        f"{'x base':>7s} {'x torch':>7s} {'GFLOP/s':>8s} {'%MKL':>5s} {'%oDNN':>5s} "
+        f"{'%roof':>5s} n"
     )
     for wl in dict.fromkeys(r["workload"] for r in report["results"]):
         lines += ["", f"Workload {wl}:", header]
@@ -99,8 +100,10 @@ def format_report(report: dict) -> str:
                 f"{r['step_ms']:9.2f} {ratio(r['ratio_vs_baseline'])} "
                 f"{ratio(r['ratio_vs_torch_lstm'])} {r['recurrent_gflops']:8.1f} "
                 f"{100 * r['fraction_of_mkl_peak']:5.0f} "
-                f"{100 * r.get('fraction_of_onednn_peak', float('nan')):5.0f} {r['repeats']}"
+                f"{100 * r.get('fraction_of_onednn_peak', float('nan')):5.0f} "
+                f"{_percent(r.get('roofline_share'))} {r['repeats']}"
             )
+        lines += _roofline_lines([r for r in report["results"] if r["workload"] == wl])
     if report["memory"]:
         lines += ["", "Peak memory of a training step (RSS high-water mark, MiB):"]
         for key, m in report["memory"].items():
@@ -122,6 +125,27 @@ def format_report(report: dict) -> str:
     for impl, why in report["skipped"].items():
         lines.append(f"Skipped {impl}: {why}")
     return "\n".join(lines)
+
+
+def _percent(share: float | None) -> str:
+    return "    -" if share is None else f"{100 * share:5.0f}"
+
+
+def _roofline_lines(rows: list[dict]) -> list[str]:
+    """Each mode's roofline (rnnlab.bench.roofline: the step's recurrent products at their
+    isolated rates), with the rows it bounds; %roof above is each row's share of its own."""
+    lines = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        groups: dict[float, list[str]] = {}
+        for r in rows:
+            if r["mode"] == mode and r.get("roofline_ms") is not None:
+                groups.setdefault(round(r["roofline_ms"], 3), []).append(r["impl"])
+        if groups:
+            lines.append(
+                f"  roofline of a {mode} step (its recurrent GEMMs at their isolated rates): "
+                + "; ".join(f"{ms:.2f} ms for {', '.join(impls)}" for ms, impls in groups.items())
+            )
+    return lines
 
 
 def _int8_lines(results: list[dict]) -> list[str]:

@@ -25,6 +25,7 @@ from rnnlab.bench.int8 import INT8_IMPLS, int8_engine, int8_runner
 from rnnlab.bench.keras_models import KerasRunner, keras_unavailable
 from rnnlab.bench.lm_models import LM_IMPLS, LMRunner
 from rnnlab.bench.onnx_runner import OnnxRunner, onnxruntime_unavailable
+from rnnlab.bench.roofline import gemm_shapes, rate_key, roofline_seconds
 from rnnlab.bench.workloads import WORKLOADS, Workload, build_model, loss_fn, lstm_flops, make_batch
 from rnnlab.nn.backends import _ext, _gemm
 
@@ -170,6 +171,17 @@ def _impls_for(w: Workload, impls: tuple[str, ...]) -> list[str]:
     return chosen
 
 
+def _row_spec(impl: str) -> tuple[str, int, bool, str]:
+    """(cell, gates, whether the gates read h_{t-1} through a product, baseline row) of a row:
+    what its FLOPs and its roofline count."""
+    if impl in MIN_ROWS:
+        cell, gates, base = MIN_ROWS[impl]
+        return cell, gates, False, base
+    if impl.endswith("gru"):
+        return "gru", 3, True, BASELINE.get(impl, "torch")
+    return "lstm", 4, True, INT8_BASELINE.get(impl, "torch")
+
+
 def _runner(w: Workload, impl: str):
     if impl in INT8_IMPLS:
         return int8_runner(w, impl, make_batch(w)[0])
@@ -209,11 +221,11 @@ def run_benchmarks(
         skipped["onnxruntime"] = reason
         impls = tuple(i for i in impls if i != "onnxruntime")
     shapes = {"2048^3": (2048, 2048, 2048)}
-    for name in workloads:
+    for name in workloads:  # every product of every row's roofline
         w = WORKLOADS[name]
-        I, H = w.recurrent_shapes()[0]
-        shapes[f"{name} step"] = (w.batch, H, 4 * H)
-        shapes[f"{name} input"] = (w.batch * w.steps, I, 4 * H)
+        for impl in _impls_for(w, impls):
+            _, gates, recurrent, _ = _row_spec(impl)
+            shapes.update((k, mkn) for k, (mkn, _) in gemm_shapes(w, gates, recurrent).items())
     say("GEMM peaks")
     int8 = any(i in INT8_IMPLS for i in impls)
     gemm = gemm_peaks(shapes, max(3, repeats // 2), int8=int8)
@@ -257,16 +269,16 @@ def run_benchmarks(
                         times[impl].append(_time(getattr(r, mode), inner[impl]))
             for impl, ts in times.items():
                 med = statistics.median(ts)
-                gru = impl.endswith("gru") and impl not in MIN_ROWS
-                flops = lstm_flops(w, gates=3 if gru else 4, train=mode == "train")
+                cell, gates, recurrent, base = _row_spec(impl)
+                train = mode == "train"
+                flops = lstm_flops(w, gates, train=train, recurrent=recurrent)
                 items = 1 if mode == "token" else w.batch  # token: one id, T = 1
-                base = BASELINE.get(impl, "torch") if gru else INT8_BASELINE.get(impl, "torch")
-                cell = "gru" if gru else "lstm"
-                if impl in MIN_ROWS:
-                    cell, gates, base = MIN_ROWS[impl]
-                    flops = lstm_flops(w, gates, train=mode == "train", recurrent=False)
+                roof = roofline_seconds(
+                    gemm_shapes(w, gates, recurrent), gemm, rate_key(impl), train
+                )
                 if mode == "token":
                     flops /= w.batch * w.steps
+                    roof = None  # one step of batch 1 reads the weights: no GEMM roofline
                 rec = {
                     "workload": name,
                     "impl": impl,
@@ -281,6 +293,8 @@ def run_benchmarks(
                     "baseline": base,
                     "recurrent_gflops": flops / med / 1e9,
                     "fraction_of_mkl_peak": flops / med / 1e9 / peak_mkl,
+                    "roofline_ms": None if roof is None else 1e3 * roof,
+                    "roofline_share": None if roof is None else roof / med,
                 }
                 if peak_onednn:
                     rec["fraction_of_onednn_peak"] = flops / med / 1e9 / peak_onednn
