@@ -186,6 +186,31 @@ class _Layer(torch.nn.Module):
         return out, final.h, final.c
 
 
+@pytest.mark.parametrize(
+    ("P", "options"), [(256, ""), (0, ""), (256, "noise"), (128, "mask")], ids=str
+)
+def test_input_folded_into_the_step_gemm_with_padded_rows(P: int, options: str) -> None:
+    """H = 512 (4H = 2048, rows 8 KiB apart: the per-step weights get a padded row) and a small
+    W_ih: the per-step GEMMs over [x_t, h] take the input projection too, and the backward
+    makes dW_ih and dW_hh in one GEMM. Every per-step mode against the reference loop."""
+    torch.manual_seed(P)
+    cell = VariantLSTMCell(16, 512, proj_size=P)
+    R, B, T = cell.output_size, 9, 4
+    x = torch.randn(B, T, 16)
+    state = LSTMState(torch.randn(B, R), torch.randn(B, 512))
+    mask = torch.rand(B, T) < 0.7 if options == "mask" else None
+    noise = None
+    if options == "noise":
+        keep = (torch.rand(B, R) < 0.7).float() / 0.7
+        noise = CellNoise(keep, None, (torch.rand(B, T, R) < 0.4).float())
+    for reverse in (False, True):
+        want = run(cell, x, state, mask, noise, reverse=reverse, kernel="reference")
+        for mode in (0, 2, 3):
+            got = run(cell, x, state, mask, noise, reverse=reverse, kernel="c", _mode=mode)
+            for k in want:
+                assert rel_err(got[k], want[k]) < 1e-5, (k, reverse, mode)
+
+
 def test_gradcheck_float64_all_options() -> None:
     torch.manual_seed(0)
     cell = VariantLSTMCell(3, 4, proj_size=3, layer_norm=True, peepholes=True).double()

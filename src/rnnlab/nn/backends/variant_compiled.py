@@ -7,8 +7,9 @@ R = P if P > 0 else H (the width of h).
 The kernel runs the cell's equations (LayerNorm, projection, peepholes, recurrent dropout,
 zoneout, any combination) over the whole sequence in C++ with the fused path's algorithm: the
 input projection of all steps in one GEMM (and its LayerNorm over all rows at once), per step
-one recurrent GEMM, one pass over the gates and, with a projection, one more GEMM; the
-backward is written by hand and makes the weight gradients single GEMMs over all T*B rows
+one recurrent GEMM, one pass over the gates and, with a projection, one more GEMM (without
+LayerNorm and with a small W_ih, per-step GEMMs over [x_t, h] make the input projection too);
+the backward is written by hand and makes the weight gradients single GEMMs over all T*B rows
 (``lstm_variant.cpp``'s header has the details). ``tests/test_variant_kernels.py`` checks it
 against the reference loop (:func:`rnnlab.nn.backends.reference.scan` over the cell).
 

@@ -16,7 +16,9 @@
 // * forward: x W_ih^T for all steps in one GEMM, and its LayerNorm for all T*B rows at once;
 //   then per step one recurrent GEMM, one pass over the gates (LayerNorm of the recurrent
 //   product and of c_new inside it, row by row), and with a projection a second GEMM and a
-//   short pass for zoneout of h;
+//   short pass for zoneout of h. Per step without LayerNorm and with a small W_ih, the
+//   recurrent GEMM makes the input projection too ([x_t, h_in] [W_ih, W_hh]^T, see
+//   fuse_input), and dW_ih, dW_hh are then one GEMM;
 // * the forward keeps the activated gates, the normalised LayerNorm inputs and their 1/std, m
 //   (projection) and the states; the backward recomputes only tanh of the cell state;
 // * backward, per step: a pass for dh (zoneout), with a projection dm = dh_new W_hr (a GEMM),
@@ -73,14 +75,22 @@ const S* ptr(const OptTensor& t) {
 
 // A GEMM's b operand (K, N), prepared once per call: float32/float64 row-major, and in bf16
 // mode also the same values in bf16, VNNI-packed for brgemm (K even) or rounded to bf16 and
-// kept in float32 (K odd).
+// kept in float32 (K odd). With `pad` (the per-step MKL/oneDNN GEMMs), rows whose length is
+// a multiple of 4 KiB get one cache line more (ld = N + 64 bytes): at workload F (one
+// thread, MKL) 128 steps of (64, 320) x (320, 2048) took 96 ms with b's rows 8 KiB apart (its
+// K rows on the same few cache sets) and 70 ms padded; of (64, 256) x (256, 2048), beta = 1,
+// 81 and 62 ms.
 template <typename S>
 struct Weight {
-  Tensor full, packed;  // (K, N) contiguous; bf16 (K/2, N, 2) or undefined
-  int64_t K = 0, N = 0;
+  Tensor full, packed;  // (K, N) with row stride ld; bf16 (K/2, N, 2) or undefined
+  int64_t K = 0, N = 0, ld = 0;
   Weight() = default;
-  Weight(const Tensor& kn, bool bf16) : K(kn.size(0)), N(kn.size(1)) {
-    if (bf16 && could_pack_bf16(K)) {
+  Weight(const Tensor& kn, bool bf16, bool pad = false) : K(kn.size(0)), N(kn.size(1)), ld(N) {
+    if (pad && !bf16 && (N * int64_t(sizeof(S))) % 4096 == 0) {
+      ld = N + 64 / int64_t(sizeof(S));
+      full = at::empty({K, ld}, kn.options()).narrow(1, 0, N);
+      full.copy_(kn);
+    } else if (bf16 && could_pack_bf16(K)) {
       packed = pack_bf16(kn);
       full = kn.contiguous();
     } else if (bf16) {
@@ -110,7 +120,7 @@ void mm(GemmKind kind, int64_t M, const S* a, int64_t lda, const at::BFloat16* a
       return;
     }
     if (kind == kRowGemm) {
-      gemm_rows(M, N, K, a, lda, w.full.template data_ptr<float>(), N, c, ldc, acc);
+      gemm_rows(M, N, K, a, lda, w.full.template data_ptr<float>(), w.ld, c, ldc, acc);
       return;
     }
   }
@@ -183,6 +193,7 @@ struct Problem {
   const S *m_rec, *z_c, *z_h;               // (B, R), (B, T, H), (B, T, R) or nullptr
   const bool* mask;                         // (B, T) or nullptr
   const S *zeros, *ones;                    // at least max(H, R) long
+  bool plain;  // no LayerNorm, peepholes or zoneout of c: the gate passes' short loops
   bool padded(int64_t b, int64_t t) const { return mask && !mask[b * T + t]; }
 };
 
@@ -215,6 +226,7 @@ Problem<S> problem(const Tensor& x, int64_t H, int64_t R, int64_t P, const Tenso
   q.p_f = p ? p + H : zeros;
   q.p_o = p ? p + 2 * H : zeros;
   q.m_rec = ptr<S>(rec);
+  q.plain = !q.ln && !p && !(zc.has_value() && zc->defined());
   q.z_c = ptr<S>(zc);
   q.z_h = ptr<S>(zh);
   q.mask = mask.has_value() && mask->defined() ? mask->data_ptr<bool>() : nullptr;
@@ -245,6 +257,9 @@ struct Forward {
   S *out, *hnew;             // (B, T, R); projection: this step's m W_hr^T (B, P)
   at::BFloat16 *hb, *mb;     // bf16 mode: copies of the recurrent GEMM's a operand (the
                              // slots, or (T, B, R) with dropout) and of ms
+  S* xin;                    // fused input: [x_t, h_in] (T, B, I + R), else nullptr
+  Weight<S> w_in_t;          // fused input: [W_ih, W_hh]^T (I + R, G)
+  int64_t I;
 
   // The recurrent GEMM's a operand of time t: h_in (dropout) or the carried h.
   S* h_operand(int64_t t, int64_t p) const {
@@ -268,9 +283,24 @@ struct Forward {
     }
   }
 
-  // LN: hhat[t] = h_in W_hh^T; else acts[t] += h_in W_hh^T (acts[t] holds x W_ih^T).
+  // Fused input: the h_in part of xin[t] for rows [b0, b1) of step s.
+  void stage_rows(int64_t s, int64_t b0, int64_t b1) const {
+    if (!xin) return;
+    const int64_t t = q.slots.time(s), p = q.slots.prev(s, t), R = q.R;
+    const S* h = h_operand(t, p);
+    for (int64_t b = b0; b < b1; ++b)
+      std::copy(h + b * R, h + (b + 1) * R, xin + (t * q.B + b) * (I + R) + I);
+  }
+
+  // Fused input: acts[t] = [x_t, h_in] [W_ih, W_hh]^T; LN: hhat[t] = h_in W_hh^T; else
+  // acts[t] += h_in W_hh^T (acts[t] holds x W_ih^T).
   void recurrent_gemm(int64_t s, int64_t b0, int64_t b1, GemmKind kind) const {
     const int64_t t = q.slots.time(s), p = q.slots.prev(s, t), B = q.B, R = q.R, G = q.G;
+    if (xin) {
+      mm<S>(kind, b1 - b0, xin + (t * B + b0) * (I + R), I + R, nullptr, w_in_t,
+            acts + (t * B + b0) * G, G, false);
+      return;
+    }
     const at::BFloat16* ab = h_operand_bf16(t, p);
     mm<S>(kind, b1 - b0, h_operand(t, p) + b0 * R, R, ab ? ab + b0 * R : nullptr, w_hh_t,
           (q.ln ? hhat : acts) + (t * B + b0) * G, G, !q.ln);
@@ -299,6 +329,25 @@ struct Forward {
         continue;
       }
       S* a = acts + row * G;  // pre-activations in, activated i, f, g, o out
+      if (q.plain) {  // the lines below with p = 0 and no LayerNorm or zoneout, in one loop
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const S i = sigmoid(a[j] + bias[j]);
+          const S f = sigmoid(a[H + j] + bias[H + j]);
+          const S g = std::tanh(a[2 * H + j] + bias[2 * H + j]);
+          const S c = f * cp[j] + i * g;
+          const S o = sigmoid(a[3 * H + j] + bias[3 * H + j]);
+          a[j] = i;
+          a[H + j] = f;
+          a[2 * H + j] = g;
+          a[3 * H + j] = o;
+          cnext[j] = c;
+          m[j] = o * std::tanh(c);
+        }
+        if (mb) shadow(m, mb + row * H, H);
+        if (!q.proj) finish_h(s, b, m);
+        continue;
+      }
       if (q.ln) {
         S* hh = hhat + row * G;
         rstd_h[row] = normalise(hh, G, eps);
@@ -410,6 +459,22 @@ GemmKind gemm_kind(bool is_float, bool bf16, int64_t H, int64_t R, int64_t P, in
   return bytes <= kRowBlockWeightBytes ? kRowGemm : kAtenGemm;
 }
 
+// Whether the per-step GEMM also makes the input projection ("fused input"): acts[t] =
+// [x_t, h_in] [W_ih, W_hh]^T, K = I + R, instead of one (T*B, I) x (I, G) GEMM before the loop
+// and a per-step GEMM that reads it back (beta = 1); the backward then makes dW_ih and dW_hh
+// in one GEMM too. Only per step in float32 without LayerNorm (which normalises the two
+// products apart) or bf16, and where W_ih is small next to W_hh (at most kFuseInputBytes): at
+// workload F (LSTMP, I = 64, W_ih 512 KiB; one thread) the input projection (K = 64, 114
+// GFLOP/s) and the recurrent GEMMs took 27 + 75 ms a sequence, fused 3 + 70 (padded b, see
+// Weight), and dW_ih + dW_hh 25 + 58 ms, merged 69; at G (I = 650, 20 rows) W_ih alone is
+// 6.8 MB, which each step would stream.
+constexpr int64_t kFuseInputBytes = int64_t(1) << 20;
+
+bool fuse_input(GemmKind kind, bool ln, bool bf16, int64_t I, int64_t H) {
+  return kind != kRowGemm && !ln && !bf16 &&
+         4 * H * I * int64_t(sizeof(float)) <= kFuseInputBytes;
+}
+
 template <typename S>
 std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor& c0,
                                  const std::vector<OptTensor>& params,
@@ -427,15 +492,26 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor
   const auto opt = x.options();
   const auto opt_b = opt.dtype(at::kBFloat16);
   const GemmKind kind = gemm_kind(std::is_same_v<S, float>, bf16, H, R, P, mode);
-  f.w_hh_t = Weight<S>(w_hh.t(), bf16);
-  if (P) f.w_hr_t = Weight<S>(w_hr->t(), bf16);
+  const bool fuse = fuse_input(kind, q.ln, bf16, I, H);
+  if (P) f.w_hr_t = Weight<S>(w_hr->t(), bf16, kind != kRowGemm);
+  f.I = I;
 
-  // The input projection of every step, one GEMM: (T*B, I) @ (I, G).
-  Tensor xt = x.transpose(0, 1).contiguous();  // (T, B, I)
-  Tensor ax = at::empty({T, B, G}, opt);       // x W_ih^T; LN: normalised in place
-  Tensor xt_b;                                 // bf16 mode: xt in bf16
-  Weight<S> w_ih_t(w_ih.t(), bf16);
-  if (bf16 && w_ih_t.vnni()) {
+  // The input projection of every step, one GEMM: (T*B, I) @ (I, G); fused input: x_t goes
+  // into xh[t] instead, for the per-step GEMMs.
+  Tensor xh = fuse ? at::empty({T, B, I + R}, opt) : Tensor();  // [x_t, h_in]
+  if (fuse) xh.narrow(2, 0, I).copy_(x.transpose(0, 1));
+  Tensor xt = fuse ? xh.narrow(2, 0, I) : x.transpose(0, 1).contiguous();  // (T, B, I)
+  Tensor ax = at::empty({T, B, G}, opt);  // x W_ih^T; LN: normalised in place; fused: unset
+  Tensor xt_b;                            // bf16 mode: xt in bf16
+  if (fuse) {
+    f.w_in_t = Weight<S>(at::cat({w_ih, w_hh}, 1).t(), false, true);
+  } else {
+    f.w_hh_t = Weight<S>(w_hh.t(), bf16, kind != kRowGemm);
+  }
+  Weight<S> w_ih_t = fuse ? Weight<S>() : Weight<S>(w_ih.t(), bf16);
+  if (fuse) {
+    // nothing: the per-step GEMMs make x W_ih^T
+  } else if (bf16 && w_ih_t.vnni()) {
     xt_b = xt.to(at::kBFloat16);
     over_blocks(T * B, at::get_num_threads(), [&](int64_t r0, int64_t r1, int64_t) {
       mm<S>(kRowGemm, r1 - r0, nullptr, I, xt_b.data_ptr<at::BFloat16>() + r0 * I, w_ih_t,
@@ -489,6 +565,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor
   f.hnew = hnew.data_ptr<S>();
   f.hb = ptr<at::BFloat16>(hb);
   f.mb = ptr<at::BFloat16>(mb);
+  f.xin = ptr<S>(xh);
   TORCH_CHECK(!bf16 || (f.w_hh_t.vnni() && (!P || f.w_hr_t.vnni())),
               "lstm_variant: bf16 mode needs an even R and H (a bf16 CPU ukernel), got R = ", R,
               ", H = ", H);
@@ -501,7 +578,10 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor
   } else {
     const int64_t blocks = row_threads(B, at::get_num_threads());
     for (int64_t s = 0; s < T; ++s) {
-      over_blocks(B, blocks, [&](int64_t b0, int64_t b1, int64_t) { f.dropout_rows(s, b0, b1); });
+      over_blocks(B, blocks, [&](int64_t b0, int64_t b1, int64_t) {
+        f.dropout_rows(s, b0, b1);
+        f.stage_rows(s, b0, b1);
+      });
       f.recurrent_gemm(s, 0, B, kind);
       over_blocks(B, blocks, [&](int64_t b0, int64_t b1, int64_t) { f.gate_rows(s, b0, b1); });
       if (P) {
@@ -515,7 +595,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor
   if (!train) return {out, h_n, c_n};
   // What the backward needs (undefined where an option is off), in the order it reads them.
   return {out,  h_n,    c_n,  xt,     acts, q.ln ? ax : Tensor(), rstd_x, hhat, rstd_h,
-          chat, rstd_c, ms,   hs,     cs,   hin,                   cn};
+          chat, rstd_c, ms,   hs,     cs,   hin,                   cn, xh};
 }
 
 // The backward's buffers and steps. Per step, going back in time, with dhd (B, R) the
@@ -593,6 +673,29 @@ struct Backward {
       const S* c_new = cn ? cn + row * H : cs + (n * B + b) * H;
       const S* z = q.z_c ? q.z_c + (b * q.T + t) * H : q.zeros;
       S* dcr = dc + b * H;
+      if (q.plain) {  // the lines below with p = 0, z = 0 and no LayerNorm, in one loop
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const S tc = std::tanh(c_new[j]);
+          const S i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+          const S da_o = dmr[j] * tc * o * (S(1) - o);
+          const S dcn = dmr[j] * o * (S(1) - tc * tc) + dcr[j];  // dL/dc_new
+          const S da_i = dcn * g * i * (S(1) - i);
+          const S da_f = dcn * cp[j] * f * (S(1) - f);
+          const S da_g = dcn * i * (S(1) - g * g);
+          dcr[j] = dcn * f;  // dL/dc_{t-1}
+          d[j] = da_i;
+          d[H + j] = da_f;
+          d[2 * H + j] = da_g;
+          d[3 * H + j] = da_o;
+          db[j] += da_i;
+          db[H + j] += da_f;
+          db[2 * H + j] += da_g;
+          db[3 * H + j] += da_o;
+        }
+        if (dah_b) shadow(d, dah_b + row * G, G);  // dah is da without LayerNorm
+        continue;
+      }
       // m = o tanh(c_hat): d[3H + j] = dL/do for now, u = dL/dc_new through c_hat.
       if (q.ln) {
         const S* ch = chat + row * H;
@@ -709,7 +812,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n, const
   auto get = [&](size_t k) { return saved[k].has_value() ? *saved[k] : Tensor(); };
   const Tensor xhat = get(2), rstd_x = get(3), hhat = get(4), rstd_h = get(5), chat = get(6);
   const Tensor rstd_c = get(7), ms = get(8), hs = get(9), cs = get(10), hin = get(11);
-  const Tensor cn = get(12);
+  const Tensor cn = get(12), xh = get(13);  // xh: fused input (see fuse_input)
   const Tensor &w_ih = *params[0], &w_hh = *params[1], &bias = *params[2];
   const OptTensor& w_hr = params[3];
   const int64_t T = acts.size(0), B = acts.size(1), G = acts.size(2), H = G / 4;
@@ -727,8 +830,8 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n, const
   const bool rows = kind == kRowGemm;
   const int64_t threads = std::is_same_v<S, float> ? at::get_num_threads() : 1;
   const int64_t blocks = rows ? row_threads(B, threads) : row_threads(B, at::get_num_threads());
-  k.w_hh = Weight<S>(w_hh, bf16);
-  if (P) k.w_hr = Weight<S>(*w_hr, bf16);
+  k.w_hh = Weight<S>(w_hh, bf16, !rows);
+  if (P) k.w_hr = Weight<S>(*w_hr, bf16, !rows);
 
   Tensor dout = dout_.contiguous();  // (B, T, R)
   Tensor da = at::empty({T, B, G}, opt);
@@ -795,8 +898,15 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n, const
               : at::mm(flat, w_ih);
     dx = dx.view({T, B, I}).transpose(0, 1);  // (B, T, I)
   }
-  Tensor dw_ih = weight_grad(flat, xt.view({T * B, I}), bf16);  // (G, I)
-  Tensor dw_hh = weight_grad(dah.view({T * B, G}), h_prev.reshape({T * B, R}), bf16);  // (G, R)
+  Tensor dw_ih, dw_hh;
+  if (xh.defined()) {  // fused input (no LN: dah is da): [dW_ih, dW_hh] in one GEMM, K = T*B
+    Tensor dw_in = at::mm(xh.view({T * B, I + R}).t(), flat);  // (I + R, G)
+    dw_ih = dw_in.narrow(0, 0, I).t().contiguous();           // (G, I)
+    dw_hh = dw_in.narrow(0, I, R).t().contiguous();           // (G, R)
+  } else {
+    dw_ih = weight_grad(flat, xt.view({T * B, I}), bf16);                               // (G, I)
+    dw_hh = weight_grad(dah.view({T * B, G}), h_prev.reshape({T * B, R}), bf16);  // (G, R)
+  }
   Tensor dw_hr = P ? weight_grad(dhn.view({T * B, P}), ms.view({T * B, H}), bf16) : Tensor();
   return {dx, dh0, dc, dw_ih, dw_hh, db, dw_hr, dg_ih, dg_hh, dg_c, db_c, dpeep};
 }
@@ -842,8 +952,8 @@ std::vector<Tensor> lstm_variant_backward(const Tensor& dout, const Tensor& dh_n
                                           const std::vector<OptTensor>& noise,
                                           const OptTensor& mask, bool reverse, double eps,
                                           bool need_dx, bool bf16, int64_t mode) {
-  TORCH_CHECK(saved.size() == 13 && params.size() == 9 && noise.size() == 3,
-              "lstm_variant_backward expected 13 saved tensors, 9 parameters and 3 masks, got ",
+  TORCH_CHECK(saved.size() == 14 && params.size() == 9 && noise.size() == 3,
+              "lstm_variant_backward expected 14 saved tensors, 9 parameters and 3 masks, got ",
               saved.size(), ", ", params.size(), " and ", noise.size());
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(saved[1]->scalar_type(), "lstm_variant_backward", [&] {
