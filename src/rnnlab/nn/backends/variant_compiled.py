@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.nn.backends import _ext
+from rnnlab.nn.backends import _ext, variant_ops  # noqa: F401 (registers the operators)
+from rnnlab.nn.backends.compiled import _extension_reason, _kernel
 from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.variants import CellNoise, VariantLSTMCell
 
@@ -55,6 +56,16 @@ def _kernels() -> ModuleType | None:
     return _ext.load()
 
 
+def _bf16_rows_work() -> bool:
+    """Whether this CPU's bf16 ukernel works (fixed for the process, so a constant to
+    torch.compile, like the extension check)."""
+    module = _kernels()
+    return module is not None and module.bf16_rows_work()
+
+
+_bf16_rows_work._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def variant_unavailable(cell: VariantLSTMCell, x: Tensor, *, bf16: bool = False) -> str | None:
     """Why the compiled variant kernel cannot run ``cell`` on ``x`` (None if it can): it needs
     a :class:`VariantLSTMCell`, float32 or float64 CPU tensors with weights of the same dtype,
@@ -70,9 +81,9 @@ def variant_unavailable(cell: VariantLSTMCell, x: Tensor, *, bf16: bool = False)
             "the compiled variant kernel needs float32 or float64 input and weights of one "
             f"dtype, got input {x.dtype} and weights {cell.weight_ih.dtype}"
         )
-    module = _kernels()
-    if module is None:
-        return _ext.unavailable_reason()
+    reason = _extension_reason()  # a constant to torch.compile, as for the other kernels
+    if reason is not None:
+        return reason
     if bf16:
         H, R = cell.hidden_size, cell.output_size
         if x.dtype != torch.float32:
@@ -82,7 +93,7 @@ def variant_unavailable(cell: VariantLSTMCell, x: Tensor, *, bf16: bool = False)
                 "the variant kernel's bf16 mode needs an even hidden size and output width "
                 f"(the bf16 ukernel's VNNI layout), got H = {H}, R = {R}"
             )
-        if not module.bf16_rows_work():
+        if not _bf16_rows_work():
             return "this CPU's oneDNN has no working bf16 ukernel (cpublas::brgemm)"
     return None
 
@@ -105,7 +116,6 @@ def lstm_variant(
     both states and every parameter of the cell. Returns (output (B, T, R), final state).
 
     The caller checks :func:`variant_unavailable` first."""
-    module = _kernels()
     noise = noise or CellNoise()
     params = [getattr(cell, name, None) for name in _PARAMS]
     masks = [None if m is None else m.to(x.dtype).contiguous() for m in noise]
@@ -116,7 +126,8 @@ def lstm_variant(
     if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
         out, h, c = _VariantLSTM.apply(x, h0, c0, mask, masks, options, *params)
     else:  # nothing is kept for a backward pass
-        out, h, c = module.lstm_variant_forward(
+        forward = _kernel("lstm_variant_forward", x)
+        out, h, c = forward(
             x, h0, c0, params, masks, mask, reverse, cell.ln_eps, False, bf16, _mode
         )
     return out, LSTMState(h, c)
@@ -124,15 +135,17 @@ def lstm_variant(
 
 class _VariantLSTM(torch.autograd.Function):
     """A variant LSTM direction over time in C++: x (B, T, I) batch first, mask (B, T) or None,
-    masks [recurrent, zone_c, zone_h] (constants), then the nine parameters of ``_PARAMS``."""
+    masks [recurrent, zone_c, zone_h] (constants), then the nine parameters of ``_PARAMS``.
+    Each pass is one operator of :mod:`~rnnlab.nn.backends.variant_ops` (called directly in
+    eager mode, recorded when traced): the tensors the forward did not make come back empty."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, mask, masks, options, *params):
         reverse, eps, bf16, mode = options
-        result = _kernels().lstm_variant_forward(
+        forward = _kernel("lstm_variant_forward", x)
+        out, h, c, *saved = forward(
             x, h0, c0, list(params), masks, mask, reverse, eps, True, bf16, mode
         )
-        out, h, c, *saved = result
         ctx.options, ctx.masks, ctx.n_saved = options, masks, len(saved)
         ctx.save_for_backward(*saved, *params, mask)
         return out, h, c
@@ -143,8 +156,10 @@ class _VariantLSTM(torch.autograd.Function):
         reverse, eps, bf16, mode = ctx.options
         tensors = ctx.saved_tensors
         saved, params, mask = tensors[: ctx.n_saved], tensors[ctx.n_saved : -1], tensors[-1]
-        dx, dh0, dc0, *dparams = _kernels().lstm_variant_backward(
-            dout, dh, dc, list(saved), list(params), ctx.masks, mask, reverse, eps,
-            ctx.needs_input_grad[0], bf16, mode,
+        backward = _kernel("lstm_variant_backward", dout)
+        dx, dh0, dc0, *dparams = backward(
+            dout.contiguous(), dh.contiguous(), dc.contiguous(), list(saved), list(params),
+            ctx.masks, mask, reverse, eps, ctx.needs_input_grad[0], bf16, mode,
         )  # fmt: skip
-        return dx, dh0, dc0, None, None, None, *dparams
+        grads = [None if g.numel() == 0 else g for g in (dx, *dparams)]
+        return grads[0], dh0, dc0, None, None, None, *grads[1:]
