@@ -21,6 +21,7 @@ from rnnlab.nn.backends import (
     compiled_unavailable,
     dispatch,
     fused,
+    gru_variant_compiled,
     mlstm,
     native,
     parallel,
@@ -55,6 +56,7 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "fused.lstm_variant": (variant_fused, "lstm_variant"),
     "compiled.lstm_variant": (variant_compiled, "lstm_variant"),
     "fused.gru_variant": (variant_fused, "gru_variant"),
+    "compiled.gru_variant": (gru_variant_compiled, "gru_variant"),
 }
 SRC = Path(rnnlab.__file__).parent
 
@@ -482,8 +484,9 @@ def test_variant_bf16_row() -> None:
 @pytest.mark.parametrize(
     "backend, grad, training, kernel",
     [
-        ("auto", True, True, "fused.gru_variant"),
-        ("auto", False, False, "fused.gru_variant"),
+        ("auto", True, True, "compiled.gru_variant"),
+        ("auto", False, False, "compiled.gru_variant"),
+        ("compiled", True, True, "compiled.gru_variant"),
         ("fused", True, True, "fused.gru_variant"),
         ("reference", True, True, "reference"),
         ("torch", False, False, "torch.gru"),  # no LayerNorm, eval: the masks are off
@@ -511,7 +514,8 @@ def test_gru_variant_refusals() -> None:
     layer = rnnlab.GRU(4, 6, layer_norm=True)
     x = torch.randn(2, 3, 4)
     state = [layer._cell_state(layer.zero_state(2), 0)]
-    with pytest.raises(RuntimeError, match="GRU variants have no compiled kernel"):
-        route_layer(layer.cells[:1], x, state, None, backend="compiled")
+    half = rnnlab.GRU(4, 6, layer_norm=True).half()
+    with pytest.raises(RuntimeError, match="GRU-variant kernel needs float32 or float64"):
+        route_layer(half.cells[:1], x.half(), state, None, backend="compiled")
     with pytest.raises(RuntimeError, match="bf16"):
         route_layer(layer.cells[:1], x, state, None, precision="bf16")

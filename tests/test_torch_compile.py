@@ -43,6 +43,7 @@ import rnnlab
 from compiled_kernels import require_compiled_kernels
 from rnnlab.nn.backends import compiled, ops
 from rnnlab.nn.registry import layer_class
+from rnnlab.nn.variant_gru import VariantGRUCell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -484,11 +485,56 @@ def test_noise_masks_compile_whole() -> None:
     assert_equal_runs(got, train_step(model, x))
 
 
+def _gru_variant_cases():
+    """gru_variant_forward / _backward with and without LayerNorm and the masks, B = 1 (xt a
+    view of x), float64."""
+    ops = torch.ops.rnnlab
+    for B, T, ln, masks, dtype in [
+        (3, 5, True, "rh", torch.float32),
+        (1, 4, False, "", torch.float32),
+        (2, 3, True, "h", torch.float64),
+        (3, 2, False, "r", torch.float32),
+    ]:
+        torch.manual_seed(B * T)
+        cell = VariantGRUCell(6, 8, layer_norm=ln).to(dtype)
+        x, h0 = torch.randn(B, T, 6, dtype=dtype), torch.randn(B, 8, dtype=dtype)
+        names = ("weight_ih", "weight_hh", "bias", "bias_hn", "ln_ih_weight", "ln_hh_weight")
+        params = [
+            None if getattr(cell, n, None) is None else getattr(cell, n).detach() for n in names
+        ]
+        noise = [
+            (torch.rand(B, 8, dtype=dtype) < 0.7).to(dtype) / 0.7 if "r" in masks else None,
+            (torch.rand(B, T, 8, dtype=dtype) < 0.3).to(dtype) if "h" in masks else None,
+        ]
+        mask = _mask(B, T) if B > 1 else None
+        args = (x, h0, params, noise, mask, bool(B % 2), cell.ln_eps, True, 0)
+        yield ops.gru_variant_forward, args
+        out, h, *saved = ops.gru_variant_forward(*args)
+        for need_dx in (True, False):
+            back = (torch.randn_like(out), torch.randn_like(h), saved, params, noise, mask,
+                    bool(B % 2), cell.ln_eps, need_dx, 0)  # fmt: skip
+            yield ops.gru_variant_backward, back
+        yield ops.gru_variant_forward, (*args[:7], False, 0)
+
+
+def test_gru_variant_fake_kernels_match_the_real_ones() -> None:
+    for op, args in _gru_variant_cases():
+        result = torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+        assert set(result.values()) == {"SUCCESS"}, (op, result)
+
+
 def test_gru_variants_compile_whole() -> None:
-    """The GRU variants' fused path is torch operations throughout: one graph."""
-    model = TinyModel(rnnlab.GRU, layer_norm=True)
-    fast = torch.compile(model, backend="aot_eager", fullgraph=True)
+    model = TinyModel(rnnlab.GRU, layer_norm=True, zoneout=0.1)
+    assert model.rnn.resolve_backend() == "compiled"
+    recorder = Recorder()
+    fast = torch.compile(model, backend=recorder.backend, fullgraph=True)
     x = ids()
-    assert_equal_runs(train_step(fast, x), train_step(model, x))
+    torch.manual_seed(3)
+    got = train_step(fast, x)
+    torch.manual_seed(3)
+    assert_equal_runs(got, train_step(model, x))
+    assert recorder.rnnlab_ops() == {"gru_variant_forward", "gru_variant_backward"}
+    recorder.ops.clear()
     model.eval()
     assert_equal_runs(infer(fast, x), infer(model, x))
+    assert recorder.rnnlab_ops() == {"gru_variant_forward"}

@@ -289,9 +289,9 @@ class GRU(RecurrentLayer):
     Keyword-only variants (:mod:`rnnlab.nn.variant_gru`, equations there): ``layer_norm``
     (Ba et al. 2016), ``recurrent_dropout`` (Keras's, one mask per sequence on h_{t-1}) and
     ``zoneout`` (Krueger et al. 2017, one rate). Any of them builds
-    :class:`~rnnlab.nn.variant_gru.VariantGRUCell` s, run by the reference loop and the fused
-    path (``"auto"`` takes it; the compiled kernels are the plain GRU's). ``torch`` runs a
-    variant only without LayerNorm and without masks (in eval mode).
+    :class:`~rnnlab.nn.variant_gru.VariantGRUCell` s, run by the reference loop, the fused
+    path and their own compiled kernel (``_ext/gru_variant.cpp``, which ``"auto"`` takes).
+    ``torch`` runs a variant only without LayerNorm and without masks (in eval mode).
     """
 
     cell_type = GRUCell

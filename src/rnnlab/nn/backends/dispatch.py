@@ -22,7 +22,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from rnnlab.nn.backends import _ext, compiled, native, variant_compiled
+from rnnlab.nn.backends import _ext, compiled, gru_variant_compiled, native, variant_compiled
 from rnnlab.nn.backends.kernels import AnyCell, Kernel, Route, State, check_noise, run_kernel
 from rnnlab.nn.backends.precision import (
     PRECISIONS,
@@ -122,7 +122,8 @@ def scan_layer(
     layers pass None when every step is real, e.g. all lengths equal T), "compiled runs" means
     :func:`rnnlab.nn.backends.compiled_unavailable` finds nothing against the cell and x (LSTM
     or GRU, float32/float64 on the CPU, extension built; for a variant LSTM
-    :func:`rnnlab.nn.backends.variant_compiled.variant_unavailable`)::
+    :func:`rnnlab.nn.backends.variant_compiled.variant_unavailable`, for a variant GRU
+    :func:`rnnlab.nn.backends.gru_variant_compiled.gru_variant_unavailable`)::
 
         backend      call conditions                                 kernel (each direction)
         -----------  ----------------------------------------------  -------------------------
@@ -141,10 +142,8 @@ def scan_layer(
                        recurrent dropout or zoneout)                   input side hoisted, then
                                                                        the cell's step under
                                                                        autograd)
-        fused, auto  variant GRU (LayerNorm, recurrent dropout,      fused.gru_variant (the
+        fused        variant GRU (LayerNorm, recurrent dropout,      fused.gru_variant (the
                        zoneout)                                        same, for the GRU step)
-        compiled     variant GRU                                     RuntimeError: no compiled
-                                                                       kernel; use 'auto'
         torch        variant LSTM with LayerNorm or peepholes,       RuntimeError: torch's op
                        variant GRU with LayerNorm                      has none of them
         torch        variant LSTM or GRU, training masks             RuntimeError: torch's op
@@ -168,7 +167,8 @@ def scan_layer(
         compiled     compiled cannot run                             RuntimeError: the reason
                                                                        and the fix
         auto         compiled cannot run                             fused.lstm / .gru / .rnn,
-                                                                       fused.lstm_variant,
+                                                                       fused.lstm_variant /
+                                                                       .gru_variant,
                                                                        parallel.mingru / .minlstm
                                                                        (warns once if the
                                                                        extension failed to build)
@@ -186,6 +186,9 @@ def scan_layer(
                        noise                                           (lstm_variant.cpp: the
                                                                        options' equations, whole
                                                                        time loops in C++)
+                     variant GRU, grad or not, any mask, any noise   compiled.gru_variant
+                                                                       (gru_variant.cpp; float32
+                                                                       and float64, no bf16)
 
         bf16 GEMM operands (Route.bf16), from the backend chosen above:
         precision    call conditions                                 bf16
@@ -322,6 +325,8 @@ def _compiled_kernel(cell: AnyCell, x: Tensor, state: State, mask: Tensor | None
     """The compiled rows of the table for one direction."""
     if isinstance(cell, VariantLSTMCell):
         return "compiled.lstm_variant"
+    if isinstance(cell, VariantGRUCell):
+        return "compiled.gru_variant"
     if isinstance(cell, MinCell):
         return "compiled.mingru" if isinstance(cell, MinGRUCell) else "compiled.minlstm"
     grad = needs_backward(x, [cell], [state])
@@ -365,8 +370,8 @@ def resolve_backend(
         native.check_variant(cell)
     if requested in ("fused", "torch"):
         return requested
-    if isinstance(cell, VariantGRUCell):  # auto's fused row; a forced compiled raises
-        reason = "the GRU variants have no compiled kernel (their fast path is 'fused')"
+    if isinstance(cell, VariantGRUCell):
+        reason = gru_variant_compiled.gru_variant_unavailable(cell, x)
     elif isinstance(cell, VariantLSTMCell):
         reason = variant_compiled.variant_unavailable(cell, x)
     else:
@@ -378,7 +383,7 @@ def resolve_backend(
             f"backend='compiled' cannot run here: {reason}. Use backend='auto' (falls back to "
             "the pure-torch fused path) or backend='fused'."
         )
-    if _ext.build_failed() and not _warned_fallback and not isinstance(cell, VariantGRUCell):
+    if _ext.build_failed() and not _warned_fallback:
         _warned_fallback = True
         warnings.warn(
             f"rnnlab: using the slower pure-torch fused path because {reason}",

@@ -18,6 +18,7 @@ from torch import Tensor
 from rnnlab.nn.backends import (
     compiled,
     fused,
+    gru_variant_compiled,
     mlstm,
     native,
     parallel,
@@ -57,6 +58,7 @@ Kernel = Literal[
     "fused.lstm_variant",
     "compiled.lstm_variant",
     "fused.gru_variant",
+    "compiled.gru_variant",
 ]
 
 State = Tensor | LSTMState | SLSTMState | MLSTMState
@@ -97,6 +99,9 @@ def run_kernel(
         return out, final, None
     if kernel == "fused.gru_variant":
         out, final = variant_fused.gru_variant(cell, x, state, mask, noise, reverse=reverse)
+        return out, final, None
+    if kernel == "compiled.gru_variant":
+        out, final = gru_variant_compiled.gru_variant(cell, x, state, mask, noise, reverse=reverse)
         return out, final, None
     if kernel == "compiled.lstm_variant":
         out, final = variant_compiled.lstm_variant(

@@ -10,9 +10,10 @@ and the steps read precomputed rows. The recurrence itself (the recurrent produc
 LayerNorm, the gates, the projection, the masks) is the cell's own
 :meth:`~VariantLSTMCell.forward`, so this path cannot drift from the reference; autograd writes
 its backward (which can itself be differentiated, unlike the classic cells' fused path). The
-compiled kernel of the LSTM variants (:mod:`rnnlab.nn.backends.variant_compiled`) is the fast
-one; this path runs where it cannot (float16, CUDA, the extension missing), wherever
-``backend="fused"`` is asked for, and for the GRU variants, which have no compiled kernel.
+compiled kernels (:mod:`rnnlab.nn.backends.variant_compiled` for the LSTM variants,
+:mod:`rnnlab.nn.backends.gru_variant_compiled` for the GRU's) are the fast ones; this path runs
+where they cannot (float16, CUDA, the extension missing) and wherever ``backend="fused"`` is
+asked for.
 """
 
 from __future__ import annotations

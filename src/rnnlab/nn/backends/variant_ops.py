@@ -1,5 +1,6 @@
-"""The LSTM variants' compiled kernel (``_ext/lstm_variant.cpp``) as two torch operators,
-``torch.ops.rnnlab.lstm_variant_forward`` and ``lstm_variant_backward``, so that
+"""The LSTM and GRU variants' compiled kernels (``_ext/lstm_variant.cpp``,
+``_ext/gru_variant.cpp``) as torch operators, ``torch.ops.rnnlab.lstm_variant_forward``,
+``lstm_variant_backward``, ``gru_variant_forward`` and ``gru_variant_backward``, so that
 ``torch.compile`` keeps a model of variant layers in one graph (see
 :mod:`rnnlab.nn.backends.ops`, which does the same for the other kernels and holds the
 ``rnnlab`` namespace this module adds to).
@@ -140,4 +141,67 @@ _define(
     "bool bf16, int mode) -> Tensor[]",
     _backward,
     _backward_fake,
+)
+
+
+# -- the GRU variants: saved xt, acts, rec, hs, hin, ax, rstd_x, gh, rstd_h -----------------------
+def _gru_forward(x, h0, params, noise, mask, reverse, eps, train, mode):
+    result = _kernels().gru_variant_forward(x, h0, params, noise, mask, reverse, eps, train, mode)
+    return _owned(_none_to_empty(result, x), [x, h0, *params, *noise, mask])
+
+
+def _gru_forward_fake(x, h0, params, noise, mask, reverse, eps, train, mode):
+    B, T, I = x.shape
+    H = h0.shape[-1]
+    G, ln, rec = 3 * H, params[4] is not None, noise[0] is not None
+    first = [x.new_empty(B, T, H), x.new_empty(B, H)]
+    if not train:
+        return first
+
+    def empty(*shape: int, on: bool = True) -> Tensor:
+        return x.new_empty(*shape) if on else x.new_empty(0)
+
+    return [
+        *first,
+        empty(T, B, I),  # xt
+        empty(T, B, G),  # acts
+        empty(T, B, H),  # rec: the candidate's recurrent term
+        empty(T + 1, B, H),  # hs
+        empty(T, B, H, on=rec),  # hin
+        empty(T, B, G, on=ln),  # ax (normalised)
+        empty(T, B, on=ln),  # rstd_x
+        empty(T, B, G, on=ln),  # gh
+        empty(T, B, on=ln),  # rstd_h
+    ]
+
+
+_define(
+    "gru_variant_forward(Tensor x, Tensor h0, Tensor?[] params, Tensor?[] noise, Tensor? mask, "
+    "bool reverse, float eps, bool train, int mode) -> Tensor[]",
+    _gru_forward,
+    _gru_forward_fake,
+)
+
+
+def _gru_backward(dout, dh, saved, params, noise, mask, reverse, eps, need_dx, mode):
+    saved = [None if t is None or t.numel() == 0 else t for t in saved]
+    result = _kernels().gru_variant_backward(
+        dout, dh, saved, params, noise, mask, reverse, eps, need_dx, mode
+    )
+    return _owned(_none_to_empty(result, dout), [dout, dh, *saved, *params, *noise, mask])
+
+
+def _gru_backward_fake(dout, dh, saved, params, noise, mask, reverse, eps, need_dx, mode):
+    B, T, _ = dout.shape
+    xt = saved[0]  # (T, B, I)
+    dx = dout.new_empty(T, B, xt.shape[-1]).transpose(0, 1) if need_dx else dout.new_empty(0)
+    grads = [dout.new_empty(0) if p is None else torch.empty_like(p) for p in params]
+    return [dx, torch.empty_like(dh), *grads]
+
+
+_define(
+    "gru_variant_backward(Tensor dout, Tensor dh, Tensor?[] saved, Tensor?[] params, "
+    "Tensor?[] noise, Tensor? mask, bool reverse, float eps, bool need_dx, int mode) -> Tensor[]",
+    _gru_backward,
+    _gru_backward_fake,
 )

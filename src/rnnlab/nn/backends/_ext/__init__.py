@@ -66,7 +66,7 @@ BUILD_MESSAGE = "building rnnlab CPU kernels, once, about 40 s"
 _DIR = Path(__file__).parent
 # recurrent.h (shared helpers and the layout notes), then one file per kernel family (decoder.cpp:
 # a language model's softmax cross-entropy; minscan.cpp: the minGRU / minLSTM time loop;
-# lstm_variant.cpp: the LSTM variants' time loop).
+# lstm_variant.cpp and gru_variant.cpp: the LSTM and GRU variants' time loops).
 _SOURCES = [
     _DIR / name
     for name in (
@@ -76,6 +76,7 @@ _SOURCES = [
         "decoder.cpp",
         "minscan.cpp",
         "lstm_variant.cpp",
+        "gru_variant.cpp",
         "module.cpp",
     )
 ]

@@ -52,6 +52,19 @@ std::vector<Tensor> lstm_variant_backward(const Tensor& dout, const Tensor& dh_n
                                           const c10::optional<Tensor>& mask, bool reverse,
                                           double eps, bool need_dx, bool bf16, int64_t mode);
 
+// gru_variant.cpp: the GRU variants' time loop (VariantGRUCell), forward and backward.
+std::vector<Tensor> gru_variant_forward(const Tensor& x, const Tensor& h0,
+                                        const std::vector<c10::optional<Tensor>>& params,
+                                        const std::vector<c10::optional<Tensor>>& noise,
+                                        const c10::optional<Tensor>& mask, bool reverse,
+                                        double eps, bool train, int64_t mode);
+std::vector<Tensor> gru_variant_backward(const Tensor& dout, const Tensor& dh_n,
+                                         const std::vector<c10::optional<Tensor>>& saved,
+                                         const std::vector<c10::optional<Tensor>>& params,
+                                         const std::vector<c10::optional<Tensor>>& noise,
+                                         const c10::optional<Tensor>& mask, bool reverse,
+                                         double eps, bool need_dx, int64_t mode);
+
 }  // namespace rnnlab_ext
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -69,4 +82,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_flush_denormals", &rnnlab_ext::set_flush_denormals);
   m.def("lstm_variant_forward", &rnnlab_ext::lstm_variant_forward);
   m.def("lstm_variant_backward", &rnnlab_ext::lstm_variant_backward);
+  m.def("gru_variant_forward", &rnnlab_ext::gru_variant_forward);
+  m.def("gru_variant_backward", &rnnlab_ext::gru_variant_backward);
 }
