@@ -187,20 +187,28 @@ class _Layer(torch.nn.Module):
 
 
 @pytest.mark.parametrize(
-    ("P", "options"), [(256, ""), (0, ""), (256, "noise"), (128, "mask")], ids=str
+    ("P", "options"),
+    [(256, ""), (0, ""), (256, "noise"), (128, "mask"), (0, "ln"), (256, "ln noise mask")],
+    ids=str,
 )
 def test_input_folded_into_the_step_gemm_with_padded_rows(P: int, options: str) -> None:
     """H = 512 (4H = 2048, rows 8 KiB apart: the per-step weights get a padded row) and a small
     W_ih: the per-step GEMMs over [x_t, h] take the input projection too, and the backward
-    makes dW_ih and dW_hh in one GEMM. Every per-step mode against the reference loop."""
+    makes dW_ih and dW_hh in one GEMM; with LayerNorm the input projection is a GEMM of its own
+    at each step and the LayerNorms run inside the gate passes. Every per-step mode against the
+    reference loop."""
     torch.manual_seed(P)
-    cell = VariantLSTMCell(16, 512, proj_size=P)
+    cell = VariantLSTMCell(16, 512, proj_size=P, layer_norm="ln" in options)
+    with torch.no_grad():  # gains off 1, so that a misplaced one shows
+        for name in ("ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias"):
+            if hasattr(cell, name):
+                getattr(cell, name).add_(0.3 * torch.randn_like(getattr(cell, name)))
     R, B, T = cell.output_size, 9, 4
     x = torch.randn(B, T, 16)
     state = LSTMState(torch.randn(B, R), torch.randn(B, 512))
-    mask = torch.rand(B, T) < 0.7 if options == "mask" else None
+    mask = torch.rand(B, T) < 0.7 if "mask" in options else None
     noise = None
-    if options == "noise":
+    if "noise" in options:
         keep = (torch.rand(B, R) < 0.7).float() / 0.7
         noise = CellNoise(keep, None, (torch.rand(B, T, R) < 0.4).float())
     for reverse in (False, True):

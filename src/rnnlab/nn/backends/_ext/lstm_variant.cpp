@@ -13,20 +13,21 @@
 //   c_t = d_c c + (1 - d_c) c_new ;  h_t = d_h h + (1 - d_h) h_new      (zoneout)
 //
 // The algorithm is the fused path's (rnnlab/nn/backends/fused.py):
-// * forward: x W_ih^T for all steps in one GEMM, and its LayerNorm for all T*B rows at once;
-//   then per step one recurrent GEMM, one pass over the gates (LayerNorm of the recurrent
-//   product and of c_new inside it, row by row), and with a projection a second GEMM and a
-//   short pass for zoneout of h. Per step without LayerNorm and with a small W_ih, the
-//   recurrent GEMM makes the input projection too ([x_t, h_in] [W_ih, W_hh]^T, see
-//   fuse_input), and dW_ih, dW_hh are then one GEMM;
+// * forward: x W_ih^T for all steps in one GEMM; then per step one recurrent GEMM, one pass
+//   over the gates (with LayerNorm, the normalisation of both products and of c_new inside it,
+//   row by row: ln_gate_row), and with a projection a second GEMM and a short pass for zoneout
+//   of h. Per step without LayerNorm and with a small W_ih, the recurrent GEMM makes the input
+//   projection too ([x_t, h_in] [W_ih, W_hh]^T, see fuse_input), and dW_ih, dW_hh are then
+//   one GEMM; with LayerNorm and a small W_ih, x_t W_ih^T is its own per-step GEMM instead
+//   (see step_input);
 // * the forward keeps the activated gates, the normalised LayerNorm inputs and their 1/std, m
 //   (projection) and the states; the backward recomputes only tanh of the cell state;
 // * backward, per step: a pass for dh (zoneout), with a projection dm = dh_new W_hr (a GEMM),
-//   one pass over the gates (giving the gate and recurrent-LayerNorm gradients), then
-//   dL/dh_in = dA_h W_hh (a GEMM). The gradients of b, the LayerNorm gains and biases and the
-//   peepholes are summed by each row block as it goes (rows still in cache); after the loop
-//   the input LayerNorm's backward runs over all T*B rows at once, and dx, dW_ih, dW_hh and
-//   dW_hr are single GEMMs over all T*B rows.
+//   one pass over the gates (giving the gate gradients and, through the LayerNorms, those of
+//   both products), then dL/dh_in = dA_h W_hh (a GEMM). The gradients of b, the LayerNorm
+//   gains and biases and the peepholes are summed by each row block as it goes (rows still in
+//   cache); dx, dW_ih, dW_hh and dW_hr are single GEMMs over all T*B rows after the loop
+//   (per-step input: dW_ih is summed per step).
 //
 // Threads and GEMMs: batch rows are independent sequences, so (as lstm.cpp) each thread can
 // run its own block of rows through every step with single-threaded oneDNN ukernel GEMMs
@@ -73,6 +74,34 @@ const S* ptr(const OptTensor& t) {
   return t.has_value() && t->defined() ? t->data_ptr<S>() : nullptr;
 }
 
+// dst (K, N), row stride ld <- src (K, N) of any strides (float32/float64), in 32 x 32
+// tiles. ATen's copy of a transposed view goes element by element: at workload F (one thread)
+// W_hh^T (512, 2048) took 10 ms that way and 1.2 ms in tiles.
+template <typename S>
+void copy_tiled(const Tensor& src, S* dst, int64_t ld) {
+  const int64_t K = src.size(0), N = src.size(1), s0 = src.stride(0), s1 = src.stride(1);
+  const S* a = src.data_ptr<S>();
+  constexpr int64_t kTile = 32;
+  for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+    const int64_t k1 = std::min(K, k0 + kTile);
+    for (int64_t n0 = 0; n0 < N; n0 += kTile) {
+      const int64_t n1 = std::min(N, n0 + kTile);
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t n = n0; n < n1; ++n) dst[k * ld + n] = a[k * s0 + n * s1];
+    }
+  }
+}
+
+// src as a contiguous tensor (copy_tiled where it is not one already).
+Tensor contiguous_tiled(const Tensor& src) {
+  if (src.is_contiguous() || src.dim() != 2) return src.contiguous();
+  Tensor out = at::empty(src.sizes(), src.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "contiguous_tiled", [&] {
+    copy_tiled<scalar_t>(src, out.data_ptr<scalar_t>(), src.size(1));
+  });
+  return out;
+}
+
 // A GEMM's b operand (K, N), prepared once per call: float32/float64 row-major, and in bf16
 // mode also the same values in bf16, VNNI-packed for brgemm (K even) or rounded to bf16 and
 // kept in float32 (K odd). With `pad` (the per-step MKL/oneDNN GEMMs), rows whose length is
@@ -89,14 +118,14 @@ struct Weight {
     if (pad && !bf16 && (N * int64_t(sizeof(S))) % 4096 == 0) {
       ld = N + 64 / int64_t(sizeof(S));
       full = at::empty({K, ld}, kn.options()).narrow(1, 0, N);
-      full.copy_(kn);
+      copy_tiled<S>(kn, full.template data_ptr<S>(), ld);
     } else if (bf16 && could_pack_bf16(K)) {
       packed = pack_bf16(kn);
       full = kn.contiguous();
     } else if (bf16) {
       full = kn.to(at::kBFloat16).to(kn.scalar_type()).contiguous();  // bf16 values in fp32
     } else {
-      full = kn.contiguous();
+      full = contiguous_tiled(kn);
     }
   }
   bool vnni() const { return packed.defined(); }
@@ -134,45 +163,6 @@ void mm(GemmKind kind, int64_t M, const S* a, int64_t lda, const at::BFloat16* a
   } else {
     at::mm_out(C, A, w.full);
   }
-}
-
-// v (n) <- (v - mean(v)) / sqrt(var(v) + eps), biased variance (torch's layer_norm); returns
-// 1 / sqrt(var + eps).
-template <typename S>
-S normalise(S* v, int64_t n, S eps) {
-  S sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += v[j];
-  const S mean = sum / S(n);
-  S sq = 0;
-#pragma omp simd reduction(+ : sq)
-  for (int64_t j = 0; j < n; ++j) {
-    const S d = v[j] - mean;
-    sq += d * d;
-  }
-  const S rstd = S(1) / std::sqrt(sq / S(n) + eps);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) v[j] = (v[j] - mean) * rstd;
-  return rstd;
-}
-
-// LayerNorm's backward for one row: y = LN(v) * g with xhat = LN(v) and rstd = 1 / std; from
-// dy = dL/dy, dv = rstd (dy g - mean(dy g) - xhat mean(dy g xhat)). dv may be dy. Not inlined,
-// and its reduction in a loop of its own: gcc left the same loops scalar where they were
-// inlined into the callers' loops.
-template <typename S>
-__attribute__((noinline)) void ln_backward(const S* dy, const S* xhat, const S* g, S rstd,
-                                           int64_t n, S* dv) {
-  S s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-  for (int64_t j = 0; j < n; ++j) {
-    const S v = dy[j] * g[j];
-    s1 += v;
-    s2 += v * xhat[j];
-  }
-  const S m1 = s1 / S(n), m2 = s2 / S(n);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) dv[j] = rstd * (dy[j] * g[j] - m1 - xhat[j] * m2);
 }
 
 // dst (n) <- bf16(src) where dst is set (bf16 mode), else nothing.
@@ -259,6 +249,8 @@ struct Forward {
                              // slots, or (T, B, R) with dropout) and of ms
   S* xin;                    // fused input: [x_t, h_in] (T, B, I + R), else nullptr
   Weight<S> w_in_t;          // fused input: [W_ih, W_hh]^T (I + R, G)
+  const S* xs;               // per-step input (see step_input): x (T, B, I), else nullptr
+  Weight<S> w_ih_t;          // per-step input: W_ih^T (I, G)
   int64_t I;
 
   // The recurrent GEMM's a operand of time t: h_in (dropout) or the carried h.
@@ -313,9 +305,7 @@ struct Forward {
     // Locals, not members, inside the simd loops: a store through a float pointer might, for
     // all the compiler knows, change a member pointer, which then cannot be hoisted, and the
     // loop is not vectorised.
-    const S *bias = q.bias, *g_ih = q.g_ih, *g_hh = q.g_hh, *g_c = q.g_c, *b_c = q.b_c;
-    const S *p_i = q.p_i, *p_f = q.p_f, *p_o = q.p_o;
-    const S eps = q.eps;
+    const S *bias = q.bias, *p_i = q.p_i, *p_f = q.p_f, *p_o = q.p_o;
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t row = t * B + b;
       const S* cp = cs + (p * B + b) * H;
@@ -348,17 +338,15 @@ struct Forward {
         if (!q.proj) finish_h(s, b, m);
         continue;
       }
-      if (q.ln) {
-        S* hh = hhat + row * G;
-        rstd_h[row] = normalise(hh, G, eps);
-        const S* xh = xhat + row * G;
-#pragma omp simd
-        for (int64_t j = 0; j < G; ++j) a[j] = xh[j] * g_ih[j] + hh[j] * g_hh[j] + bias[j];
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < G; ++j) a[j] += bias[j];
-      }
       S* c_new = cn ? cn + row * H : cnext;
+      if (q.ln) {
+        ln_gate_row(row, a, cp, c_new, cnext, m, b, t);
+        if (mb) shadow(m, mb + row * H, H);
+        if (!q.proj) finish_h(s, b, m);
+        continue;
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < G; ++j) a[j] += bias[j];
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const S i = sigmoid(a[j] + p_i[j] * cp[j]);
@@ -378,18 +366,89 @@ struct Forward {
         for (int64_t j = 0; j < H; ++j) cnext[j] = z[j] * cp[j] + (S(1) - z[j]) * c_new[j];
       }
       const S* o = a + 3 * H;
-      if (q.ln) {
-        S* ch = chat + row * H;
-        std::copy(c_new, c_new + H, ch);
-        rstd_c[row] = normalise(ch, H, eps);
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) m[j] = o[j] * std::tanh(ch[j] * g_c[j] + b_c[j]);
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) m[j] = o[j] * std::tanh(c_new[j]);
-      }
+      for (int64_t j = 0; j < H; ++j) m[j] = o[j] * std::tanh(c_new[j]);
       if (mb) shadow(m, mb + row * H, H);
       if (!q.proj) finish_h(s, b, m);
+    }
+  }
+
+  // The gate pass of one row with LayerNorm, in three passes over the row (it stays in L1/L2)
+  // instead of one per LayerNorm step: (1) the sums of the input product (x W_ih^T, from the
+  // GEMM before the loop) and of the recurrent one, then their squared deviations; (2) both
+  // normalised (kept for the backward in place), the gates, c_new and its sum; (3) c_new's
+  // squared deviations, then c_hat and m. At workload F (one thread) the input LayerNorm's own
+  // pass over all T*B rows beforehand and the separate per-row passes took about 30 ms more
+  // a sequence: each row came from memory twice.
+  void ln_gate_row(int64_t row, S* a, const S* cp, S* c_new, S* cnext, S* m, int64_t b,
+                   int64_t t) const {
+    const int64_t H = q.H, G = q.G;
+    const S *bias = q.bias, *g_ih = q.g_ih, *g_hh = q.g_hh, *g_c = q.g_c, *b_c = q.b_c;
+    const S *p_i = q.p_i, *p_f = q.p_f, *p_o = q.p_o;
+    const S eps = q.eps;
+    S* xh = xhat + row * G;  // x W_ih^T in, normalised out
+    S* hh = hhat + row * G;  // h_in W_hh^T in, normalised out
+    S sx = 0, sh = 0;
+#pragma omp simd reduction(+ : sx, sh)
+    for (int64_t j = 0; j < G; ++j) {
+      sx += xh[j];
+      sh += hh[j];
+    }
+    const S mx = sx / S(G), mh = sh / S(G);
+    S vx = 0, vh = 0;
+#pragma omp simd reduction(+ : vx, vh)
+    for (int64_t j = 0; j < G; ++j) {
+      const S dx = xh[j] - mx, dh = hh[j] - mh;
+      vx += dx * dx;
+      vh += dh * dh;
+    }
+    const S rx = S(1) / std::sqrt(vx / S(G) + eps), rh = S(1) / std::sqrt(vh / S(G) + eps);
+    rstd_x[row] = rx;
+    rstd_h[row] = rh;
+    S sc = 0;
+#pragma omp simd reduction(+ : sc)
+    for (int64_t j = 0; j < H; ++j) {
+      S pre[4];  // the gates' pre-activations a = LN(x W_ih^T) g_ih + LN(h_in W_hh^T) g_hh + b
+      for (int k = 0; k < 4; ++k) {
+        const int64_t jj = k * H + j;
+        const S xn = (xh[jj] - mx) * rx, hn = (hh[jj] - mh) * rh;
+        xh[jj] = xn;
+        hh[jj] = hn;
+        pre[k] = xn * g_ih[jj] + hn * g_hh[jj] + bias[jj];
+      }
+      const S i = sigmoid(pre[0] + p_i[j] * cp[j]);
+      const S f = sigmoid(pre[1] + p_f[j] * cp[j]);
+      const S g = std::tanh(pre[2]);
+      const S c = f * cp[j] + i * g;
+      const S o = sigmoid(pre[3] + p_o[j] * c);  // o peeks at the new c
+      a[j] = i;
+      a[H + j] = f;
+      a[2 * H + j] = g;
+      a[3 * H + j] = o;
+      c_new[j] = c;
+      sc += c;
+    }
+    if (cn) {  // zoneout: c_t = d_c c + (1 - d_c) c_new
+      const S* z = q.z_c + (b * q.T + t) * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) cnext[j] = z[j] * cp[j] + (S(1) - z[j]) * c_new[j];
+    }
+    const S mc = sc / S(H);
+    S vc = 0;
+#pragma omp simd reduction(+ : vc)
+    for (int64_t j = 0; j < H; ++j) {
+      const S d = c_new[j] - mc;
+      vc += d * d;
+    }
+    const S rc = S(1) / std::sqrt(vc / S(H) + eps);
+    rstd_c[row] = rc;
+    S* ch = chat + row * H;
+    const S* o = a + 3 * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const S v = (c_new[j] - mc) * rc;
+      ch[j] = v;
+      m[j] = o[j] * std::tanh(v * g_c[j] + b_c[j]);
     }
   }
 
@@ -402,6 +461,12 @@ struct Forward {
 
   void h_rows(int64_t s, int64_t b0, int64_t b1) const {
     for (int64_t b = b0; b < b1; ++b) finish_h(s, b, hnew + b * q.R);
+  }
+
+  // Per-step input: xhat[t] = x_t W_ih^T, normalised later by the gate pass.
+  void input_gemm(int64_t s, GemmKind kind) const {
+    const int64_t t = q.slots.time(s), B = q.B;
+    mm<S>(kind, B, xs + t * B * I, I, nullptr, w_ih_t, xhat + t * B * q.G, q.G, false);
   }
 
   // h_t from h_new (R) of row b: zoneout, then the carried slot and the output.
@@ -475,6 +540,16 @@ bool fuse_input(GemmKind kind, bool ln, bool bf16, int64_t I, int64_t H) {
          4 * H * I * int64_t(sizeof(float)) <= kFuseInputBytes;
 }
 
+// With LayerNorm (which keeps the two products apart) under the same conditions otherwise, the
+// input projection runs per step instead ("per-step input"): x_t W_ih^T (B, G) is still in
+// L2 when the gate pass normalises it, and the backward accumulates dW_ih^T += x_t^T dA_x,t
+// while dA_x,t is. At workload F (LayerNorm, one thread) the one (8192, 64) x (64, 2048) GEMM
+// took 25 ms and wrote 64 MB that the gate passes read back from memory, 128 per-step ones 20
+// ms; dW_ih as one GEMM 27 ms, per step 18.
+bool step_input(GemmKind kind, bool ln, bool bf16, int64_t I, int64_t H) {
+  return kind != kRowGemm && ln && !bf16 && 4 * H * I * int64_t(sizeof(float)) <= kFuseInputBytes;
+}
+
 template <typename S>
 std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor& c0,
                                  const std::vector<OptTensor>& params,
@@ -493,6 +568,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor
   const auto opt_b = opt.dtype(at::kBFloat16);
   const GemmKind kind = gemm_kind(std::is_same_v<S, float>, bf16, H, R, P, mode);
   const bool fuse = fuse_input(kind, q.ln, bf16, I, H);
+  const bool per_step_input = step_input(kind, q.ln, bf16, I, H);
   if (P) f.w_hr_t = Weight<S>(w_hr->t(), bf16, kind != kRowGemm);
   f.I = I;
 
@@ -501,15 +577,15 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor
   Tensor xh = fuse ? at::empty({T, B, I + R}, opt) : Tensor();  // [x_t, h_in]
   if (fuse) xh.narrow(2, 0, I).copy_(x.transpose(0, 1));
   Tensor xt = fuse ? xh.narrow(2, 0, I) : x.transpose(0, 1).contiguous();  // (T, B, I)
-  Tensor ax = at::empty({T, B, G}, opt);  // x W_ih^T; LN: normalised in place; fused: unset
+  Tensor ax = at::empty({T, B, G}, opt);  // x W_ih^T (LN: normalised by the gate pass)
   Tensor xt_b;                            // bf16 mode: xt in bf16
   if (fuse) {
     f.w_in_t = Weight<S>(at::cat({w_ih, w_hh}, 1).t(), false, true);
   } else {
     f.w_hh_t = Weight<S>(w_hh.t(), bf16, kind != kRowGemm);
   }
-  Weight<S> w_ih_t = fuse ? Weight<S>() : Weight<S>(w_ih.t(), bf16);
-  if (fuse) {
+  Weight<S> w_ih_t = fuse ? Weight<S>() : Weight<S>(w_ih.t(), bf16, per_step_input);
+  if (fuse || per_step_input) {
     // nothing: the per-step GEMMs make x W_ih^T
   } else if (bf16 && w_ih_t.vnni()) {
     xt_b = xt.to(at::kBFloat16);
@@ -530,11 +606,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor
     hhat = at::empty({T, B, G}, opt);
     rstd_h = at::empty({T, B}, opt);
     chat = at::empty({T, B, H}, opt);
-    rstd_c = at::empty({T, B}, opt);
-    S *a = ax.data_ptr<S>(), *rs = rstd_x.data_ptr<S>();
-    at::parallel_for(0, T * B, std::max<int64_t>(1, 4096 / G), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) rs[r] = normalise(a + r * G, G, q.eps);
-    });
+    rstd_c = at::empty({T, B}, opt);  // ax is normalised row by row in the gate passes
   }
   Tensor ms = P ? at::empty({T, B, H}, opt) : Tensor();
   Tensor hs = at::empty({T + 1, B, R}, opt), cs = at::empty({T + 1, B, H}, opt);
@@ -566,6 +638,8 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor
   f.hb = ptr<at::BFloat16>(hb);
   f.mb = ptr<at::BFloat16>(mb);
   f.xin = ptr<S>(xh);
+  f.xs = per_step_input ? xt.data_ptr<S>() : nullptr;
+  if (per_step_input) f.w_ih_t = w_ih_t;
   TORCH_CHECK(!bf16 || (f.w_hh_t.vnni() && (!P || f.w_hr_t.vnni())),
               "lstm_variant: bf16 mode needs an even R and H (a bf16 CPU ukernel), got R = ", R,
               ", H = ", H);
@@ -583,6 +657,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0, const Tensor
         f.stage_rows(s, b0, b1);
       });
       f.recurrent_gemm(s, 0, B, kind);
+      if (f.xs) f.input_gemm(s, kind);
       over_blocks(B, blocks, [&](int64_t b0, int64_t b1, int64_t) { f.gate_rows(s, b0, b1); });
       if (P) {
         f.projection_gemm(s, 0, B, kind);
@@ -609,12 +684,24 @@ struct Backward {
   Problem<S> q;
   Weight<S> w_hh, w_hr;  // (G, R), (P, H)
   const S *acts, *hhat, *rstd_h, *chat, *rstd_c, *cs, *cn, *dout;
-  S *da, *dah;           // (T, B, G) dL/d(gate pre-activations); LN: dL/d(h_in W_hh^T)
+  const S *xhat, *rstd_x;  // LN: normalised x W_ih^T (T, B, G), (T, B)
+  S *da, *dah;  // (T, B, G) dL/d(gate pre-activations), LN: of x W_ih^T; LN: of h_in W_hh^T
   S *dhn, *dm;           // projection: dh_new (T, B, P), dm (B, H); else dh_new (B, H)
   S *dhd, *dhi, *dc;     // (B, R), (B, R), (B, H)
-  S *parts, *scratch;    // per block: NP parameter-gradient sums, H floats
+  S *parts, *scratch;    // per block: NP parameter-gradient sums, G + H floats
   at::BFloat16 *dhn_b, *dah_b;  // bf16 mode: copies of dhn and dah
   int64_t NP;
+  const S* xs;     // per-step input (see step_input): x (T, B, I), else nullptr
+  Tensor dw_ih_t;  // per-step input: dW_ih^T (I, G), summed over the steps
+
+  // Per-step input: dW_ih^T += x_t^T dA_x,t (da[t] just written, still in cache).
+  void input_weight_grad(int64_t s) const {
+    const int64_t t = q.slots.time(s), B = q.B, G = q.G, I = dw_ih_t.size(0);
+    const auto opts = dw_ih_t.options();
+    Tensor xt = at::from_blob(const_cast<S*>(xs) + t * B * I, {B, I}, opts);
+    Tensor dat = at::from_blob(da + t * B * G, {B, G}, opts);
+    const_cast<Tensor&>(dw_ih_t).addmm_(xt.t(), dat);
+  }
 
   // dL/dh_t -> dh_new (into dhn) and what passes straight to h_{t-1} (dhd).
   void h_rows(int64_t s, int64_t b0, int64_t b1) const {
@@ -655,9 +742,9 @@ struct Backward {
     const int64_t t = q.slots.time(s), p = q.slots.prev(s, t), n = q.slots.next(s, t);
     const int64_t B = q.B, H = q.H, G = q.G;
     S* part = parts + block * NP;
-    S *db = part, *dg_hh = part + G, *dp = part + 2 * G, *dg_c = dp + 3 * H, *db_c = dg_c + H;
-    S* u = scratch + block * H;
-    const S *g_hh = q.g_hh, *g_c = q.g_c, *b_c = q.b_c, *p_i = q.p_i, *p_f = q.p_f, *p_o = q.p_o;
+    S *db = part, *dp = part + 2 * G;  // the layout: ln_gate_row
+    S* u = scratch + block * (G + H);
+    const S *p_i = q.p_i, *p_f = q.p_f, *p_o = q.p_o;
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t row = t * B + b;
       S* d = da + row * G;
@@ -696,28 +783,18 @@ struct Backward {
         if (dah_b) shadow(d, dah_b + row * G, G);  // dah is da without LayerNorm
         continue;
       }
-      // m = o tanh(c_hat): d[3H + j] = dL/do for now, u = dL/dc_new through c_hat.
       if (q.ln) {
-        const S* ch = chat + row * H;
+        ln_gate_row(row, a, dmr, cp, c_new, z, dcr, part, u);
+        if (dah_b) shadow(dah + row * G, dah_b + row * G, G);
+        continue;
+      }
+      // m = o tanh(c_new): d[3H + j] = dL/do for now, u = dL/dc_new through m.
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const S tc = std::tanh(ch[j] * g_c[j] + b_c[j]);
-          const S o = a[3 * H + j];
-          d[3 * H + j] = dmr[j] * tc;
-          const S dchat = dmr[j] * o * (S(1) - tc * tc);  // dL/dc_hat
-          dg_c[j] += dchat * ch[j];
-          db_c[j] += dchat;
-          u[j] = dchat;
-        }
-        ln_backward(u, ch, g_c, rstd_c[row], H, u);
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const S tc = std::tanh(c_new[j]);
-          const S o = a[3 * H + j];
-          d[3 * H + j] = dmr[j] * tc;
-          u[j] = dmr[j] * o * (S(1) - tc * tc);
-        }
+      for (int64_t j = 0; j < H; ++j) {
+        const S tc = std::tanh(c_new[j]);
+        const S o = a[3 * H + j];
+        d[3 * H + j] = dmr[j] * tc;
+        u[j] = dmr[j] * o * (S(1) - tc * tc);
       }
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
@@ -737,19 +814,85 @@ struct Backward {
         d[2 * H + j] = da_g;
         d[3 * H + j] = da_o;
       }
-      if (q.ln) {  // a_h = LN(h_in W_hh^T) g_hh: dA_h through the LayerNorm
-        const S* hh = hhat + row * G;
 #pragma omp simd
-        for (int64_t j = 0; j < G; ++j) {
-          db[j] += d[j];
-          dg_hh[j] += d[j] * hh[j];
-        }
-        ln_backward(d, hh, g_hh, rstd_h[row], G, dah + row * G);
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < G; ++j) db[j] += d[j];
-      }
+      for (int64_t j = 0; j < G; ++j) db[j] += d[j];
       if (dah_b) shadow(dah + row * G, dah_b + row * G, G);
+    }
+  }
+
+  // The gate backward of one row with LayerNorm, in three passes over the row: (1) dL/dc_hat
+  // and the sums of c's LayerNorm backward; (2) dL/dc_new through that LayerNorm, the gate
+  // gradients dA (into the block's scratch, w; it stays in L1), the parameter sums and the
+  // sums of both gate LayerNorms' backward; (3) dA_x = dL/d(x W_ih^T) into da and dA_h =
+  // dL/d(h_in W_hh^T) into dah. LayerNorm's backward: with y = xhat g, xhat = (v - mean) rstd,
+  // dv = rstd (dy g - mean(dy g) - xhat mean(dy g xhat)). At workload F (one thread) this
+  // replaced a pass per LayerNorm step and the input LayerNorm's backward over all T*B rows
+  // after the loop (da and xhat read from memory once more).
+  void ln_gate_row(int64_t row, const S* a, const S* dmr, const S* cp, const S* c_new,
+                   const S* z, S* dcr, S* part, S* w) const {
+    const int64_t H = q.H, G = q.G;
+    S *db = part, *dg_hh = part + G, *dp = part + 2 * G, *dg_c = dp + 3 * H, *db_c = dg_c + H;
+    S* dg_ih = db_c + H;
+    const S *g_ih = q.g_ih, *g_hh = q.g_hh, *g_c = q.g_c, *b_c = q.b_c;
+    const S *p_i = q.p_i, *p_f = q.p_f, *p_o = q.p_o;
+    const S* ch = chat + row * H;
+    const S* xh = xhat + row * G;
+    const S* hh = hhat + row * G;
+    S* u = w + G;  // dL/dc_hat (H)
+    // m = o tanh(c_hat g_c + b_c): w[3H + j] = dL/do for now.
+    S s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+    for (int64_t j = 0; j < H; ++j) {
+      const S tc = std::tanh(ch[j] * g_c[j] + b_c[j]);
+      const S o = a[3 * H + j];
+      w[3 * H + j] = dmr[j] * tc;
+      const S dchat = dmr[j] * o * (S(1) - tc * tc);
+      dg_c[j] += dchat * ch[j];
+      db_c[j] += dchat;
+      u[j] = dchat;
+      const S v = dchat * g_c[j];
+      s1 += v;
+      s2 += v * ch[j];
+    }
+    const S rc = rstd_c[row], m1 = s1 / S(H), m2 = s2 / S(H);
+    S t1h = 0, t2h = 0, t1x = 0, t2x = 0;
+#pragma omp simd reduction(+ : t1h, t2h, t1x, t2x)
+    for (int64_t j = 0; j < H; ++j) {
+      const S i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+      const S du = rc * (u[j] * g_c[j] - m1 - ch[j] * m2);  // dL/dc_new through c_hat
+      const S da_o = w[3 * H + j] * o * (S(1) - o);
+      const S dcc = dcr[j];  // dL/dc_t
+      const S dcn = du + da_o * p_o[j] + dcc * (S(1) - z[j]);  // dL/dc_new
+      const S da_i = dcn * g * i * (S(1) - i);
+      const S da_f = dcn * cp[j] * f * (S(1) - f);
+      const S da_g = dcn * i * (S(1) - g * g);
+      dcr[j] = dcc * z[j] + dcn * f + da_i * p_i[j] + da_f * p_f[j];  // dL/dc_{t-1}
+      dp[j] += da_i * cp[j];
+      dp[H + j] += da_f * cp[j];
+      dp[2 * H + j] += da_o * c_new[j];
+      const S dk[4] = {da_i, da_f, da_g, da_o};
+      for (int k = 0; k < 4; ++k) {
+        const int64_t jj = k * H + j;
+        const S d = dk[k];
+        w[jj] = d;
+        db[jj] += d;
+        dg_hh[jj] += d * hh[jj];
+        dg_ih[jj] += d * xh[jj];
+        const S vh = d * g_hh[jj], vx = d * g_ih[jj];
+        t1h += vh;
+        t2h += vh * hh[jj];
+        t1x += vx;
+        t2x += vx * xh[jj];
+      }
+    }
+    const S rh = rstd_h[row], m1h = t1h / S(G), m2h = t2h / S(G);
+    const S rx = rstd_x[row], m1x = t1x / S(G), m2x = t2x / S(G);
+    S* dh = dah + row * G;
+    S* dx = da + row * G;
+#pragma omp simd
+    for (int64_t j = 0; j < G; ++j) {
+      dh[j] = rh * (w[j] * g_hh[j] - m1h - hh[j] * m2h);
+      dx[j] = rx * (w[j] * g_ih[j] - m1x - xh[j] * m2x);
     }
   }
 
@@ -768,36 +911,13 @@ struct Backward {
   }
 };
 
-// The input LayerNorm's backward over all T*B rows at once, in place: d (G) <- dL/d(x W_ih^T)
-// from d = dL/dA; dg_ih += d xhat per block of rows.
-template <typename S>
-Tensor input_ln_backward(Tensor& da, const Tensor& xhat, const Tensor& rstd_x, const S* g_ih,
-                         int64_t G) {
-  const int64_t rows = da.numel() / G, blocks = at::get_num_threads();
-  Tensor parts = at::zeros({blocks, G}, da.options());
-  S *d = da.data_ptr<S>(), *pp = parts.data_ptr<S>();
-  const S *xh = xhat.data_ptr<S>(), *rs = rstd_x.data_ptr<S>();
-  over_blocks(rows, blocks, [&, d, pp, xh, rs, g_ih, G](int64_t r0, int64_t r1, int64_t k) {
-    S* dg = pp + k * G;
-    for (int64_t r = r0; r < r1; ++r) {
-      S* dr = d + r * G;
-      const S* x = xh + r * G;
-      const S rsr = rs[r];
-#pragma omp simd
-      for (int64_t j = 0; j < G; ++j) dg[j] += dr[j] * x[j];
-      ln_backward(dr, x, g_ih, rsr, G, dr);
-    }
-  });
-  return parts.sum(0);
-}
-
 // a^T @ b (M, N) over all rows (weight gradients), in bf16 when `bf16` (as autograd gives
 // them). Where N < M, MKL ran it faster as (b^T a)^T: at workload F (T*B = 8192 rows),
 // dW_ih (2048, 64) took 27 ms instead of 39, dW_hh (2048, 256) 65 instead of 73; dW_hr (256,
 // 512) the other way round, 16 instead of 18.
 Tensor weight_grad(const Tensor& a, const Tensor& b, bool bf16) {
   if (bf16) return product(a.t().to(at::kBFloat16), b.to(at::kBFloat16)).to(at::kFloat);
-  if (b.size(1) < a.size(1)) return at::mm(b.t(), a).t().contiguous();
+  if (b.size(1) < a.size(1)) return contiguous_tiled(at::mm(b.t(), a).t());
   return at::mm(a.t(), b);
 }
 
@@ -828,6 +948,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n, const
   const Problem<S>& q = k.q;
   const GemmKind kind = gemm_kind(std::is_same_v<S, float>, bf16, H, R, P, mode);
   const bool rows = kind == kRowGemm;
+  const bool per_step_input = step_input(kind, q.ln, bf16, I, H);
   const int64_t threads = std::is_same_v<S, float> ? at::get_num_threads() : 1;
   const int64_t blocks = rows ? row_threads(B, threads) : row_threads(B, at::get_num_threads());
   k.w_hh = Weight<S>(w_hh, bf16, !rows);
@@ -840,12 +961,14 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n, const
   Tensor dm = P ? at::empty({B, H}, opt) : Tensor();
   Tensor dhd = dh_n.contiguous().clone(), dhi = at::zeros({B, R}, opt);
   Tensor dc = dc_n.contiguous().clone();
-  k.NP = 2 * G + 5 * H;
-  Tensor parts = at::zeros({blocks, k.NP}, opt), scratch = at::empty({blocks, H}, opt);
+  k.NP = 3 * G + 5 * H;  // db, dg_hh, peepholes (3H), dg_c, db_c, dg_ih
+  Tensor parts = at::zeros({blocks, k.NP}, opt), scratch = at::empty({blocks, G + H}, opt);
   Tensor dhn_b = P && k.w_hr.vnni() ? at::empty({T, B, P}, opt_b) : Tensor();
   Tensor dah_b = bf16 ? at::empty({T, B, G}, opt_b) : Tensor();
   k.acts = acts.data_ptr<S>();
   k.hhat = ptr<S>(hhat);
+  k.xhat = ptr<S>(xhat);
+  k.rstd_x = ptr<S>(rstd_x);
   k.rstd_h = ptr<S>(rstd_h);
   k.chat = ptr<S>(chat);
   k.rstd_c = ptr<S>(rstd_c);
@@ -863,6 +986,8 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n, const
   k.scratch = scratch.data_ptr<S>();
   k.dhn_b = ptr<at::BFloat16>(dhn_b);
   k.dah_b = ptr<at::BFloat16>(dah_b);
+  k.xs = per_step_input ? xt.data_ptr<S>() : nullptr;
+  if (per_step_input) k.dw_ih_t = at::zeros({I, G}, opt);
 
   if (rows) {
     over_row_blocks(B, threads, [&](int64_t b0, int64_t b1) {
@@ -875,6 +1000,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n, const
       if (P) k.projection_gemm(s, 0, B, kind);
       over_blocks(B, blocks,
                   [&](int64_t b0, int64_t b1, int64_t blk) { k.gate_rows(s, b0, b1, blk); });
+      if (k.xs) k.input_weight_grad(s);
       k.recurrent_gemm(s, 0, B, kind);
     }
   }
@@ -886,7 +1012,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n, const
     dg_hh = sums.narrow(0, G, G);
     dg_c = sums.narrow(0, 2 * G + 3 * H, H);
     db_c = sums.narrow(0, 2 * G + 4 * H, H);
-    dg_ih = input_ln_backward<S>(da, xhat, rstd_x, q.g_ih, G);  // da <- dL/d(x W_ih^T)
+    dg_ih = sums.narrow(0, 2 * G + 5 * H, G);  // da holds dL/d(x W_ih^T) (the gate passes)
   }
   if (params[8].has_value() && params[8]->defined()) dpeep = sums.narrow(0, 2 * G, 3 * H);
   // The weight gradients and dx: one GEMM each over all T*B rows (time order on both sides).
@@ -901,8 +1027,11 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n, const
   Tensor dw_ih, dw_hh;
   if (xh.defined()) {  // fused input (no LN: dah is da): [dW_ih, dW_hh] in one GEMM, K = T*B
     Tensor dw_in = at::mm(xh.view({T * B, I + R}).t(), flat);  // (I + R, G)
-    dw_ih = dw_in.narrow(0, 0, I).t().contiguous();           // (G, I)
-    dw_hh = dw_in.narrow(0, I, R).t().contiguous();           // (G, R)
+    dw_ih = contiguous_tiled(dw_in.narrow(0, 0, I).t());  // (G, I)
+    dw_hh = contiguous_tiled(dw_in.narrow(0, I, R).t());  // (G, R)
+  } else if (per_step_input) {
+    dw_ih = contiguous_tiled(k.dw_ih_t.t());  // (G, I)
+    dw_hh = weight_grad(dah.view({T * B, G}), h_prev.reshape({T * B, R}), bf16);  // (G, R)
   } else {
     dw_ih = weight_grad(flat, xt.view({T * B, I}), bf16);                               // (G, I)
     dw_hh = weight_grad(dah.view({T * B, G}), h_prev.reshape({T * B, R}), bf16);  // (G, R)
