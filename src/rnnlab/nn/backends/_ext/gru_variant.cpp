@@ -49,18 +49,6 @@
 namespace rnnlab_ext {
 namespace {
 
-using OptTensor = c10::optional<Tensor>;
-
-template <typename S>
-S* buf(const Tensor& t) {
-  return t.defined() ? t.data_ptr<S>() : nullptr;
-}
-
-template <typename S>
-const S* opt_ptr(const OptTensor& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<S>() : nullptr;
-}
-
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 
 // gru_variant_forward's `mode`: 0 chooses, 1 forces row blocks, 2 per-step ATen GEMMs (the
@@ -132,14 +120,6 @@ __attribute__((noinline)) void ln_backward(const S* dy, const S* xhat, const S* 
   const S m1 = s1 / S(n), m2 = s2 / S(n);
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) dv[j] = rstd * (dy[j] * g[j] - m1 - xhat[j] * m2);
-}
-
-// fn(b0, b1, block) over `blocks` fixed blocks of the B rows, split between threads.
-template <typename F>
-void over_blocks(int64_t B, int64_t blocks, const F& fn) {
-  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) fn(B * k / blocks, B * (k + 1) / blocks, k);
-  });
 }
 
 // Everything one call shares: sizes, parameters and noise as raw pointers.
@@ -323,10 +303,10 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& h0,
   f.acts = acts.data_ptr<S>();
   f.xs = ax.data_ptr<S>();
   f.gh = gh.data_ptr<S>();
-  f.rstd_h = buf<S>(rstd_h);
+  f.rstd_h = ptr<S>(rstd_h);
   f.rec = rec.data_ptr<S>();
   f.hs = hs.data_ptr<S>();
-  f.hin = buf<S>(hin);
+  f.hin = ptr<S>(hin);
   f.out = out.data_ptr<S>();
 
   if (rows) {
@@ -486,8 +466,8 @@ std::vector<Tensor> backward_impl(const Tensor& dout_, const Tensor& dh_n,
   k.acts = acts.data_ptr<S>();
   k.rec = rec.data_ptr<S>();
   k.hs = hs.data_ptr<S>();
-  k.hhat = buf<S>(hhat);
-  k.rstd_h = buf<S>(rstd_h);
+  k.hhat = ptr<S>(hhat);
+  k.rstd_h = ptr<S>(rstd_h);
   k.dout = dout.data_ptr<S>();
   k.dgx = dgx.data_ptr<S>();
   k.dgh = dgh.data_ptr<S>();

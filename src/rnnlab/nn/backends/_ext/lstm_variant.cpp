@@ -62,18 +62,6 @@
 namespace rnnlab_ext {
 namespace {
 
-using OptTensor = c10::optional<Tensor>;
-
-template <typename S>
-S* ptr(const Tensor& t) {
-  return t.defined() ? t.data_ptr<S>() : nullptr;
-}
-
-template <typename S>
-const S* ptr(const OptTensor& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<S>() : nullptr;
-}
-
 // dst (K, N), row stride ld <- src (K, N) of any strides (float32/float64), in 32 x 32
 // tiles. ATen's copy of a transposed view goes element by element: at workload F (one thread)
 // W_hh^T (512, 2048) took 10 ms that way and 1.2 ms in tiles.
@@ -504,14 +492,6 @@ struct Forward {
     }
   }
 };
-
-// fn(b0, b1, block) over `blocks` fixed blocks of the B rows, split between threads.
-template <typename F>
-void over_blocks(int64_t B, int64_t blocks, const F& fn) {
-  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) fn(B * k / blocks, B * (k + 1) / blocks, k);
-  });
-}
 
 // Row blocks (each thread its rows through every step) or per step (multi-threaded GEMMs),
 // see the top: `mode` 1, 2 and 3 force row blocks, per step through oneDNN and per step through

@@ -293,4 +293,26 @@ std::vector<Tensor> min_scan_backward(const Tensor& k, const Tensor& bias, const
                                       const c10::optional<Tensor>& mask, bool reverse,
                                       int64_t kind);
 
+// -- shared by the variants' kernels (lstm_variant.cpp, gru_variant.cpp) ------------------------
+using OptTensor = c10::optional<Tensor>;
+
+// A tensor's data, or nullptr where it is undefined (an option that is off).
+template <typename S>
+S* ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<S>() : nullptr;
+}
+
+template <typename S>
+const S* ptr(const OptTensor& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<S>() : nullptr;
+}
+
+// fn(b0, b1, block) over `blocks` fixed blocks of the B rows, split between threads.
+template <typename F>
+void over_blocks(int64_t B, int64_t blocks, const F& fn) {
+  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) fn(B * k / blocks, B * (k + 1) / blocks, k);
+  });
+}
+
 }  // namespace rnnlab_ext
