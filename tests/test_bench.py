@@ -119,3 +119,20 @@ def test_bench_report_prints_each_rows_share_of_its_roofline(capsys) -> None:
     assert "%roof" in out and "roofline of a infer step" in out
     line = next(s for s in out.splitlines() if s.startswith("  roofline of a infer step"))
     assert "for rnnlab, torch" in line and "for torch-gru" in line  # GRU: its own, 3 gates
+
+
+def test_bench_threads_flag_sets_torch_threads(tmp_path, capsys, monkeypatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the flag sets it for the probes; restored after
+    out = tmp_path / "b.json"
+    argv = ["--workloads", "A", "--impls", "torch", "--modes", "infer", "--quick", "--threads"]
+    try:
+        assert main([*argv, "1", "--json", str(out)]) == 0
+        assert json.loads(out.read_text())["environment"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main([*argv, "0"])
+    assert "expected a thread count" in capsys.readouterr().err

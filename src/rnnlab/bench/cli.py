@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+
+import torch
 
 from rnnlab import argtypes
 from rnnlab.allocator import retain_freed_memory
@@ -48,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="flush subnormal floats to zero on every thread, as rnnlab train does "
         "(rnnlab.denormals); the default leaves the CPU's modes as torch has them",
+    )
+    p.add_argument(
+        "--threads",
+        type=argtypes.threads,
+        help="torch CPU threads for every row (default: torch's choice); pin the process too "
+        "(taskset) for timings on a shared machine",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument(
@@ -183,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats, budget, memory = args.repeats, args.budget, not args.no_memory
     if args.quick:
         repeats, budget, memory = 3, 3.0, False
+    if args.threads:
+        torch.set_num_threads(args.threads)  # before anything starts OpenMP's pool
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the memory probes' processes
     retained = retain_freed_memory() if args.retain_memory else False
     flushed = 0
     if args.flush_denormals:
