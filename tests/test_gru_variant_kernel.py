@@ -29,6 +29,7 @@ from torch import Tensor
 from rnnlab.nn.backends import gru_variant_compiled, reference
 from rnnlab.nn.variant_gru import VariantGRUCell
 from rnnlab.nn.variants import CellNoise
+from test_variant_kernels import rel_err
 
 OPTIONS = ("layer_norm", "recurrent", "zone_h", "mask", "reverse")
 MODES = (1, 2)  # row blocks, per step through ATen
@@ -45,11 +46,6 @@ def kernel() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so the kernel must build and be tested)")
     pytest.skip(reason)
-
-
-def rel_err(a: Tensor, b: Tensor) -> float:
-    """max |a - b| / max |b|: relative to the tensor's scale."""
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 def make_case(seed: int, options: set[str], dtype=torch.float32, small: int = 4):

@@ -8,7 +8,8 @@ int8 with one scale per output row, activations quantized per call, gates and st
 It lives in ``RUN_DIR/int8.safetensors`` (:mod:`rnnlab.runs.quantized`: one atomic file that
 names the checkpoint it came from) and a human-readable sidecar ``RUN_DIR/int8.json`` with the
 scheme, the sizes and the figures measured here. ``rnnlab evaluate RUN --checkpoint int8``
-evaluates it (:func:`evaluate_quantized`).
+evaluates it, as ``predict``, ``score``, ``generate``, ``transcribe`` and ``translate`` answer
+with it: :func:`rnnlab.runs.load_run` loads it under the name ``"int8"``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from rnnlab.files import atomic_write, check_output
 from rnnlab.nn.backends.quantized import activation_bits
 from rnnlab.nn.quantized import QuantizationError, int8_layers, quantize_model
 from rnnlab.runs import RunError, load_run, load_run_data
-from rnnlab.runs.quantized import INT8_FILE, load_quantized_run, write_int8
+from rnnlab.runs.quantized import INT8_FILE, write_int8
 from rnnlab.train import evaluate
 
-__all__ = ["INT8_FILE", "SIDECAR", "evaluate_quantized", "quantize_run"]
+__all__ = ["INT8_FILE", "SIDECAR", "quantize_run"]
 
 SIDECAR = "int8.json"
 PathLike = str | os.PathLike[str]
@@ -146,32 +147,3 @@ def quantize_run(
     report["versions"] = written["versions"]
     atomic_write(sidecar, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     return report
-
-
-def evaluate_quantized(
-    run_dir: PathLike,
-    data_dir: PathLike | None = None,
-    split: str = "test",
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Loss and metrics of ``run_dir``'s int8 model (``rnnlab quantize``) on ``split``, in
-    :func:`rnnlab.predict.evaluate_run`'s form (checkpoint ``"int8"``)."""
-    if split not in ("test", "val", "train"):
-        raise ValueError(
-            f"evaluate_quantized expected split 'test', 'val' or 'train', got {split!r}"
-        )
-    config, model, meta = load_quantized_run(run_dir)
-    task, data = load_run_data(run_dir, data_dir, config)
-    step = None if progress is None else (lambda label, done, total: progress(done, total))
-    metrics = _measure(model, task, data, split, "int8", step)
-    unit = "tokens" if task.throughput_unit == "tokens" else "examples"
-    examples = {"test": data.test, "val": data.val, "train": data.train}[split]
-    return {
-        "run": str(run_dir),
-        "checkpoint": "int8",
-        "step": meta["state"]["step"],
-        "split": split,
-        unit: len(examples),
-        "unit": unit,
-        **metrics,
-    }

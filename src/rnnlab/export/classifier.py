@@ -45,10 +45,10 @@ from rnnlab.export.variants import needs_scan, variant_layer
 from rnnlab.models import SequenceClassifier, TextClassifier
 from rnnlab.nn.layers import RecurrentLayer
 
-__all__ = ["classifier_graph"]
+__all__ = ["classifier_graph", "recurrent_level"]
 
 
-def _recurrent(g: Graph, layer: RecurrentLayer, x: str, seq_lens: str) -> tuple[str, str]:
+def recurrent_level(g: Graph, layer: RecurrentLayer, x: str, seq_lens: str) -> tuple[str, str]:
     """One rnnlab layer (one level, D directions) as one ONNX op (a ``Scan`` per direction for
     an LSTM variant with LayerNorm or projection). x (T, B, F) -> Y (T, B, D*R) and Y_h
     (D, B, R), R = H or the projection P."""
@@ -164,7 +164,7 @@ def classifier_graph(model: nn.Module, opset: int) -> Any:
     x = g.op("Transpose", [x], perm=[1, 0, 2])  # (T, B, F)
     Y_h = ""
     for layer in stack.layers:
-        x, Y_h = _recurrent(g, layer, x, seq_lens or "")
+        x, Y_h = recurrent_level(g, layer, x, seq_lens or "")
     pooled = _pool(g, stack.pooling, x, Y_h, lengths)  # (B, F)
     logits = linear(g, pooled, model.head)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))

@@ -20,52 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 from rnnlab.export.api import register_hook
-from rnnlab.export.graph import (
-    Graph,
-    linear,
-    onnx_kind,
-    recurrent_weights,
-    to_numpy,
-    with_peepholes,
-)
-from rnnlab.export.variants import needs_scan, variant_layer
+from rnnlab.export.classifier import recurrent_level
+from rnnlab.export.graph import Graph, linear
 from rnnlab.models.ctc import CTCModel
 
 __all__ = ["ctc_graph"]
-
-
-def _layer(g: Graph, layer: nn.Module, x: str, seq_lens: str) -> str:
-    """One rnnlab layer as one ONNX op (a ``Scan`` per direction for an LSTM variant with
-    LayerNorm or projection): x (T, B, F) -> (T, B, D*R), R = H or the projection."""
-    shape = g.const("shape", np.array([0, 0, -1], dtype=np.int64))
-    if needs_scan(layer.cells[0]):
-        Y = variant_layer(g, list(layer.cells), x, seq_lens)[0]  # (T, D, B, R)
-        return g.op("Reshape", [g.op("Transpose", [Y], perm=[0, 2, 1, 3]), shape])
-    kind = onnx_kind(layer.cells[0])
-    H, D = layer.hidden_size, layer.num_directions
-    W, R, B = zip(*(recurrent_weights(c, kind, H) for c in layer.cells), strict=True)
-    attrs: dict[str, Any] = {
-        "hidden_size": H,
-        "direction": "bidirectional" if D == 2 else "forward",
-    }
-    if kind == "GRU":
-        attrs["linear_before_reset"] = 1
-    inputs = [
-        x,
-        g.const("W", to_numpy(torch.stack(W))),  # (D, G*H, F)
-        g.const("R", to_numpy(torch.stack(R))),  # (D, G*H, H)
-        g.const("B", to_numpy(torch.stack(B))),  # (D, 2*G*H)
-        seq_lens,
-    ]
-    inputs = with_peepholes(g, list(layer.cells), inputs)  # P (D, 3H) for a peephole LSTM
-    Y = g.op(kind, inputs, n_out=2, **attrs)[0]  # (T, D, B, H)
-    Y = g.op("Transpose", [Y], perm=[0, 2, 1, 3])  # (T, B, D, H)
-    return g.op("Reshape", [Y, shape])  # (T, B, D*H)
 
 
 def ctc_graph(model: nn.Module, opset: int) -> Any:
@@ -86,7 +48,7 @@ def ctc_graph(model: nn.Module, opset: int) -> Any:
     x = g.op("Transpose", [x], perm=[1, 0, 2])  # (T, B, F)
     seq_lens = g.op("Cast", ["lengths"], to=TensorProto.INT32)
     for layer in model.layers:
-        x = _layer(g, layer, x, seq_lens)  # (T, B, D*H)
+        x = recurrent_level(g, layer, x, seq_lens)[0]  # (T, B, D*H)
     logits = linear(g, x, model.head)  # (T, B, S)
     log_probs = g.op("LogSoftmax", [logits], axis=-1)
     g.nodes.append(helper.make_node("Transpose", [log_probs], ["log_probs"], perm=[1, 0, 2]))

@@ -55,12 +55,20 @@ class RecurrentLayer(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         backend: Backend = "auto",
-        cell_type: type | None = None,
+        variants: tuple[type, dict[str, object]] | None = None,
         **cell_kwargs: float | int | str,
     ) -> None:
         super().__init__()
-        if cell_type is not None:  # a subclass's choice for this instance (LSTM's variants)
-            self.cell_type = cell_type
+        # variants (LSTM, GRU): (the variant cell, each variant option's "off" value); the
+        # options in cell_kwargs that are on make the layer build that cell instead
+        self.variant_options: dict[str, object] = {}
+        if variants is not None:
+            variant_cell, off = variants
+            options = {k: cell_kwargs.pop(k) for k in off}
+            self.variant_options = {k: v for k, v in options.items() if v != off[k]}
+            if self.variant_options:
+                self.cell_type = variant_cell
+                cell_kwargs.update(self.variant_options)
         name = type(self).__name__
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"{name} expected num_layers to be a positive int, got {num_layers!r}")
@@ -102,7 +110,12 @@ class RecurrentLayer(nn.Module):
             s += ", bidirectional=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
-        return s + f", backend={self.backend!r}"
+        s += f", backend={self.backend!r}" + self._mode_repr()
+        return s + "".join(f", {k}={v!r}" for k, v in self.variant_options.items())
+
+    def _mode_repr(self) -> str:
+        """A subclass's own settings in :meth:`extra_repr`, before the variant options."""
+        return ""
 
     def zero_state(self, batch_size: int) -> Tensor | tuple:
         """The state before any step for ``batch_size`` sequences, in the parameters' dtype and
@@ -309,12 +322,6 @@ class GRU(RecurrentLayer):
         recurrent_dropout: float = 0.0,
         zoneout: float = 0.0,
     ) -> None:
-        options = {
-            "layer_norm": layer_norm,
-            "recurrent_dropout": recurrent_dropout,
-            "zoneout": zoneout,
-        }
-        variant = {k: v for k, v in options.items() if v != GRU_VARIANT_OPTIONS[k]}
         super().__init__(
             input_size,
             hidden_size,
@@ -322,14 +329,10 @@ class GRU(RecurrentLayer):
             bidirectional=bidirectional,
             dropout=dropout,
             backend=backend,
-            cell_type=VariantGRUCell if variant else GRUCell,
-            **variant,
-        )
-        self.variant_options = variant  # the options that differ from the plain GRU's
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + "".join(
-            f", {k}={v!r}" for k, v in self.variant_options.items()
+            variants=(VariantGRUCell, GRU_VARIANT_OPTIONS),
+            layer_norm=layer_norm,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
         )
 
 
@@ -385,14 +388,6 @@ class LSTM(RecurrentLayer):
         recurrent_dropout: float = 0.0,
         zoneout: float | tuple[float, float] = 0.0,
     ) -> None:
-        options = {
-            "proj_size": proj_size,
-            "layer_norm": layer_norm,
-            "peepholes": peepholes,
-            "recurrent_dropout": recurrent_dropout,
-            "zoneout": zoneout,
-        }
-        variant = {k: v for k, v in options.items() if v != VARIANT_OPTIONS[k]}
         super().__init__(
             input_size,
             hidden_size,
@@ -400,12 +395,15 @@ class LSTM(RecurrentLayer):
             bidirectional=bidirectional,
             dropout=dropout,
             backend=backend,
-            cell_type=VariantLSTMCell if variant else LSTMCell,
+            variants=(VariantLSTMCell, VARIANT_OPTIONS),
             forget_bias=forget_bias,
-            **variant,
+            proj_size=proj_size,
+            layer_norm=layer_norm,
+            peepholes=peepholes,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
         )
         self.forget_bias = float(forget_bias)
-        self.variant_options = variant  # the options that differ from the plain LSTM's
         self.proj_size = self.output_size if proj_size else 0
         self.precision = precision
 
@@ -419,9 +417,8 @@ class LSTM(RecurrentLayer):
             raise ValueError(f"LSTM expected precision 'fp32' or 'bf16', got {value!r}")
         self._precision = value
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr() + (", precision='bf16'" if self.precision == "bf16" else "")
-        return s + "".join(f", {k}={v!r}" for k, v in self.variant_options.items())
+    def _mode_repr(self) -> str:
+        return ", precision='bf16'" if self.precision == "bf16" else ""
 
     def _state_shapes(self, B: int) -> dict[str, tuple[int, ...]] | None:
         if not self.proj_size:

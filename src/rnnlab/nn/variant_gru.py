@@ -31,8 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rnnlab.nn.cells import Cell
-from rnnlab.nn.variants import CellNoise, StepNoise, check_rate, normalised_product
+from rnnlab.nn.variants import StepNoise, VariantCell, check_rate, normalised_product
 
 __all__ = ["VariantGRUCell", "GRU_VARIANT_OPTIONS"]
 
@@ -44,7 +43,7 @@ GRU_VARIANT_OPTIONS: dict[str, object] = {
 }
 
 
-class VariantGRUCell(Cell):
+class VariantGRUCell(VariantCell):
     r"""A GRU cell with any of LayerNorm, recurrent dropout and zoneout (equations in the module
     docstring; the plain GRU's are :class:`~rnnlab.nn.cells.GRUCell`).
 
@@ -99,31 +98,6 @@ class VariantGRUCell(Cell):
         if self.zoneout_hidden:
             s += f", zoneout={self.zoneout_hidden}"
         return s
-
-    @property
-    def has_noise(self) -> bool:
-        """Whether the cell draws masks in training (recurrent dropout or zoneout)."""
-        return bool(self.recurrent_dropout or self.zoneout_hidden)
-
-    def sample_noise(self, B: int, T: int, like: Tensor) -> CellNoise:
-        """Fresh masks for one call over B sequences of T steps, in ``like``'s dtype and device:
-        recurrent dropout's (B, H), scaled by 1 / (1 - p), and zoneout's (B, T, H) 0/1 mask
-        (1 = keep the previous value)."""
-        H = self.hidden_size
-        recurrent = zone_h = None
-        if self.recurrent_dropout:
-            keep = 1.0 - self.recurrent_dropout
-            recurrent = like.new_empty(B, H).bernoulli_(keep).div_(keep)
-        if self.zoneout_hidden:
-            zone_h = like.new_empty(B, T, H).bernoulli_(self.zoneout_hidden)
-        return CellNoise(recurrent, None, zone_h)
-
-    def gate_inputs(self, x: Tensor) -> Tensor:
-        """a_x = W_ih x (LayerNorm-ed and scaled by ``ln_ih_weight`` with ``layer_norm``) for
-        x (..., I) -> (..., 3H), which the fused path computes for every step at once."""
-        return normalised_product(
-            x, self.weight_ih, getattr(self, "ln_ih_weight", None), self.ln_eps
-        )
 
     def forward(
         self,

@@ -49,6 +49,7 @@ from torch.nn import functional as F
 from rnnlab.nn.cells import Cell, LSTMState
 
 __all__ = [
+    "VariantCell",
     "VariantLSTMCell",
     "CellNoise",
     "StepNoise",
@@ -125,7 +126,48 @@ def check_rate(name: str, what: str, value: object) -> float:
     return float(value)
 
 
-class VariantLSTMCell(Cell):
+class VariantCell(Cell):
+    """What the LSTM's and the GRU's variant cells share: the noise they draw in training and the
+    input side of their gates. A subclass sets ``recurrent_dropout``, ``zoneout_cell`` (0 for
+    a GRU), ``zoneout_hidden``, ``output_size`` (R) and ``ln_eps``, and has ``ln_ih_weight``
+    with ``layer_norm``."""
+
+    recurrent_dropout: float
+    zoneout_cell: float
+    zoneout_hidden: float
+    output_size: int
+    ln_eps: float
+
+    @property
+    def has_noise(self) -> bool:
+        """Whether the cell draws masks in training (recurrent dropout or zoneout)."""
+        return bool(self.recurrent_dropout or self.zoneout_cell or self.zoneout_hidden)
+
+    def sample_noise(self, B: int, T: int, like: Tensor) -> CellNoise:
+        """Fresh masks for one call over B sequences of T steps, in ``like``'s dtype and device,
+        from torch's global generator: the recurrent-dropout mask (B, R) scaled by 1 / (1 - p),
+        zoneout's (B, T, H) and (B, T, R) 0/1 masks (1 = keep the previous value; no c mask
+        for a cell without a cell state)."""
+        H, R = self.hidden_size, self.output_size
+        recurrent = zone_c = zone_h = None
+        if self.recurrent_dropout:
+            keep = 1.0 - self.recurrent_dropout
+            recurrent = like.new_empty(B, R).bernoulli_(keep).div_(keep)
+        if self.zoneout_cell:
+            zone_c = like.new_empty(B, T, H).bernoulli_(self.zoneout_cell)
+        if self.zoneout_hidden:
+            zone_h = like.new_empty(B, T, R).bernoulli_(self.zoneout_hidden)
+        return CellNoise(recurrent, zone_c, zone_h)
+
+    def gate_inputs(self, x: Tensor) -> Tensor:
+        """a_x = W_ih x (LayerNorm-ed and scaled by ``ln_ih_weight`` with ``layer_norm``) for
+        x (..., I) -> (..., G*H): the part of the gates that depends on the input alone, which
+        the fused path computes for every step at once."""
+        gain = getattr(self, "ln_ih_weight", None)
+        return normalised_product(x, self.weight_ih, gain, self.ln_eps)
+
+
+class VariantLSTMCell(VariantCell):
     r"""An LSTM cell with any of LayerNorm, projection, peepholes, recurrent dropout and zoneout
     (equations in the module docstring; the plain LSTM's are :class:`~rnnlab.nn.cells.LSTMCell`).
 
@@ -216,34 +258,6 @@ class VariantLSTMCell(Cell):
         if self.zoneout_cell or self.zoneout_hidden:
             s += f", zoneout=({self.zoneout_cell}, {self.zoneout_hidden})"
         return s
-
-    @property
-    def has_noise(self) -> bool:
-        """Whether the cell draws masks in training (recurrent dropout or zoneout)."""
-        return bool(self.recurrent_dropout or self.zoneout_cell or self.zoneout_hidden)
-
-    def sample_noise(self, B: int, T: int, like: Tensor) -> CellNoise:
-        """Fresh masks for one call over B sequences of T steps, in ``like``'s dtype and device,
-        from torch's global generator: the recurrent-dropout mask (B, R) scaled by 1 / (1 - p),
-        zoneout's (B, T, H) and (B, T, R) 0/1 masks (1 = keep the previous value)."""
-        H, R = self.hidden_size, self.output_size
-        recurrent = zone_c = zone_h = None
-        if self.recurrent_dropout:
-            keep = 1.0 - self.recurrent_dropout
-            recurrent = like.new_empty(B, R).bernoulli_(keep).div_(keep)
-        if self.zoneout_cell:
-            zone_c = like.new_empty(B, T, H).bernoulli_(self.zoneout_cell)
-        if self.zoneout_hidden:
-            zone_h = like.new_empty(B, T, R).bernoulli_(self.zoneout_hidden)
-        return CellNoise(recurrent, zone_c, zone_h)
-
-    def gate_inputs(self, x: Tensor) -> Tensor:
-        """a_x = W_ih x (LayerNorm-ed and scaled by ``ln_ih_weight`` with ``layer_norm``) for
-        x (..., I) -> (..., 4H): the part of the gates that depends on the input alone, which
-        the fused path computes for every step at once."""
-        return normalised_product(
-            x, self.weight_ih, getattr(self, "ln_ih_weight", None), self.ln_eps
-        )
 
     def forward(
         self,

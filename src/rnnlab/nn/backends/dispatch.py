@@ -35,7 +35,7 @@ from rnnlab.nn.backends.precision import (
 from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
 from rnnlab.nn.variant_gru import VariantGRUCell
-from rnnlab.nn.variants import CellNoise, VariantLSTMCell
+from rnnlab.nn.variants import CellNoise, VariantCell, VariantLSTMCell
 from rnnlab.nn.xlstm import MLSTMCell, SLSTMCell
 
 __all__ = [
@@ -366,7 +366,7 @@ def resolve_backend(
             "backend='auto' or 'fused' (its pure-torch fast path) or 'reference' (the "
             "step-by-step loop)."
         )
-    if requested == "torch" and isinstance(cell, (VariantLSTMCell, VariantGRUCell)):
+    if requested == "torch" and isinstance(cell, VariantCell):
         native.check_variant(cell)
     if requested in ("fused", "torch"):
         return requested

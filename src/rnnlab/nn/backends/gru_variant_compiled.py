@@ -22,14 +22,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.nn.backends import variant_ops  # noqa: F401 (registers the operators)
-from rnnlab.nn.backends.compiled import _extension_reason, _kernel
+from rnnlab.nn.backends import variant_ops  # variant_ops also registers the operators
+from rnnlab.nn.backends.compiled import _kernel
+from rnnlab.nn.backends.variant_compiled import kernel_unavailable
 from rnnlab.nn.variant_gru import VariantGRUCell
 from rnnlab.nn.variants import CellNoise
 
 __all__ = ["gru_variant", "gru_variant_unavailable"]
 
-_DTYPES = (torch.float32, torch.float64)
 # The cell's parameters in the order the kernel takes them (None where the cell has none).
 _PARAMS = ("weight_ih", "weight_hh", "bias", "bias_hn", "ln_ih_weight", "ln_hh_weight")
 # gru_variant_forward's `mode`: 0 lets the kernel choose between row blocks and per-step GEMMs
@@ -41,16 +41,7 @@ def gru_variant_unavailable(cell: VariantGRUCell, x: Tensor) -> str | None:
     """Why the compiled GRU-variant kernel cannot run ``cell`` on ``x`` (None if it can): it
     needs a :class:`VariantGRUCell`, float32 or float64 CPU tensors with weights of the same
     dtype, and the built extension (AVX-512 CPU, C++ compiler, ninja; built on the first call)."""
-    if not isinstance(cell, VariantGRUCell):
-        return f"the compiled GRU-variant kernel runs VariantGRUCell, not {type(cell).__name__}"
-    if x.device.type != "cpu":
-        return f"the compiled GRU-variant kernel runs on the CPU, got a tensor on {x.device}"
-    if x.dtype not in _DTYPES or cell.weight_ih.dtype != x.dtype:
-        return (
-            "the compiled GRU-variant kernel needs float32 or float64 input and weights of one "
-            f"dtype, got input {x.dtype} and weights {cell.weight_ih.dtype}"
-        )
-    return _extension_reason()  # a constant to torch.compile, as for the other kernels
+    return kernel_unavailable("the compiled GRU-variant kernel", VariantGRUCell, cell, x)
 
 
 def gru_variant(
@@ -121,5 +112,5 @@ class _VariantGRU(torch.autograd.Function):
             dout.contiguous(), dh.contiguous(), list(saved), list(params), ctx.masks, mask,
             reverse, eps, ctx.needs_input_grad[0], mode,
         )  # fmt: skip
-        grads = [None if g.numel() == 0 else g for g in (dx, *dparams)]
+        grads = variant_ops.present([dx, *dparams])
         return grads[0], dh0, None, None, None, *grads[1:]

@@ -29,8 +29,7 @@ from rnnlab.nn.backends import (
 )
 from rnnlab.nn.cells import Cell, LSTMState
 from rnnlab.nn.mincells import MinCell
-from rnnlab.nn.variant_gru import VariantGRUCell
-from rnnlab.nn.variants import CellNoise, VariantLSTMCell
+from rnnlab.nn.variants import CellNoise, VariantCell
 from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __all__ = ["AnyCell", "Kernel", "Route", "State", "run_kernel", "check_noise"]
@@ -155,7 +154,7 @@ def check_noise(cells: Sequence[AnyCell], noise: Sequence, route: Route) -> None
     for cell, masks in zip(cells, noise, strict=True):
         if masks is None:
             continue
-        if not isinstance(cell, (VariantLSTMCell, VariantGRUCell)):
+        if not isinstance(cell, VariantCell):
             raise ValueError(
                 "recurrent dropout and zoneout masks apply to variant LSTM and GRU cells, got "
                 f"them for {type(cell).__name__}"

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.nn.backends import _ext, variant_ops  # noqa: F401 (registers the operators)
+from rnnlab.nn.backends import _ext, variant_ops  # variant_ops also registers the operators
 from rnnlab.nn.backends.compiled import _extension_reason, _kernel
 from rnnlab.nn.cells import LSTMState
 from rnnlab.nn.variants import CellNoise, VariantLSTMCell
 
-__all__ = ["lstm_variant", "variant_unavailable"]
+__all__ = ["kernel_unavailable", "lstm_variant", "variant_unavailable"]
 
 _DTYPES = (torch.float32, torch.float64)
 # The cell's parameters in the order the kernel takes them (None where the cell has none).
@@ -66,22 +66,30 @@ def _bf16_rows_work() -> bool:
 _bf16_rows_work._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
+def kernel_unavailable(what: str, cell_type: type, cell: object, x: Tensor) -> str | None:
+    """Why ``what``, a variant kernel of ``cell_type`` cells, cannot run ``cell`` on ``x``: the
+    cell's type, a tensor off the CPU, a dtype other than float32/float64 or weights of another
+    dtype than x, or the extension (its check a constant to torch.compile, as for the other
+    kernels); None if it can."""
+    if not isinstance(cell, cell_type):
+        return f"{what} runs {cell_type.__name__}, not {type(cell).__name__}"
+    if x.device.type != "cpu":
+        return f"{what} runs on the CPU, got a tensor on {x.device}"
+    if x.dtype not in _DTYPES or cell.weight_ih.dtype != x.dtype:
+        return (
+            f"{what} needs float32 or float64 input and weights of one dtype, got input "
+            f"{x.dtype} and weights {cell.weight_ih.dtype}"
+        )
+    return _extension_reason()
+
+
 def variant_unavailable(cell: VariantLSTMCell, x: Tensor, *, bf16: bool = False) -> str | None:
     """Why the compiled variant kernel cannot run ``cell`` on ``x`` (None if it can): it needs
     a :class:`VariantLSTMCell`, float32 or float64 CPU tensors with weights of the same dtype,
     and the built extension (AVX-512 CPU, C++ compiler, ninja; :func:`rnnlab.nn.backends._ext.load`
     builds it on the first call). ``bf16`` (bf16 GEMM operands) also needs float32, an even
     hidden size H and output width R, and a CPU whose bf16 ukernel works."""
-    if not isinstance(cell, VariantLSTMCell):
-        return f"the compiled variant kernel runs VariantLSTMCell, not {type(cell).__name__}"
-    if x.device.type != "cpu":
-        return f"the compiled variant kernel runs on the CPU, got a tensor on {x.device}"
-    if x.dtype not in _DTYPES or cell.weight_ih.dtype != x.dtype:
-        return (
-            "the compiled variant kernel needs float32 or float64 input and weights of one "
-            f"dtype, got input {x.dtype} and weights {cell.weight_ih.dtype}"
-        )
-    reason = _extension_reason()  # a constant to torch.compile, as for the other kernels
+    reason = kernel_unavailable("the compiled variant kernel", VariantLSTMCell, cell, x)
     if reason is not None:
         return reason
     if bf16:
@@ -161,5 +169,5 @@ class _VariantLSTM(torch.autograd.Function):
             dout.contiguous(), dh.contiguous(), dc.contiguous(), list(saved), list(params),
             ctx.masks, mask, reverse, eps, ctx.needs_input_grad[0], bf16, mode,
         )  # fmt: skip
-        grads = [None if g.numel() == 0 else g for g in (dx, *dparams)]
+        grads = variant_ops.present([dx, *dparams])
         return grads[0], dh0, dc0, None, None, None, *grads[1:]

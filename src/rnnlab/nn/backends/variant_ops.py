@@ -28,29 +28,31 @@ from torch import Tensor
 
 from rnnlab.nn.backends.ops import _define, _kernels
 
-__all__ = ["EMPTY_IS_NONE", "SAVED"]
-
-# The names of the forward's saved tensors, in the C++ order (after out, h_n, c_n).
-SAVED = (
-    "xt", "acts", "ax", "rstd_x", "hhat", "rstd_h", "chat", "rstd_c", "ms", "hs", "cs", "hin",
-    "cn", "xh",
-)  # fmt: skip
-EMPTY_IS_NONE = "an empty (0,) tensor stands for a tensor the kernel does not make"
+__all__ = ["present"]
 
 # lstm_variant.cpp's constants: kRowBlockWeightBytes (recurrent.h) and kFuseInputBytes.
 _ROW_BLOCK_WEIGHT_BYTES = 2 << 20
 _FUSE_INPUT_BYTES = 1 << 20
 
 
-def _none_to_empty(ts: list, like: Tensor) -> list[Tensor]:
-    return [like.new_empty(0) if t is None else t for t in ts]
+def present(ts) -> list[Tensor | None]:
+    """An operator's tensors with its empty (0,) ones back to None (what the C++ takes and
+    gives where an option is off)."""
+    return [None if t is None or t.numel() == 0 else t for t in ts]
 
 
-def _owned(ts: list[Tensor], inputs: list[Tensor]) -> list[Tensor]:
-    """Each of ``ts``, copied if its memory is an input's or an earlier output's."""
+def _empty(like: Tensor, *shape: int, on: bool = True) -> Tensor:
+    """A fake output of ``shape``, or the empty (0,) that stands for None where not ``on``."""
+    return like.new_empty(*shape) if on else like.new_empty(0)
+
+
+def _owned(result: list, like: Tensor, inputs: list) -> list[Tensor]:
+    """The C++ ``result`` as an operator returns it: an empty (0,) tensor for None, and a copy
+    of any tensor whose memory is an input's or an earlier output's."""
     seen = {t.untyped_storage().data_ptr() for t in inputs if t is not None and t.numel()}
     out = []
-    for t in ts:
+    for t in result:
+        t = like.new_empty(0) if t is None else t
         ptr = t.untyped_storage().data_ptr() if t.numel() else None
         if ptr is not None and ptr in seen:
             t = t.clone(memory_format=torch.contiguous_format)
@@ -61,13 +63,23 @@ def _owned(ts: list[Tensor], inputs: list[Tensor]) -> list[Tensor]:
     return out
 
 
+def _gradients_fake(dout: Tensor, states: list[Tensor], saved, params, need_dx: bool) -> list:
+    """A backward's fake outputs: dx (B, T, I) over (T, B, I) memory, as the C++ makes it, or
+    an empty one; the initial states' gradients; each parameter's (empty where it is None)."""
+    B, T, _ = dout.shape
+    I = saved[0].shape[-1]  # xt (T, B, I)
+    dx = dout.new_empty(T, B, I).transpose(0, 1) if need_dx else dout.new_empty(0)
+    grads = [dout.new_empty(0) if p is None else torch.empty_like(p) for p in params]
+    return [dx, *(torch.empty_like(s) for s in states), *grads]
+
+
 def _forward(x, h0, c0, params, noise, mask, reverse, eps, train, bf16, mode):
     result = _kernels().lstm_variant_forward(
         x, h0, c0, params, noise, mask, reverse, eps, train, bf16, mode
     )
     if train and not result[3].is_contiguous():  # xt: a slice of the fused-input buffer
         result[3] = result[3].contiguous()
-    return _owned(_none_to_empty(result, x), [x, h0, c0, *params, *noise, mask])
+    return _owned(result, x, [x, h0, c0, *params, *noise, mask])
 
 
 def _fuses_input(x: Tensor, H: int, R: int, P: int, ln: bool, bf16: bool, mode: int) -> bool:
@@ -90,7 +102,7 @@ def _forward_fake(x, h0, c0, params, noise, mask, reverse, eps, train, bf16, mod
     fused = _fuses_input(x, H, R, P, ln, bf16, mode)
 
     def empty(*shape: int, on: bool = True) -> Tensor:
-        return x.new_empty(*shape) if on else x.new_empty(0)
+        return _empty(x, *shape, on=on)
 
     return [
         *first,
@@ -120,19 +132,15 @@ _define(
 
 
 def _backward(dout, dh, dc, saved, params, noise, mask, reverse, eps, need_dx, bf16, mode):
-    saved = [None if t is None or t.numel() == 0 else t for t in saved]
+    saved = present(saved)
     result = _kernels().lstm_variant_backward(
         dout, dh, dc, saved, params, noise, mask, reverse, eps, need_dx, bf16, mode
     )
-    return _owned(_none_to_empty(result, dout), [dout, dh, dc, *saved, *params, *noise, mask])
+    return _owned(result, dout, [dout, dh, dc, *saved, *params, *noise, mask])
 
 
 def _backward_fake(dout, dh, dc, saved, params, noise, mask, reverse, eps, need_dx, bf16, mode):
-    B, T, R = dout.shape
-    xt = saved[0]  # (T, B, I)
-    dx = dout.new_empty(T, B, xt.shape[-1]).transpose(0, 1) if need_dx else dout.new_empty(0)
-    grads = [dout.new_empty(0) if p is None else torch.empty_like(p) for p in params]
-    return [dx, torch.empty_like(dh), torch.empty_like(dc), *grads]
+    return _gradients_fake(dout, [dh, dc], saved, params, need_dx)
 
 
 _define(
@@ -147,7 +155,7 @@ _define(
 # -- the GRU variants: saved xt, acts, rec, hs, hin, ax, rstd_x, gh, rstd_h -----------------------
 def _gru_forward(x, h0, params, noise, mask, reverse, eps, train, mode):
     result = _kernels().gru_variant_forward(x, h0, params, noise, mask, reverse, eps, train, mode)
-    return _owned(_none_to_empty(result, x), [x, h0, *params, *noise, mask])
+    return _owned(result, x, [x, h0, *params, *noise, mask])
 
 
 def _gru_forward_fake(x, h0, params, noise, mask, reverse, eps, train, mode):
@@ -159,7 +167,7 @@ def _gru_forward_fake(x, h0, params, noise, mask, reverse, eps, train, mode):
         return first
 
     def empty(*shape: int, on: bool = True) -> Tensor:
-        return x.new_empty(*shape) if on else x.new_empty(0)
+        return _empty(x, *shape, on=on)
 
     return [
         *first,
@@ -184,19 +192,15 @@ _define(
 
 
 def _gru_backward(dout, dh, saved, params, noise, mask, reverse, eps, need_dx, mode):
-    saved = [None if t is None or t.numel() == 0 else t for t in saved]
+    saved = present(saved)
     result = _kernels().gru_variant_backward(
         dout, dh, saved, params, noise, mask, reverse, eps, need_dx, mode
     )
-    return _owned(_none_to_empty(result, dout), [dout, dh, *saved, *params, *noise, mask])
+    return _owned(result, dout, [dout, dh, *saved, *params, *noise, mask])
 
 
 def _gru_backward_fake(dout, dh, saved, params, noise, mask, reverse, eps, need_dx, mode):
-    B, T, _ = dout.shape
-    xt = saved[0]  # (T, B, I)
-    dx = dout.new_empty(T, B, xt.shape[-1]).transpose(0, 1) if need_dx else dout.new_empty(0)
-    grads = [dout.new_empty(0) if p is None else torch.empty_like(p) for p in params]
-    return [dx, torch.empty_like(dh), *grads]
+    return _gradients_fake(dout, [dh], saved, params, need_dx)
 
 
 _define(
