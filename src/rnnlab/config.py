@@ -187,6 +187,9 @@ class ModelConfig:
     peepholes: bool = False
     recurrent_dropout: float = 0.0
     zoneout: float = 0.0
+    # language models with a train.time_limit: choose the width and dropout from the corpus
+    # size and the measured speed (rnnlab.tasks.lm_sizing); hidden_sizes is the base width
+    autosize: bool = False
 
     def __post_init__(self) -> None:
         check_numbers(self)

@@ -48,6 +48,11 @@ def check_model(m: ModelConfig) -> None:
         if not 0.0 <= getattr(m, name) < 1.0:
             raise ConfigError(f"model.{name}: expected in [0, 1), got {getattr(m, name)}")
     _check_variants(m)
+    if m.autosize and m.kind != "lm":
+        raise ConfigError(
+            f"model.autosize: expected model.kind='lm' (it fits a language model's width to its "
+            f"corpus), got kind={m.kind!r}"
+        )
 
 
 def _check_bf16(m: ModelConfig) -> None:

@@ -33,7 +33,7 @@ from rnnlab.checkpoint import (
     load_model_weights,
     versions,
 )
-from rnnlab.config import PRESET_SOURCE, Config, load_preset
+from rnnlab.config import PRESET_SOURCE, Config, ConfigError, load_preset
 from rnnlab.distributed import Context
 from rnnlab.faults import fault_point
 from rnnlab.files import atomic_write
@@ -309,6 +309,12 @@ def train(
         load_preset(config, overrides) if isinstance(config, str) else config.override(overrides)
     )
     context.check_batch_size(config.train.batch_size)
+    if config.model.autosize and context.enabled:  # each rank would measure, and may choose, apart
+        raise ConfigError(
+            f"model.autosize: expected a single process (the width is chosen from this "
+            f"process's measured speed), got {context.world_size} ranks; set model.hidden_sizes "
+            f"and model.dropout instead"
+        )
     check_data_dir(config, data_dir)
     out = context.on_main(lambda: _new_run_dir(out, config.name))  # one name for all ranks
     config = _pretrain(config, out, data_dir, callbacks, context)
@@ -320,6 +326,9 @@ def train(
         try:
             fault_point("data-load")
             data = session.task.load(data_dir)  # first: a language model's size is its vocabulary's
+            settled = session.task.settle(data)  # e.g. a width fitted to the corpus (autosize)
+            if settled is not None:
+                config = session.config = settled
             torch.manual_seed(config.train.seed)
             model = session.task.build_model()
             trainer = Trainer(

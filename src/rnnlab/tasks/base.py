@@ -227,6 +227,12 @@ class Task(ABC):
     def load(self, data_dir: PathLike | None = None) -> TaskData:
         """The splits (``data_dir`` as in :func:`rnnlab.data.load_mnist`)."""
 
+    def settle(self, data: TaskData) -> Config | None:
+        """Once the data is loaded and before the model is built: a configuration to train with
+        instead of this task's own (e.g. a width fitted to the corpus), or None to keep it. A
+        task that returns one has put what it decided into ``data.artifacts``."""
+        return None
+
     @abstractmethod
     def build_model(self) -> nn.Module:
         """The model, freshly initialised from the current torch RNG."""

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnlab.config import ConfigError
+from rnnlab.config import Config, ConfigError
 from rnnlab.data import DataError, DataWarning
 from rnnlab.data.corpus import Corpus, corpus_summary, load_corpus, unknown_warning
 from rnnlab.data.streams import check_stream
@@ -56,6 +56,7 @@ from rnnlab.tasks.base import (
     Task,
     TaskData,
 )
+from rnnlab.tasks.lm_sizing import measure_rate, settle
 from rnnlab.tasks.lm_start import START, read_start_ids, start_ids, warm_state
 from rnnlab.tasks.lm_streams import StreamBatches, stream_split, to_carry, to_state
 from rnnlab.train import BatchLoss, Carry, Selection, Split
@@ -64,6 +65,7 @@ __all__ = ["LanguageModelTask", "StreamBatches", "VOCAB"]
 
 VOCAB = "vocab.json"
 CORPUS = "corpus.json"
+SIZING = "sizing.json"  # model.autosize's choice and the measurements behind it
 
 
 class LanguageModelTask(Task):
@@ -125,6 +127,11 @@ class LanguageModelTask(Task):
             raise ConfigError(
                 f"model.bidirectional: expected False for model.kind='lm', got {m.bidirectional!r}"
             )
+        if m.autosize and not self.config.train.time_limit > 0:
+            raise ConfigError(
+                "model.autosize: expected a train.time_limit > 0 (the width is chosen for the "
+                f"budget), got time_limit={self.config.train.time_limit}"
+            )
 
     # -- data and model -------------------------------------------------------------------------
     def read_corpus(self, data_dir: PathLike | None = None) -> Corpus:
@@ -162,6 +169,25 @@ class LanguageModelTask(Task):
         }
         val = None if d.validation == "none" else stream_split(valid)
         return TaskData(stream_split(corpus.train), val, stream_split(test), artifacts)
+
+    def settle(self, data: TaskData) -> Config | None:
+        """With ``model.autosize``: the configuration with the width and dropout that
+        :mod:`rnnlab.tasks.lm_sizing` chooses for this corpus and ``train.time_limit``, each
+        candidate's speed measured here; its record goes into ``data.artifacts`` as
+        ``sizing.json``. None without autosize."""
+        if not self.config.model.autosize:
+            return None
+        d, t = self.config.data, self.config.train
+
+        def rate_of(candidate: Config) -> float:
+            task = LanguageModelTask(candidate)
+            task.vocab = self.vocab
+            return measure_rate(task.build_model, self.vocab_size, t.batch_size, d.bptt, t.lr)
+
+        config, sizing = settle(self.config, len(data.train.targets), rate_of)
+        data.artifacts[SIZING] = sizing.to_dict()
+        self.config = config
+        return config
 
     def bind_run(self, run_dir: PathLike) -> None:
         """Use the run's ``vocab.json`` (model size, encoding of new text and of the corpus)."""
