@@ -73,7 +73,7 @@ def test_a_run_records_its_choice_and_is_read_back_at_that_size(tmp_path, monkey
     corpus = _corpus(tmp_path, lines=400)
     measured = {}
 
-    def fake_rate(build, vocab, batch, bptt, lr):  # speeds made up, so the choice is fixed
+    def fake_rate(build, optimizer, vocab, batch, bptt):  # speeds made up, so the choice is fixed
         width = build().hidden_size
         measured[width] = True
         return {32: 1e6, 48: 5e5}.get(width, 10.0)

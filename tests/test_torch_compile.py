@@ -240,6 +240,14 @@ def assert_equal_runs(a, b) -> None:
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def compiled_whole(model: nn.Module) -> tuple[nn.Module, Recorder]:
+    """``model`` (whose layers route to the compiled kernels) under torch.compile with
+    fullgraph=True, and the recorder of the graphs it makes."""
+    assert model.rnn.resolve_backend() == "compiled"
+    recorder = Recorder()
+    return torch.compile(model, backend=recorder.backend, fullgraph=True), recorder
+
+
 def ids(B: int = 4, T: int = 7) -> Tensor:
     return torch.randint(0, 20, (B, T), generator=torch.Generator().manual_seed(T))
 
@@ -258,9 +266,7 @@ def test_a_model_of_rnnlab_layers_compiles_whole(name: str, bidirectional: bool)
     """fullgraph=True: one graph from the ids to the logits, holding the compiled kernels the
     routing table gives eager calls; training and inference equal eager."""
     model = TinyModel(getattr(rnnlab, name), bidirectional=bidirectional)
-    assert model.rnn.resolve_backend() == "compiled"
-    recorder = Recorder()
-    fast = torch.compile(model, backend=recorder.backend, fullgraph=True)
+    fast, recorder = compiled_whole(model)
     x = ids()
     assert_equal_runs(train_step(fast, x), train_step(model, x))
     train_ops, infer_ops = LAYER_OPS[(name, bidirectional)]
@@ -317,9 +323,7 @@ def test_bf16_mode_compiles_whole(how: str) -> None:
 @pytest.mark.parametrize("cell", ["mingru", "minlstm"])
 def test_min_cells_compile_whole(cell: str) -> None:
     model = TinyModel(layer_class(cell))
-    assert model.rnn.resolve_backend() == "compiled"
-    recorder = Recorder()
-    fast = torch.compile(model, backend=recorder.backend, fullgraph=True)
+    fast, recorder = compiled_whole(model)
     x = ids()
     assert_equal_runs(train_step(fast, x), train_step(model, x))
     assert recorder.rnnlab_ops() == {"min_scan_forward", "min_scan_backward"}
@@ -461,9 +465,7 @@ def test_lstm_variants_compile_whole(options) -> None:
     """A model of variant LSTMs compiles with fullgraph=True around the variant kernel's two
     operators; training and inference equal eager."""
     model = TinyModel(rnnlab.LSTM, **options)
-    assert model.rnn.resolve_backend() == "compiled"
-    recorder = Recorder()
-    fast = torch.compile(model, backend=recorder.backend, fullgraph=True)
+    fast, recorder = compiled_whole(model)
     x = ids()
     assert_equal_runs(train_step(fast, x), train_step(model, x))
     assert recorder.rnnlab_ops() == {"lstm_variant_forward", "lstm_variant_backward"}
@@ -525,9 +527,7 @@ def test_gru_variant_fake_kernels_match_the_real_ones() -> None:
 
 def test_gru_variants_compile_whole() -> None:
     model = TinyModel(rnnlab.GRU, layer_norm=True, zoneout=0.1)
-    assert model.rnn.resolve_backend() == "compiled"
-    recorder = Recorder()
-    fast = torch.compile(model, backend=recorder.backend, fullgraph=True)
+    fast, recorder = compiled_whole(model)
     x = ids()
     torch.manual_seed(3)
     got = train_step(fast, x)

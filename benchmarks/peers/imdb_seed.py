@@ -17,12 +17,11 @@ PyTorch user would: ``TensorDataset`` and ``DataLoader``, ``nn.Embedding``, ``nn
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
 import torch
+from classifier_common import evaluate, finish, parse
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -65,32 +64,8 @@ def load(data_dir: str | None, sample: bool) -> tuple[TensorDataset, TensorDatas
     return dataset(x_train, y_train), dataset(x_test, y_test)
 
 
-def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
-    """(mean loss, accuracy) over ``loader``."""
-    model.eval()
-    loss = right = total = 0.0
-    with torch.no_grad():
-        for x, y in loader:
-            logits = model(x)
-            loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            right += int((logits.argmax(1) == y).sum())
-            total += len(y)
-    model.train()
-    return loss / total, right / total
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--sample", action="store_true", help="the IMDB sample shipped in rnnlab")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--out", default=None, help="JSON result file")
-    args = p.parse_args()
-    start = time.perf_counter()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    args = parse(__doc__.splitlines()[0], "IMDB", epochs=20)
     train_set, test_set = load(args.data_dir, args.sample)
     train = DataLoader(train_set, batch_size=512, shuffle=True)
     test = DataLoader(test_set, batch_size=2500)
@@ -132,24 +107,7 @@ def main() -> None:
             f"acc: {right / seen:.4f} - val_loss: {val_loss:.4f} - val_acc: {val_acc:.4f}"
         )
     test_loss, test_acc = history[-1]["val_loss"], history[-1]["val_accuracy"]
-    total = time.perf_counter() - start
-    print(
-        f"Testing Accuracy: {test_acc:.4f}; {step} steps, {train_s:.1f} s training, {total:.1f} s"
-    )
-    if args.out:
-        result = {
-            "test_accuracy": test_acc,
-            "test_loss": test_loss,
-            "steps": step,
-            "train_s": train_s,
-            "total_s": total,
-            "history": history,
-            "threads": args.threads,
-            "seed": args.seed,
-            "torch": torch.__version__,
-        }
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    finish(args, test_acc, step, train_s, test_loss=test_loss, history=history)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ written the way a PyTorch user would: ``TensorDataset`` and ``DataLoader``, ``nn
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
+from classifier_common import evaluate, finish, parse
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -42,29 +41,8 @@ class RowLSTM(nn.Module):
         return self.out(y[:, -1])
 
 
-def accuracy(model: nn.Module, loader: DataLoader) -> float:
-    model.eval()
-    right = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            right += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    model.train()
-    return right / total
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--sample", action="store_true", help="the MNIST sample shipped in rnnlab")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--out", default=None, help="JSON result file")
-    args = p.parse_args()
-    start = time.perf_counter()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    args = parse(__doc__.splitlines()[0], "MNIST", epochs=2)
     (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir, sample=args.sample)
 
     def dataset(x, y) -> TensorDataset:
@@ -92,24 +70,9 @@ def main() -> None:
                     f"Iter {step}, Minibatch Loss= {loss.item():.6f}, Training Accuracy= {acc:.5f}"
                 )
         train_s += time.perf_counter() - t0
-        test_acc = accuracy(model, test)  # the last epoch's is the final model's, as in rnnlab
+        _, test_acc = evaluate(model, test)  # the last epoch's is the final model's, as in rnnlab
         print(f"Epoch {epoch + 1}/{args.epochs}: test accuracy {test_acc:.4f}")
-    total = time.perf_counter() - start
-    print(
-        f"Testing Accuracy: {test_acc:.4f}; {step} steps, {train_s:.1f} s training, {total:.1f} s"
-    )
-    if args.out:
-        result = {
-            "test_accuracy": test_acc,
-            "steps": step,
-            "train_s": train_s,
-            "total_s": total,
-            "threads": args.threads,
-            "seed": args.seed,
-            "torch": torch.__version__,
-        }
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    finish(args, test_acc, step, train_s)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ from rnnlab.tasks.base import (
 from rnnlab.tasks.lm_sizing import measure_rate, settle
 from rnnlab.tasks.lm_start import START, read_start_ids, start_ids, warm_state
 from rnnlab.tasks.lm_streams import StreamBatches, stream_split, to_carry, to_state
-from rnnlab.train import BatchLoss, Carry, Selection, Split
+from rnnlab.train import BatchLoss, Carry, Selection, Split, make_optimizer
 
 __all__ = ["LanguageModelTask", "StreamBatches", "VOCAB"]
 
@@ -182,7 +183,8 @@ class LanguageModelTask(Task):
         def rate_of(candidate: Config) -> float:
             task = LanguageModelTask(candidate)
             task.vocab = self.vocab
-            return measure_rate(task.build_model, self.vocab_size, t.batch_size, d.bptt, t.lr)
+            optimizer = partial(make_optimizer, cfg=t)
+            return measure_rate(task.build_model, optimizer, self.vocab_size, t.batch_size, d.bptt)
 
         config, sizing = settle(self.config, len(data.train.targets), rate_of)
         data.artifacts[SIZING] = sizing.to_dict()

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from torch import nn
 
 from rnnlab.config import Config
 
@@ -60,8 +61,12 @@ class Sizing:
     corpus_tokens: int
     budget_s: float
     rates: dict[int, float]  # width -> tokens/s measured
-    passes: dict[int, float]  # width -> rate * budget / corpus_tokens
     reason: str
+
+    @property
+    def passes(self) -> dict[int, float]:
+        """Width -> how often it would read the corpus: rate * budget / corpus_tokens."""
+        return {w: r * self.budget_s / self.corpus_tokens for w, r in self.rates.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,19 +99,19 @@ def choose(
             f"{budget_s}"
         )
     rates: dict[int, float] = {}
-    passes: dict[int, float] = {}
 
-    def passes_of(width: int) -> float:
+    def passes_of(width: int) -> float:  # measured once per width
         rates[width] = rate(width)
-        passes[width] = rates[width] * budget_s / corpus_tokens
-        return passes[width]
+        return rates[width] * budget_s / corpus_tokens
 
-    if passes_of(base) <= MAX_PASSES:
+    passes = {base: passes_of(base)}
+    if passes[base] <= MAX_PASSES:
         why = f"width {base} reads the corpus {passes[base]:.2f} times (<= {MAX_PASSES}): kept"
-        return Sizing(base, base_dropout, corpus_tokens, budget_s, rates, passes, why)
+        return Sizing(base, base_dropout, corpus_tokens, budget_s, rates, why)
     hidden = base
     for width in sorted((w for w in LADDER if w > base), reverse=True):
-        if passes_of(width) >= MIN_PASSES:
+        passes[width] = passes_of(width)
+        if passes[width] >= MIN_PASSES:
             hidden = width
             break
     dropout = DROPOUT if passes[hidden] > DROPOUT_FROM_PASSES else base_dropout
@@ -120,20 +125,25 @@ def choose(
         )
         + f", dropout {dropout}"
     )
-    return Sizing(hidden, dropout, corpus_tokens, budget_s, rates, passes, why)
+    return Sizing(hidden, dropout, corpus_tokens, budget_s, rates, why)
 
 
 def measure_rate(
-    build: Callable[[], torch.nn.Module], vocab: int, batch: int, bptt: int, lr: float
+    build: Callable[[], nn.Module],
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    vocab: int,
+    batch: int,
+    bptt: int,
 ) -> float:
     """Training tokens per second of the model ``build()`` makes: one warm-up step (lazy kernel
     builds, allocator), then PROBE_STEPS timed steps of forward with the fused loss, backward and
-    Adam on random ids, as the trainer runs them. Leaves the global RNG as it found it."""
+    the step of ``optimizer(model)`` (the run's own, :func:`rnnlab.train.make_optimizer`) on
+    random ids, as the trainer runs them. Leaves the global RNG as it found it."""
     rng = torch.get_rng_state()
     try:
         model = build()
         model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = optimizer(model)
         ids = torch.randint(0, vocab, (batch, bptt + 1))
         x, y = ids[:, :-1], ids[:, 1:]
 
