@@ -49,6 +49,9 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "torch.lstm": (native, "lstm"),
     "torch.gru": (native, "gru"),
     "torch.rnn": (native, "rnn"),
+    "torch.lstm_stack": (native, "stack"),  # one function, named by its cells (STACKS)
+    "torch.gru_stack": (native, "stack"),
+    "torch.rnn_stack": (native, "stack"),
     "parallel.mingru": (parallel, "mingru"),
     "parallel.minlstm": (parallel, "minlstm"),
     "fused.slstm": (slstm, "slstm"),
@@ -58,6 +61,8 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "fused.gru_variant": (variant_fused, "gru_variant"),
     "compiled.gru_variant": (gru_variant_compiled, "gru_variant"),
 }
+STACKS = {rnnlab.LSTMCell: "torch.lstm_stack", rnnlab.GRUCell: "torch.gru_stack"}
+STACKS[rnnlab.RNNCell] = "torch.rnn_stack"
 SRC = Path(rnnlab.__file__).parent
 
 
@@ -66,7 +71,15 @@ def ran(monkeypatch) -> list[tuple[str, bool]]:
     """(kernel name, bf16 argument) of every kernel call, in order."""
     calls: list[tuple[str, bool]] = []
     for name, (module, attr) in KERNELS.items():
-        monkeypatch.setattr(module, attr, recorder(name, getattr(module, attr), calls))
+        if name not in STACKS.values():
+            monkeypatch.setattr(module, attr, recorder(name, getattr(module, attr), calls))
+    stack = native.stack
+
+    def record_stack(cells, *args, **kwargs):
+        calls.append((STACKS[type(cells[0])], False))
+        return stack(cells, *args, **kwargs)
+
+    monkeypatch.setattr(native, "stack", record_stack)
     return calls
 
 
@@ -289,8 +302,25 @@ def test_precision_bf16_on_float64_names_the_dtype(ext) -> None:
 )
 @pytest.mark.parametrize("grad", [False, True])
 def test_torch_backend_runs_torchs_op(ran, cls, kernel: str, grad: bool) -> None:
+    """A whole stack in one call of the op; layer by layer where dropout comes between them."""
     call(cls(2, 3, num_layers=2, bidirectional=True, backend="torch"), X, grad)
+    assert names(ran) == [f"{kernel}_stack"]
+    ran.clear()
+    layer = cls(2, 3, num_layers=2, bidirectional=True, dropout=0.5, backend="torch")
+    call(layer, X, grad)  # training mode: rnnlab's dropout between the layers
     assert names(ran) == [kernel] * 4
+    ran.clear()
+    call(layer.eval(), X, grad)
+    assert names(ran) == [f"{kernel}_stack"]
+    ran.clear()
+    call(cls(2, 3, backend="torch"), X, grad, return_gates=True)
+    assert names(ran) == ["reference"]
+
+
+def test_variant_cells_run_torchs_op_layer_by_layer(ran) -> None:
+    """A variant cell (here an LSTM with a projection) is not a plain cell: one call a layer."""
+    call(rnnlab.LSTM(2, 3, num_layers=2, proj_size=2, backend="torch"), X)
+    assert names(ran) == ["torch.lstm"] * 2
 
 
 @pytest.mark.parametrize("cls", [rnnlab.LSTM, rnnlab.GRU, rnnlab.RNN])
@@ -336,7 +366,7 @@ XW = torch.randn(2, 3, 4)  # (B, T, I) for the wide layers
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_auto_runs_torchs_op_for_wide_float32_lstms(ran, ext, grad, bidirectional) -> None:
     call(rnnlab.LSTM(4, WIDE, num_layers=2, bidirectional=bidirectional), XW, grad)
-    assert names(ran) == ["torch.lstm"] * (4 if bidirectional else 2)
+    assert names(ran) == ["torch.lstm_stack"]  # both layers in one call, as torch.nn.LSTM
 
 
 def test_auto_keeps_the_compiled_kernels_elsewhere(ran, ext) -> None:
@@ -438,7 +468,7 @@ def test_fused_is_pure_torch_and_layers_pick_no_kernel() -> None:
         and isinstance(node.value, ast.Name)
         and node.value.id == "backends"
     }
-    assert used == {"scan_layer", "resolve_backend", "autocast_input"}, used
+    assert used == {"scan_layer", "scan_stack", "resolve_backend", "autocast_input"}, used
 
 
 # -- the LSTM variants (issue 23) -----------------------------------------------------------------

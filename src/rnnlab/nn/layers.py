@@ -244,6 +244,20 @@ class RecurrentLayer(nn.Module):
         )
         step_mask = make_mask(name, lengths, mask, padding, B, T, x.device)  # (B, T) bool or None
 
+        call = {
+            "backend": self.backend if backend is None else backend,
+            "precision": self.precision if precision is None else precision,
+            "return_gates": return_gates,
+        }
+        if not return_gates and noise is None:  # the whole stack in one call of torch's op?
+            cells, states = list(self.cells), [self._cell_state(state, k) for k in range(LD)]
+            between = bool(self.dropout and self.training and self.num_layers > 1)
+            whole = backends.scan_stack(
+                cells, self.num_layers, x, state, states, step_mask, between=between, **call
+            )
+            if whole is not None:
+                return whole
+
         finals, trace = [], []
         layer_input = x  # (B, T, I) then (B, T, D*H)
         for layer in range(self.num_layers):
@@ -253,9 +267,7 @@ class RecurrentLayer(nn.Module):
                 layer_input,
                 [self._cell_state(state, k) for k in ks],
                 step_mask,
-                backend=self.backend if backend is None else backend,
-                precision=self.precision if precision is None else precision,
-                return_gates=return_gates,
+                **call,
                 noise=self._noise(noise, ks, B, T, x),
             )
             layer_input = scan.output  # (B, T, D*H)

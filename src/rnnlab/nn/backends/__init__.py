@@ -27,7 +27,9 @@ from rnnlab.nn.backends.dispatch import (
     autocast_input,
     resolve_backend,
     route_layer,
+    route_stack,
     scan_layer,
+    scan_stack,
 )
 from rnnlab.nn.backends.precision import native_bf16
 
@@ -44,5 +46,7 @@ __all__ = [
     "native_bf16",
     "resolve_backend",
     "route_layer",
+    "route_stack",
     "scan_layer",
+    "scan_stack",
 ]

@@ -1,4 +1,5 @@
-"""Torch's own recurrent ops on rnnlab's parameters: one direction of one layer, unpadded.
+"""Torch's own recurrent ops on rnnlab's parameters: one direction of one layer, or a whole
+stack in one call (:func:`stack`), unpadded.
 
 Shape legend: B batch, T time, I input features, H hidden units.
 
@@ -28,7 +29,7 @@ from rnnlab.nn.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.variant_gru import VariantGRUCell
 from rnnlab.nn.variants import VariantLSTMCell
 
-__all__ = ["check_call", "check_variant", "lstm", "gru", "rnn"]
+__all__ = ["check_call", "check_variant", "lstm", "gru", "rnn", "stack"]
 
 # torch's functional ops after (input, hx, params): has_biases, num_layers, dropout, train,
 # bidirectional, batch_first
@@ -65,6 +66,37 @@ def rnn(cell: RNNCell, x: Tensor, h: Tensor, *, reverse: bool = False) -> tuple[
     params = [cell.weight_ih, cell.weight_hh, cell.bias, torch.zeros_like(cell.bias)]
     out, h_n = torch.rnn_tanh(_time(x, reverse), h[None], params, *_ONE_LAYER)
     return _time(out, reverse), h_n[0]
+
+
+def _params(cell: LSTMCell | GRUCell | RNNCell) -> list[Tensor]:
+    """One cell's ``[weight_ih, weight_hh, bias_ih, bias_hh]`` in torch's layout (see the module
+    docstring for the biases)."""
+    if isinstance(cell, GRUCell):
+        H = cell.hidden_size
+        bias_hh = torch.cat([cell.bias_hn.new_zeros(2 * H), cell.bias_hn])  # (3H,) 0 for r, z
+        return [cell.weight_ih, cell.weight_hh, cell.bias, bias_hh]
+    return [cell.weight_ih, cell.weight_hh, cell.bias, torch.zeros_like(cell.bias)]
+
+
+def stack(
+    cells: list[LSTMCell] | list[GRUCell] | list[RNNCell],
+    x: Tensor,
+    state: Tensor | LSTMState,
+    num_layers: int,
+    bidirectional: bool,
+) -> tuple[Tensor, Tensor | LSTMState]:
+    """A whole stack in one call of torch's op, as torch.nn.LSTM/GRU/RNN make it: ``cells`` in
+    rnnlab's order (index ``layer * D + direction``, torch's too), x (B, T, I), state (L*D, B,
+    H) (an LSTMState of two for the LSTM) -> (output (B, T, D*H), final state shaped as
+    ``state``). No dropout between the layers: the caller takes this only where none applies."""
+    params = [p for cell in cells for p in _params(cell)]
+    flags = (True, num_layers, 0.0, torch.is_grad_enabled(), bidirectional, True)
+    if isinstance(cells[0], LSTMCell):
+        out, h, c = torch.lstm(x, [state.h, state.c], params, *flags)
+        return out, LSTMState(h, c)
+    op = torch.gru if isinstance(cells[0], GRUCell) else torch.rnn_tanh
+    out, h = op(x, state, params, *flags)
+    return out, h
 
 
 def check_call(x: Tensor, mask: Tensor | None) -> None:
