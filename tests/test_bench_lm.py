@@ -81,6 +81,27 @@ def test_decoder_loss_matches_linear_then_cross_entropy_in_fp32(with_bias, upstr
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_decoder_loss_without_gradients_takes_the_loss_alone(monkeypatch):
+    """Evaluation (no grad mode, or nothing requiring grad) skips the Function, whose forward
+    also makes the gradient, and gives cross_entropy's value (bf16: within its rounding)."""
+    hidden, weight, bias, targets = _inputs()
+    expected = _reference(hidden, weight, bias, targets).detach()
+
+    def refuse(*args):
+        raise AssertionError("the Function ran where no gradient was wanted")
+
+    monkeypatch.setattr(decoder_loss._DecoderCrossEntropy, "apply", refuse)
+    with torch.no_grad():
+        got = decoder_cross_entropy(hidden, weight, bias, targets)
+        in_bf16 = decoder_cross_entropy(hidden, weight, bias, targets, bf16=True)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert abs(in_bf16.item() - expected.item()) < 2e-3 * expected.item()
+    detached = [t.detach() for t in (hidden, weight, bias)]
+    torch.testing.assert_close(decoder_cross_entropy(*detached, targets), expected)
+    with pytest.raises(AssertionError, match="the Function ran"):  # a gradient is wanted
+        decoder_cross_entropy(hidden, weight, bias, targets)
+
+
 def test_decoder_loss_is_stable_for_extreme_logits(softmax_path):
     # Logits of +-1e4 overflow a naive exp; the loss of a confident right answer is ~0 and of a
     # confident wrong one is the logit gap, exactly as cross_entropy says.

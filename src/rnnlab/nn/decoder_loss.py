@@ -21,6 +21,9 @@ compiled extension runs, that softmax is one C++ kernel (``backends/_ext/decoder
 passes over each row instead of ATen's six or so); elsewhere the same computation runs as
 torch ops.
 
+Where no gradient is wanted (evaluation: no grad mode, or nothing requiring grad), the same
+logits go to torch's ``cross_entropy`` instead, which does not make the gradient.
+
 The backward is not itself differentiable (no double backward).
 """
 
@@ -58,20 +61,28 @@ def _softmax_xent_(logits: Tensor, targets: Tensor, scale: float) -> tuple[Tenso
     return loss_sum, grad.sum(0)
 
 
+def _logits(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, bf16: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(h, w, logits)``: the GEMM operands (N, H) and (V, H) (bf16 in bf16 mode) and the
+    float logits (N, V), accumulated in fp32."""
+    dtype = torch.bfloat16 if bf16 else hidden.dtype
+    h, w = hidden.to(dtype), weight.to(dtype)
+    if bias is not None and not bf16:
+        return h, w, torch.addmm(bias, h, w.t())  # the bias added by the GEMM
+    logits = torch.mm(h, w.t()).to(hidden.dtype)
+    if bias is not None:
+        logits += bias
+    return h, w, logits
+
+
 class _DecoderCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, bf16: bool
     ) -> Tensor:
         N = hidden.shape[0]
-        dtype = torch.bfloat16 if bf16 else hidden.dtype
-        h, w = hidden.to(dtype), weight.to(dtype)  # GEMM operands: (N, H), (V, H)
-        if bias is not None and not bf16:
-            logits = torch.addmm(bias, h, w.t())  # (N, V), the bias added by the GEMM
-        else:
-            logits = torch.mm(h, w.t()).to(hidden.dtype)  # (N, V), accumulated in fp32
-            if bias is not None:
-                logits += bias
+        h, w, logits = _logits(hidden, weight, bias, bf16)
         # The gradient for a loss gradient of 1, in the logits' memory; backward scales it.
         loss_sum, bias_grad = _softmax_xent_(logits, targets, 1.0 / N)
         ctx.save_for_backward(h, w, logits)
@@ -135,4 +146,18 @@ def decoder_cross_entropy(
             f"decoder_cross_entropy expected bias of shape ({weight.shape[0]},), got "
             f"{tuple(bias.shape)}"
         )
+    wanted = [t for t in (hidden, weight, bias) if t is not None and t.requires_grad]
+    if not (torch.is_grad_enabled() and wanted):  # evaluation: the loss alone
+        return _loss_only(hidden, weight, bias, targets.long(), bool(bf16))
     return _DecoderCrossEntropy.apply(hidden, weight, bias, targets.long(), bool(bf16))
+
+
+def _loss_only(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, bf16: bool
+) -> Tensor:
+    """The same loss where no gradient is wanted: the same logits, then torch's
+    ``cross_entropy`` (log-softmax and the targets' entries), which skips the gradient and the
+    bias sums that the Function's forward leaves for its backward. On G's decoder (N 700,
+    H 650, V 10,000, one thread) the loss after the GEMM took 9.5 ms this way against 16 ms."""
+    _, _, logits = _logits(hidden, weight, bias, bf16)
+    return torch.nn.functional.cross_entropy(logits, targets)
