@@ -213,6 +213,35 @@ def test_lstm_inference_kernel_matches_reference(ext: ModuleType, seed: int) -> 
                 assert rel_err(a, b) < 2e-2, (B, T, I, H, threads)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_gru_inference_kernel_matches_reference(ext: ModuleType, seed: int) -> None:
+    """Unpadded float32 GRU inference takes its own kernel (gru_infer: batch rows split between
+    threads, each step's two products in buffers of its own); it must equal the reference loop,
+    for uneven row splits (B up to 70, 1-3 threads), both directions, and a width too large for
+    the row blocks (H = 400, which runs gru_forward's per-step loop)."""
+    g = torch.Generator().manual_seed(seed)
+    B = int(torch.randint(1, 70, (1,), generator=g))
+    T, I = (int(torch.randint(1, 40, (1,), generator=g)) for _ in range(2))
+    H = [5, 16, 33, 128, 256, 400][seed]
+    reverse = bool(seed % 2)
+    torch.manual_seed(seed)
+    ref = rnnlab.GRU(I, H, bidirectional=True, backend="reference")
+    cell = ref.cell(0, int(reverse))
+    with torch.no_grad():  # non-zero biases, so a misplaced b_hn would show
+        cell.bias.uniform_(-0.5, 0.5)
+        cell.bias_hn.uniform_(-0.5, 0.5)
+    x = torch.randn(B, T, I, generator=g)
+    h0 = torch.randn(B, H, generator=g)
+    with torch.no_grad():
+        out_r, h_r = ref(x, torch.stack([h0, h0]))
+        out_r = out_r[..., H:] if reverse else out_r[..., :H]
+        weights = (cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn)
+        for threads in (1, 2, 3):
+            out, h = ext.gru_infer(x, h0, *weights, reverse, threads)
+            assert rel_err(out, out_r) < 1e-5, (B, T, I, H, threads)
+            assert rel_err(h, h_r[int(reverse)]) < 1e-5, (B, T, I, H, threads)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_bidirectional_inference_pair_kernel_matches_reference(ext: ModuleType, seed: int) -> None:
     """lstm_infer_pair runs both directions at once into one (B, T, 2H) output, the team split

@@ -44,6 +44,7 @@ KERNELS = {  # kernel name in the table -> (module, function)
     "compiled.lstm_infer_pair": (compiled, "lstm_infer_pair"),
     "compiled.gru_train": (compiled, "gru_train"),
     "compiled.gru_forward": (compiled, "gru_forward"),
+    "compiled.gru_infer": (compiled, "gru_infer"),
     "compiled.mingru": (compiled, "mingru"),
     "compiled.minlstm": (compiled, "minlstm"),
     "torch.lstm": (native, "lstm"),
@@ -252,12 +253,18 @@ def test_masked_or_float64_lstm_inference_runs_lstm_forward(ext, ran) -> None:
 
 
 @pytest.mark.parametrize(
-    "grad, kernel", [(True, "compiled.gru_train"), (False, "compiled.gru_forward")]
+    "grad, kernels",
+    [
+        (True, ["compiled.gru_train"] * 3),
+        (False, ["compiled.gru_infer"] * 2 + ["compiled.gru_forward"]),
+    ],
 )
-def test_gru_runs_its_compiled_kernels(ext, ran, grad: bool, kernel: str) -> None:
+def test_gru_runs_its_compiled_kernels(ext, ran, grad: bool, kernels: list[str]) -> None:
+    """Unpadded float32 inference takes gru_infer (row blocks); padding or float64 the per-step
+    gru_forward."""
     call(rnnlab.GRU(2, 3, bidirectional=True), X, grad)  # no pair kernel for GRU
     call(rnnlab.GRU(2, 3).double(), X.double(), grad, **LENGTHS)
-    assert names(ran) == [kernel] * 3
+    assert names(ran) == kernels
 
 
 # -- bf16 -----------------------------------------------------------------------------------------
@@ -273,7 +280,7 @@ def test_autocast_runs_compiled_lstm_in_bf16_and_nothing_else(ext, ran) -> None:
         call(rnnlab.LSTM(2, 4), X.bfloat16())  # bf16 input is cast up to the float32 weights
         call(rnnlab.GRU(2, 4), X)
         call(rnnlab.LSTM(2, 4, backend="fused"), X)
-    assert ran == [("compiled.lstm_infer", True), ("compiled.gru_forward", False)] + [
+    assert ran == [("compiled.lstm_infer", True), ("compiled.gru_infer", False)] + [
         ("fused.lstm", False)
     ]
 
@@ -384,7 +391,7 @@ def test_auto_keeps_the_compiled_kernels_elsewhere(ran, ext) -> None:
         ("compiled.lstm_forward", False),
         ("compiled.lstm_train", True),
         ("compiled.lstm_infer", True),
-        ("compiled.gru_forward", False),
+        ("compiled.gru_infer", False),
     ]
 
 

@@ -116,6 +116,9 @@ def _gru_cases():
             weights = (args[2], args[3])
             yield ops.gru_backward, (*grads, xt, *weights, acts, ghn, hs, mask, reverse, need_dx)
         yield ops.gru_forward, (*args, mask, reverse)
+        if not masked:
+            yield ops.gru_infer, (*args, reverse)
+    yield ops.gru_infer, (*_gru_args(2, 3, 4, 400), False)  # too wide for row blocks
 
 
 def _min_cases():
@@ -137,7 +140,7 @@ def test_fake_kernels_match_the_real_ones() -> None:
     input (as the C++ xt would for B = 1 or T = 1 without the operator's copy)."""
     torch.manual_seed(0)
     cases = [*_lstm_cases(), *_gru_cases(), *_min_cases()]
-    assert len({op for op, _ in cases}) == 10  # every operator of rnnlab/nn/backends/ops.py
+    assert len({op for op, _ in cases}) == 11  # every operator of rnnlab/nn/backends/ops.py
     for op, args in cases:
         result = torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
         assert set(result.values()) == {"SUCCESS"}, (op, result)
@@ -256,8 +259,8 @@ LAYER_OPS = {
     # (layer, bidirectional): kernels of a training step, kernels of an inference call
     ("LSTM", False): ({"lstm_train", "lstm_backward"}, {"lstm_infer"}),
     ("LSTM", True): ({"lstm_train", "lstm_backward"}, {"lstm_infer_pair"}),
-    ("GRU", False): ({"gru_train", "gru_backward"}, {"gru_forward"}),
-    ("GRU", True): ({"gru_train", "gru_backward"}, {"gru_forward"}),
+    ("GRU", False): ({"gru_train", "gru_backward"}, {"gru_infer"}),
+    ("GRU", True): ({"gru_train", "gru_backward"}, {"gru_infer"}),
 }
 
 

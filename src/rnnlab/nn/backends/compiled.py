@@ -43,6 +43,7 @@ __all__ = [
     "lstm_infer_pair",
     "gru_train",
     "gru_forward",
+    "gru_infer",
     "mingru",
     "minlstm",
 ]
@@ -178,6 +179,14 @@ def gru_forward(
     x, mask = x.contiguous(), None if mask is None else mask.contiguous()
     args = (cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn, mask, reverse)
     return _kernel("gru_forward", x)(x, state, *args)
+
+
+def gru_infer(cell: GRUCell, x: Tensor, state: Tensor, *, reverse: bool) -> tuple[Tensor, Tensor]:
+    """Unpadded float32 inference (``gru.cpp``'s ``gru_infer``): as :func:`lstm_infer`, each
+    thread runs its batch rows through the whole loop with per-step GEMMs into buffers of its
+    own; the same arithmetic as :func:`gru_forward`."""
+    args = (cell.weight_ih, cell.weight_hh, cell.bias, cell.bias_hn, reverse)
+    return _kernel("gru_infer", x)(x.contiguous(), state.contiguous(), *args)
 
 
 # -- minGRU / minLSTM ---------------------------------------------------------------------------

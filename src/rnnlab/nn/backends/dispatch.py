@@ -190,7 +190,8 @@ def scan_layer(
                      LSTM, no grad, no mask, float32                 compiled.lstm_infer
                      LSTM, no grad, mask or float64                  compiled.lstm_forward
                      GRU, grad                                       compiled.gru_train
-                     GRU, no grad                                    compiled.gru_forward
+                     GRU, no grad, no mask, float32                  compiled.gru_infer
+                     GRU, no grad, mask or float64                   compiled.gru_forward
                      minGRU / minLSTM, grad or not, any mask         compiled.mingru / .minlstm
                                                                        (the parallel path's GEMM,
                                                                        then the time loop in C++)
@@ -412,7 +413,13 @@ def _compiled_kernel(cell: AnyCell, x: Tensor, state: State, mask: Tensor | None
         if mask is None and x.dtype == torch.float32:
             return "compiled.lstm_infer"
         return "compiled.lstm_forward"
-    return "compiled.gru_train" if grad else "compiled.gru_forward"
+    if grad:
+        return "compiled.gru_train"
+    return (
+        "compiled.gru_infer"
+        if mask is None and x.dtype == torch.float32
+        else "compiled.gru_forward"
+    )
 
 
 def resolve_backend(

@@ -45,6 +45,7 @@ Kernel = Literal[
     "compiled.lstm_infer_pair",
     "compiled.gru_train",
     "compiled.gru_forward",
+    "compiled.gru_infer",
     "compiled.mingru",
     "compiled.minlstm",
     "torch.lstm",
@@ -124,6 +125,8 @@ def run_kernel(
         out, final = compiled.lstm_infer(cell, x, state, reverse=reverse, bf16=route.bf16)
     elif kernel == "compiled.gru_train":
         out, final = compiled.gru_train(cell, x, state, mask, reverse=reverse)
+    elif kernel == "compiled.gru_infer":
+        out, final = compiled.gru_infer(cell, x, state, reverse=reverse)
     elif kernel == "compiled.gru_forward":
         out, final = compiled.gru_forward(cell, x, state, mask, reverse=reverse)
     elif kernel == "torch.lstm":

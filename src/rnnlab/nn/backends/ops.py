@@ -222,6 +222,24 @@ _define(
 )
 
 
+def _gru_infer(x, h0, w_ih, w_hh, bias, b_hn, reverse):
+    threads = torch.get_num_threads()
+    out, h = _kernels().gru_infer(x, h0, w_ih, w_hh, bias, b_hn, reverse, threads)
+    return out, h
+
+
+def _gru_infer_fake(x, h0, w_ih, w_hh, bias, b_hn, reverse):
+    return _gru_forward_fake(x, h0, w_ih, w_hh, bias, b_hn, None, reverse)
+
+
+_define(
+    "gru_infer(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor bias, Tensor b_hn, "
+    "bool reverse) -> (Tensor, Tensor)",
+    _gru_infer,
+    _gru_infer_fake,
+)
+
+
 def _gru_train(x, h0, w_ih, w_hh, bias, b_hn, mask, reverse):
     out, h, acts, ghn, hs, xt = _kernels().gru_forward(
         x, h0, w_ih, w_hh, bias, b_hn, mask, reverse, True

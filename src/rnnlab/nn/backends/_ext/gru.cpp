@@ -73,6 +73,59 @@ std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& h0, const Tensor&
   return {out, h_n, gates, ghn, hs, xt};
 }
 
+// GRU inference without padding, float32: as lstm_infer (lstm_infer.cpp), each thread runs its
+// block of batch rows through the whole time loop with single-threaded GEMMs into buffers of its
+// own, which stay in cache: x_t W_ih^T and h_{t-1} W_hh^T, kept apart because the reset gate
+// multiplies W_hn h + b_hn alone. x_t and h_{t-1} are read in place (rows of x and of the output,
+// strided by T); nothing of size T*B is made but the output. Weights too wide for the row
+// blocks (rows_fit) run gru_forward's per-step loop. ``threads`` caps the team.
+// Returns {out (B, T, H), h_n}.
+std::vector<Tensor> gru_infer(const Tensor& x_, const Tensor& h0_, const Tensor& w_ih,
+                              const Tensor& w_hh, const Tensor& bias, const Tensor& b_hn,
+                              bool reverse, int64_t threads) {
+  TORCH_CHECK(x_.scalar_type() == at::kFloat, "gru_infer expects float32, got ", x_.scalar_type());
+  const int64_t H = h0_.size(1);
+  if (!rows_fit(H)) return gru_forward(x_, h0_, w_ih, w_hh, bias, b_hn, c10::nullopt, reverse, false);
+  Tensor x = x_.contiguous(), h0 = h0_.contiguous();
+  const int64_t B = x.size(0), Tn = x.size(1), I = x.size(2);
+  Tensor out = at::empty({B, Tn, H}, x.options());
+  if (Tn == 0) return {out, h0.clone()};
+  Tensor w_ih_t = w_ih.t().contiguous(), w_hh_t = w_hh.t().contiguous();  // (I, 3H), (H, 3H)
+  Tensor b = bias.contiguous(), bn = b_hn.contiguous();
+  const Operand xo(x), h0o(h0), wio(w_ih_t), who(w_hh_t);
+  float* o = out.data_ptr<float>();
+  const float *bp = b.data_ptr<float>(), *bnp = bn.data_ptr<float>(), *h0p = h0.data_ptr<float>();
+  over_row_blocks(B, threads, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    std::vector<float> gx(rows * 3 * H), gh(rows * 3 * H);
+    for (int64_t s = 0; s < Tn; ++s) {
+      const int64_t t = reverse ? Tn - 1 - s : s, tp = reverse ? t + 1 : t - 1;
+      gemm_rows(rows, 3 * H, I, xo, (b0 * Tn + t) * I, Tn * I, wio, 3 * H, gx.data(), 3 * H,
+                false);  // x_t W_ih^T
+      if (s == 0) {  // h_0 W_hh^T
+        gemm_rows(rows, 3 * H, H, h0o, b0 * H, H, who, 3 * H, gh.data(), 3 * H, false);
+      } else {  // h_{t-1} W_hh^T, h_{t-1} read in place from the output
+        gemm_rows(rows, 3 * H, H, Operand(static_cast<const float*>(o)), (b0 * Tn + tp) * H,
+                  Tn * H, who, 3 * H, gh.data(), 3 * H, false);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* a = gx.data() + r * 3 * H;
+        const float* hh = gh.data() + r * 3 * H;
+        const float* hp = s == 0 ? h0p + (b0 + r) * H : o + ((b0 + r) * Tn + tp) * H;
+        float* hr = o + ((b0 + r) * Tn + t) * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const float rg = sigmoid(a[j] + bp[j] + hh[j]);
+          const float z = sigmoid(a[H + j] + bp[H + j] + hh[H + j]);
+          const float n = std::tanh(a[2 * H + j] + bp[2 * H + j] + rg * (hh[2 * H + j] + bnp[j]));
+          hr[j] = (1.0f - z) * n + z * hp[j];
+        }
+      }
+    }
+  });
+  return {out, out.select(1, reverse ? 0 : Tn - 1).clone()};
+}
+
 template <typename T>
 void gru_backward_step(const T* acts, const T* ghn, const T* h_prev, const T* dout, T* dgx, T* dgh,
                        T* dh, const bool* mask, int64_t t, int64_t Tn, int64_t B, int64_t H) {

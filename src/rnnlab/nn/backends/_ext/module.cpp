@@ -75,6 +75,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_infer_pair", &rnnlab_ext::lstm_infer_pair);
   m.def("bf16_rows_work", &rnnlab_ext::bf16_rows_work);
   m.def("gru_forward", &rnnlab_ext::gru_forward);
+  m.def("gru_infer", &rnnlab_ext::gru_infer);
   m.def("gru_backward", &rnnlab_ext::gru_backward);
   m.def("softmax_xent_", &rnnlab_ext::softmax_xent_);
   m.def("min_scan_forward", &rnnlab_ext::min_scan_forward);

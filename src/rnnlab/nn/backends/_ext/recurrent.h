@@ -10,8 +10,9 @@
 // overhead for about fifteen small element-wise ops per step. Here, for float32 LSTM (and its
 // bf16 mode), each thread takes a block of batch rows and runs them through every step with its
 // own single-threaded oneDNN ukernel GEMM and one vectorised pass over the gates: rows are
-// independent sequences, so the loop needs no synchronisation (see over_row_blocks). GRU,
-// float64, float32 LSTMs too wide for the row blocks (see rows_fit) and a few bf16 shapes run
+// independent sequences, so the loop needs no synchronisation (see over_row_blocks); unpadded
+// float32 GRU inference does the same (gru_infer). GRU training, padded GRU inference,
+// float64, float32 layers too wide for the row blocks (see rows_fit) and a few bf16 shapes run
 // per step: one whole-sequence input projection, then per step one in-place oneDNN GEMM
 // (multi-threaded) and one gate pass split over the rows. The equations are those of rnnlab/nn/cells.py, and
 // tests/test_fast_kernels.py checks this file against the reference cells (outputs, final
@@ -179,6 +180,7 @@ void over_row_blocks(int64_t B, int64_t threads, const F& body) {
 // size and keep the row blocks.
 constexpr int64_t kRowBlockWeightBytes = int64_t(2) << 20;
 
+// gru_infer uses the same bound: its (H, 3H) W_hh is smaller than the LSTM's (H, 4H) at a width.
 inline bool rows_fit(int64_t H) { return 4 * H * H * int64_t(sizeof(float)) <= kRowBlockWeightBytes; }
 
 // c (M, N) (+)= a (M, K) @ b (K, N), row-major with leading dimensions, in the calling thread.
@@ -282,6 +284,9 @@ std::vector<Tensor> softmax_xent_(Tensor& logits, const Tensor& targets, double 
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
                                 const Tensor& w_hh, const Tensor& bias, const Tensor& b_hn,
                                 const c10::optional<Tensor>& mask, bool reverse, bool train);
+std::vector<Tensor> gru_infer(const Tensor& x_, const Tensor& h0_, const Tensor& w_ih,
+                              const Tensor& w_hh, const Tensor& bias, const Tensor& b_hn,
+                              bool reverse, int64_t threads);
 std::vector<Tensor> gru_backward(const Tensor& dout_, const Tensor& dh_n, const Tensor& xt,
                                  const Tensor& w_ih, const Tensor& w_hh, const Tensor& acts,
                                  const Tensor& ghn, const Tensor& hs,
