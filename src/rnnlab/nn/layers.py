@@ -249,12 +249,11 @@ class RecurrentLayer(nn.Module):
             "precision": self.precision if precision is None else precision,
             "return_gates": return_gates,
         }
+        states = [self._cell_state(state, k) for k in range(LD)]  # per layer and direction
         if not return_gates and noise is None:  # the whole stack in one call of torch's op?
-            cells, states = list(self.cells), [self._cell_state(state, k) for k in range(LD)]
             between = bool(self.dropout and self.training and self.num_layers > 1)
-            whole = backends.scan_stack(
-                cells, self.num_layers, x, state, states, step_mask, between=between, **call
-            )
+            args = (list(self.cells), self.num_layers, x, state, states, step_mask)
+            whole = backends.scan_stack(*args, between=between, **call)
             if whole is not None:
                 return whole
 
@@ -265,7 +264,7 @@ class RecurrentLayer(nn.Module):
             scan = backends.scan_layer(
                 [self.cells[k] for k in ks],
                 layer_input,
-                [self._cell_state(state, k) for k in ks],
+                [states[k] for k in ks],
                 step_mask,
                 **call,
                 noise=self._noise(noise, ks, B, T, x),

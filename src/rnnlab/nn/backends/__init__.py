@@ -27,11 +27,10 @@ from rnnlab.nn.backends.dispatch import (
     autocast_input,
     resolve_backend,
     route_layer,
-    route_stack,
     scan_layer,
-    scan_stack,
 )
 from rnnlab.nn.backends.precision import native_bf16
+from rnnlab.nn.backends.stack import route_stack, scan_stack
 
 __all__ = [
     "BACKENDS",

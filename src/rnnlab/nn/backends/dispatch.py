@@ -48,8 +48,6 @@ __all__ = [
     "LayerScan",
     "scan_layer",
     "route_layer",
-    "route_stack",
-    "scan_stack",
     "resolve_backend",
     "use_bf16",
     "needs_backward",
@@ -77,11 +75,6 @@ _TORCH: dict[type[AnyCell], Kernel] = {
     LSTMCell: "torch.lstm",
     GRUCell: "torch.gru",
     RNNCell: "torch.rnn",
-}
-_STACK: dict[type[AnyCell], Kernel] = {
-    LSTMCell: "torch.lstm_stack",
-    GRUCell: "torch.gru_stack",
-    RNNCell: "torch.rnn_stack",
 }
 _warned_fallback = False
 # auto's torch rows: the float32 LSTM widths at which torch's own op (oneDNN) beats the compiled
@@ -174,8 +167,8 @@ def scan_layer(
         torch, auto  a whole stack whose first layer takes the       torch.lstm_stack /
                        torch row above, plain cells, no gates, no      .gru_stack / .rnn_stack
                        dropout between layers in this call             (one call for every
-                       (:func:`route_stack`; the layers ask it first)  layer and direction, as
-                                                                       torch.nn.LSTM makes it)
+                       (``stack.route_stack``; the layers ask it       layer and direction, as
+                       first)                                          torch.nn.LSTM makes it)
         compiled     compiled cannot run                             RuntimeError: the reason
                                                                        and the fix
         auto         compiled cannot run                             fused.lstm / .gru / .rnn,
@@ -291,70 +284,6 @@ def route_layer(
             for cell, state in zip(cells, states, strict=True)
         )
     return Route(chosen, kernels, bf16, return_gates)
-
-
-def route_stack(
-    cells: Sequence[AnyCell],
-    num_layers: int,
-    x: Tensor,
-    states: Sequence[State],
-    mask: Tensor | None,
-    *,
-    backend: Backend = "auto",
-    precision: Precision = "fp32",
-    return_gates: bool = False,
-    between: bool = False,
-) -> Route | None:
-    """The whole stack's row of the table, ``("torch.lstm_stack",)`` (``.gru_stack``,
-    ``.rnn_stack``): one call of torch's op for every layer and direction, as torch.nn.LSTM
-    makes it, where the first layer routes to torch's op (:func:`route_layer`) and nothing
-    needs the layers apart: plain cells (``cells`` and ``states`` in the stack's order, index
-    ``layer * D + direction``; a variant cell's recurrent noise keeps it per layer), no gates
-    recorded, no dropout ``between`` the layers in this call. None: each layer goes through
-    :func:`scan_layer`."""
-    if return_gates or between or any(type(cell) is not type(cells[0]) for cell in cells):
-        return None
-    if type(cells[0]) not in _STACK:  # a variant, a cell of 2024
-        return None
-    D = len(cells) // num_layers
-    first = route_layer(cells[:D], x, states[:D], mask, backend=backend, precision=precision)
-    if first.backend != "torch":
-        return None
-    return Route("torch", (_STACK[type(cells[0])],), False, False)
-
-
-def scan_stack(
-    cells: Sequence[AnyCell],
-    num_layers: int,
-    x: Tensor,
-    state: State,
-    states: Sequence[State],
-    mask: Tensor | None,
-    *,
-    backend: Backend = "auto",
-    precision: Precision = "fp32",
-    return_gates: bool = False,
-    between: bool = False,
-) -> tuple[Tensor, State] | None:
-    """Run the whole stack in one call where :func:`route_stack` takes that row: (output
-    (B, T, D*H), final state as ``state``: (L*D, B, H), an LSTMState of two for the LSTM);
-    ``states`` are ``state``'s per layer and direction. None where the row does not apply: the
-    caller then runs each layer through :func:`scan_layer`."""
-    route = route_stack(
-        cells,
-        num_layers,
-        x,
-        states,
-        mask,
-        backend=backend,
-        precision=precision,
-        return_gates=return_gates,
-        between=between,
-    )
-    if route is None:
-        return None
-    bidirectional = len(cells) == 2 * num_layers
-    return native.stack(list(cells), x, state, num_layers, bidirectional)
 
 
 def _auto_takes_torch(cell: AnyCell, x: Tensor, mask: Tensor | None, precision: str) -> bool:

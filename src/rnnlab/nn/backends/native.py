@@ -31,6 +31,8 @@ from rnnlab.nn.variants import VariantLSTMCell
 
 __all__ = ["check_call", "check_variant", "lstm", "gru", "rnn", "stack"]
 
+TorchCell = LSTMCell | VariantLSTMCell | GRUCell | VariantGRUCell | RNNCell  # cells torch runs
+
 # torch's functional ops after (input, hx, params): has_biases, num_layers, dropout, train,
 # bidirectional, batch_first
 _ONE_LAYER = (True, 1, 0.0, False, False, True)
@@ -42,7 +44,7 @@ def lstm(
     """x (B, T, I), state (h (B, R), c (B, H)) -> (output (B, T, R), final LSTMState). A variant
     cell with a projection (and nothing else, :func:`check_variant`) passes ``weight_hr`` as
     torch's fifth parameter; torch reads the projection from h being narrower than c."""
-    params = [cell.weight_ih, cell.weight_hh, cell.bias, torch.zeros_like(cell.bias)]
+    params = _params(cell)
     if getattr(cell, "proj_size", 0):
         params.append(cell.weight_hr)
     hx = [state.h[None], state.c[None]]  # each (1, B, H)
@@ -54,24 +56,20 @@ def gru(
     cell: GRUCell | VariantGRUCell, x: Tensor, h: Tensor, *, reverse: bool = False
 ) -> tuple[Tensor, Tensor]:
     """x (B, T, I), h (B, H) -> (output (B, T, H), final h (B, H))."""
-    H = cell.hidden_size
-    bias_hh = torch.cat([cell.bias_hn.new_zeros(2 * H), cell.bias_hn])  # (3H,) 0 for r, z
-    params = [cell.weight_ih, cell.weight_hh, cell.bias, bias_hh]
-    out, h_n = torch.gru(_time(x, reverse), h[None], params, *_ONE_LAYER)
+    out, h_n = torch.gru(_time(x, reverse), h[None], _params(cell), *_ONE_LAYER)
     return _time(out, reverse), h_n[0]
 
 
 def rnn(cell: RNNCell, x: Tensor, h: Tensor, *, reverse: bool = False) -> tuple[Tensor, Tensor]:
     """x (B, T, I), h (B, H) -> (output (B, T, H), final h (B, H))."""
-    params = [cell.weight_ih, cell.weight_hh, cell.bias, torch.zeros_like(cell.bias)]
-    out, h_n = torch.rnn_tanh(_time(x, reverse), h[None], params, *_ONE_LAYER)
+    out, h_n = torch.rnn_tanh(_time(x, reverse), h[None], _params(cell), *_ONE_LAYER)
     return _time(out, reverse), h_n[0]
 
 
-def _params(cell: LSTMCell | GRUCell | RNNCell) -> list[Tensor]:
+def _params(cell: TorchCell) -> list[Tensor]:
     """One cell's ``[weight_ih, weight_hh, bias_ih, bias_hh]`` in torch's layout (see the module
     docstring for the biases)."""
-    if isinstance(cell, GRUCell):
+    if isinstance(cell, (GRUCell, VariantGRUCell)):
         H = cell.hidden_size
         bias_hh = torch.cat([cell.bias_hn.new_zeros(2 * H), cell.bias_hn])  # (3H,) 0 for r, z
         return [cell.weight_ih, cell.weight_hh, cell.bias, bias_hh]
