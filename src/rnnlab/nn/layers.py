@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from rnnlab.nn import backends
 from rnnlab.nn.backends import BACKENDS, Backend, Precision
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnlab.nn.dropout import dropout
+from rnnlab.nn.fold import check_projection, fold_input
 from rnnlab.nn.mincells import MinCell
 from rnnlab.nn.validation import check_input, check_state, make_mask
 from rnnlab.nn.variant_gru import GRU_VARIANT_OPTIONS, VariantGRUCell
@@ -189,6 +191,7 @@ class RecurrentLayer(nn.Module):
         backend: Backend | None = None,
         precision: Precision | None = None,
         noise: list[CellNoise | None] | None = None,
+        input_projection: tuple[Tensor, Tensor | None] | None = None,
     ):
         """Run the stack over a batch of sequences.
 
@@ -216,6 +219,10 @@ class RecurrentLayer(nn.Module):
                 ``layer * D + direction``, used instead of the masks the layer would draw in
                 training (and applied in eval mode too); e.g. a test's or Keras's masks. None:
                 fresh masks in training (the cell's ``sample_noise``), none in eval.
+            input_projection: ``(weight (I, K), bias (I,) or None)`` of a Linear(K, I) with no
+                activation before the layer; x is then (B, T, K). Folded into the first
+                layer's input weights (:mod:`rnnlab.nn.fold`): the same outputs and gradients as
+                running the Linear first, with fewer FLOPs.
 
         Returns:
             ``(output, state)``: output (B, T, D*H), the last layer's hidden states (both
@@ -225,8 +232,13 @@ class RecurrentLayer(nn.Module):
             MinLSTM: f, i, h_tilde, h) to a (B, T, H) tensor, zero at padded steps.
         """
         name = type(self).__name__
-        check_input(name, x, self.input_size)
-        x = backends.autocast_input(x, self.cells[0])
+        cells = list(self.cells)
+        if input_projection is not None:
+            check_projection(name, input_projection, self.input_size, x)
+            check_input(name, x, input_projection[0].shape[1])
+            x, cells = fold_input(cells, self.num_directions, x, input_projection)
+        check_input(name, x, cells[0].input_size)
+        x = backends.autocast_input(x, cells[0])
         B, T, _ = x.shape
         state = self._zero_state(x) if state is None else state
         D = self.num_directions
@@ -252,7 +264,7 @@ class RecurrentLayer(nn.Module):
         states = [self._cell_state(state, k) for k in range(LD)]  # per layer and direction
         if not return_gates and noise is None:  # the whole stack in one call of torch's op?
             between = bool(self.dropout and self.training and self.num_layers > 1)
-            args = (list(self.cells), self.num_layers, x, state, states, step_mask)
+            args = (cells, self.num_layers, x, state, states, step_mask)
             whole = backends.scan_stack(*args, between=between, **call)
             if whole is not None:
                 return whole
@@ -262,7 +274,7 @@ class RecurrentLayer(nn.Module):
         for layer in range(self.num_layers):
             ks = range(layer * D, (layer + 1) * D)  # this layer's cells: forwards, backwards
             scan = backends.scan_layer(
-                [self.cells[k] for k in ks],
+                [cells[k] for k in ks],
                 layer_input,
                 [states[k] for k in ks],
                 step_mask,
@@ -273,7 +285,7 @@ class RecurrentLayer(nn.Module):
             finals += scan.finals
             trace.append(scan.gates)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
+                layer_input = dropout(layer_input, self.dropout, training=True)
         final_state = self._stack_states(finals)
         if return_gates:
             return layer_input, final_state, trace
