@@ -83,7 +83,9 @@ def _metrics(run: Path) -> list[dict]:
 )
 def test_sample_presets_train_generate_score_evaluate(tmp_path, preset, figure):
     run = tmp_path / "run"
-    sets = cli_sets("train.time_limit=3", "model.embedding_dim=16", "model.hidden_sizes=[16]")
+    # epochs enough that the 3 s limit, not the epoch count, ends the run on any host
+    limits = ("train.time_limit=3", "train.epochs=10000")
+    sets = cli_sets(*limits, "model.embedding_dim=16", "model.hidden_sizes=[16]")
     done = _rnnlab("train", preset, "--out", str(run), "--threads", "1", "--no-progress", *sets)
     assert done.returncode == 0, done.stderr
     report = json.loads((run / "report.json").read_text())

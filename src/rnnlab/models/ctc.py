@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from rnnlab.config import ModelConfig
 from rnnlab.models.classifiers import layer_options
+from rnnlab.nn.dropout import Dropout
 from rnnlab.nn.registry import layer_class
 
 __all__ = ["BLANK", "CTCModel", "ctc_loss", "target_lengths"]
@@ -49,7 +50,7 @@ class CTCModel(nn.Module):
             )
             size = D * layers[-1].output_size  # D*H, or D*P with a projection
         self.layers = nn.ModuleList(layers)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.head = nn.Linear(size, self.num_symbols)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from rnnlab.nn.backends import PRECISIONS, Precision
 from rnnlab.nn.decoder_loss import decoder_cross_entropy
+from rnnlab.nn.dropout import Dropout
 from rnnlab.nn.registry import CELL_NAMES, layer_class
 from rnnlab.nn.sampling import GenerationStep, check_sampling, sample_next
 
@@ -120,7 +121,7 @@ class LanguageModel(nn.Module):
         self.cell = cell
         self.tie_weights = bool(tie_weights)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         kwargs = {"precision": precision, **layer_options} if cell == "lstm" else layer_options
         self.rnn = layer_class(cell)(
             embedding_dim, hidden_size, num_layers, dropout=dropout, backend=backend, **kwargs

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from rnnlab.nn import beam
 from rnnlab.nn.attention import ATTENTION_KINDS, Attention
 from rnnlab.nn.cells import LSTMState
+from rnnlab.nn.dropout import Dropout
 from rnnlab.nn.registry import CELL_NAMES, layer_class
 
 __all__ = ["DecoderState", "Memory", "Seq2Seq", "Seq2SeqStep", "BOS", "EOS", "PAD"]
@@ -199,7 +200,7 @@ class Seq2Seq(nn.Module):
             **bf16,
         )
         self.attention = Attention(H, attention)  # type: ignore[arg-type]
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.output = nn.Linear(H, target_vocab)
         if self.tie_weights:
             self.output.weight = self.target_embedding.weight
