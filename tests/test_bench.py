@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from rnnlab.bench import main, run_benchmarks
+from rnnlab.bench.workloads import WORKLOADS, build_model, make_batch
 
 
 def test_bench_quick_writes_json_records(tmp_path, capsys) -> None:
@@ -136,3 +138,22 @@ def test_bench_threads_flag_sets_torch_threads(tmp_path, capsys, monkeypatch) ->
     with pytest.raises(SystemExit):
         main([*argv, "0"])
     assert "expected a thread count" in capsys.readouterr().err
+
+
+def test_workload_a_rnnlab_model_folds_its_linear_and_matches_it_run_first():
+    """Workload A's rnnlab model takes its front Linear into the LSTM's input weights; its
+    logits and gradients are those of the Linear run first."""
+    torch.manual_seed(0)
+    w = WORKLOADS["A"]
+    model = build_model(w, "rnnlab")
+    x, y = make_batch(w)
+    logits = model(x)
+    logits.square().sum().backward()
+    folded = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    _, state = model.layers[0].rnn(model.dense(x))  # the Linear first, then the layer
+    plain = model.head(state.h[-1])
+    plain.square().sum().backward()
+    assert torch.allclose(logits, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(folded, (p.grad for p in model.parameters()), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -93,21 +93,26 @@ class _TorchRecurrent(nn.Module):
 
 
 class _RnnlabRecurrent(nn.Module):
+    folds_input = True  # takes a front Linear into its input weights (rnnlab.nn.fold)
+
     def __init__(
         self, cls: type, I: int, H: int, bidirectional: bool, backend: str, **kwargs: str
     ) -> None:
         super().__init__()
         self.rnn = cls(I, H, bidirectional=bidirectional, backend=backend, **kwargs)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out, state = self.rnn(x)
+    def forward(
+        self, x: Tensor, input_projection: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        out, state = self.rnn(x, input_projection=input_projection)
         h = state.h if isinstance(state, tuple) else state  # (D, B, H)
         return out, torch.cat(list(h), dim=-1)
 
 
 class TorchModel(nn.Module):
     """Front end (Embedding or Linear or nothing) -> recurrent stack -> Linear on the last
-    layer's final hidden state."""
+    layer's final hidden state. rnnlab's layers take the front Linear (workload A) into their
+    input weights, as rnnlab's own classifier does; torch's and Keras's run it first."""
 
     def __init__(self, w: Workload, make_layer: Callable[[int, int, bool], nn.Module]) -> None:
         super().__init__()
@@ -121,9 +126,13 @@ class TorchModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.embed(x) if self.embed is not None else x  # (B, T, I)
-        x = self.dense(x) if self.dense is not None else x
-        last = x
-        for layer in self.layers:
+        layers, last = list(self.layers), x
+        if self.dense is not None and getattr(layers[0], "folds_input", False):
+            # rnnlab's layer folds the Linear into its input weights: same model, fewer FLOPs
+            x, last = layers.pop(0)(x, (self.dense.weight, self.dense.bias))
+        elif self.dense is not None:
+            x = self.dense(x)  # (B, T, dense_in)
+        for layer in layers:
             x, last = layer(x)
         return self.head(last)  # (B, classes)
 
