@@ -157,3 +157,16 @@ def test_workload_a_rnnlab_model_folds_its_linear_and_matches_it_run_first():
     assert torch.allclose(logits, plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(folded, (p.grad for p in model.parameters()), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_unfolded_row_runs_the_linear_first_with_the_same_result():
+    torch.manual_seed(0)
+    w = WORKLOADS["A"]
+    folded, unfolded = build_model(w, "rnnlab"), build_model(w, "rnnlab-unfolded")
+    unfolded.load_state_dict(folded.state_dict())
+    calls = []
+    unfolded.dense.register_forward_hook(lambda *a: calls.append(1))
+    folded.dense.register_forward_hook(lambda *a: calls.append(2))
+    x, _ = make_batch(w)
+    assert torch.allclose(folded(x), unfolded(x), rtol=1e-5, atol=1e-5)
+    assert calls == [1]  # only the unfolded model ran its Linear

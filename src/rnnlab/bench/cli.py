@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rnnlab bench: error: {exc}", file=sys.stderr)
             return 2
     workloads = _split(args.workloads, WORKLOADS, "workloads")
-    known = set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru"} | set(MIN_ROWS) | set(INT8_IMPLS)
+    known = set(DEFAULT_IMPLS) | {"rnnlab-gru", "torch-gru", "rnnlab-unfolded"} | set(MIN_ROWS)
+    known |= set(INT8_IMPLS)
     impls = _split(args.impls, known, "impls")
     modes = _split(args.modes, {"train", "infer", "token"}, "modes")
     repeats, budget, memory = args.repeats, args.budget, not args.no_memory

@@ -140,7 +140,8 @@ class TorchModel(nn.Module):
 def build_model(w: Workload, impl: str) -> nn.Module:
     """A torch module for ``impl``: "rnnlab" (backend auto), "rnnlab-bf16" (backend auto,
     precision bf16: bf16 GEMMs, float32 weights and state), "rnnlab-fused", "rnnlab-reference",
-    "torch", and the GRU variants "rnnlab-gru", "torch-gru"."""
+    "rnnlab-unfolded" (auto, with workload A's front Linear run before the layer instead of
+    folded into it), "torch", and the GRU variants "rnnlab-gru", "torch-gru"."""
     torch_cls = {"torch": nn.LSTM, "torch-gru": nn.GRU}
     if impl in torch_cls:
         return TorchModel(w, lambda I, H, bi: _TorchRecurrent(torch_cls[impl], I, H, bi))
@@ -158,6 +159,11 @@ def build_model(w: Workload, impl: str) -> nn.Module:
     if impl in backends:
         cls = rnnlab.GRU if impl.endswith("gru") else rnnlab.LSTM
         return TorchModel(w, lambda I, H, bi: _RnnlabRecurrent(cls, I, H, bi, backends[impl]))
+    if impl == "rnnlab-unfolded":  # backend auto with the front Linear run first, as torch's
+        model = TorchModel(w, lambda I, H, bi: _RnnlabRecurrent(rnnlab.LSTM, I, H, bi, "auto"))
+        for layer in model.layers:
+            layer.folds_input = False
+        return model
     raise ValueError(f"unknown implementation {impl!r}")
 
 

@@ -2,10 +2,11 @@
 
 Each element is kept with probability 1 - p and scaled by 1 / (1 - p): out = x * m / (1 - p),
 m_j = [u_j >= p], u_j uniform on [0, 1). That is the distribution of ``torch.nn.Dropout``'s
-masks; only the way they are drawn differs. On the CPU torch draws its mask with
-``bernoulli_``, which took 24.7 ms for IMDB's (512, 20, 256) activations on one thread of this
-project's host, against 6.2 ms for this uniform draw, compare and scale
-(benchmarks/RESULTS.md, "Dropout from uniforms"): a tenth of imdb-seed's training step.
+masks; only the way they are drawn differs. On the CPU, ``torch.nn.functional.dropout`` of
+IMDB's (512, 20, 256) activations took 26 ms on one thread (25 of them in its ``bernoulli_``),
+against 6 ms for this uniform draw, compare and scale (``benchmarks/dropout_bench.py``, freed
+memory retained as ``rnnlab train`` does): about a tenth of imdb-seed's training step
+(benchmarks/RESULTS.md, "Dropout from uniforms").
 
 On other devices (CUDA's dropout is one fused kernel) and for integer or complex tensors this
 is ``torch.nn.functional.dropout`` itself. The masks come from torch's generator, so a seeded

@@ -14,7 +14,7 @@ W_ih b_in + b (G*H,): the same function of the same parameters, whose gradients 
 carries back through the two small products to W, b_in, W_ih and b. Only the arithmetic
 changes: per step and row the input side costs G*H*K multiply-adds instead of I*K + G*H*I,
 and in training neither the (B, T, I) activations u nor their gradient is ever formed. For the
-MNIST model (K = 28, I = H = 128) that is 1.62 instead of 2.90 GFLOP per training step
+MNIST model (K = 28, I = H = 128) that is 1.62 instead of 2.87 GFLOP per training step
 (benchmarks/RESULTS.md, "The Linear folded into the LSTM"). The results differ from the unfolded
 computation by float rounding only (tests/test_fold.py holds outputs and gradients to 1e-5).
 
