@@ -19,8 +19,10 @@ from seq2seq_helpers import TINY, reversal_pairs, tiny, train_tiny, write_pairs
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A pairs run (word -> reversed word, characters) trained for a few seconds."""
-    return train_tiny(tmp_path_factory.mktemp("s2s"))
+    """A pairs run (word -> reversed word, characters) trained for a few seconds. Ten epochs:
+    after six, the test token error rate ranged 0.26-0.62 over four seeds (dropout masks
+    alone moved it), after ten 0.12-0.32, so the figure checked below is learning, not luck."""
+    return train_tiny(tmp_path_factory.mktemp("s2s"), "train.epochs=10")
 
 
 def test_edit_distance_and_the_closest_reference():

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 import rnnlab
+from rnnlab.nn.layers import RecurrentLayer
 
 __all__ = ["Workload", "WORKLOADS", "TorchModel", "build_model", "make_batch", "lstm_flops"]
 
@@ -93,18 +94,24 @@ class _TorchRecurrent(nn.Module):
 
 
 class _RnnlabRecurrent(nn.Module):
-    folds_input = True  # takes a front Linear into its input weights (rnnlab.nn.fold)
-
     def __init__(
         self, cls: type, I: int, H: int, bidirectional: bool, backend: str, **kwargs: str
     ) -> None:
         super().__init__()
         self.rnn = cls(I, H, bidirectional=bidirectional, backend=backend, **kwargs)
+        self.fold = True  # "rnnlab-unfolded" turns it off
+
+    @property
+    def folds_input(self) -> bool:
+        """Whether it takes a front Linear into its input weights (rnnlab.nn.fold): an rnnlab
+        layer does, its int8 copy (rnnlab.nn.quantized) does not."""
+        return self.fold and isinstance(self.rnn, RecurrentLayer)
 
     def forward(
         self, x: Tensor, input_projection: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
-        out, state = self.rnn(x, input_projection=input_projection)
+        fold = {} if input_projection is None else {"input_projection": input_projection}
+        out, state = self.rnn(x, **fold)  # (an int8 copy of the layer takes no projection)
         h = state.h if isinstance(state, tuple) else state  # (D, B, H)
         return out, torch.cat(list(h), dim=-1)
 
@@ -127,7 +134,7 @@ class TorchModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.embed(x) if self.embed is not None else x  # (B, T, I)
         layers, last = list(self.layers), x
-        if self.dense is not None and getattr(layers[0], "folds_input", False):
+        if isinstance(self.dense, nn.Linear) and getattr(layers[0], "folds_input", False):
             # rnnlab's layer folds the Linear into its input weights: same model, fewer FLOPs
             x, last = layers.pop(0)(x, (self.dense.weight, self.dense.bias))
         elif self.dense is not None:
@@ -162,7 +169,7 @@ def build_model(w: Workload, impl: str) -> nn.Module:
     if impl == "rnnlab-unfolded":  # backend auto with the front Linear run first, as torch's
         model = TorchModel(w, lambda I, H, bi: _RnnlabRecurrent(rnnlab.LSTM, I, H, bi, "auto"))
         for layer in model.layers:
-            layer.folds_input = False
+            layer.fold = False
         return model
     raise ValueError(f"unknown implementation {impl!r}")
 

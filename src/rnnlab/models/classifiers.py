@@ -162,6 +162,16 @@ class SequenceClassifier(nn.Module):
         self.stack = RecurrentStack(cfg, size, padding="post")
         self.head = _keras_dense_init(nn.Linear(self.stack.output_size, cfg.num_classes))
 
+    def _folds(self) -> bool:
+        """Whether the first recurrent layer takes the projection into its input weights
+        (:mod:`rnnlab.nn.fold`: the same function with fewer FLOPs): a float Linear and an
+        rnnlab layer (not their int8 copies) with no dropout between them in this mode."""
+        return (
+            isinstance(self.projection, nn.Linear)
+            and isinstance(self.stack.layers[0], RecurrentLayer)
+            and (self.input_dropout.p == 0 or not self.training)
+        )
+
     def forward(self, x: Tensor, lengths: Tensor | None = None, return_gates: bool = False):
         """x (B, T, I), lengths (B,) real steps (post-padded) or None -> logits (B, C); with
         ``return_gates`` also every layer's gates (see :meth:`rnnlab.LSTM.forward`)."""
@@ -170,9 +180,7 @@ class SequenceClassifier(nn.Module):
                 f"SequenceClassifier expected input of shape (B, T, {self.input_size}), "
                 f"got {tuple(x.shape)}"
             )
-        if self.projection is not None and (self.input_dropout.p == 0 or not self.training):
-            # No activation or dropout between: the first recurrent layer folds the projection
-            # into its input weights (rnnlab.nn.fold), the same function with fewer FLOPs.
+        if self._folds():
             fold = (self.projection.weight, self.projection.bias)
             out = self.stack(x, lengths, return_gates=return_gates, input_projection=fold)
         else:

@@ -67,7 +67,7 @@ def _folded_cell(cell: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Mod
     to them); every other parameter is the cell's own tensor."""
     view = copy.copy(cell)  # shares the buffers and the other parameters
     params = dict(cell._parameters)
-    # In float32 whatever autocast says: the kernels take the layer's own dtype and cast.
+    # In the parameters' own dtype whatever autocast says: the kernels cast where they need to.
     with torch.autocast(weight.device.type, enabled=False):
         params["weight_ih"] = cell.weight_ih @ weight  # (G*H, I) @ (I, K) -> (G*H, K)
         if bias is not None:
