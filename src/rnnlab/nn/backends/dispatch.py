@@ -83,7 +83,10 @@ _warned_fallback = False
 # was faster at all five (B, T) shapes of the bench's workloads, 1.05-1.42x in inference and
 # 1.02-1.35x in training (bidirectional: 1.03-2.14x and 1.03-1.31x); at H = 128 the compiled
 # kernels were faster or level (0.82-1.04x). The GRU's compiled kernels were faster or level at
-# every width (0.62-1.04x), so the GRU has no such row.
+# every width (0.62-1.04x), so the GRU has no such row. Rerun at H 128 and 256 on an AMD EPYC
+# host without AMX (results_torch_row_sweep_amd.txt, 2026-12-06): H 128 level (0.95-1.03x),
+# H 256 torch's op faster or level (0.99-1.17x), the GRU's kernels faster (0.35-0.50x):
+# the same rule.
 TORCH_LSTM_MIN_HIDDEN = 256
 
 
