@@ -184,3 +184,34 @@ def test_dropout_gradient_is_the_mask_and_seeds_repeat():
         dropout(x, 1.5)
     assert dropout(x.double(), 0.3).dtype == torch.float64
     assert dropout(x.bfloat16(), 0.3).dtype == torch.bfloat16
+
+
+def test_ctc_model_folds_its_projection_and_matches_the_unfolded_model():
+    """mnist-lines' CTC model (Linear projection, then a bidirectional LSTM): log-probabilities
+    and gradients equal those of the projection run first; the Linear module never runs."""
+    from rnnlab.models.ctc import CTCModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        input_size=6, projection=10, hidden_sizes=(8, 8), num_classes=3, bidirectional=True
+    )
+    model = CTCModel(cfg)
+    x, lengths = torch.randn(4, 5, 6), torch.tensor([5, 2, 4, 1])
+
+    def plain():
+        h = model.projection(x)
+        for layer in model.layers:
+            h, _ = layer(h, lengths=lengths, padding="post")
+        return torch.log_softmax(model.head(h), dim=-1)
+
+    runs = []
+    for fn in (lambda: model(x, lengths), plain):
+        model.zero_grad()
+        out = fn()
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        runs.append([out.detach(), *(p.grad.clone() for p in model.parameters())])
+    _assert_close(runs[0], runs[1], 1e-5)
+    calls = []
+    model.projection.register_forward_hook(lambda *a: calls.append(1))
+    model(x, lengths)
+    assert calls == []

@@ -541,3 +541,24 @@ def test_gru_variants_compile_whole() -> None:
     model.eval()
     assert_equal_runs(infer(fast, x), infer(model, x))
     assert recorder.rnnlab_ops() == {"gru_variant_forward"}
+
+
+def test_a_classifier_with_a_projection_compiles_whole() -> None:
+    """The MNIST model folds its Linear into the LSTM in eager mode (rnnlab.nn.fold); under
+    torch.compile it runs the Linear first, in one graph, with the same logits and gradients."""
+    from rnnlab.config import ModelConfig
+    from rnnlab.models.classifiers import SequenceClassifier
+
+    torch.manual_seed(0)
+    model = SequenceClassifier(ModelConfig(input_size=6, projection=10, hidden_sizes=(8,)))
+    fast = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(4, 5, 6)
+    eager = model(x)
+    eager.square().sum().backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    got = fast(x)
+    got.square().sum().backward()
+    assert torch.allclose(got, eager, rtol=1e-5, atol=1e-6)
+    for g, w in zip((p.grad for p in model.parameters()), want, strict=True):
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -23,7 +23,7 @@ from rnnlab.nn.backends import Precision, compiled, native_bf16, variant_compile
 from rnnlab.nn.blocks import final_hidden
 from rnnlab.nn.cells import LSTMCell
 from rnnlab.nn.dropout import Dropout
-from rnnlab.nn.layers import RecurrentLayer
+from rnnlab.nn.layers import RecurrentLayer, folds_projection
 from rnnlab.nn.registry import LAYERS, layer_class
 from rnnlab.nn.validation import make_mask
 from rnnlab.nn.variants import VariantLSTMCell
@@ -162,16 +162,6 @@ class SequenceClassifier(nn.Module):
         self.stack = RecurrentStack(cfg, size, padding="post")
         self.head = _keras_dense_init(nn.Linear(self.stack.output_size, cfg.num_classes))
 
-    def _folds(self) -> bool:
-        """Whether the first recurrent layer takes the projection into its input weights
-        (:mod:`rnnlab.nn.fold`: the same function with fewer FLOPs): a float Linear and an
-        rnnlab layer (not their int8 copies) with no dropout between them in this mode."""
-        return (
-            isinstance(self.projection, nn.Linear)
-            and isinstance(self.stack.layers[0], RecurrentLayer)
-            and (self.input_dropout.p == 0 or not self.training)
-        )
-
     def forward(self, x: Tensor, lengths: Tensor | None = None, return_gates: bool = False):
         """x (B, T, I), lengths (B,) real steps (post-padded) or None -> logits (B, C); with
         ``return_gates`` also every layer's gates (see :meth:`rnnlab.LSTM.forward`)."""
@@ -180,7 +170,9 @@ class SequenceClassifier(nn.Module):
                 f"SequenceClassifier expected input of shape (B, T, {self.input_size}), "
                 f"got {tuple(x.shape)}"
             )
-        if self._folds():
+        between = self.input_dropout.p > 0 and self.training
+        if folds_projection(self.projection, self.stack.layers[0], between):
+            # the first layer folds the projection into its input weights (rnnlab.nn.fold)
             fold = (self.projection.weight, self.projection.bias)
             out = self.stack(x, lengths, return_gates=return_gates, input_projection=fold)
         else:

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from rnnlab.config import ModelConfig
 from rnnlab.models.classifiers import layer_options
 from rnnlab.nn.dropout import Dropout
+from rnnlab.nn.layers import folds_projection
 from rnnlab.nn.registry import layer_class
 
 __all__ = ["BLANK", "CTCModel", "ctc_loss", "target_lengths"]
@@ -58,11 +59,15 @@ class CTCModel(nn.Module):
             raise ValueError(
                 f"CTCModel expected input of shape (B, T, {self.input_size}), got {tuple(x.shape)}"
             )
-        if self.projection is not None:
+        fold = {}
+        if folds_projection(self.projection, self.layers[0], dropout_between=False):
+            # the first layer folds the projection into its input weights (rnnlab.nn.fold)
+            fold = {"input_projection": (self.projection.weight, self.projection.bias)}
+        elif self.projection is not None:
             x = self.projection(x)  # (B, T, P)
-        for layer in self.layers:
-            x, _ = layer(x, lengths=lengths, padding="post")  # (B, T, D*H)
-            x = self.dropout(x)
+        for k, layer in enumerate(self.layers):
+            x, _ = layer(x, lengths=lengths, padding="post", **(fold if k == 0 else {}))
+            x = self.dropout(x)  # (B, T, D*H)
         return F.log_softmax(self.head(x), dim=-1)  # (B, T, S)
 
 

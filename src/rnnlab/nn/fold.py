@@ -82,10 +82,11 @@ def fold_input(
 ) -> tuple[Tensor, list[nn.Module]]:
     """The layer's input x (B, T, K) and its cells, with the Linear ``projection`` (weight
     (I, K), bias (I,) or None) before the first layer folded into that layer's cells (one per
-    direction). Where a first-layer cell cannot fold (see the module docstring), x becomes
-    x W^T + b_in (B, T, I) and the cells stay as they are."""
+    direction). Where a first-layer cell cannot fold (see the module docstring), and inside
+    torch.compile, x becomes x W^T + b_in (B, T, I) and the cells stay as they are."""
     weight, bias = projection
     D = num_directions
-    if not all(type(cell) in FOLDABLE for cell in cells[:D]):
+    # Under torch.compile the Linear runs first: dynamo cannot trace the copy of a module.
+    if torch.compiler.is_compiling() or not all(type(cell) in FOLDABLE for cell in cells[:D]):
         return F.linear(x, weight, bias), cells  # (B, T, I)
     return x, [_folded_cell(cell, weight, bias) for cell in cells[:D]] + cells[D:]

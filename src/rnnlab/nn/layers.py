@@ -33,7 +33,7 @@ from rnnlab.nn.variant_gru import GRU_VARIANT_OPTIONS, VariantGRUCell
 from rnnlab.nn.variants import VARIANT_OPTIONS, CellNoise, VariantLSTMCell
 from rnnlab.nn.xlstm import MLSTMCell, SLSTMCell
 
-__all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RecurrentLayer"]
+__all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RecurrentLayer", "folds_projection"]
 
 
 class RecurrentLayer(nn.Module):
@@ -290,6 +290,15 @@ class RecurrentLayer(nn.Module):
         if return_gates:
             return layer_input, final_state, trace
         return layer_input, final_state
+
+
+def folds_projection(linear: nn.Module | None, layer: nn.Module, dropout_between: bool) -> bool:
+    """Whether ``layer`` should take ``linear`` (the Linear before it) as its
+    ``input_projection`` (:mod:`rnnlab.nn.fold`): a float ``nn.Linear`` before an rnnlab layer
+    (not their int8 copies), with no dropout active between them."""
+    return (
+        isinstance(linear, nn.Linear) and isinstance(layer, RecurrentLayer) and not dropout_between
+    )
 
 
 class RNN(RecurrentLayer):
