@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 import rnnlab
-from rnnlab.nn.layers import RecurrentLayer
+from rnnlab.nn.layers import folds_projection
 
 __all__ = ["Workload", "WORKLOADS", "TorchModel", "build_model", "make_batch", "lstm_flops"]
 
@@ -99,13 +99,7 @@ class _RnnlabRecurrent(nn.Module):
     ) -> None:
         super().__init__()
         self.rnn = cls(I, H, bidirectional=bidirectional, backend=backend, **kwargs)
-        self.fold = True  # "rnnlab-unfolded" turns it off
-
-    @property
-    def folds_input(self) -> bool:
-        """Whether it takes a front Linear into its input weights (rnnlab.nn.fold): an rnnlab
-        layer does, its int8 copy (rnnlab.nn.quantized) does not."""
-        return self.fold and isinstance(self.rnn, RecurrentLayer)
+        self.fold = True  # takes a front Linear into its input weights; "rnnlab-unfolded": off
 
     def forward(
         self, x: Tensor, input_projection: tuple[Tensor, Tensor] | None = None
@@ -134,8 +128,9 @@ class TorchModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.embed(x) if self.embed is not None else x  # (B, T, I)
         layers, last = list(self.layers), x
-        if isinstance(self.dense, nn.Linear) and getattr(layers[0], "folds_input", False):
-            # rnnlab's layer folds the Linear into its input weights: same model, fewer FLOPs
+        first = layers[0]
+        if getattr(first, "fold", False) and folds_projection(self.dense, first.rnn, False):
+            # rnnlab's layer (not its int8 copy) folds the Linear into its input weights
             x, last = layers.pop(0)(x, (self.dense.weight, self.dense.bias))
         elif self.dense is not None:
             x = self.dense(x)  # (B, T, dense_in)
