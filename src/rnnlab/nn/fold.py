@@ -18,9 +18,11 @@ MNIST model (K = 28, I = H = 128) that is 1.62 instead of 2.87 GFLOP per trainin
 (benchmarks/RESULTS.md, "The Linear folded into the LSTM"). The results differ from the unfolded
 computation by float rounding only (tests/test_fold.py holds outputs and gradients to 1e-5).
 
-Only the plain cells read their input this way. A cell that does anything to W_ih u_t before
-adding the bias (LayerNorm of the variants; xLSTM's cells) would not be the same function, so
-:func:`fold_input` applies the Linear itself there, and the layer runs as it would unfolded.
+The fold is written and tested for the plain cells (:data:`FOLDABLE`), which read their input
+only through W_ih u_t + b. A cell that does anything to W_ih u_t before adding the bias (the
+LayerNorm variants normalise it) would not compute the same function, and xLSTM's cells keep
+other input weights; for every cell outside the list, :func:`fold_input` applies the Linear
+itself, and the layer runs as it would unfolded.
 """
 
 from __future__ import annotations
