@@ -90,7 +90,7 @@ def test_variant_cells_apply_the_linear_instead():
     x = torch.randn(3, 4, K)
     a, b = _grads(layer, linear, x, False), _grads(layer, linear, x, True)
     _assert_close(a, b, 1e-6)
-    x2, cells = fold_input(list(layer.cells), 1, x, (linear.weight, linear.bias))
+    x2, cells = fold_input("LSTM", list(layer.cells), 1, x, (linear.weight, linear.bias))
     assert x2.shape == (3, 4, I) and cells[0] is layer.cells[0]
 
 
@@ -98,7 +98,7 @@ def test_fold_leaves_the_layer_untouched():
     layer = rnnlab.LSTM(I, H)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     linear = nn.Linear(K, I)
-    x, cells = fold_input(list(layer.cells), 1, torch.randn(2, 3, K), (linear.weight, None))
+    x, cells = fold_input("LSTM", list(layer.cells), 1, torch.randn(2, 3, K), (linear.weight, None))
     assert cells[0] is not layer.cells[0] and cells[0].weight_ih.shape == (4 * H, K)
     assert torch.equal(cells[0].bias, layer.cells[0].bias)  # no Linear bias: b unchanged
     for k, v in layer.state_dict().items():

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 import rnnlab
-from rnnlab.nn.layers import folds_projection
+from rnnlab.models.classifiers import folds_projection
 
 __all__ = ["Workload", "WORKLOADS", "TorchModel", "build_model", "make_batch", "lstm_flops"]
 

@@ -23,7 +23,7 @@ from rnnlab.nn.backends import Precision, compiled, native_bf16, variant_compile
 from rnnlab.nn.blocks import final_hidden
 from rnnlab.nn.cells import LSTMCell
 from rnnlab.nn.dropout import Dropout
-from rnnlab.nn.layers import RecurrentLayer, folds_projection
+from rnnlab.nn.layers import RecurrentLayer
 from rnnlab.nn.registry import LAYERS, layer_class
 from rnnlab.nn.validation import make_mask
 from rnnlab.nn.variants import VariantLSTMCell
@@ -60,6 +60,15 @@ def layer_options(cfg: ModelConfig) -> dict[str, Any]:
         "precision": model_precision(cfg),
         **cfg.variant_options(),
     }
+
+
+def folds_projection(linear: nn.Module | None, layer: nn.Module, dropout_between: bool) -> bool:
+    """Whether ``layer`` should take ``linear`` (the Linear before it) as its
+    ``input_projection`` (:mod:`rnnlab.nn.fold`): a float ``nn.Linear`` before an rnnlab layer
+    (not their int8 copies), with no dropout active between them."""
+    return (
+        isinstance(linear, nn.Linear) and isinstance(layer, RecurrentLayer) and not dropout_between
+    )
 
 
 def _recurrent_layer(cfg: ModelConfig, input_size: int, hidden: int) -> RecurrentLayer:

@@ -17,9 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnlab.config import ModelConfig
-from rnnlab.models.classifiers import layer_options
+from rnnlab.models.classifiers import folds_projection, layer_options
 from rnnlab.nn.dropout import Dropout
-from rnnlab.nn.layers import folds_projection
 from rnnlab.nn.registry import layer_class
 
 __all__ = ["BLANK", "CTCModel", "ctc_loss", "target_lengths"]

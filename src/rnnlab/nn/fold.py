@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from rnnlab.nn.cells import GRUCell, LSTMCell, RNNCell
 from rnnlab.nn.mincells import MinGRUCell, MinLSTMCell
+from rnnlab.nn.validation import check_input
 
 __all__ = ["FOLDABLE", "fold_input", "check_projection"]
 
@@ -80,13 +81,21 @@ def _folded_cell(cell: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Mod
 
 
 def fold_input(
-    cells: list[nn.Module], num_directions: int, x: Tensor, projection: tuple[Tensor, Tensor | None]
+    name: str,
+    cells: list[nn.Module],
+    num_directions: int,
+    x: Tensor,
+    projection: tuple[Tensor, Tensor | None],
 ) -> tuple[Tensor, list[nn.Module]]:
     """The layer's input x (B, T, K) and its cells, with the Linear ``projection`` (weight
     (I, K), bias (I,) or None) before the first layer folded into that layer's cells (one per
     direction). Where a first-layer cell cannot fold (see the module docstring), and inside
-    torch.compile, x becomes x W^T + b_in (B, T, I) and the cells stay as they are."""
+    torch.compile, x becomes x W^T + b_in (B, T, I) and the cells stay as they are. The
+    projection is checked against the cells' input size I and x against its K first; ``name``
+    (the layer's) starts the errors."""
+    check_projection(name, projection, cells[0].input_size, x)
     weight, bias = projection
+    check_input(name, x, weight.shape[1])
     D = num_directions
     # Under torch.compile the Linear runs first: dynamo cannot trace the copy of a module.
     if torch.compiler.is_compiling() or not all(type(cell) in FOLDABLE for cell in cells[:D]):

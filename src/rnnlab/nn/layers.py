@@ -26,14 +26,14 @@ from rnnlab.nn import backends
 from rnnlab.nn.backends import BACKENDS, Backend, Precision
 from rnnlab.nn.cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnlab.nn.dropout import dropout
-from rnnlab.nn.fold import check_projection, fold_input
+from rnnlab.nn.fold import fold_input
 from rnnlab.nn.mincells import MinCell
 from rnnlab.nn.validation import check_input, check_state, make_mask
 from rnnlab.nn.variant_gru import GRU_VARIANT_OPTIONS, VariantGRUCell
-from rnnlab.nn.variants import VARIANT_OPTIONS, CellNoise, VariantLSTMCell
+from rnnlab.nn.variants import VARIANT_OPTIONS, CellNoise, VariantLSTMCell, layer_noise
 from rnnlab.nn.xlstm import MLSTMCell, SLSTMCell
 
-__all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RecurrentLayer", "folds_projection"]
+__all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RecurrentLayer"]
 
 
 class RecurrentLayer(nn.Module):
@@ -147,25 +147,6 @@ class RecurrentLayer(nn.Module):
             return type(states[0])(*(torch.stack(f) for f in zip(*states, strict=True)))
         return torch.stack(states)
 
-    def _noise(
-        self, given: list | None, ks: range, B: int, T: int, x: Tensor
-    ) -> list[CellNoise | None] | None:
-        """The masks of layer-directions ``ks``: the caller's, else fresh ones for variant
-        cells with recurrent dropout or zoneout in training, else None."""
-        if given is not None:
-            if len(given) != self.num_layers * self.num_directions:
-                raise ValueError(
-                    f"{type(self).__name__} expected noise to have one entry per layer and "
-                    f"direction ({self.num_layers * self.num_directions}), got {len(given)}"
-                )
-            return [given[k] for k in ks]
-        if not self.training:
-            return None
-        cells = [self.cells[k] for k in ks]
-        if not any(getattr(cell, "has_noise", False) for cell in cells):
-            return None
-        return [cell.sample_noise(B, T, x) for cell in cells]
-
     # -- forward --------------------------------------------------------------------------------
     def resolve_backend(
         self, return_gates: bool = False, x: Tensor | None = None, backend: Backend | None = None
@@ -233,11 +214,10 @@ class RecurrentLayer(nn.Module):
         """
         name = type(self).__name__
         cells = list(self.cells)
-        if input_projection is not None:
-            check_projection(name, input_projection, self.input_size, x)
-            check_input(name, x, input_projection[0].shape[1])
-            x, cells = fold_input(cells, self.num_directions, x, input_projection)
-        check_input(name, x, cells[0].input_size)
+        if input_projection is None:
+            check_input(name, x, self.input_size)
+        else:  # checks x and the projection, then folds it (or applies it)
+            x, cells = fold_input(name, cells, self.num_directions, x, input_projection)
         x = backends.autocast_input(x, cells[0])
         B, T, _ = x.shape
         state = self._zero_state(x) if state is None else state
@@ -279,7 +259,7 @@ class RecurrentLayer(nn.Module):
                 [states[k] for k in ks],
                 step_mask,
                 **call,
-                noise=self._noise(noise, ks, B, T, x),
+                noise=layer_noise(name, noise, self.cells, ks, self.training, (B, T), x),
             )
             layer_input = scan.output  # (B, T, D*H)
             finals += scan.finals
@@ -290,15 +270,6 @@ class RecurrentLayer(nn.Module):
         if return_gates:
             return layer_input, final_state, trace
         return layer_input, final_state
-
-
-def folds_projection(linear: nn.Module | None, layer: nn.Module, dropout_between: bool) -> bool:
-    """Whether ``layer`` should take ``linear`` (the Linear before it) as its
-    ``input_projection`` (:mod:`rnnlab.nn.fold`): a float ``nn.Linear`` before an rnnlab layer
-    (not their int8 copies), with no dropout active between them."""
-    return (
-        isinstance(linear, nn.Linear) and isinstance(layer, RecurrentLayer) and not dropout_between
-    )
 
 
 class RNN(RecurrentLayer):

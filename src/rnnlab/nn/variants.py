@@ -40,6 +40,7 @@ reference loop, and a test can give a mask of its own (e.g. Keras's).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -55,6 +56,7 @@ __all__ = [
     "StepNoise",
     "VARIANT_OPTIONS",
     "step_noise",
+    "layer_noise",
     "zoneout_rates",
     "check_rate",
     "normalised_product",
@@ -90,6 +92,34 @@ class StepNoise(NamedTuple):
     recurrent: Tensor | None = None
     zone_c: Tensor | None = None
     zone_h: Tensor | None = None
+
+
+def layer_noise(
+    name: str,
+    given: list | None,
+    cells: Sequence[nn.Module],
+    ks: range,
+    training: bool,
+    shape: tuple[int, int],
+    x: Tensor,
+) -> list[CellNoise | None] | None:
+    """The masks of a stack's layer-directions ``ks`` (indexes into ``cells``, all of the
+    stack's, ``layer * D + direction``): the caller's ``given`` (one entry per cell), else in
+    ``training`` fresh ones of (B, T) = ``shape`` for variant cells with recurrent dropout or
+    zoneout, else None. ``name`` (the layer's) starts the error."""
+    if given is not None:
+        if len(given) != len(cells):
+            raise ValueError(
+                f"{name} expected noise to have one entry per layer and "
+                f"direction ({len(cells)}), got {len(given)}"
+            )
+        return [given[k] for k in ks]
+    if not training:
+        return None
+    chosen = [cells[k] for k in ks]
+    if not any(getattr(cell, "has_noise", False) for cell in chosen):
+        return None
+    return [cell.sample_noise(*shape, x) for cell in chosen]
 
 
 def step_noise(noise: CellNoise, t: int) -> StepNoise:
