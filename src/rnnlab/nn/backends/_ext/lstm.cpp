@@ -62,7 +62,8 @@ void lstm_forward_step(T* gates, const T* h_prev, const T* c_prev, T* h_next, T*
 // Returns {out (B, T, H), h_n, c_n, gates, hs, cs, xt}; the last four only when training.
 // bf16 mode (float32 only): every GEMM takes bf16 operands (x, h and the weights rounded to
 // bf16); gates, c, h and the outputs stay float32. Then hs and xt come back as bf16, the
-// operands the backward's weight-gradient GEMMs need.
+// operands the backward's weight-gradient GEMMs need, except an xt of small_inputs width, which
+// no GEMM reads (add_inputs in fp32 here, gather_inputs in the backward).
 std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor& c0,
                                  const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,
                                  const c10::optional<Tensor>& mask, bool reverse, bool train,
@@ -82,7 +83,11 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
   // separate pass over (T, B, 4H) to broadcast the bias, and no whole-sequence GEMM.
   const bool rows_fp32 = x.scalar_type() == at::kFloat && !bf16 && rows_fit(H);
   const bool rows_bf16 = bf16 && could_pack_bf16(H);
-  const bool x_bf16 = rows_bf16 && could_pack_bf16(xt.size(2));  // else x_t W_ih^T in fp32
+  const int64_t I = xt.size(2);
+  // x_small: x_t W_ih^T added to the gate rows in fp32, no GEMM (add_inputs); else x_bf16: a
+  // bf16 GEMM where I packs, else a float32 GEMM
+  const bool x_small = (rows_fp32 || rows_bf16) && small_inputs(I);
+  const bool x_bf16 = rows_bf16 && !x_small && could_pack_bf16(I);
   if (rows_fp32 || rows_bf16) {
     gates = at::empty({Tn, B, 4 * H}, x.options());
     if (bf16) {
@@ -105,14 +110,13 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
   hs[slots.prev(0, slots.time(0))].copy_(h0);
   cs[slots.prev(0, slots.time(0))].copy_(c0);
   const bool* m = mask_data(mask);
-  const int64_t I = xt.size(2);
   if (rows_fp32 || rows_bf16) {  // each thread runs its rows through all steps
     // Operands: x_t and W_ih in bf16 where I packs (x_bf16), h and W_hh in bf16 in bf16 mode;
     // the gates accumulate in fp32 either way.
     Tensor wi = x_bf16 ? pack_bf16(w_ih.t()) : w_ih.t().contiguous();     // (I, 4H)
     Tensor wh = rows_bf16 ? pack_bf16(w_hh.t()) : w_hh.t().contiguous();  // (H, 4H)
     const Operand xo(xt), wio(wi), ho(rows_bf16 ? hb : hs), who(wh);
-    const float* bp = bias.data_ptr<float>();
+    const float *bp = bias.data_ptr<float>(), *xp = x_small ? xt.data_ptr<float>() : nullptr;
     at::BFloat16* hbp = rows_bf16 ? hb.data_ptr<at::BFloat16>() : nullptr;
     float *g = gates.data_ptr<float>(), *hp = hs.data_ptr<float>(), *cp = cs.data_ptr<float>();
     float* o = out.data_ptr<float>();
@@ -120,10 +124,18 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
       for (int64_t s = 0; s < Tn; ++s) {
         const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
         float* gt = g + (t * B + b0) * 4 * H;
-        gemm_rows(b1 - b0, 4 * H, I, xo, (t * B + b0) * I, I, wio, 4 * H, gt, 4 * H,
-                  false);  // gates[t] = x_t W_ih^T
+        if (!x_small) {
+          gemm_rows(b1 - b0, 4 * H, I, xo, (t * B + b0) * I, I, wio, 4 * H, gt, 4 * H,
+                    false);  // gates[t] = x_t W_ih^T
+        }
         gemm_rows(b1 - b0, 4 * H, H, ho, (p * B + b0) * H, H, who, 4 * H, gt, 4 * H,
-                  true);  // gates[t] += h_{t-1} W_hh^T
+                  !x_small);  // gates[t] (+)= h_{t-1} W_hh^T
+        if (x_small) {
+          const float* wip = wi.data_ptr<float>();
+          for (int64_t b = b0; b < b1; ++b) {  // gates[t] += x_t W_ih^T, row by row
+            add_inputs(gt + (b - b0) * 4 * H, xp + (t * B + b) * I, wip, I, 4 * H);
+          }
+        }
         lstm_forward_step<float>(g + t * B * 4 * H, hp + p * B * H, cp + p * B * H,
                                  hp + n * B * H, cp + n * B * H, o, m, t, Tn, B, H, bp, nullptr,
                                  hbp ? hbp + n * B * H : nullptr, b0, b1);
@@ -147,7 +159,8 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
   const int64_t last = slots.next(Tn - 1, slots.time(Tn - 1));
   Tensor h_n = hs[last].clone(), c_n = cs[last].clone();
   if (!train) return {out, h_n, c_n};
-  if (bf16) return {out, h_n, c_n, gates, hb, cs, xt.to(at::kBFloat16)};  // no copy if bf16
+  if (bf16 && !x_small) return {out, h_n, c_n, gates, hb, cs, xt.to(at::kBFloat16)};
+  if (bf16) return {out, h_n, c_n, gates, hb, cs, xt};  // x stays float32: add_inputs read it
   return {out, h_n, c_n, gates, hs, cs, xt};
 }
 
@@ -223,12 +236,22 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
   // GEMMs, whose bf16 results are added to the float32 gradients; db sums the float32 dpre.
   const bool bf16 = hs.scalar_type() == at::kBFloat16;
   Tensor dpre_b = bf16 ? at::empty_like(dpre, hs.options()) : Tensor();  // (T, B, 4H)
-  Tensor db;                                                              // (4H)
+  Tensor db, dx, dw_ih;                                                   // (4H), ...
   const bool rows = acts.scalar_type() == at::kFloat &&
                     (bf16 ? could_pack_bf16(4 * H) : rows_fit(H));
+  const int64_t I = xt.size(2);
+  // The forward's add_inputs path (its xt stayed float32): dW_ih and dx gathered in the loop.
+  const bool x_small = rows && small_inputs(I) && xt.scalar_type() == at::kFloat;
   if (rows) {  // each thread runs its rows through all steps
-    // Per-thread bias-gradient sums, one row per thread of the team.
-    Tensor db_parts = at::zeros({row_threads(B, at::get_num_threads()), 4 * H}, acts.options());
+    // Per-thread bias-gradient sums, one row per thread of the team, and for x_small the
+    // per-thread dW_ih^T (I, 4H) sums.
+    const int64_t team = row_threads(B, at::get_num_threads());
+    Tensor db_parts = at::zeros({team, 4 * H}, acts.options());
+    Tensor dw_parts = x_small ? at::zeros({team, I, 4 * H}, acts.options()) : Tensor();
+    Tensor wt = x_small ? w_ih.t().contiguous() : Tensor();  // (I, 4H) float32
+    if (x_small && need_dx) dx = at::empty({B, Tn, I}, acts.options());
+    const float* xp = x_small ? xt.data_ptr<float>() : nullptr;
+    float* dxp = dx.defined() ? dx.data_ptr<float>() : nullptr;
     Tensor w = bf16 ? pack_bf16(w_hh) : w_hh.contiguous();  // (4H, H)
     const Operand wo(w), dpo(bf16 ? dpre_b : dpre);          // dpre_t W_hh's operands
     const float *a = acts.data_ptr<float>(), *c = cs.data_ptr<float>();
@@ -237,6 +260,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
     at::BFloat16* dbp = bf16 ? dpre_b.data_ptr<at::BFloat16>() : nullptr;
     over_row_blocks(B, at::get_num_threads(), [&](int64_t b0, int64_t b1) {
       float* db_acc = db_parts.data_ptr<float>() + omp_get_thread_num() * 4 * H;
+      float* dw_acc = x_small ? dw_parts.data_ptr<float>() + omp_get_thread_num() * I * 4 * H
+                              : nullptr;
       for (int64_t s = Tn - 1; s >= 0; --s) {
         const int64_t t = slots.time(s), p = slots.prev(s, t), n = slots.next(s, t);
         float* dt = d + t * B * 4 * H;
@@ -244,11 +269,18 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
                                   dcp, m, t, Tn, B, H, nullptr,
                                   dbp ? dbp + t * B * 4 * H : nullptr, b0, b1);
         add_rows(dt, b0, b1, 4 * H, db_acc);
+        if (x_small) {
+          for (int64_t b = b0; b < b1; ++b) {
+            gather_inputs(dt + b * 4 * H, xp + (t * B + b) * I, wt.data_ptr<float>(), I, 4 * H,
+                          dw_acc, dxp ? dxp + (b * Tn + t) * I : nullptr);
+          }
+        }
         gemm_rows(b1 - b0, H, 4 * H, dpo, (t * B + b0) * 4 * H, 4 * H, wo, H, dhp + b0 * H, H,
                   true);  // dL/dh_{t-1} += dpre_t W_hh
       }
     });
     db = db_parts.sum(0);
+    if (x_small) dw_ih = dw_parts.sum(0).t().contiguous();  // (4H, I)
   } else {  // per step: one GEMM over all rows, then one gate pass split over the rows
     Tensor rec = bf16 ? at::zeros({B, H}, hs.options()) : Tensor();  // dpre_t W_hh in bf16
     Tensor w_hh_g = bf16 ? w_hh.to(at::kBFloat16) : w_hh.contiguous();
@@ -274,11 +306,12 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
   Tensor flat = dpre.view({Tn * B, 4 * H});                             // (T*B, 4H)
   Tensor flat_g = bf16 ? dpre_b.view({Tn * B, 4 * H}) : flat;           // GEMM operand
   Tensor h_prev = hs.narrow(0, reverse ? 1 : 0, Tn).view({Tn * B, H});  // (T*B, H)
-  Tensor w_ih_g = bf16 ? w_ih.to(at::kBFloat16) : w_ih;
-  Tensor dx;
-  if (need_dx) dx = product(flat_g, w_ih_g).view({Tn, B, -1}).transpose(0, 1);  // (B, T, I)
-  Tensor dw_ih = product(flat_g.t(), xt.view({Tn * B, -1}));                   // (4H, I)
-  Tensor dw_hh = product(flat_g.t(), h_prev);                                   // (4H, H)
+  if (!x_small) {
+    Tensor w_ih_g = bf16 ? w_ih.to(at::kBFloat16) : w_ih;
+    if (need_dx) dx = product(flat_g, w_ih_g).view({Tn, B, -1}).transpose(0, 1);  // (B, T, I)
+    dw_ih = product(flat_g.t(), xt.view({Tn * B, -1}));                          // (4H, I)
+  }
+  Tensor dw_hh = product(flat_g.t(), h_prev);  // (4H, H)
   if (bf16) {
     dx = need_dx ? dx.to(at::kFloat) : dx;
     dw_ih = dw_ih.to(at::kFloat);

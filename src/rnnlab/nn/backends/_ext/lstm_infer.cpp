@@ -27,10 +27,12 @@ struct Direction {
   bool reverse, bh;  // bh: h is a bf16 operand (a per-thread bf16 copy is kept)
 };
 
-// The x operand of a layer's input: x itself, or its bf16 copy in bf16 mode where I packs
-// (made once for both directions of a pair).
+// The x operand of a layer's input: x itself, or its bf16 copy in bf16 mode where I packs and
+// not small_inputs (whose x_t W_ih^T stays float32, as in training); made once for both
+// directions of a pair.
 Tensor x_operand(const Tensor& x, bool bf16) {
-  return bf16 && could_pack_bf16(x.size(2)) ? x.to(at::kBFloat16) : x;
+  const int64_t I = x.size(2);
+  return bf16 && !small_inputs(I) && could_pack_bf16(I) ? x.to(at::kBFloat16) : x;
 }
 
 // x_op comes from x_operand.
@@ -56,23 +58,30 @@ void infer_rows(const Direction& d, int64_t b0, int64_t b1, int64_t Tn, int64_t 
   const int64_t rows = b1 - b0, I = d.x.size(2);
   const Operand xo(d.x), h0o(d.h0), wio(d.w_ih_t), who(d.w_hh_t);
   const float* bp = d.bias.data_ptr<float>();
+  const bool x_small = I <= kAddInputsInference && !xo.bf16;  // add_inputs, no GEMM
+  const float* xp = x_small ? d.x.data_ptr<float>() : nullptr;
+  const float* wip = x_small ? d.w_ih_t.data_ptr<float>() : nullptr;  // (I, 4H)
   std::vector<float> buf(rows * 4 * H);
   std::vector<at::BFloat16> hbuf(d.bh ? rows * H : 0);  // bf16 h_{t-1} of these rows
   float* g = buf.data();
   for (int64_t s = 0; s < Tn; ++s) {
     const int64_t t = d.reverse ? Tn - 1 - s : s, tp = d.reverse ? t + 1 : t - 1;
-    gemm_rows(rows, 4 * H, I, xo, (b0 * Tn + t) * I, Tn * I, wio, 4 * H, g, 4 * H,
-              false);  // x_t W_ih^T
+    if (!x_small) {
+      gemm_rows(rows, 4 * H, I, xo, (b0 * Tn + t) * I, Tn * I, wio, 4 * H, g, 4 * H,
+                false);  // x_t W_ih^T
+    }
+    const bool acc = !x_small;  // onto x_t W_ih^T, or the first write of the buffer
     if (s == 0) {  // h_0 of these rows
-      gemm_rows(rows, 4 * H, H, h0o, b0 * H, H, who, 4 * H, g, 4 * H, true);
+      gemm_rows(rows, 4 * H, H, h0o, b0 * H, H, who, 4 * H, g, 4 * H, acc);
     } else if (d.bh) {  // the bf16 copy of h_{t-1} this thread keeps
-      gemm_rows(rows, 4 * H, H, Operand(hbuf.data()), 0, H, who, 4 * H, g, 4 * H, true);
+      gemm_rows(rows, 4 * H, H, Operand(hbuf.data()), 0, H, who, 4 * H, g, 4 * H, acc);
     } else {  // h_{t-1} read in place from the output
       gemm_rows(rows, 4 * H, H, Operand(d.out), (b0 * Tn + tp) * ldo, Tn * ldo, who, 4 * H, g,
-                4 * H, true);
+                4 * H, acc);
     }
     for (int64_t r = 0; r < rows; ++r) {
-      const float* a = g + r * 4 * H;
+      float* a = g + r * 4 * H;
+      if (x_small) add_inputs(a, xp + ((b0 + r) * Tn + t) * I, wip, I, 4 * H);
       float* cr = d.c + (b0 + r) * H;
       float* hr = d.out + ((b0 + r) * Tn + t) * ldo;
 #pragma omp simd

@@ -209,6 +209,53 @@ inline void gemm_rows(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, in
   at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, c, true);
 }
 
+// Inputs at most this wide (pixel-by-pixel MNIST's I = 1, a few sensor channels) skip the
+// training kernel's per-step x_t W_ih^T GEMM: its I multiply-adds per gate are added to the gate
+// rows instead (add_inputs), and the backward gathers dW_ih and dx in its time loop
+// (gather_inputs) instead of GEMMs over the whole (T*B, 4H) dpre, 51 MB at workload E, for 4H*I
+// outputs. In bf16 mode x_t W_ih^T then stays float32. Measured at E's shape (B 32, T 784,
+// H 128, one thread, fp32, three runs each; benchmarks/RESULTS.md, "Narrow inputs"): forward
+// and backward took 61.1 / 60.6 / 62.5 / 66.1 ms at I = 1 / 2 / 4 / 8 this way and 68.3 / 69.1 /
+// 68.8 / 69.3 ms with the GEMMs.
+constexpr int64_t kSmallInputs = 4;
+
+inline bool small_inputs(int64_t I) { return I <= kSmallInputs; }
+
+// Inference takes add_inputs only for I = 1: 18.2 against 18.9 ms there, while at I = 2 / 4 /
+// 8 the GEMM of depth I was as fast or faster (19.0 / 18.9 / 19.3 ms against 19.2 / 19.3 /
+// 20.9), as nothing of size T*B is stored or reread in inference. Both paths compute x_t W_ih^T
+// in float32 (differing in rounding only), so inference still matches training in bf16 mode.
+constexpr int64_t kAddInputsInference = 1;
+
+// a (N) += x (I) @ wt (I, N): one row's x_t W_ih^T with wt = W_ih^T, for a small I.
+inline void add_inputs(float* a, const float* x, const float* wt, int64_t I, int64_t N) {
+  for (int64_t k = 0; k < I; ++k) {
+    const float xk = x[k];
+    const float* w = wt + k * N;
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) a[j] += xk * w[j];
+  }
+}
+
+// One row's share of the input gradients, for a small I: dw (I, N) += x (I) outer d (N), the
+// transposed dW_ih, and, given dx, dx (I) = wt (I, N) @ d (N), that is d @ W_ih.
+template <typename X>
+inline void gather_inputs(const float* d, const X* x, const float* wt, int64_t I, int64_t N,
+                          float* dw, float* dx) {
+  for (int64_t k = 0; k < I; ++k) {
+    const float xk = static_cast<float>(x[k]);
+    float* w = dw + k * N;
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) w[j] += xk * d[j];
+    if (!dx) continue;
+    const float* wk = wt + k * N;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < N; ++j) dot += d[j] * wk[j];
+    dx[k] = dot;
+  }
+}
+
 // A GEMM operand of the row-block kernels, float32 or bf16 (a bf16 b operand must come from
 // pack_bf16), so one loop serves both precisions.
 struct Operand {
