@@ -17,6 +17,27 @@ Tensor round_bf16(const Tensor& x) {
   return out;
 }
 
+// gemm_rows on a (M, K) and b (K, N): float32 operands, or bf16 ones (b packed here as the
+// bf16 mode packs its weights), into a float32 (M, N); for the tests to check the row blocks'
+// products, column slices included, against ATen.
+Tensor product_rows(const Tensor& a_, const Tensor& b_) {
+  TORCH_CHECK(a_.dim() == 2 && b_.dim() == 2 && a_.size(1) == b_.size(0),
+              "product_rows expects a (M, K) and b (K, N), got ", a_.sizes(), " and ", b_.sizes());
+  TORCH_CHECK(a_.scalar_type() == b_.scalar_type() && (a_.scalar_type() == at::kFloat ||
+                                                       a_.scalar_type() == at::kBFloat16),
+              "product_rows expects two float32 or two bf16 operands, got ", a_.scalar_type(),
+              " and ", b_.scalar_type());
+  const bool bf16 = a_.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(!bf16 || (could_pack_bf16(b_.size(0))),
+              "the bf16 row products need an even K and a working bf16 ukernel");
+  const int64_t M = a_.size(0), K = a_.size(1), N = b_.size(1);
+  Tensor a = a_.contiguous(), b = bf16 ? pack_bf16(b_.to(at::kFloat)) : b_.contiguous();
+  Tensor c = at::empty({M, N}, a.options().dtype(at::kFloat));
+  gemm_rows(M, N, K, Operand(a), 0, K, Operand(b), N, c.data_ptr<float>(), N, false);
+  at::native::cpublas::brgemm_release(bf16);
+  return c;
+}
+
 // Flush-to-zero and denormals-are-zero (MXCSR bits 15 and 6) on or off, for the calling thread and
 // every thread of the OpenMP pool that ATen, oneDNN and MKL run on (a thread keeps its MXCSR, and
 // threads started later copy their creator's); returns how many threads were set. Used by
@@ -69,6 +90,7 @@ std::vector<Tensor> gru_variant_backward(const Tensor& dout, const Tensor& dh_n,
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("round_bf16", &rnnlab_ext::round_bf16);
+  m.def("product_rows", &rnnlab_ext::product_rows);
   m.def("lstm_forward", &rnnlab_ext::lstm_forward);
   m.def("lstm_backward", &rnnlab_ext::lstm_backward);
   m.def("lstm_infer", &rnnlab_ext::lstm_infer);

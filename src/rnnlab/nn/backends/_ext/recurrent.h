@@ -202,11 +202,27 @@ inline void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t l
 }
 
 // The same with bf16 operands and a float32 c (exact fp32 accumulation); b must come from
-// pack_bf16. Used by the bf16 mode where could_pack_bf16() holds.
+// pack_bf16. Used by the bf16 mode where could_pack_bf16() holds. A packed b over
+// kBf16SliceBytes goes in slices of kBf16Columns columns. Measured on one core of an AVX-512
+// host without AMX (1 MiB L2, benchmarks/RESULTS.md, "bf16 products in column slices"), per
+// step of B rows, whole / sliced: F's forward (64, K 512) x 2048 columns at 304 / 440 GFLOP/s,
+// its backward (64, K 2048) x 512 at 356 / 476, G's forward (20, K 650) x 2600 at 381 / 483 and
+// backward (20, K 2600) x 650 at 447 / 475; B's (512, K 256) x 1024 (512 KiB packed, left
+// whole) at 444 / 445.
+constexpr int64_t kBf16SliceBytes = int64_t(1) << 20;
+constexpr int64_t kBf16Columns = 128;
+
 inline void gemm_rows(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda,
                       const at::BFloat16* b, int64_t ldb, float* c, int64_t ldc,
                       bool accumulate) {
-  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, c, true);
+  if (K * N * int64_t(sizeof(at::BFloat16)) <= kBf16SliceBytes) {
+    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, c, true);
+    return;
+  }
+  for (int64_t n0 = 0; n0 < N; n0 += kBf16Columns) {  // the VNNI layout pairs 2 values a column
+    const int64_t n = std::min(kBf16Columns, N - n0);
+    at::native::cpublas::brgemm(M, n, K, lda, ldb, ldc, accumulate, a, b + 2 * n0, c + n0, true);
+  }
 }
 
 // Inputs at most this wide (pixel-by-pixel MNIST's I = 1, a few sensor channels) skip the
