@@ -17,23 +17,45 @@ Tensor round_bf16(const Tensor& x) {
   return out;
 }
 
-// gemm_rows on a (M, K) and b (K, N): float32 operands, or bf16 ones (b packed here as the
-// bf16 mode packs its weights), into a float32 (M, N); for the tests to check the row blocks'
-// products, column slices included, against ATen.
-Tensor product_rows(const Tensor& a_, const Tensor& b_) {
+// c = a @ b as the row blocks compute it: a (steps * M, K) in `steps` products of M rows each
+// (a time loop's steps), b (K, N), float32 or bf16 operands (a bf16 b packed once here, as the
+// bf16 mode packs its weights), c float32. columns = 0: gemm_rows with its own rule for column
+// slices; columns > 0: slices of that width, the whole width included, for
+// benchmarks/row_products_bench.py to compare. For the tests (tests/test_row_products.py) and
+// that bench.
+Tensor product_rows(const Tensor& a_, const Tensor& b_, int64_t steps, int64_t columns) {
   TORCH_CHECK(a_.dim() == 2 && b_.dim() == 2 && a_.size(1) == b_.size(0),
               "product_rows expects a (M, K) and b (K, N), got ", a_.sizes(), " and ", b_.sizes());
   TORCH_CHECK(a_.scalar_type() == b_.scalar_type() && (a_.scalar_type() == at::kFloat ||
                                                        a_.scalar_type() == at::kBFloat16),
               "product_rows expects two float32 or two bf16 operands, got ", a_.scalar_type(),
               " and ", b_.scalar_type());
+  TORCH_CHECK(steps >= 1 && a_.size(0) % steps == 0, "product_rows expects steps dividing the ",
+              a_.size(0), " rows of a, got ", steps);
   const bool bf16 = a_.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(!bf16 || (could_pack_bf16(b_.size(0))),
+  TORCH_CHECK(!bf16 || could_pack_bf16(b_.size(0)),
               "the bf16 row products need an even K and a working bf16 ukernel");
-  const int64_t M = a_.size(0), K = a_.size(1), N = b_.size(1);
+  const int64_t M = a_.size(0) / steps, K = a_.size(1), N = b_.size(1);
   Tensor a = a_.contiguous(), b = bf16 ? pack_bf16(b_.to(at::kFloat)) : b_.contiguous();
-  Tensor c = at::empty({M, N}, a.options().dtype(at::kFloat));
-  gemm_rows(M, N, K, Operand(a), 0, K, Operand(b), N, c.data_ptr<float>(), N, false);
+  Tensor c = at::empty({steps * M, N}, a.options().dtype(at::kFloat));
+  const Operand ao(a), bo(b);
+  float* cp = c.data_ptr<float>();
+  for (int64_t s = 0; s < steps; ++s) {
+    if (columns <= 0) {
+      gemm_rows(M, N, K, ao, s * M * K, K, bo, N, cp + s * M * N, N, false);
+      continue;
+    }
+    for (int64_t n0 = 0; n0 < N; n0 += columns) {  // bf16: VNNI pairs, 2 values a column
+      const int64_t n = std::min(columns, N - n0);
+      if (bf16) {
+        at::native::cpublas::brgemm(M, n, K, K, N, N, false, a.data_ptr<at::BFloat16>() + s * M * K,
+                                    b.data_ptr<at::BFloat16>() + 2 * n0, cp + s * M * N + n0, true);
+      } else {
+        at::native::cpublas::brgemm(M, n, K, K, N, N, false, a.data_ptr<float>() + s * M * K,
+                                    b.data_ptr<float>() + n0, cp + s * M * N + n0, false);
+      }
+    }
+  }
   at::native::cpublas::brgemm_release(bf16);
   return c;
 }

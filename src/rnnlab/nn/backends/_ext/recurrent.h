@@ -203,12 +203,13 @@ inline void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t l
 
 // The same with bf16 operands and a float32 c (exact fp32 accumulation); b must come from
 // pack_bf16. Used by the bf16 mode where could_pack_bf16() holds. A packed b over
-// kBf16SliceBytes goes in slices of kBf16Columns columns. Measured on one core of an AVX-512
-// host without AMX (1 MiB L2, benchmarks/RESULTS.md, "bf16 products in column slices"), per
-// step of B rows, whole / sliced: F's forward (64, K 512) x 2048 columns at 304 / 440 GFLOP/s,
-// its backward (64, K 2048) x 512 at 356 / 476, G's forward (20, K 650) x 2600 at 381 / 483 and
-// backward (20, K 2600) x 650 at 447 / 475; B's (512, K 256) x 1024 (512 KiB packed, left
-// whole) at 444 / 445.
+// kBf16SliceBytes goes in slices of kBf16Columns columns. Measured with
+// benchmarks/row_products_bench.py on one core of an AVX-512 host without AMX (1 MiB L2 a core;
+// benchmarks/RESULTS.md, "bf16 products in column slices"), 64 steps, whole / sliced, GFLOP/s:
+// F's forward (64, K 512) x 2048 347 / 428, its backward (64, K 2048) x 512 355 / 457, G's
+// forward (20, K 650) x 2600 409 / 430 and backward (20, K 2600) x 650 342 / 360. Left whole:
+// B's 512 KiB (512, K 256) x 1024 at 437 (439 in 256-column slices) and F's input (64, K 64) x
+// 2048 at 388 (355 in slices).
 constexpr int64_t kBf16SliceBytes = int64_t(1) << 20;
 constexpr int64_t kBf16Columns = 128;
 
