@@ -117,6 +117,7 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
     Tensor wh = rows_bf16 ? pack_bf16(w_hh.t()) : w_hh.t().contiguous();  // (H, 4H)
     const Operand xo(xt), wio(wi), ho(rows_bf16 ? hb : hs), who(wh);
     const float *bp = bias.data_ptr<float>(), *xp = x_small ? xt.data_ptr<float>() : nullptr;
+    const float* wip = x_small ? wi.data_ptr<float>() : nullptr;  // W_ih^T (I, 4H) float32
     at::BFloat16* hbp = rows_bf16 ? hb.data_ptr<at::BFloat16>() : nullptr;
     float *g = gates.data_ptr<float>(), *hp = hs.data_ptr<float>(), *cp = cs.data_ptr<float>();
     float* o = out.data_ptr<float>();
@@ -131,7 +132,6 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor
         gemm_rows(b1 - b0, 4 * H, H, ho, (p * B + b0) * H, H, who, 4 * H, gt, 4 * H,
                   !x_small);  // gates[t] (+)= h_{t-1} W_hh^T
         if (x_small) {
-          const float* wip = wi.data_ptr<float>();
           for (int64_t b = b0; b < b1; ++b) {  // gates[t] += x_t W_ih^T, row by row
             add_inputs(gt + (b - b0) * 4 * H, xp + (t * B + b) * I, wip, I, 4 * H);
           }
@@ -250,7 +250,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
     Tensor dw_parts = x_small ? at::zeros({team, I, 4 * H}, acts.options()) : Tensor();
     Tensor wt = x_small ? w_ih.t().contiguous() : Tensor();  // (I, 4H) float32
     if (x_small && need_dx) dx = at::empty({B, Tn, I}, acts.options());
-    const float* xp = x_small ? xt.data_ptr<float>() : nullptr;
+    const float *xp = x_small ? xt.data_ptr<float>() : nullptr,
+                *wtp = x_small ? wt.data_ptr<float>() : nullptr;
     float* dxp = dx.defined() ? dx.data_ptr<float>() : nullptr;
     Tensor w = bf16 ? pack_bf16(w_hh) : w_hh.contiguous();  // (4H, H)
     const Operand wo(w), dpo(bf16 ? dpre_b : dpre);          // dpre_t W_hh's operands
@@ -271,8 +272,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
         add_rows(dt, b0, b1, 4 * H, db_acc);
         if (x_small) {
           for (int64_t b = b0; b < b1; ++b) {
-            gather_inputs(dt + b * 4 * H, xp + (t * B + b) * I, wt.data_ptr<float>(), I, 4 * H,
-                          dw_acc, dxp ? dxp + (b * Tn + t) * I : nullptr);
+            gather_inputs(dt + b * 4 * H, xp + (t * B + b) * I, wtp, I, 4 * H, dw_acc,
+                          dxp ? dxp + (b * Tn + t) * I : nullptr);
           }
         }
         gemm_rows(b1 - b0, H, 4 * H, dpo, (t * B + b0) * 4 * H, 4 * H, wo, H, dhp + b0 * H, H,
