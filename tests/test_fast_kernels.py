@@ -55,6 +55,18 @@ def run(layer, x, state, kwargs):
     return out, finals, grads
 
 
+def assert_runs_agree(got, want, context, tol: float = 1e-5) -> None:
+    """Two results of :func:`run`, (output, final states, gradients), within ``tol`` relative,
+    every gradient of the same names."""
+    (out_g, fin_g, grads_g), (out_w, fin_w, grads_w) = got, want
+    assert rel_err(out_g, out_w) < tol, context
+    for a, b in zip(fin_g, fin_w, strict=True):
+        assert rel_err(a, b) < tol, context
+    assert grads_g.keys() == grads_w.keys(), context
+    for key in grads_w:
+        assert rel_err(grads_g[key], grads_w[key]) < tol, (key, context)
+
+
 def random_case(seed: int):
     g = torch.Generator().manual_seed(seed)
     r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
@@ -104,14 +116,8 @@ def test_compiled_matches_reference(name: str, seed: int) -> None:
             return type(s)(*(t.clone().requires_grad_(True) for t in s))
         return s.clone().requires_grad_(True)
 
-    out_r, fin_r, grads_r = run(ref, x, fresh(state), kwargs)
-    out_f, fin_f, grads_f = run(fast, x, fresh(state), kwargs)
-    assert rel_err(out_f, out_r) < 1e-5, case
-    for a, b in zip(fin_f, fin_r, strict=True):
-        assert rel_err(a, b) < 1e-5, case
-    assert grads_f.keys() == grads_r.keys()
-    for key in grads_r:
-        assert rel_err(grads_f[key], grads_r[key]) < 1e-5, (key, case)
+    want = run(ref, x, fresh(state), kwargs)
+    assert_runs_agree(run(fast, x, fresh(state), kwargs), want, case)
 
 
 @pytest.mark.parametrize(
@@ -131,15 +137,10 @@ def test_compiled_lstm_wide_layers_match_reference(H: int, padding: str | None) 
     kwargs = {}
     if padding is not None:
         kwargs = dict(lengths=torch.randint(1, T + 1, (B,)), padding=padding)
-    out_r, fin_r, grads_r = run(ref, x, None, kwargs)
-    out_f, fin_f, grads_f = run(fast, x, None, kwargs)
-    assert rel_err(out_f, out_r) < 1e-5
-    for a, b in zip(fin_f, fin_r, strict=True):
-        assert rel_err(a, b) < 1e-5
-    for key in grads_r:
-        assert rel_err(grads_f[key], grads_r[key]) < 1e-5, key
+    want = run(ref, x, None, kwargs)
+    assert_runs_agree(run(fast, x, None, kwargs), want, (H, padding))
     with torch.no_grad():
-        assert rel_err(fast(x, **kwargs)[0], out_r) < 1e-5
+        assert rel_err(fast(x, **kwargs)[0], want[0]) < 1e-5
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -375,15 +376,11 @@ def test_compiled_lstm_training_with_row_blocks_matches_reference(kind: str) -> 
     B, T = 37, 11
     x = torch.randn(B, T, 7)
     kwargs = {} if kind == "none" else dict(lengths=torch.randint(1, T + 1, (B,)), padding=kind)
-    out_r, fin_r, grads_r = run(ref, x, None, kwargs)
+    want = run(ref, x, None, kwargs)
     for threads in (2, 3):
         with _threads(threads):
-            out_f, fin_f, grads_f = run(fast, x, None, kwargs)
-        assert rel_err(out_f, out_r) < 1e-5
-        for a, b in zip(fin_f, fin_r, strict=True):
-            assert rel_err(a, b) < 1e-5
-        for key in grads_r:
-            assert rel_err(grads_f[key], grads_r[key]) < 1e-5, (key, threads)
+            got = run(fast, x, None, kwargs)
+        assert_runs_agree(got, want, threads)
         for p in fast.parameters():
             p.grad = None
 
