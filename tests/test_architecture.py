@@ -1,7 +1,8 @@
 """The upper floors know no kind (docs/architecture.md): cli, serve, inspect and export ask the
 run's task. Their generic modules neither import a kind's task or model class nor compare
 anything with a kind's name; each kind's own floor modules (named by its task's ``floors``) are
-where kind-specific code lives. import-linter checks the imports too (pyproject.toml)."""
+where kind-specific code lives. import-linter checks the imports too (pyproject.toml). Also the
+dependency rules the backends' routing table (tests/test_routing.py) relies on."""
 
 from __future__ import annotations
 
@@ -128,3 +129,38 @@ def test_a_floor_a_kind_does_not_offer_is_a_clear_error():
         task.floor("serve")
     with pytest.raises(ValueError, match="predict expected a run whose kind offers it"):
         task.check_verb("predict", "RUN")
+
+
+# -- the dependency rules the routing table relies on --------------------------------------------
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+    return found
+
+
+def test_fused_is_pure_torch_and_layers_pick_no_kernel() -> None:
+    """fused.py never touches the C++ kernels; layers.py never imports interop (interop imports
+    it) and reaches the backends only through the dispatcher."""
+    fused_imports = imported_modules(SRC / "nn" / "backends" / "fused.py")
+    assert not any("compiled" in m or "_ext" in m for m in fused_imports), fused_imports
+    layers = SRC / "nn" / "layers.py"
+    layer_imports = imported_modules(layers)
+    assert not any("interop" in m for m in layer_imports), layer_imports
+    backend_imports = {m for m in layer_imports if m.startswith("rnnlab.nn.backends")}
+    allowed = {"rnnlab.nn.backends"} | {
+        f"rnnlab.nn.backends.{name}" for name in ("BACKENDS", "Backend", "Precision")
+    }
+    assert backend_imports <= allowed, backend_imports
+    used = {
+        node.attr
+        for node in ast.walk(ast.parse(layers.read_text()))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "backends"
+    }
+    assert used == {"scan_layer", "scan_stack", "resolve_backend", "autocast_input"}, used

@@ -1,14 +1,15 @@
 """The routing table of rnnlab.nn.backends.scan_layer, one test per row: which kernel ran.
 
 Every kernel function is wrapped to record its name (and its ``bf16`` argument) before the
-layer runs, so these tests fail if a call ends up in another kernel than the table says.
+layer runs, so these tests fail if a call ends up in another kernel than the table says. The
+rows of the 2024 cells are in test_routing_2024.py, those of the LSTM and GRU variants in
+test_routing_variants.py, and the dependency rules the table relies on in
+test_architecture.py.
 """
 
 from __future__ import annotations
 
-import ast
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -64,7 +65,6 @@ KERNELS = {  # kernel name in the table -> (module, function)
 }
 STACKS = {rnnlab.LSTMCell: "torch.lstm_stack", rnnlab.GRUCell: "torch.gru_stack"}
 STACKS[rnnlab.RNNCell] = "torch.rnn_stack"
-SRC = Path(rnnlab.__file__).parent
 
 
 @pytest.fixture
@@ -441,118 +441,3 @@ def test_route_layer_and_resolve_backend_report_the_decision(ext) -> None:
     assert rnnlab.GRU(2, 3).resolve_backend(x=X) == "compiled"
     assert rnnlab.RNN(2, 3).resolve_backend(x=X) == "fused"
     assert layer.resolve_backend(return_gates=True) == "reference"
-
-
-# -- the dependency rules the table relies on ----------------------------------------------------
-def imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (inside functions too)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
-    return found
-
-
-def test_fused_is_pure_torch_and_layers_pick_no_kernel() -> None:
-    """fused.py never touches the C++ kernels; layers.py never imports interop (interop imports
-    it) and reaches the backends only through the dispatcher."""
-    fused_imports = imported_modules(SRC / "nn" / "backends" / "fused.py")
-    assert not any("compiled" in m or "_ext" in m for m in fused_imports), fused_imports
-    layers = SRC / "nn" / "layers.py"
-    layer_imports = imported_modules(layers)
-    assert not any("interop" in m for m in layer_imports), layer_imports
-    backend_imports = {m for m in layer_imports if m.startswith("rnnlab.nn.backends")}
-    allowed = {"rnnlab.nn.backends"} | {
-        f"rnnlab.nn.backends.{name}" for name in ("BACKENDS", "Backend", "Precision")
-    }
-    assert backend_imports <= allowed, backend_imports
-    used = {
-        node.attr
-        for node in ast.walk(ast.parse(layers.read_text()))
-        if isinstance(node, ast.Attribute)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "backends"
-    }
-    assert used == {"scan_layer", "scan_stack", "resolve_backend", "autocast_input"}, used
-
-
-# -- the LSTM variants (issue 23) -----------------------------------------------------------------
-@pytest.mark.parametrize(
-    "backend, grad, kernel",
-    [
-        ("auto", True, "compiled.lstm_variant"),
-        ("auto", False, "compiled.lstm_variant"),
-        ("compiled", True, "compiled.lstm_variant"),
-        ("fused", True, "fused.lstm_variant"),
-        ("reference", True, "reference"),
-    ],
-)
-def test_variant_rows_run_their_kernel(ran, backend: str, grad: bool, kernel: str) -> None:
-    """Each variant row of the table runs its kernel, with padding and training masks, and
-    gives the reference loop's outputs."""
-    require_compiled_kernels()
-    torch.manual_seed(0)
-    layer = rnnlab.LSTM(5, 6, layer_norm=True, proj_size=4, zoneout=0.3).train()
-    x = torch.randn(3, 7, 5, requires_grad=grad)
-    noise = [layer.cells[0].sample_noise(3, 7, x)]
-    lengths = torch.tensor([7, 3, 5])
-    with torch.set_grad_enabled(grad):
-        out, _ = layer(x, lengths=lengths, noise=noise, backend=backend)
-    assert [name for name, _ in ran] == [kernel]
-    want, _ = layer(x, lengths=lengths, noise=noise, backend="reference")
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-
-
-def test_variant_bf16_row() -> None:
-    """precision="bf16" takes the compiled variant kernel's bf16 GEMMs; the fused path has none."""
-    require_compiled_kernels()
-    layer = rnnlab.LSTM(4, 6, layer_norm=True)
-    x = torch.randn(2, 3, 4)
-    state = [layer._cell_state(layer.zero_state(2), 0)]
-    route = route_layer(layer.cells[:1], x, state, None, precision="bf16")
-    assert route.kernels == ("compiled.lstm_variant",) and route.bf16
-    with pytest.raises(RuntimeError, match="bf16.*compiled kernel only"):
-        route_layer(layer.cells[:1], x, state, None, backend="fused", precision="bf16")
-
-
-# -- the GRU variants (issue 23) ------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "backend, grad, training, kernel",
-    [
-        ("auto", True, True, "compiled.gru_variant"),
-        ("auto", False, False, "compiled.gru_variant"),
-        ("compiled", True, True, "compiled.gru_variant"),
-        ("fused", True, True, "fused.gru_variant"),
-        ("reference", True, True, "reference"),
-        ("torch", False, False, "torch.gru"),  # no LayerNorm, eval: the masks are off
-    ],
-)
-def test_gru_variant_rows_run_their_kernel(ran, backend, grad, training, kernel) -> None:
-    """Each GRU-variant row runs its kernel and gives the reference loop's outputs; LayerNorm
-    and the training masks where the row takes them, padding where it can skip it."""
-    torch.manual_seed(0)
-    options = {"zoneout": 0.3, "recurrent_dropout": 0.2}
-    if backend != "torch":
-        options["layer_norm"] = True
-    layer = rnnlab.GRU(5, 6, **options).train(training)
-    x = torch.randn(3, 7, 5, requires_grad=grad)
-    noise = [layer.cells[0].sample_noise(3, 7, x)] if training else None
-    padding = {} if backend == "torch" else {"lengths": torch.tensor([7, 3, 5])}
-    with torch.set_grad_enabled(grad):
-        out, _ = layer(x, noise=noise, backend=backend, **padding)
-    assert [name for name, _ in ran] == [kernel]
-    want, _ = layer(x, noise=noise, backend="reference", **padding)
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-
-
-def test_gru_variant_refusals() -> None:
-    layer = rnnlab.GRU(4, 6, layer_norm=True)
-    x = torch.randn(2, 3, 4)
-    state = [layer._cell_state(layer.zero_state(2), 0)]
-    half = rnnlab.GRU(4, 6, layer_norm=True).half()
-    with pytest.raises(RuntimeError, match="GRU-variant kernel needs float32 or float64"):
-        route_layer(half.cells[:1], x.half(), state, None, backend="compiled")
-    with pytest.raises(RuntimeError, match="bf16"):
-        route_layer(layer.cells[:1], x, state, None, precision="bf16")
