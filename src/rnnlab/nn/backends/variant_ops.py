@@ -17,7 +17,7 @@ a view, and :mod:`~rnnlab.nn.backends.variant_compiled` turns the empties back i
 
 The fake kernels mirror the C++: which tensors the forward saves depends on the options and,
 for the fused input, on how the kernel runs its GEMMs (``gemm_kind`` and ``fuse_input`` in
-``lstm_variant.cpp``, mirrored by :func:`_fuses_input`). ``tests/test_torch_compile.py``
+``lstm_variant.h``, mirrored by :func:`_fuses_input`). ``tests/test_torch_compile_variants.py``
 compares every fake with the real kernel, shapes, dtypes and strides.
 """
 
@@ -30,7 +30,7 @@ from rnnlab.nn.backends.ops import _define, _kernels
 
 __all__ = ["present"]
 
-# lstm_variant.cpp's constants: kRowBlockWeightBytes (recurrent.h) and kFuseInputBytes.
+# lstm_variant.h's constants: kRowBlockWeightBytes (recurrent.h) and kFuseInputBytes.
 _ROW_BLOCK_WEIGHT_BYTES = 2 << 20
 _FUSE_INPUT_BYTES = 1 << 20
 
@@ -83,7 +83,7 @@ def _forward(x, h0, c0, params, noise, mask, reverse, eps, train, bf16, mode):
 
 
 def _fuses_input(x: Tensor, H: int, R: int, P: int, ln: bool, bf16: bool, mode: int) -> bool:
-    """lstm_variant.cpp's ``fuse_input(gemm_kind(...))``: whether each step's GEMM also makes
+    """lstm_variant.h's ``fuse_input(gemm_kind(...))``: whether each step's GEMM also makes
     the input projection (float32, per-step GEMMs, no LayerNorm, no bf16, a small W_ih)."""
     if x.dtype != torch.float32 or bf16 or mode == 1:
         return False  # row blocks

@@ -25,7 +25,7 @@
 //   cache); after the loop the input LayerNorm's backward runs over all T*B rows at once, and
 //   dx, dW_ih and dW_hh are single GEMMs over all T*B rows.
 //
-// Threads and GEMMs, as lstm_variant.cpp: batch rows are independent sequences, so each thread
+// Threads and GEMMs, as lstm_variant.h: batch rows are independent sequences, so each thread
 // can run its own block of rows through every step with single-threaded oneDNN ukernel GEMMs
 // (cpublas::brgemm, "row blocks"), never waiting for another. Where W_hh (3H x H float32) is
 // over kRowBlockWeightBytes (recurrent.h: 2 MiB, H > 418) each step instead makes one GEMM over
@@ -428,7 +428,7 @@ Tensor input_ln_backward(Tensor& da, const Tensor& xhat, const Tensor& rstd_x, c
 }
 
 // a^T @ b over all rows (a weight gradient); as (b^T a)^T where b is the narrower (MKL ran
-// that faster for lstm_variant.cpp's weight gradients).
+// that faster for lstm_variant_backward.cpp's weight gradients).
 Tensor weight_grad(const Tensor& a, const Tensor& b) {
   if (b.size(1) < a.size(1)) return at::mm(b.t(), a).t().contiguous();
   return at::mm(a.t(), b);
