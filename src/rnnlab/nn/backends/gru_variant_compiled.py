@@ -8,7 +8,7 @@ over the whole sequence in C++ with the fused path's algorithm
 (:func:`rnnlab.nn.backends.variant_fused.gru_variant`): the input projection of all steps in
 one GEMM and its LayerNorm over all T*B rows at once, then per step one recurrent GEMM and one
 pass over the gates; the backward is written by hand and makes dx and the weight gradients
-single GEMMs over all T*B rows (``gru_variant.cpp``'s header has the details). float32 and
+single GEMMs over all T*B rows (``gru_variant.h`` has the details). float32 and
 float64 only: rnnlab's GRU has no bf16 mode. ``tests/test_gru_variant_kernel.py`` checks it
 against the reference loop (:func:`rnnlab.nn.backends.reference.scan` over the cell).
 
@@ -33,7 +33,7 @@ __all__ = ["gru_variant", "gru_variant_unavailable"]
 # The cell's parameters in the order the kernel takes them (None where the cell has none).
 _PARAMS = ("weight_ih", "weight_hh", "bias", "bias_hn", "ln_ih_weight", "ln_hh_weight")
 # gru_variant_forward's `mode`: 0 lets the kernel choose between row blocks and per-step GEMMs
-# (see gru_variant.cpp); the tests force 1 (row blocks) and 2 (per step, ATen) to check each.
+# (see gru_variant.h); the tests force 1 (row blocks) and 2 (per step, ATen) to check each.
 _AUTO = 0
 
 

@@ -1,5 +1,5 @@
-"""The LSTM and GRU variants' compiled kernels (``_ext/lstm_variant.cpp``,
-``_ext/gru_variant.cpp``) as torch operators, ``torch.ops.rnnlab.lstm_variant_forward``,
+"""The LSTM and GRU variants' compiled kernels (``_ext/lstm_variant.h``,
+``_ext/gru_variant.h``) as torch operators, ``torch.ops.rnnlab.lstm_variant_forward``,
 ``lstm_variant_backward``, ``gru_variant_forward`` and ``gru_variant_backward``, so that
 ``torch.compile`` keeps a model of variant layers in one graph (see
 :mod:`rnnlab.nn.backends.ops`, which does the same for the other kernels and holds the

@@ -67,7 +67,8 @@ _DIR = Path(__file__).parent
 # recurrent.h (shared helpers and the layout notes), then one file per kernel family (decoder.cpp:
 # a language model's softmax cross-entropy; minscan.cpp: the minGRU / minLSTM time loop;
 # lstm_variant.cpp and lstm_variant_backward.cpp, sharing lstm_variant.h: the LSTM variants'
-# time loop forward and backward; gru_variant.cpp: the GRU variants').
+# time loop forward and backward; gru_variant.cpp and gru_variant_backward.cpp, sharing
+# gru_variant.h: the GRU variants').
 _SOURCES = [
     _DIR / name
     for name in (
@@ -79,10 +80,11 @@ _SOURCES = [
         "lstm_variant.cpp",
         "lstm_variant_backward.cpp",
         "gru_variant.cpp",
+        "gru_variant_backward.cpp",
         "module.cpp",
     )
 ]
-_HEADERS = [_DIR / "recurrent.h", _DIR / "lstm_variant.h"]
+_HEADERS = [_DIR / "recurrent.h", _DIR / "lstm_variant.h", _DIR / "gru_variant.h"]
 # AVX-512 code with libmvec's vector exp/tanh. No -ffast-math: it would link crtfastmath.o, which
 # turns on flush-to-zero for the whole process.
 # Tuples: torch's load() appends to the lists it is given (_prepare_ldflags), which changed

@@ -81,7 +81,7 @@ int64_t set_flush_denormals(bool on) {
   return threads;
 }
 
-// lstm_variant.cpp: the LSTM variants' time loop (VariantLSTMCell), forward and backward.
+// lstm_variant.cpp and lstm_variant_backward.cpp: the LSTM variants' time loop (VariantLSTMCell).
 std::vector<Tensor> lstm_variant_forward(const Tensor& x, const Tensor& h0, const Tensor& c0,
                                          const std::vector<c10::optional<Tensor>>& params,
                                          const std::vector<c10::optional<Tensor>>& noise,
@@ -95,7 +95,7 @@ std::vector<Tensor> lstm_variant_backward(const Tensor& dout, const Tensor& dh_n
                                           const c10::optional<Tensor>& mask, bool reverse,
                                           double eps, bool need_dx, bool bf16, int64_t mode);
 
-// gru_variant.cpp: the GRU variants' time loop (VariantGRUCell), forward and backward.
+// gru_variant.cpp and gru_variant_backward.cpp: the GRU variants' time loop (VariantGRUCell).
 std::vector<Tensor> gru_variant_forward(const Tensor& x, const Tensor& h0,
                                         const std::vector<c10::optional<Tensor>>& params,
                                         const std::vector<c10::optional<Tensor>>& noise,

@@ -362,7 +362,7 @@ std::vector<Tensor> min_scan_backward(const Tensor& k, const Tensor& bias, const
                                       const c10::optional<Tensor>& mask, bool reverse,
                                       int64_t kind);
 
-// -- shared by the variants' kernels (lstm_variant.h, gru_variant.cpp) --------------------------
+// -- shared by the variants' kernels (lstm_variant.h, gru_variant.h) ----------------------------
 using OptTensor = c10::optional<Tensor>;
 
 // A tensor's data, or nullptr where it is undefined (an option that is off).
