@@ -33,7 +33,7 @@ from rnnlab.nn.variant_gru import GRU_VARIANT_OPTIONS, VariantGRUCell
 from rnnlab.nn.variants import VARIANT_OPTIONS, CellNoise, VariantLSTMCell, layer_noise
 from rnnlab.nn.xlstm import MLSTMCell, SLSTMCell
 
-__all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RecurrentLayer"]
+__all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "Bf16Precision", "RecurrentLayer"]
 
 
 class RecurrentLayer(nn.Module):
@@ -339,7 +339,28 @@ class GRU(RecurrentLayer):
         )
 
 
-class LSTM(RecurrentLayer):
+class Bf16Precision:
+    """The ``precision`` of a layer whose GEMMs can take bf16 operands (LSTM, minGRU, minLSTM):
+    "fp32" or "bf16", checked when set and shown in the layer's repr."""
+
+    _precision: Precision
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Precision) -> None:
+        if value not in ("fp32", "bf16"):
+            name = type(self).__name__
+            raise ValueError(f"{name} expected precision 'fp32' or 'bf16', got {value!r}")
+        self._precision = value
+
+    def _mode_repr(self) -> str:
+        return ", precision='bf16'" if self.precision == "bf16" else ""
+
+
+class LSTM(Bf16Precision, RecurrentLayer):
     """LSTM layer (stack of :class:`rnnlab.nn.cells.LSTMCell`), batch first.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
@@ -409,19 +430,6 @@ class LSTM(RecurrentLayer):
         self.forget_bias = float(forget_bias)
         self.proj_size = self.output_size if proj_size else 0
         self.precision = precision
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: Precision) -> None:
-        if value not in ("fp32", "bf16"):
-            raise ValueError(f"LSTM expected precision 'fp32' or 'bf16', got {value!r}")
-        self._precision = value
-
-    def _mode_repr(self) -> str:
-        return ", precision='bf16'" if self.precision == "bf16" else ""
 
     def _state_shapes(self, B: int) -> dict[str, tuple[int, ...]] | None:
         if not self.proj_size:

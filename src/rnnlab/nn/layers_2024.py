@@ -16,14 +16,14 @@ import torch
 from torch import Tensor
 
 from rnnlab.nn.backends import Backend, Precision
-from rnnlab.nn.layers import RecurrentLayer
+from rnnlab.nn.layers import Bf16Precision, RecurrentLayer
 from rnnlab.nn.mincells import MinCell, MinGRUCell, MinLSTMCell
 from rnnlab.nn.xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __all__ = ["MinGRU", "MinLSTM", "SLSTM", "MLSTM"]
 
 
-class _MinLayer(RecurrentLayer):
+class _MinLayer(Bf16Precision, RecurrentLayer):
     """What MinGRU and MinLSTM share: a ``precision`` of their own (bf16 input GEMM)."""
 
     cell_type: type[MinCell]
@@ -47,20 +47,6 @@ class _MinLayer(RecurrentLayer):
             backend=backend,
         )
         self.precision = precision
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: Precision) -> None:
-        if value not in ("fp32", "bf16"):
-            name = type(self).__name__
-            raise ValueError(f"{name} expected precision 'fp32' or 'bf16', got {value!r}")
-        self._precision = value
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (", precision='bf16'" if self.precision == "bf16" else "")
 
 
 class MinGRU(_MinLayer):
