@@ -15,9 +15,8 @@ import torch
 
 import rnnlab
 from compiled_kernels import require_compiled_kernels
+from rnnlab.nn.backends.ops import SMALL_INPUTS  # kSmallInputs in _ext/recurrent.h
 from test_fast_kernels import _threads, assert_runs_agree, rel_err, run
-
-SMALL_INPUTS = 4  # kSmallInputs in _ext/recurrent.h
 
 
 @pytest.fixture(autouse=True)

@@ -45,6 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import rnnlab
 from compiled_kernels import require_compiled_kernels
 from rnnlab.nn.backends import compiled, ops
+from rnnlab.nn.backends.ops import SMALL_INPUTS
 from rnnlab.nn.registry import layer_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,15 +84,18 @@ def _mask(B: int, T: int) -> Tensor:
 
 def _lstm_cases():
     ops = torch.ops.rnnlab
-    for B, T, masked, reverse, bf16 in [
-        (3, 5, False, False, False),
-        (3, 5, True, True, False),
-        (1, 4, False, False, False),  # B = 1: the C++ xt is a view of x, the operator copies it
-        (2, 1, True, False, False),  # T = 1: likewise
-        (3, 5, True, True, True),
-        (4, 3, False, False, True),
+    for B, T, masked, reverse, bf16, I in [
+        (3, 5, False, False, False, 6),
+        (3, 5, True, True, False, 6),
+        (1, 4, False, False, False, 6),  # B = 1: the C++ xt is a view of x, the operator copies it
+        (2, 1, True, False, False, 6),  # T = 1: likewise
+        (3, 5, True, True, True, 6),
+        (4, 3, False, False, True, 6),
+        (3, 5, True, True, False, 1),  # narrow inputs: no GEMM for x, dx gathered in the loop
+        (3, 5, False, False, True, SMALL_INPUTS),  # ... and in bf16 mode x stays float32
+        (2, 3, False, True, True, SMALL_INPUTS + 1),  # the first width past the bound
     ]:
-        args = _lstm_args(B, T, 6, 8)
+        args = _lstm_args(B, T, I, 8)
         mask = _mask(B, T) if masked else None
         yield ops.lstm_train, (*args, mask, reverse, bf16)
         out, h, c, acts, hs, cs, xt = ops.lstm_train(*args, mask, reverse, bf16)
@@ -102,7 +106,7 @@ def _lstm_cases():
         yield ops.lstm_forward, (*args, mask, reverse, bf16)
         if not masked:
             yield ops.lstm_infer, (*args, reverse, bf16)
-            yield ops.lstm_infer_pair, (*args, *_lstm_args(B, T, 6, 8)[1:], bf16)
+            yield ops.lstm_infer_pair, (*args, *_lstm_args(B, T, I, 8)[1:], bf16)
     yield ops.lstm_infer, (*_lstm_args(2, 3, 4, 300), False, False)  # too wide for row blocks
 
 
@@ -323,6 +327,18 @@ def test_bf16_mode_compiles_whole(how: str) -> None:
     with context:
         assert_equal_runs(train_step(fast, x), train_step(model, x))
         assert_equal_runs(infer(fast, x), infer(model, x))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_narrow_inputs_compile_whole(precision: str) -> None:
+    """A one-wide input (the kernels' narrow path: no GEMM for x, whose saved copy stays float32
+    in bf16 mode too) under a second, ordinary layer compiles whole and equals eager."""
+    model = TinyModel(rnnlab.LSTM, E=1, precision=precision)
+    fast, recorder = compiled_whole(model)
+    x = ids()
+    assert_equal_runs(train_step(fast, x), train_step(model, x))
+    assert_equal_runs(infer(fast, x), infer(model, x))
+    assert {"lstm_train", "lstm_backward"} <= recorder.rnnlab_ops()
 
 
 @pytest.mark.parametrize("cell", ["mingru", "minlstm"])

@@ -111,6 +111,20 @@ def _lstm_train(x, h0, c0, w_ih, w_hh, bias, mask, reverse, bf16):
     return out, h, c, acts, hs, cs, _own(xt, x)
 
 
+# kSmallInputs of _ext/recurrent.h: x of at most this width is added to the gate rows in float32
+# by the row-block kernels, so even in bf16 mode they keep (and return) x in float32.
+SMALL_INPUTS = 4
+
+
+def _x_operand_dtype(x: Tensor, H: int, bf16: bool) -> torch.dtype:
+    """The dtype of the xt that lstm_train returns: bf16 in bf16 mode (the GEMM operand), except
+    a narrow x in the row blocks (H even, the bf16 ukernel working), which no GEMM reads."""
+    if not bf16:
+        return x.dtype
+    narrow_rows = x.shape[-1] <= SMALL_INPUTS and H % 2 == 0 and _kernels().bf16_rows_work()
+    return x.dtype if narrow_rows else torch.bfloat16
+
+
 def _lstm_train_fake(x, h0, c0, w_ih, w_hh, bias, mask, reverse, bf16):
     B, T, I = x.shape
     H = h0.shape[-1]
@@ -122,7 +136,7 @@ def _lstm_train_fake(x, h0, c0, w_ih, w_hh, bias, mask, reverse, bf16):
         x.new_empty(T, B, 4 * H),  # acts: activated i, f, g, o
         x.new_empty(T + 1, B, H, dtype=operand),  # hs
         x.new_empty(T + 1, B, H),  # cs
-        x.new_empty(T, B, I, dtype=operand),  # xt
+        x.new_empty(T, B, I, dtype=_x_operand_dtype(x, H, bf16)),  # xt
     )
 
 

@@ -249,7 +249,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
     Tensor db_parts = at::zeros({team, 4 * H}, acts.options());
     Tensor dw_parts = x_small ? at::zeros({team, I, 4 * H}, acts.options()) : Tensor();
     Tensor wt = x_small ? w_ih.t().contiguous() : Tensor();  // (I, 4H) float32
-    if (x_small && need_dx) dx = at::empty({B, Tn, I}, acts.options());
+    if (x_small && need_dx) dx = at::empty({Tn, B, I}, acts.options());  // as the GEMM's
     const float *xp = x_small ? xt.data_ptr<float>() : nullptr,
                 *wtp = x_small ? wt.data_ptr<float>() : nullptr;
     float* dxp = dx.defined() ? dx.data_ptr<float>() : nullptr;
@@ -273,7 +273,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
         if (x_small) {
           for (int64_t b = b0; b < b1; ++b) {
             gather_inputs(dt + b * 4 * H, xp + (t * B + b) * I, wtp, I, 4 * H, dw_acc,
-                          dxp ? dxp + (b * Tn + t) * I : nullptr);
+                          dxp ? dxp + (t * B + b) * I : nullptr);
           }
         }
         gemm_rows(b1 - b0, H, 4 * H, dpo, (t * B + b0) * 4 * H, 4 * H, wo, H, dhp + b0 * H, H,
@@ -282,6 +282,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_, const Tensor& dh_n, const
     });
     db = db_parts.sum(0);
     if (x_small) dw_ih = dw_parts.sum(0).t().contiguous();  // (4H, I)
+    if (dx.defined()) dx = dx.transpose(0, 1);              // (B, T, I) over (T, B, I) memory
   } else {  // per step: one GEMM over all rows, then one gate pass split over the rows
     Tensor rec = bf16 ? at::zeros({B, H}, hs.options()) : Tensor();  // dpre_t W_hh in bf16
     Tensor w_hh_g = bf16 ? w_hh.to(at::kBFloat16) : w_hh.contiguous();

@@ -5,11 +5,12 @@ namespace rnnlab_ext {
 
 // LSTM inference without padding: each thread runs its block of batch rows through the whole
 // time loop (over_row_blocks), so the loop has no synchronisation at all. (One direction of a
-// float32 LSTM too wide for the row blocks, see rows_fit, runs lstm_forward's per-step loop.) Nothing of size T*B
-// is kept but the output: each step's gates are x_t W_ih^T + h_{t-1} W_hh^T, two GEMMs into the
-// thread's own (rows, 4H) buffer, which stays in cache; x_t is read in place (rows of x,
-// strided by T). A whole-sequence input projection would write and read back T*B*4H floats
-// and, on first touch, page-fault its fresh memory in.
+// float32 LSTM too wide for the row blocks, see rows_fit, runs lstm_forward's per-step loop.)
+// Nothing of size T*B is kept but the output: each step's gates are x_t W_ih^T + h_{t-1}
+// W_hh^T, two GEMMs into the thread's own (rows, 4H) buffer, which stays in cache (one GEMM for
+// a one-wide input, whose x_t W_ih^T add_inputs adds: kAddInputsInference); x_t is read in
+// place (rows of x, strided by T). A whole-sequence input projection would write and read back
+// T*B*4H floats and, on first touch, page-fault its fresh memory in.
 //
 // bf16 = true (the bf16 mode): the GEMM operands x, h and the weights are bf16 (weights packed
 // for the bf16 ukernel), accumulated in fp32; gates, c and the outputs stay float32, and each

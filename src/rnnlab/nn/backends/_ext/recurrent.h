@@ -256,11 +256,10 @@ inline void add_inputs(float* a, const float* x, const float* wt, int64_t I, int
 
 // One row's share of the input gradients, for a small I: dw (I, N) += x (I) outer d (N), the
 // transposed dW_ih, and, given dx, dx (I) = wt (I, N) @ d (N), that is d @ W_ih.
-template <typename X>
-inline void gather_inputs(const float* d, const X* x, const float* wt, int64_t I, int64_t N,
+inline void gather_inputs(const float* d, const float* x, const float* wt, int64_t I, int64_t N,
                           float* dw, float* dx) {
   for (int64_t k = 0; k < I; ++k) {
-    const float xk = static_cast<float>(x[k]);
+    const float xk = x[k];
     float* w = dw + k * N;
 #pragma omp simd
     for (int64_t j = 0; j < N; ++j) w[j] += xk * d[j];
