@@ -170,3 +170,15 @@ def test_unfolded_row_runs_the_linear_first_with_the_same_result():
     x, _ = make_batch(w)
     assert torch.allclose(folded(x), unfolded(x), rtol=1e-5, atol=1e-5)
     assert calls == [1]  # only the unfolded model ran its Linear
+
+
+def test_gemm_peak_samples_are_about_2_gflop_and_at_most_a_thousand_calls() -> None:
+    """A sample of the GEMM peaks times about 2 GFLOP of back-to-back calls, but never more
+    than MAX_CALLS of them: a tiny product would otherwise take half a million calls."""
+    from rnnlab.bench.suite import MAX_CALLS, calls_per_sample, gemm_peaks
+
+    assert calls_per_sample(2.0 * 2048**3) == 1  # one call is 17 GFLOP
+    assert calls_per_sample(2.0 * 32 * 128 * 512) == 476  # workload E's step, as before
+    assert calls_per_sample(2.0 * 2 * 16 * 64) == MAX_CALLS == 1000  # was 488,281
+    peaks = gemm_peaks({"tiny": (2, 16, 64)}, repeats=1)["tiny"]
+    assert peaks["shape"] == [2, 16, 64] and peaks["mkl_gflops"] > 0

@@ -106,6 +106,17 @@ def _time(fn: Callable[[], None], inner: int) -> float:
     return (time.perf_counter() - start) / inner
 
 
+# Calls per GEMM-peak sample: about 2 GFLOP, at most MAX_CALLS. The bench's own shapes take 11
+# (B's input) to 476 (E's step); a product of a few thousand FLOPs (a tiny workload, such as
+# the tests') would take half a million calls a sample and, at its rate, 90 s in all.
+MAX_CALLS = 1000
+
+
+def calls_per_sample(flops: float) -> int:
+    """How many back-to-back calls of a product of ``flops`` one GEMM-peak sample times."""
+    return max(1, min(int(2e9 / flops), MAX_CALLS))
+
+
 def gemm_peaks(
     shapes: dict[str, tuple[int, int, int]], repeats: int, int8: bool = False
 ) -> dict[str, dict]:
@@ -118,7 +129,7 @@ def gemm_peaks(
         a, w = torch.randn(M, K), torch.randn(N, K)
         wt = w.t().contiguous()
         flops = 2.0 * M * K * N
-        inner = max(1, int(2e9 / flops))  # about 2 GFLOP per sample
+        inner = calls_per_sample(flops)
         calls = {"mkl": lambda a=a, wt=wt: torch.mm(a, wt)}
         if _gemm.ONEDNN:
             calls["onednn"] = lambda a=a, w=w: _gemm.linear(a, w)
