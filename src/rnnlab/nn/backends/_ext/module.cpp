@@ -41,19 +41,15 @@ Tensor product_rows(const Tensor& a_, const Tensor& b_, int64_t steps, int64_t c
   const Operand ao(a), bo(b);
   float* cp = c.data_ptr<float>();
   for (int64_t s = 0; s < steps; ++s) {
+    float* cs = cp + s * M * N;
     if (columns <= 0) {
-      gemm_rows(M, N, K, ao, s * M * K, K, bo, N, cp + s * M * N, N, false);
-      continue;
-    }
-    for (int64_t n0 = 0; n0 < N; n0 += columns) {  // bf16: VNNI pairs, 2 values a column
-      const int64_t n = std::min(columns, N - n0);
-      if (bf16) {
-        at::native::cpublas::brgemm(M, n, K, K, N, N, false, a.data_ptr<at::BFloat16>() + s * M * K,
-                                    b.data_ptr<at::BFloat16>() + 2 * n0, cp + s * M * N + n0, true);
-      } else {
-        at::native::cpublas::brgemm(M, n, K, K, N, N, false, a.data_ptr<float>() + s * M * K,
-                                    b.data_ptr<float>() + n0, cp + s * M * N + n0, false);
-      }
+      gemm_rows(M, N, K, ao, s * M * K, K, bo, N, cs, N, false);
+    } else if (bf16) {
+      gemm_columns(M, N, K, a.data_ptr<at::BFloat16>() + s * M * K, K,
+                   b.data_ptr<at::BFloat16>(), N, cs, N, false, columns);
+    } else {
+      gemm_columns(M, N, K, a.data_ptr<float>() + s * M * K, K, b.data_ptr<float>(), N, cs, N,
+                   false, columns);
     }
   }
   at::native::cpublas::brgemm_release(bf16);

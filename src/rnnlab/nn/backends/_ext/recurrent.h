@@ -39,6 +39,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 // Vector variants from glibc's libmvec (AVX-512: _ZGVeN16v_expf, _ZGVeN16v_tanhf, <= 4 ulp), so
@@ -189,16 +190,23 @@ inline bool rows_fit(int64_t H) { return 4 * H * H * int64_t(sizeof(float)) <= k
 // 4H = 1024), as each slice's part of b stays in cache while all rows of a pass over it.
 constexpr int64_t kColumns = 256;
 
+// The same product in slices of `columns` columns (the whole width when columns >= N), float32
+// or bf16 operands (a bf16 b VNNI-packed by pack_bf16, which pairs two values a column).
+template <typename A>
+inline void gemm_columns(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda, const A* b,
+                         int64_t ldb, float* c, int64_t ldc, bool accumulate, int64_t columns) {
+  constexpr bool vnni = std::is_same_v<A, at::BFloat16>;
+  constexpr int64_t per_column = vnni ? 2 : 1;  // b elements a column step moves past
+  for (int64_t n0 = 0; n0 < N; n0 += columns) {
+    const int64_t n = std::min(columns, N - n0);
+    at::native::cpublas::brgemm(M, n, K, lda, ldb, ldc, accumulate, a, b + per_column * n0,
+                                c + n0, vnni);
+  }
+}
+
 inline void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
                       const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  if (N <= 2 * kColumns) {
-    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, c, false);
-    return;
-  }
-  for (int64_t n0 = 0; n0 < N; n0 += kColumns) {
-    const int64_t n = std::min(kColumns, N - n0);
-    at::native::cpublas::brgemm(M, n, K, lda, ldb, ldc, accumulate, a, b + n0, c + n0, false);
-  }
+  gemm_columns(M, N, K, a, lda, b, ldb, c, ldc, accumulate, N <= 2 * kColumns ? N : kColumns);
 }
 
 // The same with bf16 operands and a float32 c (exact fp32 accumulation); b must come from
@@ -216,14 +224,8 @@ constexpr int64_t kBf16Columns = 128;
 inline void gemm_rows(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda,
                       const at::BFloat16* b, int64_t ldb, float* c, int64_t ldc,
                       bool accumulate) {
-  if (K * N * int64_t(sizeof(at::BFloat16)) <= kBf16SliceBytes) {
-    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, c, true);
-    return;
-  }
-  for (int64_t n0 = 0; n0 < N; n0 += kBf16Columns) {  // the VNNI layout pairs 2 values a column
-    const int64_t n = std::min(kBf16Columns, N - n0);
-    at::native::cpublas::brgemm(M, n, K, lda, ldb, ldc, accumulate, a, b + 2 * n0, c + n0, true);
-  }
+  const bool whole = K * N * int64_t(sizeof(at::BFloat16)) <= kBf16SliceBytes;
+  gemm_columns(M, N, K, a, lda, b, ldb, c, ldc, accumulate, whole ? N : kBf16Columns);
 }
 
 // Inputs at most this wide (pixel-by-pixel MNIST's I = 1, a few sensor channels) skip the
